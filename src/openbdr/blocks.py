@@ -1,0 +1,25 @@
+"""Block maths: everything above the source works in 1 MiB blocks."""
+
+from __future__ import annotations
+
+BLOCK_SIZE = 1 << 20
+ZERO_BLOCK = bytes(BLOCK_SIZE)
+
+
+def block_count(size: int, block_size: int = BLOCK_SIZE) -> int:
+    """Number of blocks covering `size` bytes (the last one may be short)."""
+    return (size + block_size - 1) // block_size
+
+
+def block_span(index: int, size: int, block_size: int = BLOCK_SIZE) -> int:
+    """Length in bytes of block `index` of a disk of `size` bytes."""
+    start = index * block_size
+    return max(0, min(block_size, size - start))
+
+
+def is_zero(buf: bytes | bytearray | memoryview) -> bool:
+    """True if every byte is zero; a memcmp against a shared zero buffer, not a Python loop."""
+    n = len(buf)
+    if n == BLOCK_SIZE:
+        return buf == ZERO_BLOCK
+    return buf == ZERO_BLOCK[:n] if n < BLOCK_SIZE else buf == bytes(n)
