@@ -1,0 +1,303 @@
+"""`openbdr …`: a thin command line over the layers below."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+
+from . import __version__
+from .chunk import Codec
+from .errors import OpenBDRError
+
+app = typer.Typer(
+    name="openbdr",
+    no_args_is_help=True,
+    add_completion=False,
+    help="OpenBDR: block-level disaster recovery with restore points proved by drills.",
+)
+repo_app = typer.Typer(no_args_is_help=True, help="Create and inspect repositories.")
+app.add_typer(repo_app, name="repo")
+
+out = Console(width=None if sys.stdout.isatty() else 200)
+err = Console(stderr=True)
+
+RepoOpt = Annotated[
+    str,
+    typer.Option(
+        "--repo", "-r", help="Repository: a directory or s3://bucket/prefix.", envvar="OPENBDR_REPO"
+    ),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def _bar(transient: bool = False) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        DownloadColumn(binary_units=True),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=transient,
+        disable=not err.is_terminal,
+    )
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+@app.callback()
+def _root(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log what happens.")] = False,
+) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    out.print(__version__)
+
+
+@repo_app.command("init")
+def repo_init(
+    repo: Annotated[str, typer.Argument(help="Directory or s3://bucket/prefix.")],
+) -> None:
+    """Create an empty repository."""
+    from .store.repository import Repository
+
+    r = Repository.init(repo)
+    out.print(f"created repository {r.id} at {r.url}")
+
+
+@app.command("sync")
+def sync_cmd(
+    repo: RepoOpt,
+    host: Annotated[str, typer.Option("--host", "-H", help="Name of the protected host.")],
+    sources: Annotated[list[str], typer.Argument(help="Disk images or block devices.")],
+    compress: Annotated[str, typer.Option("--compress", "-c", help="zstd, lz4 or none.")] = "none",
+    level: Annotated[int, typer.Option(help="Compression level (zstd).")] = 1,
+    bwlimit: Annotated[str, typer.Option(help="Limit on bytes sent, e.g. 50M (per second).")] = "0",
+    full: Annotated[
+        bool, typer.Option("--full", help="Ignore earlier points: a full pass.")
+    ] = False,
+    all_data: Annotated[
+        bool,
+        typer.Option("--all-data", help="Copy all non-hole data, not only what file systems use."),
+    ] = False,
+    threads: Annotated[int, typer.Option(help="Worker threads.")] = 0,
+    json_out: JsonOpt = False,
+) -> None:
+    """Sync disks to a new restore point (full first, then only what differs)."""
+    from .capture.image import open_host
+    from .store.manifest import check_host_name
+    from .store.repository import Repository
+    from .sync import SyncOptions, sync
+    from .throttle import parse_rate
+
+    check_host_name(host)
+    options = SyncOptions(
+        compression=Codec.parse(compress),
+        level=level,
+        bwlimit=parse_rate(bwlimit),
+        full=full,
+    )
+    if threads > 0:
+        options.threads = threads
+    r = Repository.open(repo)
+    src = open_host(host, sources, valid_only=not all_data)
+    with _bar() as bar:
+        task = bar.add_task(f"sync {host}", total=None)
+
+        def on_progress(p: Any) -> None:
+            bar.update(task, total=p.total_bytes, completed=p.done_bytes)
+
+        point = sync(r, src, options, on_progress)
+    rec = point.summary()
+    if json_out:
+        out.print_json(json.dumps({**rec, "disks": [vars(d) for d in point.disks]}))
+        return
+    read = sum(d.read_bytes for d in point.disks)
+    stored = sum(d.stored_bytes for d in point.disks)
+    valid = sum(d.valid_bytes for d in point.disks)
+    out.print(
+        f"restore point {point.id} of {host}: {len(point.disks)} disk(s), "
+        f"{_size(rec['size'])}, valid {_size(valid)}, read {_size(read)}, "
+        f"stored {_size(stored)} in {point.duration_s:.1f} s ({rec['mode']})"
+    )
+
+
+@app.command()
+def points(
+    repo: RepoOpt,
+    host: Annotated[str | None, typer.Option("--host", "-H")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """List restore points."""
+    from .store.repository import Repository
+
+    pts = Repository.open(repo).points(host)
+    rows = [p.summary() for p in pts]
+    if json_out:
+        out.print_json(json.dumps(rows))
+        return
+    table = Table(
+        "host", "point", "created", "consistency", "status", "disks", "size", "stored", "mode"
+    )
+    for r in rows:
+        table.add_row(
+            r["host"],
+            r["point"],
+            r["created"],
+            r["consistency"],
+            r["status"],
+            str(r["disks"]),
+            _size(r["size"]),
+            _size(r["stored_bytes"]),
+            r["mode"],
+        )
+    out.print(table)
+
+
+@app.command()
+def restore(
+    repo: RepoOpt,
+    host: Annotated[str, typer.Option("--host", "-H")],
+    to: Annotated[
+        str, typer.Option("--to", help="File, block device, or directory for all disks.")
+    ],
+    point: Annotated[
+        str, typer.Option("--point", "-p", help="Point id, unique prefix or latest.")
+    ] = "latest",
+    disk: Annotated[int | None, typer.Option("--disk", help="Only this disk (index).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite a non-empty target.")] = False,
+) -> None:
+    """Write a restore point's disks to files or block devices."""
+    from .restore import restore as do_restore
+    from .store.repository import Repository
+
+    r = Repository.open(repo)
+    p = r.point(host, point)
+    with _bar() as bar:
+        task = bar.add_task(f"restore {p.id}", total=None)
+        results = do_restore(
+            r,
+            p,
+            to,
+            disk=disk,
+            force=force,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )
+    for res in results:
+        out.print(f"restored {res.disk} of {host} point {p.id} to {res.path} ({_size(res.size)})")
+
+
+@app.command()
+def verify(
+    repo: RepoOpt,
+    host: Annotated[str | None, typer.Option("--host", "-H")] = None,
+    deep: Annotated[bool, typer.Option("--deep", help="Read, decode and re-hash chunks.")] = False,
+    sample: Annotated[
+        float, typer.Option(help="Percentage of chunks to read with --deep.")
+    ] = 100.0,
+    json_out: JsonOpt = False,
+) -> None:
+    """Check that restore points are complete (and, with --deep, intact)."""
+    from .store.repository import Repository
+    from .verify import verify as do_verify
+
+    r = Repository.open(repo)
+    with _bar(transient=True) as bar:
+        task = bar.add_task("verify", total=None)
+        report = do_verify(
+            r,
+            host=host,
+            deep=deep,
+            sample=sample,
+            progress=lambda n, t: bar.update(task, completed=n, total=t),
+        )
+    if json_out:
+        out.print_json(
+            json.dumps(
+                {
+                    "ok": report.ok,
+                    "points": report.points,
+                    "chunks_referenced": report.chunks_referenced,
+                    "chunks_checked": report.chunks_checked,
+                    "problems": [vars(p) for p in report.problems],
+                }
+            )
+        )
+    else:
+        for prob in report.problems:
+            err.print(f"BAD {prob}", highlight=False, markup=False)
+        out.print(
+            f"{report.points} point(s), {report.chunks_referenced} chunk(s) referenced, "
+            f"{report.chunks_checked} checked deeply: "
+            + ("OK" if report.ok else f"{len(report.problems)} problem(s)")
+        )
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+def inspect(
+    source: Annotated[str, typer.Argument(help="Disk image or block device.")],
+    json_out: JsonOpt = False,
+) -> None:
+    """Show a disk's partitions, file systems and used bytes."""
+    from .capture.image import ImageDisk
+    from .volume import analyze, render_text
+
+    disk = ImageDisk("disk0", source, valid_only=True)
+    try:
+        layout = analyze(disk.reader)
+    finally:
+        disk.close()
+    if json_out:
+        out.print_json(json.dumps(layout.to_json()))
+    else:
+        out.print(render_text(layout), highlight=False, markup=False)
+
+
+def main() -> None:
+    try:
+        app()
+    except OpenBDRError as exc:
+        err.print(f"openbdr: error: {exc}", highlight=False, markup=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err.print("openbdr: interrupted; a sync resumes from its checkpoint when run again")
+        sys.exit(130)
+    except BrokenPipeError:
+        os._exit(1)
+
+
+if __name__ == "__main__":
+    main()

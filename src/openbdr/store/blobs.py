@@ -1,0 +1,77 @@
+"""`Blobs`: the small key/value contract every object-mode repository stands on.
+
+Keys are `/`-separated relative paths. Puts are atomic (a reader sees the old object,
+the new one, or none, never a torn one). `flush()` makes every put so far durable: the
+repository calls it before a checkpoint or a commit names the objects, so puts in the
+hot path need not each pay for an fsync.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from ..errors import OpenBDRError
+
+
+class NotFound(OpenBDRError):
+    """The object does not exist."""
+
+
+@dataclass(frozen=True)
+class BlobInfo:
+    key: str
+    size: int
+    mtime: float
+
+
+class Blobs(abc.ABC):
+    """An object store: a directory or an S3 bucket prefix."""
+
+    url: str
+
+    @abc.abstractmethod
+    def put(self, key: str, data: bytes | memoryview) -> None:
+        """Store atomically, replacing any object of that key."""
+
+    @abc.abstractmethod
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        """Create only if no object of that key exists; False if one did."""
+
+    @abc.abstractmethod
+    def replace_if(self, key: str, expected: bytes, data: bytes) -> bool:
+        """Replace only if the current content equals `expected` (compare-and-swap)."""
+
+    @abc.abstractmethod
+    def get(self, key: str) -> bytes:
+        """The object's bytes; `NotFound` if it does not exist."""
+
+    @abc.abstractmethod
+    def exists(self, key: str) -> bool: ...
+
+    @abc.abstractmethod
+    def list(self, prefix: str = "") -> Iterator[BlobInfo]:
+        """Every object whose key starts with `prefix`, in no particular order."""
+
+    @abc.abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove; missing objects are not an error."""
+
+    def flush(self) -> None:  # noqa: B027 - most stores are durable on put
+        """Make every earlier put durable."""
+
+    def close(self) -> None:  # noqa: B027
+        """Release connections."""
+
+
+def open_blobs(url: str, *, create: bool = False) -> Blobs:
+    """A directory path (or `file://`) or `s3://bucket/prefix`."""
+    if url.startswith("s3://"):
+        from .s3 import S3Blobs
+
+        return S3Blobs(url, create=create)
+    from .directory import DirectoryBlobs
+
+    path = url[len("file://") :] if url.startswith("file://") else url
+    return DirectoryBlobs(path, create=create)

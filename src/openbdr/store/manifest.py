@@ -1,0 +1,105 @@
+"""Restore point manifests: `points/<host>/<point>.json`, written last = the commit."""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from ..errors import OpenBDRError
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def check_host_name(name: str) -> str:
+    if not _NAME.match(name):
+        raise OpenBDRError(
+            f"invalid host name {name!r}",
+            "use letters, digits, '.', '_' and '-' (up to 128, starting with a letter or digit)",
+        )
+    return name
+
+
+def new_point_id(now: datetime | None = None) -> str:
+    """Sortable by time: `20261125T060102Z-3f9a1c`."""
+    now = now or datetime.now(UTC)
+    return now.strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
+
+
+@dataclass
+class DiskRecord:
+    index: int
+    name: str
+    size: int
+    source: str
+    index_key: str
+    block_size: int
+    #: bytes that the layout (or platform) reported as valid data
+    valid_bytes: int = 0
+    #: bytes read from the source in this sync
+    read_bytes: int = 0
+    #: bytes of read blocks that were all zero
+    zero_bytes: int = 0
+    #: bytes of new chunk objects written (after compression)
+    stored_bytes: int = 0
+    new_chunks: int = 0
+    #: blocks whose content matched what the repository already held
+    reused_blocks: int = 0
+    mode: str = "full"
+    fallback_reason: str | None = None
+    layout: dict[str, Any] | None = None
+
+
+@dataclass
+class RestorePoint:
+    host: str
+    id: str
+    created: str
+    consistency: str
+    disks: list[DiskRecord]
+    status: str = "ok"
+    parent: str | None = None
+    token: dict[str, Any] | None = None
+    source: str = ""
+    codec: str = "none"
+    duration_s: float = 0.0
+    protected: bool = False
+    damaged: list[dict[str, Any]] = field(default_factory=list)
+    format: int = 1
+
+    @property
+    def key(self) -> str:
+        return point_key(self.host, self.id)
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(asdict(self), indent=1, sort_keys=True).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> RestorePoint:
+        raw = json.loads(data)
+        raw["disks"] = [DiskRecord(**d) for d in raw["disks"]]
+        return cls(**raw)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "host": self.host,
+            "point": self.id,
+            "created": self.created,
+            "consistency": self.consistency,
+            "status": self.status,
+            "disks": len(self.disks),
+            "size": sum(d.size for d in self.disks),
+            "stored_bytes": sum(d.stored_bytes for d in self.disks),
+            "mode": ",".join(sorted({d.mode for d in self.disks})),
+        }
+
+
+def point_key(host: str, point: str) -> str:
+    return f"points/{host}/{point}.json"
+
+
+def index_key(point: str, disk: int) -> str:
+    return f"indexes/{point}/{disk}"

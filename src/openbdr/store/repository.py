@@ -1,0 +1,224 @@
+"""The object-mode repository (DESIGN.md §4) over any `Blobs`.
+
+    config                         format, version, id, block size, hash key / encryption
+    chunks/ab/<id>                 immutable chunk objects
+    indexes/<point>/<disk>         one chunk id per block
+    points/<host>/<point>.json     manifest; written last, so its presence is the commit
+    locks/<name>.json              leases
+    checkpoints/<host>/…           progress of an unfinished sync (resumable)
+
+Everything a restore or a verify needs is here; the catalog DB only mirrors it.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+from ..blocks import BLOCK_SIZE
+from ..chunk import ChunkCodec, Codec, Encoded, chunk_key
+from ..errors import CorruptionError, RepositoryError
+from .blobs import Blobs, NotFound, open_blobs
+from .index import DiskIndex
+from .lease import Lease
+from .manifest import RestorePoint, check_host_name, point_key
+
+FORMAT = "openbdr-repository"
+VERSION = 1
+
+
+class Repository:
+    def __init__(self, blobs: Blobs, config: dict[str, Any]) -> None:
+        self.blobs = blobs
+        self.config = config
+        self.id: str = config["id"]
+        self.block_size: int = int(config["block_size"])
+        self.hash_key = bytes.fromhex(config["hash_key"])
+
+    # -- life cycle ----------------------------------------------------------
+    @classmethod
+    def init(cls, url: str) -> Repository:
+        blobs = open_blobs(url, create=True)
+        if blobs.exists("config"):
+            raise RepositoryError(
+                f"{blobs.url} is already an OpenBDR repository", "use it as it is"
+            )
+        if any(True for _ in blobs.list("")):
+            raise RepositoryError(
+                f"{blobs.url} is not empty", "choose an empty directory or bucket prefix"
+            )
+        config = {
+            "format": FORMAT,
+            "version": VERSION,
+            "id": str(uuid.uuid4()),
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "block_size": BLOCK_SIZE,
+            "hash": "blake3-keyed",
+            "hash_key": secrets.token_bytes(32).hex(),
+            "encryption": None,
+        }
+        if not blobs.put_if_absent("config", json.dumps(config, indent=1).encode()):
+            raise RepositoryError(f"{blobs.url} was initialised concurrently", "use it as it is")
+        return cls(blobs, config)
+
+    @classmethod
+    def open(cls, url: str) -> Repository:
+        blobs = open_blobs(url)
+        try:
+            raw = blobs.get("config")
+        except NotFound:
+            raise RepositoryError(
+                f"{url} is not an OpenBDR repository (no config object)",
+                f"check the path, or create one with `openbdr repo init {url}`",
+            ) from None
+        try:
+            config = json.loads(raw)
+            fmt, version = config.get("format"), config.get("version")
+        except (ValueError, AttributeError):
+            raise RepositoryError(
+                f"{url}: config is not valid JSON", "restore it from a copy"
+            ) from None
+        if fmt != FORMAT:
+            raise RepositoryError(f"{url} is not an OpenBDR repository (format {fmt!r})")
+        if version != VERSION:
+            raise RepositoryError(
+                f"{url} has repository format version {version}; this OpenBDR reads {VERSION}",
+                "use the OpenBDR release that wrote it",
+            )
+        return cls(blobs, config)
+
+    @property
+    def url(self) -> str:
+        return self.blobs.url
+
+    def codec(self, compression: Codec = Codec.NONE, level: int = 1) -> ChunkCodec:
+        return ChunkCodec(self.hash_key, compression, level)
+
+    def close(self) -> None:
+        self.blobs.close()
+
+    # -- chunks --------------------------------------------------------------
+    def put_chunk(self, enc: Encoded) -> None:
+        self.blobs.put(chunk_key(enc.id), enc.data)
+
+    def get_chunk(self, cid: bytes) -> bytes:
+        try:
+            return self.blobs.get(chunk_key(cid))
+        except NotFound:
+            raise CorruptionError(f"chunk {cid.hex()} is missing from {self.url}") from None
+
+    def has_chunk(self, cid: bytes) -> bool:
+        return self.blobs.exists(chunk_key(cid))
+
+    # -- indexes -------------------------------------------------------------
+    def put_index(self, key: str, index: DiskIndex) -> None:
+        self.blobs.put(key, index.to_bytes())
+
+    def get_index(self, key: str) -> DiskIndex:
+        try:
+            return DiskIndex.from_bytes(self.blobs.get(key), where=key)
+        except NotFound:
+            raise CorruptionError(f"index {key} is missing from {self.url}") from None
+
+    # -- restore points ------------------------------------------------------
+    def commit(self, point: RestorePoint) -> None:
+        """Make a restore point exist: everything it names must already be durable."""
+        self.blobs.flush()
+        self.blobs.put(point.key, point.to_bytes())
+        self.blobs.flush()
+
+    def update_point(self, point: RestorePoint) -> None:
+        self.blobs.put(point.key, point.to_bytes())
+        self.blobs.flush()
+
+    def hosts(self) -> list[str]:
+        return sorted({info.key.split("/")[1] for info in self.blobs.list("points/")})
+
+    def points(self, host: str | None = None) -> list[RestorePoint]:
+        """Committed restore points, oldest first."""
+        prefix = f"points/{check_host_name(host)}/" if host else "points/"
+        out = []
+        for info in self.blobs.list(prefix):
+            if not info.key.endswith(".json"):
+                continue
+            try:
+                out.append(RestorePoint.from_bytes(self.blobs.get(info.key)))
+            except NotFound:
+                continue  # removed by retention while listing
+            except (ValueError, KeyError, TypeError) as exc:
+                raise CorruptionError(f"manifest {info.key} is unreadable ({exc})") from None
+        return sorted(out, key=lambda p: (p.host, p.id))
+
+    def point(self, host: str, point: str) -> RestorePoint:
+        """A point by id, unique id prefix, or `latest`."""
+        check_host_name(host)
+        if point == "latest":
+            pts = self.points(host)
+            if not pts:
+                raise RepositoryError(
+                    f"host {host!r} has no restore points in {self.url}",
+                    "run `openbdr points` to see the hosts",
+                )
+            return pts[-1]
+        try:
+            return RestorePoint.from_bytes(self.blobs.get(point_key(host, point)))
+        except NotFound:
+            pass
+        matches = [p for p in self.points(host) if p.id.startswith(point)]
+        if len(matches) == 1:
+            return matches[0]
+        raise RepositoryError(
+            f"host {host!r} has no restore point {point!r} in {self.url}"
+            + (" (ambiguous prefix)" if matches else ""),
+            f"run `openbdr points --repo {self.url} --host {host}`",
+        )
+
+    def latest(self, host: str) -> RestorePoint | None:
+        pts = self.points(host)
+        return pts[-1] if pts else None
+
+    # -- checkpoints ---------------------------------------------------------
+    def checkpoint_prefix(self, host: str) -> str:
+        return f"checkpoints/{host}/"
+
+    def load_checkpoint(self, host: str) -> dict[str, Any] | None:
+        try:
+            return dict(json.loads(self.blobs.get(self.checkpoint_prefix(host) + "state.json")))
+        except NotFound:
+            return None
+        except ValueError:
+            return None
+
+    def save_checkpoint(self, host: str, state: dict[str, Any], blobs: dict[str, bytes]) -> None:
+        """Durable before returning: the chunks it names were flushed by the caller."""
+        prefix = self.checkpoint_prefix(host)
+        for name, data in blobs.items():
+            self.blobs.put(prefix + name, data)
+        self.blobs.flush()
+        self.blobs.put(prefix + "state.json", json.dumps(state).encode())
+        self.blobs.flush()
+
+    def get_checkpoint_blob(self, host: str, name: str) -> bytes | None:
+        try:
+            return self.blobs.get(self.checkpoint_prefix(host) + name)
+        except NotFound:
+            return None
+
+    def drop_checkpoint(self, host: str) -> None:
+        for info in list(self.blobs.list(self.checkpoint_prefix(host))):
+            self.blobs.delete(info.key)
+
+    # -- leases --------------------------------------------------------------
+    def host_lease(self, host: str, ttl: float = 60.0) -> Lease:
+        return Lease(self.blobs, f"host-{check_host_name(host)}", f"a sync of host {host}", ttl)
+
+    def iter_indexes(
+        self, points: list[RestorePoint]
+    ) -> Iterator[tuple[RestorePoint, int, DiskIndex]]:
+        for p in points:
+            for d in p.disks:
+                yield p, d.index, self.get_index(d.index_key)

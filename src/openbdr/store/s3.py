@@ -1,0 +1,175 @@
+"""`Blobs` on S3 (AWS, Ceph RGW, MinIO, …) through boto3.
+
+The endpoint and credentials come from the standard AWS settings (`AWS_ENDPOINT_URL_S3`
+or `AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`, profiles, …); `S3_ENDPOINT_URL` is honoured
+too. S3 puts are atomic and durable on success, so `flush()` has nothing to do.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlparse
+
+import boto3
+import botocore.exceptions
+from botocore.config import Config
+
+from ..errors import RepositoryError
+from .blobs import BlobInfo, Blobs, NotFound
+
+_UNREACHABLE = (
+    botocore.exceptions.EndpointConnectionError,
+    botocore.exceptions.ConnectTimeoutError,
+    botocore.exceptions.ReadTimeoutError,
+    botocore.exceptions.ConnectionClosedError,
+)
+
+
+def _endpoint() -> str | None:
+    return (
+        os.environ.get("AWS_ENDPOINT_URL_S3")
+        or os.environ.get("AWS_ENDPOINT_URL")
+        or os.environ.get("S3_ENDPOINT_URL")
+    )
+
+
+class S3Blobs(Blobs):
+    def __init__(self, url: str, *, create: bool = False, max_connections: int = 32) -> None:
+        parsed = urlparse(url)
+        if parsed.scheme != "s3" or not parsed.netloc:
+            raise RepositoryError(f"bad S3 repository URL {url!r}", "write s3://bucket/prefix")
+        self.url = url
+        self.bucket = parsed.netloc
+        self.prefix = parsed.path.strip("/")
+        if self.prefix:
+            self.prefix += "/"
+        self.endpoint = _endpoint()
+        self.client: Any = boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            config=Config(
+                max_pool_connections=max_connections,
+                connect_timeout=float(os.environ.get("OPENBDR_S3_CONNECT_TIMEOUT", "5")),
+                read_timeout=float(os.environ.get("OPENBDR_S3_READ_TIMEOUT", "60")),
+                retries={"mode": "standard", "max_attempts": 3},
+                s3={"addressing_style": "path"} if self.endpoint else {},
+            ),
+        )
+        self._check(create)
+
+    def _where(self) -> str:
+        return f"{self.url} at {self.endpoint or 'AWS'}"
+
+    def _check(self, create: bool) -> None:
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except _UNREACHABLE as exc:
+            raise RepositoryError(
+                f"cannot reach S3 endpoint {self.endpoint or 'AWS'}: {exc}",
+                "check AWS_ENDPOINT_URL_S3 and the network",
+            ) from None
+        except botocore.exceptions.ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code in ("404", "NoSuchBucket", "NotFound") and create:
+                self.client.create_bucket(Bucket=self.bucket)
+                return
+            if code in ("404", "NoSuchBucket", "NotFound"):
+                raise RepositoryError(
+                    f"S3 bucket {self.bucket!r} does not exist at {self.endpoint or 'AWS'}",
+                    f"create it with `openbdr repo init {self.url}`",
+                ) from None
+            if code in ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+                raise RepositoryError(
+                    f"S3 denied access to bucket {self.bucket!r} ({code})",
+                    "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY",
+                ) from None
+            raise RepositoryError(f"S3 error on bucket {self.bucket!r}: {exc}") from None
+        except botocore.exceptions.NoCredentialsError:
+            raise RepositoryError(
+                "no S3 credentials found", "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+            ) from None
+
+    def _key(self, key: str) -> str:
+        return self.prefix + key
+
+    def _call(self, op: str, **kwargs: Any) -> Any:
+        try:
+            return getattr(self.client, op)(Bucket=self.bucket, **kwargs)
+        except _UNREACHABLE as exc:
+            raise RepositoryError(
+                f"S3 endpoint {self.endpoint or 'AWS'} stopped answering during {op}: {exc}",
+                "check the S3 service; a sync resumes from its checkpoint when run again",
+            ) from None
+
+    @staticmethod
+    def _code(exc: botocore.exceptions.ClientError) -> str:
+        return str(exc.response.get("Error", {}).get("Code", ""))
+
+    def put(self, key: str, data: bytes | memoryview) -> None:
+        self._call("put_object", Key=self._key(key), Body=bytes(data))
+
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        try:
+            self._call("put_object", Key=self._key(key), Body=data, IfNoneMatch="*")
+        except botocore.exceptions.ClientError as exc:
+            if self._code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+                return False
+            raise
+        return True
+
+    def replace_if(self, key: str, expected: bytes, data: bytes) -> bool:
+        try:
+            obj = self._call("get_object", Key=self._key(key))
+        except botocore.exceptions.ClientError as exc:
+            if self._code(exc) in ("NoSuchKey", "404"):
+                return False
+            raise
+        if obj["Body"].read() != expected:
+            return False
+        try:
+            self._call("put_object", Key=self._key(key), Body=data, IfMatch=obj["ETag"])
+        except botocore.exceptions.ClientError as exc:
+            if self._code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+                return False
+            raise
+        return True
+
+    def get(self, key: str) -> bytes:
+        try:
+            obj = self._call("get_object", Key=self._key(key))
+        except botocore.exceptions.ClientError as exc:
+            if self._code(exc) in ("NoSuchKey", "404"):
+                raise NotFound(f"{self.url}: no object {key}") from None
+            raise
+        return bytes(obj["Body"].read())
+
+    def exists(self, key: str) -> bool:
+        try:
+            self._call("head_object", Key=self._key(key))
+        except botocore.exceptions.ClientError as exc:
+            if self._code(exc) in ("NoSuchKey", "404", "NotFound"):
+                return False
+            raise
+        return True
+
+    def list(self, prefix: str = "") -> Iterator[BlobInfo]:
+        paginator = self.client.get_paginator("list_objects_v2")
+        cut = len(self.prefix)
+        try:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key(prefix)):
+                for item in page.get("Contents", []):
+                    yield BlobInfo(
+                        item["Key"][cut:], int(item["Size"]), item["LastModified"].timestamp()
+                    )
+        except _UNREACHABLE as exc:
+            raise RepositoryError(
+                f"S3 endpoint {self.endpoint or 'AWS'} stopped answering during list: {exc}"
+            ) from None
+
+    def delete(self, key: str) -> None:
+        self._call("delete_object", Key=self._key(key))
+
+    def close(self) -> None:
+        self.client.close()

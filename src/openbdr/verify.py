@@ -1,0 +1,111 @@
+"""Verify a repository: quick (every referenced chunk exists) or deep (decode and re-hash).
+
+Every problem names the block as point, disk and offset, so an operator knows which
+restore points are affected and what to re-sync.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from .blocks import BLOCK_SIZE
+from .chunk import chunk_id_from_key
+from .errors import CorruptionError, OpenBDRError
+from .store.manifest import RestorePoint
+from .store.repository import Repository
+
+
+@dataclass
+class Problem:
+    host: str
+    point: str
+    disk: int
+    offset: int | None
+    reason: str
+
+    def __str__(self) -> str:
+        where = f"{self.host} point {self.point} disk {self.disk}"
+        if self.offset is not None:
+            where += f" block {self.offset // BLOCK_SIZE} (offset {self.offset})"
+        return f"{where}: {self.reason}"
+
+
+@dataclass
+class VerifyReport:
+    points: int = 0
+    chunks_referenced: int = 0
+    chunks_checked: int = 0
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+ProgressFn = Callable[[int, int], None]
+
+
+def verify(
+    repo: Repository,
+    *,
+    host: str | None = None,
+    deep: bool = False,
+    sample: float = 100.0,
+    threads: int = 4,
+    progress: ProgressFn | None = None,
+    seed: int | None = None,
+) -> VerifyReport:
+    if not 0 < sample <= 100:
+        raise OpenBDRError(f"bad --sample {sample}", "give a percentage in (0, 100]")
+    report = VerifyReport()
+    points = repo.points(host)
+    report.points = len(points)
+    # chunk id -> every (point, disk, offset) using it
+    users: dict[bytes, list[tuple[RestorePoint, int, int]]] = defaultdict(list)
+    for p in points:
+        for d in p.disks:
+            try:
+                index = repo.get_index(d.index_key)
+            except CorruptionError as exc:
+                report.problems.append(Problem(p.host, p.id, d.index, None, exc.what))
+                continue
+            if index.size != d.size:
+                report.problems.append(
+                    Problem(p.host, p.id, d.index, None, "index size differs from manifest")
+                )
+            for i, cid in index.nonzero():
+                users[cid].append((p, d.index, i * BLOCK_SIZE))
+    report.chunks_referenced = len(users)
+    present = {cid for cid in (chunk_id_from_key(b.key) for b in repo.blobs.list("chunks/")) if cid}
+    for cid, where in users.items():
+        if cid not in present:
+            for p, disk, off in where:
+                report.problems.append(Problem(p.host, p.id, disk, off, "chunk missing"))
+    if deep:
+        ids = [cid for cid in users if cid in present]
+        if sample < 100:
+            rng = random.Random(seed)
+            ids = rng.sample(ids, max(1, round(len(ids) * sample / 100))) if ids else []
+        codec = repo.codec()
+
+        def check(cid: bytes) -> tuple[bytes, str | None]:
+            try:
+                codec.decode(cid, repo.get_chunk(cid))
+            except CorruptionError as exc:
+                return cid, exc.what.split(": ", 1)[-1]
+            return cid, None
+
+        with ThreadPoolExecutor(threads, thread_name_prefix="verify") as pool:
+            for n, (cid, err) in enumerate(pool.map(check, ids), 1):
+                report.chunks_checked += 1
+                if err:
+                    for p, disk, off in users[cid]:
+                        report.problems.append(Problem(p.host, p.id, disk, off, err))
+                if progress:
+                    progress(n, len(ids))
+    report.problems.sort(key=lambda pr: (pr.host, pr.point, pr.disk, pr.offset or -1))
+    return report
