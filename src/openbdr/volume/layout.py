@@ -1,0 +1,156 @@
+"""`analyze(reader)`: a disk's partitions, file systems and valid extents.
+
+The rule everywhere is "never less": a partition table that cannot be read means the whole
+disk is valid, a file system that cannot be read means its whole partition is valid, and
+bytes outside partitions that booting needs (MBR gap, GPT headers and backup, EBRs) are
+always valid. Every such fallback leaves a note and a log line.
+"""
+
+from __future__ import annotations
+
+import logging
+from types import ModuleType
+
+from ..extents import Extent, clip, normalize, union
+from . import btrfs, ext, gpt, mbr, ntfs, swap, xfs
+from .model import Damaged, DiskLayout, FilesystemInfo, Partition, whole
+from .reader import BlockReader, SubReader, read_at
+
+log = logging.getLogger("openbdr.volume")
+
+#: probe order: boot-sector file systems first, then the ones with deeper superblocks
+PROBES: tuple[ModuleType, ...] = (ntfs, xfs, btrfs, ext, swap)
+
+
+def probe_filesystem(reader: BlockReader, base: int = 0, size: int | None = None) -> FilesystemInfo:
+    """What `reader` (a partition, or a whole disk) holds and which of its bytes are used.
+
+    `base` is where the volume starts on the disk; results are absolute. Never raises on bad
+    data: anything unexpected becomes the whole-volume answer with a note.
+    """
+    size = reader.size if size is None else size
+    results: list[FilesystemInfo] = []
+    for module in PROBES:
+        kind = module.KIND
+        try:
+            if not module.detect(reader):
+                continue
+            info = module.analyze(reader, base)
+        except OSError:
+            raise
+        except Damaged as exc:
+            info = whole(kind, base, size, f"{kind}: {exc}")
+        except Exception as exc:  # a parser bug on odd data must not cost data
+            info = whole(kind, base, size, f"{kind}: unreadable structures ({type(exc).__name__})")
+        info.used_extents = clip(info.used_extents, base + size)
+        info.used_extents = [e for e in info.used_extents if e.end > base]
+        if info.used_extents and info.used_extents[0].offset < base:
+            first = info.used_extents[0]
+            info.used_extents[0] = Extent(base, first.end - base)
+        results.append(info)
+    if not results:
+        return whole(None, base, size, "no known file system")
+    if len(results) == 1:
+        return results[0]
+    kinds = ", ".join(str(r.kind) for r in results)
+    merged = results[0]
+    merged.used_extents = union(*(r.used_extents for r in results))
+    merged.exact = False
+    merged.note = f"several file-system signatures ({kinds}); keeping the union of their data"
+    return merged
+
+
+def _partition_fs(reader: BlockReader, part: Partition, notes: list[str]) -> None:
+    sub = SubReader(reader, part.start, part.length)
+    part.filesystem = probe_filesystem(sub, part.start, sub.size)
+    if part.filesystem.note:
+        notes.append(f"partition {part.index}: {part.filesystem.note}")
+
+
+def analyze(reader: BlockReader) -> DiskLayout:
+    """Parse the disk behind `reader`; only the reader's I/O errors escape."""
+    size = reader.size
+    layout = DiskLayout(size=size, table="none")
+    structures: list[Extent] = []
+    sector0 = read_at(reader, 0, 512)
+    table = gpt.parse_gpt(reader)
+    if table is not None:
+        layout.table = "gpt"
+        layout.notes += table.notes
+        structures += table.structures
+        for e in table.entries:
+            layout.partitions.append(
+                Partition(e.number, e.start, e.length, e.type_name, name=e.name)
+            )
+    elif gpt.has_gpt_signature(reader) or mbr.is_protective(sector0):
+        layout.table = "gpt"
+        layout.notes.append("GPT present but neither header is usable; keeping the whole disk")
+        structures.append(Extent(0, size))
+    elif not ntfs.detect(reader) and (old := mbr.parse_mbr(reader)) is not None:
+        layout.table = "mbr"
+        layout.notes += old.notes
+        structures += old.structures
+        for e in old.entries:
+            container = e.type_id in mbr.EXTENDED_TYPES and not e.logical
+            layout.partitions.append(
+                Partition(e.number, e.start, e.length, e.type_name, container=container)
+            )
+    else:
+        layout.filesystem = probe_filesystem(reader, 0, size)
+        if layout.filesystem.note:
+            layout.notes.append(f"whole disk: {layout.filesystem.note}")
+        structures += layout.filesystem.used_extents
+
+    data = [p for p in layout.partitions if not p.container]
+    if layout.table != "none":
+        if data:
+            # the gap before the first partition holds boot loaders (GRUB core.img, U-Boot)
+            structures.append(Extent(0, min(p.start for p in data)))
+        elif layout.table == "mbr" or table is not None:
+            layout.notes.append("the partition table lists no partitions")
+    for part in data:
+        _partition_fs(reader, part, layout.notes)
+        assert part.filesystem is not None
+        structures += part.filesystem.used_extents
+    layout.valid_extents = clip(normalize(structures), size)
+    for note in layout.notes:
+        log.warning("volume: %s", note)
+    return layout
+
+
+def _human(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"
+
+
+def render_text(layout: DiskLayout) -> str:
+    """The `openbdr inspect` table: one line per partition, then the notes."""
+    lines = [
+        f"disk: {_human(layout.size)} ({layout.size} bytes), table: {layout.table}, "
+        f"valid: {_human(layout.valid_bytes)} in {len(layout.valid_extents)} extents",
+    ]
+    rows: list[tuple[str, ...]] = [("#", "start", "size", "type", "fs", "label", "used / total")]
+
+    def fs_cols(fs: FilesystemInfo | None) -> tuple[str, str, str]:
+        if fs is None:
+            return "-", "", "-"
+        kind = (fs.variant if fs.kind == "ext4" and fs.variant else fs.kind) or "unknown"
+        if not fs.exact:
+            kind += " (whole)"
+        return kind, fs.label or "", f"{_human(fs.used_bytes)} / {_human(fs.total_bytes)}"
+
+    if layout.filesystem is not None:
+        rows.append(("-", "0", _human(layout.size), "whole disk", *fs_cols(layout.filesystem)))
+    for p in layout.partitions:
+        cols = fs_cols(p.filesystem) if not p.container else ("(container)", "", "-")
+        rows.append((str(p.index), _human(p.start), _human(p.length), p.type, *cols))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    for note in layout.notes:
+        lines.append(f"note: {note}")
+    return "\n".join(lines) + "\n"
