@@ -4,7 +4,7 @@ A chunk object is self-describing so that a restore or a scrub needs nothing but
 object and the repository keys::
 
     magic "OBCK" | version u8 | codec u8 | flags u8 | 0 u8 | raw_len u32 | payload_len u32
-    | crc32(payload) u32 | 0 u32 | payload
+    | crc32(header with crc 0 | payload) u32 | 0 u32 | payload
 
 All integers are little-endian. The chunk id is the keyed BLAKE3 hash of the plaintext
 block, so a block's id reveals nothing without the repository's hash key, identical
@@ -31,7 +31,7 @@ from .errors import CorruptionError, OpenBDRError
 
 MAGIC = b"OBCK"
 VERSION = 1
-HEADER = struct.Struct("<4sBBBxIII4x")
+HEADER = struct.Struct("<4sBBBBIIII")
 ENCRYPTED = 0x01
 ID_SIZE = 32
 ZERO_ID = bytes(ID_SIZE)
@@ -129,10 +129,11 @@ class ChunkCodec:
                 payload, used = packed, want
         flags = ENCRYPTED if self.cipher else 0
         if self.cipher:
-            header_for_aad = HEADER.pack(MAGIC, VERSION, used, flags, len(view), 0, 0)
+            header_for_aad = HEADER.pack(MAGIC, VERSION, used, flags, 0, len(view), 0, 0, 0)
             payload = self.cipher.seal(payload, header_for_aad + cid)
-        crc = zlib.crc32(payload)
-        header = HEADER.pack(MAGIC, VERSION, used, flags, len(view), len(payload), crc)
+        unsigned = HEADER.pack(MAGIC, VERSION, used, flags, 0, len(view), len(payload), 0, 0)
+        crc = zlib.crc32(payload, zlib.crc32(unsigned))
+        header = HEADER.pack(MAGIC, VERSION, used, flags, 0, len(view), len(payload), crc, 0)
         return Encoded(cid, header + bytes(payload), used)
 
     def decode(self, chunk_id: bytes, data: bytes | memoryview, where: str = "") -> bytes:
@@ -141,7 +142,9 @@ class ChunkCodec:
         view = memoryview(data)
         if len(view) < HEADER.size:
             raise CorruptionError(f"{label}: chunk object truncated ({len(view)} bytes)")
-        magic, version, codec, flags, raw_len, payload_len, crc = HEADER.unpack_from(view)
+        magic, version, codec, flags, res1, raw_len, payload_len, crc, res2 = HEADER.unpack_from(
+            view
+        )
         if magic != MAGIC:
             raise CorruptionError(f"{label}: not a chunk object (bad magic)")
         if version != VERSION:
@@ -151,12 +154,13 @@ class ChunkCodec:
             raise CorruptionError(
                 f"{label}: payload is {len(payload)} bytes, header says {payload_len}"
             )
-        if zlib.crc32(payload) != crc:
+        unsigned = HEADER.pack(magic, version, codec, flags, res1, raw_len, payload_len, 0, res2)
+        if res1 or res2 or zlib.crc32(payload, zlib.crc32(unsigned)) != crc:
             raise CorruptionError(f"{label}: checksum mismatch")
         if flags & ENCRYPTED:
             if self.cipher is None:
                 raise CorruptionError(f"{label}: chunk is encrypted but the repository is not")
-            aad = HEADER.pack(MAGIC, VERSION, codec, flags, raw_len, 0, 0) + chunk_id
+            aad = HEADER.pack(MAGIC, VERSION, codec, flags, 0, raw_len, 0, 0, 0) + chunk_id
             payload = memoryview(self.cipher.open(payload, aad))
         try:
             plain = self._decompress(Codec(codec), payload, raw_len)

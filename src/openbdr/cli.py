@@ -71,7 +71,13 @@ def _size(n: float) -> str:
 @app.callback()
 def _root(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log what happens.")] = False,
+    password_file: Annotated[
+        str | None,
+        typer.Option("--password-file", help="File holding an encrypted repository's passphrase."),
+    ] = None,
 ) -> None:
+    if password_file:
+        os.environ["OPENBDR_PASSWORD_FILE"] = password_file
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -88,11 +94,14 @@ def version() -> None:
 @repo_app.command("init")
 def repo_init(
     repo: Annotated[str, typer.Argument(help="Directory or s3://bucket/prefix.")],
+    encrypt: Annotated[
+        bool, typer.Option("--encrypt", help="Encrypt with AES-256-GCM under a passphrase.")
+    ] = False,
 ) -> None:
     """Create an empty repository."""
     from .store.repository import Repository
 
-    r = Repository.init(repo)
+    r = Repository.init(repo, encrypt=encrypt)
     out.print(f"created repository {r.id} at {r.url}")
 
 
@@ -112,6 +121,9 @@ def sync_cmd(
         typer.Option("--all-data", help="Copy all non-hole data, not only what file systems use."),
     ] = False,
     threads: Annotated[int, typer.Option(help="Worker threads.")] = 0,
+    checkpoint_interval: Annotated[
+        float, typer.Option(help="Seconds between checkpoints a killed sync resumes from.")
+    ] = 10.0,
     json_out: JsonOpt = False,
 ) -> None:
     """Sync disks to a new restore point (full first, then only what differs)."""
@@ -127,6 +139,7 @@ def sync_cmd(
         level=level,
         bwlimit=parse_rate(bwlimit),
         full=full,
+        checkpoint_every=checkpoint_interval,
     )
     if threads > 0:
         options.threads = threads

@@ -23,7 +23,7 @@ class TokenBucket:
     def __init__(self, rate: float, burst: float | None = None) -> None:
         self.rate = rate
         self.burst = burst if burst is not None else max(rate, 4 << 20)
-        self.tokens = self.burst
+        self.tokens = 0.0  # no free burst at start: a limit holds from the first byte
         self.stamp = time.monotonic()
         self.lock = threading.Lock()
 

@@ -108,6 +108,12 @@ class ImageDisk(DiskSnapshot):
         self._stat = st
         self.size = device_size(self.fd)
         self.reader = FileReader(self.fd, self.size)
+        if self.size == 0:
+            os.close(self.fd)
+            raise SourceError(
+                f"source {path} is empty (0 bytes)",
+                "check that the device is attached or the image is the right file",
+            )
         self._probe_readable()
         self.valid_only = valid_only
         self.layout: dict[str, Any] | None = None
