@@ -12,6 +12,7 @@ chunk tree falls back to the whole volume.
 from __future__ import annotations
 
 import bisect
+import hashlib
 import struct
 from dataclasses import dataclass
 
@@ -90,9 +91,22 @@ def _parse_chunk(data: bytes, off: int, logical: int) -> tuple[_Chunk, int]:
     return _Chunk(logical, length, ctype, stripes, sub_stripes), off + 48 + 32 * num_stripes
 
 
+def _csum_ok(block: bytes, csum_type: int) -> bool:
+    """Checksum of bytes 32.. against the first bytes; xxhash64 (type 1) is not checked."""
+    body = block[32:]
+    if csum_type == 0:
+        return crc32c(body) == struct.unpack_from("<I", block, 0)[0]
+    if csum_type == 2:
+        return hashlib.sha256(body).digest() == block[:32]
+    if csum_type == 3:
+        return hashlib.blake2b(body, digest_size=32).digest() == block[:32]
+    return True
+
+
 class _Fs:
     def __init__(self, reader: BlockReader, sb: bytes) -> None:
         self.reader = reader
+        self.csum_type = struct.unpack_from("<H", sb, 196)[0]
         self.nodesize = struct.unpack_from("<I", sb, 148)[0]
         incompat = struct.unpack_from("<Q", sb, 188)[0]
         self.fsid = sb[571:587] if incompat & INCOMPAT_METADATA_UUID else sb[32:48]
@@ -132,6 +146,8 @@ class _Fs:
         data = read_at(self.reader, where[0].offset, self.nodesize)
         if len(data) < self.nodesize:
             raise Damaged(f"tree block {logical} lies past the end")
+        if not _csum_ok(data, self.csum_type):
+            raise Damaged(f"tree block {logical} checksum mismatch")
         bytenr = struct.unpack_from("<Q", data, 48)[0]
         nritems, nlevel = struct.unpack_from("<IB", data, 96)
         if data[32:48] != self.fsid or bytenr != logical:

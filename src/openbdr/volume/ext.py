@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from ..extents import Extent, normalize
 from .bitmap import set_runs
+from .crc import crc32c_raw
 from .model import Damaged, FilesystemInfo
 from .reader import BlockReader, read_at
 
@@ -32,6 +33,8 @@ INCOMPAT_FLEX_BG = 0x200
 RO_COMPAT_SPARSE_SUPER = 0x1
 RO_COMPAT_HUGE_FILE = 0x8
 RO_COMPAT_BIGALLOC = 0x200
+RO_COMPAT_METADATA_CSUM = 0x400
+INCOMPAT_CSUM_SEED = 0x2000
 BG_BLOCK_UNINIT = 0x2
 MAX_READ = 4 << 20
 
@@ -268,6 +271,12 @@ def analyze(reader: BlockReader, base: int) -> FilesystemInfo:
         bitmap_groups.append((bb, g))
 
     nbytes = s.clusters_per_group // 8 + (1 if s.clusters_per_group % 8 else 0)
+    csum_seed: int | None = None
+    if s.ro_compat & RO_COMPAT_METADATA_CSUM:
+        if s.incompat & INCOMPAT_CSUM_SEED:
+            csum_seed = struct.unpack_from("<I", sb, 0x270)[0]
+        else:
+            csum_seed = crc32c_raw(0xFFFFFFFF, sb[0x68:0x78])
     unit = s.cluster_ratio * bs
     bitmap_groups.sort()
     i = 0
@@ -287,6 +296,16 @@ def analyze(reader: BlockReader, base: int) -> FilesystemInfo:
             group_clusters = min(s.clusters_per_group, total_clusters - g * s.clusters_per_group)
             if len(chunk) < (group_clusters + 7) // 8:
                 notes.append(f"group {g}: block bitmap is truncated")
+                whole_groups.append(g)
+                continue
+            if csum_seed is not None and not _bitmap_csum_ok(
+                chunk,
+                s,
+                csum_seed,
+                desc[g * ds + 0x18 : g * ds + 0x1A],
+                desc[g * ds + 0x38 : g * ds + 0x3A] if wide else b"",
+            ):
+                notes.append(f"group {g}: block bitmap checksum mismatch; keeping the whole group")
                 whole_groups.append(g)
                 continue
             runs = set_runs(chunk, group_clusters)
@@ -328,6 +347,15 @@ def analyze(reader: BlockReader, base: int) -> FilesystemInfo:
         uuid=_uuid(uuid),
         note=note,
     )
+
+
+def _bitmap_csum_ok(bitmap: bytes, s: _Super, seed: int, lo: bytes, hi: bytes) -> bool:
+    """metadata_csum: the descriptor holds a CRC32C of the bitmap (16 or 32 bits of it)."""
+    crc = crc32c_raw(seed, bitmap[: s.clusters_per_group // 8])
+    stored = int.from_bytes(lo, "little")
+    if len(hi) == 2:
+        return crc == stored | int.from_bytes(hi, "little") << 16
+    return crc & 0xFFFF == stored
 
 
 def _uuid(raw: bytes) -> str | None:

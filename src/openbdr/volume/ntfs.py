@@ -146,9 +146,14 @@ def analyze(reader: BlockReader, base: int) -> FilesystemInfo:
     runs = set_runs(bitmap, clusters)
     used = runs_to_extents(runs, cluster)
     probe = normalize(used)
-    # the bitmap must at least cover the boot sector, the MFT start and itself
+    # the bitmap must at least cover the boot sector, the whole MFT and itself: a run list
+    # that sends us to some other data would hardly pass that
     musts = [Extent(0, cluster), Extent(mft, cluster)]
     musts += [Extent(lcn * cluster, n * cluster) for lcn, n in bitmap_runs]
+    musts += [
+        Extent(lcn * cluster, n * cluster)
+        for lcn, n in _mft_runs(reader, mft, record_size, clusters)
+    ]
     for m in musts:
         if not any(e.offset <= m.offset and m.end <= e.end for e in probe):
             raise Damaged("$Bitmap marks its own metadata free")
@@ -164,6 +169,17 @@ def analyze(reader: BlockReader, base: int) -> FilesystemInfo:
         label=label,
         uuid=f"{serial:016X}",
     )
+
+
+def _mft_runs(
+    reader: BlockReader, mft: int, record_size: int, clusters: int
+) -> list[tuple[int, int]]:
+    """Where $MFT itself lives (record 0's unnamed $DATA)."""
+    rec = _record(reader, mft, record_size)
+    for atype, attr in _attributes(rec):
+        if atype == ATTR_DATA and attr[9] == 0 and attr[8] == 1:
+            return _runlist(attr, clusters)
+    raise Damaged("$MFT has no data attribute")
 
 
 def _label(reader: BlockReader, mft: int, record_size: int) -> str | None:

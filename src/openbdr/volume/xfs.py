@@ -82,9 +82,11 @@ def _free_extents(reader: BlockReader, s: _Super, agno: int) -> tuple[list[tuple
     bs = s.block_size
     ag_start = agno * s.agblocks * bs
     aglen = min(s.agblocks, s.dblocks - agno * s.agblocks)
-    agf = read_at(reader, ag_start + s.sectsize, 64)
-    if len(agf) < 64 or agf[:4] != AGF_MAGIC:
+    agf = read_at(reader, ag_start + s.sectsize, s.sectsize)
+    if len(agf) < 224 or agf[:4] != AGF_MAGIC:
         return [], "AGF missing"
+    if s.crc and not _crc_ok(agf, 216):
+        return [], "AGF checksum mismatch"
     seqno, length, bno_root = struct.unpack_from(">III", agf, 8)
     bno_level = struct.unpack_from(">I", agf, 28)[0]
     freeblks = struct.unpack_from(">I", agf, 52)[0]
@@ -108,6 +110,8 @@ def _free_extents(reader: BlockReader, s: _Super, agno: int) -> tuple[list[tuple
             node = read_at(reader, ag_start + blk * bs, bs)
             if len(node) < bs or node[:4] not in BNO_MAGICS:
                 return [], f"free-space tree block {blk} has no btree magic"
+            if s.crc and not _crc_ok(node, 52):
+                return [], f"free-space tree block {blk} checksum mismatch"
             nlevel, numrecs = struct.unpack_from(">HH", node, 4)
             if nlevel != level:
                 return [], f"free-space tree block {blk} is at the wrong level"
@@ -142,11 +146,9 @@ def _agfl(
     size = (s.sectsize - hdr) // 4
     if len(raw) < s.sectsize or count == 0 or count > size or first >= size or last >= size:
         return []
-    if s.crc:  # skipping these blocks is only safe if the list is the one XFS wrote
-        check = bytearray(raw)
-        check[32:36] = bytes(4)
-        if raw[:4] != b"XAFL" or crc32c(check) != struct.unpack_from("<I", raw, 32)[0]:
-            return []
+    # skipping these blocks is only safe if the list is the one XFS wrote
+    if s.crc and (raw[:4] != b"XAFL" or not _crc_ok(raw, 32)):
+        return []
     if (last - first) % size + 1 != count:
         return []
     slots = struct.unpack_from(f">{size}I", raw, hdr)
@@ -154,6 +156,13 @@ def _agfl(
     if any(not 0 < b < aglen for b in blocks):
         return []
     return [(b, 1) for b in blocks]
+
+
+def _crc_ok(block: bytes, at: int) -> bool:
+    """v5 metadata: CRC32C of the block with its CRC field zeroed, stored little-endian."""
+    check = bytearray(block)
+    check[at : at + 4] = bytes(4)
+    return crc32c(check) == struct.unpack_from("<I", block, at)[0]
 
 
 def _log_is_clean(reader: BlockReader, s: _Super) -> tuple[bool, str]:
