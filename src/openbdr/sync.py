@@ -27,7 +27,7 @@ from typing import Any
 from .blocks import BLOCK_SIZE, ZERO_BLOCK, block_count, block_span, is_zero
 from .capture.base import ChangeToken, DiskSnapshot, Host
 from .chunk import ZERO_ID, ChunkCodec, Codec
-from .errors import LockedError, SourceError
+from .errors import LockedError, OpenBDRError, SourceError
 from .extents import Extent, normalize, to_blocks, total
 from .store.index import DiskIndex
 from .store.manifest import DiskRecord, RestorePoint, index_key, new_point_id
@@ -51,6 +51,14 @@ class SyncOptions:
     threads: int = field(default_factory=lambda: max(2, os.cpu_count() or 2))
     checkpoint_every: float = 10.0
     full: bool = False
+    #: polled at every block; True stops the sync cleanly (checkpoint, then `SyncStopped`)
+    should_stop: Callable[[], bool] | None = None
+
+
+class SyncStopped(OpenBDRError):
+    """The caller asked the sync to stop (pause, cancel); its checkpoint was saved."""
+
+    exit_code = 5
 
 
 @dataclass
@@ -301,6 +309,11 @@ class SyncRun:
     # -- periodic work -----------------------------------------------------------
     def tick(self, current: _DiskSync, force: bool = False) -> None:
         now = time.monotonic()
+        if self.options.should_stop is not None and self.options.should_stop():
+            raise SyncStopped(
+                f"the sync of host {self.host.name} was stopped on request",
+                "run it again to continue from its checkpoint",
+            )
         if self.lease is not None and self.lease.lost.is_set():
             raise LockedError(
                 f"lost the lease of host {self.host.name} (another process took it over)",
@@ -364,11 +377,12 @@ class SyncRun:
         repo, host = self.repo, self.host
         with repo.host_lease(host.name) as lease:
             self.lease = lease
-            prev = None if self.options.full else repo.latest(host.name)
+            latest = repo.latest(host.name)
+            prev = None if self.options.full else latest
             since = ChangeToken.from_json(prev.token) if prev else None
             ckpt = repo.load_checkpoint(host.name)
             with host.snapshot(since) as snap:
-                point_id = new_point_id()
+                point_id = new_point_id(after=latest.id if latest else None)
                 created = datetime.now(UTC).isoformat(timespec="seconds")
                 self.state = {"parent": prev.id if prev else None, "point": point_id}
                 plans = []

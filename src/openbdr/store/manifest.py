@@ -6,7 +6,7 @@ import json
 import re
 import secrets
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ..errors import OpenBDRError
@@ -23,10 +23,21 @@ def check_host_name(name: str) -> str:
     return name
 
 
-def new_point_id(now: datetime | None = None) -> str:
-    """Sortable by time: `20261125T060102Z-3f9a1c`."""
+def new_point_id(after: str | None = None, now: datetime | None = None) -> str:
+    """Sortable by time, `20261125T060102.123456Z-3f9a1c`, and always after `after`.
+
+    Order of ids is the order of points (`latest` is the last id), so a clock that steps
+    back or two points in one microsecond must not reorder them.
+    """
     now = now or datetime.now(UTC)
-    return now.strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
+    if after:
+        try:
+            prev = datetime.strptime(after.split("-")[0], "%Y%m%dT%H%M%S.%fZ").replace(tzinfo=UTC)
+        except ValueError:
+            prev = None
+        if prev is not None and now <= prev:
+            now = prev + timedelta(microseconds=1)
+    return now.strftime("%Y%m%dT%H%M%S.%fZ") + "-" + secrets.token_hex(3)
 
 
 @dataclass
