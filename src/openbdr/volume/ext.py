@@ -33,6 +33,7 @@ INCOMPAT_FLEX_BG = 0x200
 RO_COMPAT_SPARSE_SUPER = 0x1
 RO_COMPAT_HUGE_FILE = 0x8
 RO_COMPAT_BIGALLOC = 0x200
+RO_COMPAT_GDT_CSUM = 0x10
 RO_COMPAT_METADATA_CSUM = 0x400
 INCOMPAT_CSUM_SEED = 0x2000
 BG_BLOCK_UNINIT = 0x2
@@ -228,6 +229,16 @@ def analyze(reader: BlockReader, base: int) -> FilesystemInfo:
     label = sb[0x78:0x88].split(b"\0", 1)[0].decode("utf-8", "replace")
     if s.incompat & INCOMPAT_RECOVER:
         raise Damaged("journal needs recovery, so the on-disk bitmaps may be stale")
+    csum_seed: int | None = None
+    if s.ro_compat & RO_COMPAT_METADATA_CSUM:
+        if crc32c_raw(0xFFFFFFFF, sb[:0x3FC]) != struct.unpack_from("<I", sb, 0x3FC)[0]:
+            raise Damaged("superblock checksum mismatch")
+        if s.incompat & INCOMPAT_CSUM_SEED:
+            csum_seed = struct.unpack_from("<I", sb, 0x270)[0]
+        else:
+            csum_seed = crc32c_raw(0xFFFFFFFF, sb[0x68:0x78])
+    # without descriptor checksums the kernel ignores the UNINIT flags, and so do we
+    desc_csum = bool(s.ro_compat & (RO_COMPAT_METADATA_CSUM | RO_COMPAT_GDT_CSUM))
     desc = _read_descriptors(reader, s)
     ds = s.desc_size
     wide = ds >= 64
@@ -251,13 +262,17 @@ def analyze(reader: BlockReader, base: int) -> FilesystemInfo:
     whole_groups: list[int] = []
     bitmap_groups: list[tuple[int, int]] = []  # (bitmap block, group)
     for g in range(s.groups):
+        if desc_csum and not _desc_csum_ok(desc[g * ds : (g + 1) * ds], g, csum_seed, sb):
+            notes.append(f"group {g}: descriptor checksum mismatch; keeping the whole group")
+            whole_groups.append(g)
+            continue
         flags = struct.unpack_from("<H", desc, g * ds + 0x12)[0]
         bb, ib, it = field(g, 0, 0x20), field(g, 4, 0x24), field(g, 8, 0x28)
         # group metadata is in use wherever it lives (flex_bg puts it in other groups)
         for blk, n in ((bb, 1), (ib, 1), (it, itable_blocks)):
             if s.first_data_block <= blk < s.blocks:
                 used.append((blk * bs, min(n, s.blocks - blk) * bs))
-        if flags & BG_BLOCK_UNINIT and g > 0:
+        if flags & BG_BLOCK_UNINIT and g > 0 and desc_csum:
             if s.cluster_ratio > 1:
                 whole_groups.append(g)
                 continue
@@ -271,12 +286,6 @@ def analyze(reader: BlockReader, base: int) -> FilesystemInfo:
         bitmap_groups.append((bb, g))
 
     nbytes = s.clusters_per_group // 8 + (1 if s.clusters_per_group % 8 else 0)
-    csum_seed: int | None = None
-    if s.ro_compat & RO_COMPAT_METADATA_CSUM:
-        if s.incompat & INCOMPAT_CSUM_SEED:
-            csum_seed = struct.unpack_from("<I", sb, 0x270)[0]
-        else:
-            csum_seed = crc32c_raw(0xFFFFFFFF, sb[0x68:0x78])
     unit = s.cluster_ratio * bs
     bitmap_groups.sort()
     i = 0
@@ -347,6 +356,28 @@ def analyze(reader: BlockReader, base: int) -> FilesystemInfo:
         uuid=_uuid(uuid),
         note=note,
     )
+
+
+def _crc16(crc: int, data: bytes) -> int:
+    """CRC-16/ARC as ext4's uninit_bg descriptors use it (bit-reflected 0x8005)."""
+    for b in data:
+        crc ^= b
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
+    return crc
+
+
+def _desc_csum_ok(d: bytes, g: int, seed: int | None, sb: bytes) -> bool:
+    """The 16-bit checksum a descriptor carries at 0x1E (CRC32C low half, or CRC16)."""
+    stored = struct.unpack_from("<H", d, 0x1E)[0]
+    group = struct.pack("<I", g)
+    if seed is not None:
+        zeroed = d[:0x1E] + b"\0\0" + d[0x20:]
+        return crc32c_raw(crc32c_raw(seed, group), zeroed) & 0xFFFF == stored
+    crc = _crc16(0xFFFF, sb[0x68:0x78] + group + d[:0x1E])
+    if len(d) > 0x20:
+        crc = _crc16(crc, d[0x20:])
+    return crc == stored
 
 
 def _bitmap_csum_ok(bitmap: bytes, s: _Super, seed: int, lo: bytes, hi: bytes) -> bool:

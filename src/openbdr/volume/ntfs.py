@@ -109,6 +109,10 @@ def analyze(reader: BlockReader, base: int) -> FilesystemInfo:
             f"({reader.size} bytes)"
         )
     clusters = total_sectors * bps // cluster
+    # the backup boot sector sits right after the sectors the boot sector counts: a damaged
+    # size or geometry field sends us to a sector that is not its copy
+    if read_at(reader, total_sectors * bps, 512) != boot:
+        raise Damaged("boot sector and its backup differ")
     if not 0 < mft_lcn < clusters:
         raise Damaged("MFT outside the volume")
     mft = mft_lcn * cluster

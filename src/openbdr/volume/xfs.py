@@ -227,6 +227,10 @@ def _log_is_clean(reader: BlockReader, s: _Super) -> tuple[bool, str]:
 def analyze(reader: BlockReader, base: int) -> FilesystemInfo:
     sb = read_at(reader, 0, 512)
     s = _parse_super(sb, reader.size)
+    if s.crc:
+        sector = read_at(reader, 0, s.sectsize)
+        if len(sector) < s.sectsize or not _crc_ok(sector, 224):
+            raise Damaged("superblock checksum mismatch")
     clean, why = _log_is_clean(reader, s)
     if not clean:
         raise Damaged(f"{why}; the free-space trees may be stale until the log is replayed")
