@@ -56,6 +56,8 @@ class Lease:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.lost = threading.Event()
+        #: when this holder first took the lease (gc protects chunks newer than a live sync)
+        self.acquired = 0.0
 
     def _record(self) -> bytes:
         pid = os.getpid()
@@ -68,6 +70,7 @@ class Lease:
                 "pid": pid,
                 "pid_start": _pid_start(pid),
                 "expires": time.time() + self.ttl,
+                "acquired": self.acquired,
             }
         ).encode()
 
@@ -80,6 +83,7 @@ class Lease:
         return same_machine and not _pid_alive(int(data.get("pid", 0)), str(data.get("pid_start")))
 
     def acquire(self) -> Lease:
+        self.acquired = time.time()
         for _ in range(5):
             record = self._record()
             if self.blobs.put_if_absent(self.key, record):

@@ -23,25 +23,38 @@ from ..blocks import BLOCK_SIZE
 from ..chunk import ChunkCodec, Codec, Encoded, chunk_key
 from ..errors import CorruptionError, RepositoryError
 from .blobs import Blobs, NotFound, open_blobs
+from .crypto import AeadCipher, RepoKeys
 from .index import DiskIndex
+from .keys import encrypted_config, open_keys, read_passphrase
 from .lease import Lease
 from .manifest import RestorePoint, check_host_name, point_key
+from .sealed import SealedBlobs
 
 FORMAT = "openbdr-repository"
 VERSION = 1
 
 
 class Repository:
-    def __init__(self, blobs: Blobs, config: dict[str, Any]) -> None:
+    def __init__(
+        self, blobs: Blobs, config: dict[str, Any], keys: RepoKeys | None = None
+    ) -> None:
+        self.raw_blobs = blobs
         self.blobs = blobs
         self.config = config
         self.id: str = config["id"]
         self.block_size: int = int(config["block_size"])
-        self.hash_key = bytes.fromhex(config["hash_key"])
+        self.keys = keys
+        self.cipher: AeadCipher | None = None
+        if keys is not None:  # encrypted: metadata sealed, chunks under the data key
+            self.blobs = SealedBlobs(blobs, keys.meta_cipher())
+            self.hash_key = keys.hash_key
+            self.cipher = keys.data_cipher()
+        else:
+            self.hash_key = bytes.fromhex(config["hash_key"])
 
     # -- life cycle ----------------------------------------------------------
     @classmethod
-    def init(cls, url: str) -> Repository:
+    def init(cls, url: str, *, encrypt: bool = False, passphrase: str | None = None) -> Repository:
         blobs = open_blobs(url, create=True)
         if blobs.exists("config"):
             raise RepositoryError(
@@ -61,12 +74,15 @@ class Repository:
             "hash_key": secrets.token_bytes(32).hex(),
             "encryption": None,
         }
+        keys = None
+        if encrypt:
+            keys = encrypted_config(blobs, config, passphrase or read_passphrase(confirm=True))
         if not blobs.put_if_absent("config", json.dumps(config, indent=1).encode()):
             raise RepositoryError(f"{blobs.url} was initialised concurrently", "use it as it is")
-        return cls(blobs, config)
+        return cls(blobs, config, keys)
 
     @classmethod
-    def open(cls, url: str) -> Repository:
+    def open(cls, url: str, *, passphrase: str | None = None) -> Repository:
         blobs = open_blobs(url)
         try:
             raw = blobs.get("config")
@@ -89,6 +105,8 @@ class Repository:
                 f"{url} has repository format version {version}; this OpenBDR reads {VERSION}",
                 "use the OpenBDR release that wrote it",
             )
+        if config.get("encryption"):
+            return cls(blobs, config, open_keys(blobs, config, passphrase))
         return cls(blobs, config)
 
     @property
@@ -96,7 +114,7 @@ class Repository:
         return self.blobs.url
 
     def codec(self, compression: Codec = Codec.NONE, level: int = 1) -> ChunkCodec:
-        return ChunkCodec(self.hash_key, compression, level)
+        return ChunkCodec(self.hash_key, compression, level, cipher=self.cipher)
 
     def close(self) -> None:
         self.blobs.close()
