@@ -80,6 +80,10 @@ class RestorePoint:
     protected: bool = False
     damaged: list[dict[str, Any]] = field(default_factory=list)
     format: int = 1
+    #: when the last passed drill proved this point (status "verified"); None if never
+    verified_at: str | None = None
+    #: the last drill of this point: {"id", "verdict", "finished"} (drill/ reports)
+    drill: dict[str, Any] | None = None
 
     @property
     def key(self) -> str:
