@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from . import gc, scrub
 from .blocks import BLOCK_SIZE, ZERO_BLOCK, block_count, block_span, is_zero
 from .capture.base import ChangeToken, DiskSnapshot, Host
 from .chunk import ZERO_ID, ChunkCodec, Codec
@@ -39,6 +40,9 @@ log = logging.getLogger(__name__)
 #: below this many blocks the previous point's ids are kept in a set for dedup across
 #: positions; above it only the same position is compared (memory stays bounded)
 DEDUP_SET_LIMIT = 1 << 18
+#: ids stored in this run kept for dedup across positions; past this the set starts over
+#: (a missed dedup only costs an idempotent re-put), so memory does not grow with the disk
+STORED_SET_LIMIT = 1 << 16
 #: unchanged blocks re-read per disk to check a change tracker's word
 TRUST_SAMPLE = 8
 
@@ -149,6 +153,7 @@ class _DiskSync:
         self.known: set[bytes] = set()
         if self.prev is not None and self.prev.count <= DEDUP_SET_LIMIT:
             self.known = self.prev.unique_ids()
+        self.known -= run.bad_ids  # chunks a scrub found bad are written again
         self.record = DiskRecord(
             index=no,
             name=disk.name,
@@ -167,17 +172,19 @@ class _DiskSync:
             return i, ZERO_ID, 0, "zero", buf
         codec = self.run.codec
         cid = codec.chunk_id(view)
-        if (
-            (self.prev is not None and self.prev[i] == cid)
-            or cid in self.known
-            or (cid in self.run.stored)
+        if (cid in self.run.stored) or (
+            cid not in self.run.bad_ids
+            and ((self.prev is not None and self.prev[i] == cid) or cid in self.known)
         ):
             return i, cid, 0, "reused", buf
         enc = codec.encode(view, cid)
         if self.run.bucket is not None:
             self.run.bucket.take(len(enc.data))
         self.run.repo.put_chunk(enc)
-        self.run.stored.add(cid)
+        stored = self.run.stored
+        if len(stored) >= STORED_SET_LIMIT:
+            stored.clear()
+        stored.add(cid)
         return i, cid, len(enc.data), "stored", buf
 
     # -- reader side (calling thread) -------------------------------------------
@@ -296,6 +303,8 @@ class SyncRun:
         self.codec: ChunkCodec = repo.codec(options.compression, options.level)
         self.bucket = TokenBucket(options.bwlimit) if options.bwlimit > 0 else None
         self.stored: set[bytes] = set()
+        #: ids a scrub marked bad in the host's latest point: never reused, always re-put
+        self.bad_ids: set[bytes] = set()
         self.total_bytes = 0
         self.done_bytes = 0
         self.reused_bytes = 0
@@ -381,6 +390,7 @@ class SyncRun:
             prev = None if self.options.full else latest
             since = ChangeToken.from_json(prev.token) if prev else None
             ckpt = repo.load_checkpoint(host.name)
+            self.bad_ids = scrub.damaged_ids(latest)
             with host.snapshot(since) as snap:
                 point_id = new_point_id(after=latest.id if latest else None)
                 created = datetime.now(UTC).isoformat(timespec="seconds")
@@ -392,7 +402,9 @@ class SyncRun:
                         match = [d for d in prev.disks if d.name == disk.name]
                         if match:
                             prev_index = repo.get_index(match[0].index_key)
-                    extents = normalize(disk.extents())
+                    extents = normalize(
+                        [*disk.extents(), *scrub.damaged_extents(prev, disk.name, disk.size)]
+                    )
                     ds = _DiskSync(self, no, disk, prev_index, None)
                     resume = self._resume_for(ckpt, no, disk, ds.mode)
                     if resume is not None:
@@ -416,11 +428,13 @@ class SyncRun:
                     self.total_bytes += sum(
                         block_span(i, disk.size) for i in to_blocks(extents, disk.size)
                     )
+                self.stored -= self.bad_ids  # adopted from a checkpoint, but scrubbed bad
                 try:
                     for ds, extents in plans:
                         self.disk_syncs.append(ds)
                         ds.sync(extents)
                         self.tick(ds, force=False)
+                    self._gc_fence(plans)
                 except BaseException:
                     try:
                         self.checkpoint()
@@ -453,6 +467,18 @@ class SyncRun:
                 repo.commit(point)
                 repo.drop_checkpoint(host.name)
                 return point
+
+    def _gc_fence(self, plans: list[tuple[_DiskSync, list[Extent]]]) -> None:
+        """Put again what a concurrent gc deleted after this run wrote it (see gc.py)."""
+        self.checkpoint()
+        lost = gc.fence(self.repo, self.stored, self.lease.acquired)
+        self.stored -= lost
+        for ds, extents in plans:
+            redo = [i for i, cid in ds.index.nonzero() if cid in lost]
+            for i in redo:
+                ds.done.bits[i >> 3] &= ~(1 << (i & 7))
+            if redo:
+                ds.sync(extents)
 
     def _adopt_known(self, ckpt: dict[str, Any], no: int) -> None:
         """Ids a stale checkpoint names were durable when it was saved: no need to resend."""
