@@ -471,10 +471,10 @@ class SyncRun:
     def _gc_fence(self, plans: list[tuple[_DiskSync, list[Extent]]]) -> None:
         """Put again what a concurrent gc deleted after this run wrote it (see gc.py)."""
         self.checkpoint()
-        lost = gc.fence(self.repo, self.stored, self.lease.acquired)
+        lost = gc.fence(self.repo, self.lease.acquired)
         self.stored -= lost
         for ds, extents in plans:
-            redo = [i for i, cid in ds.index.nonzero() if cid in lost]
+            redo = [i for i, cid in ds.index.nonzero() if cid in lost] if lost else []
             for i in redo:
                 ds.done.bits[i >> 3] &= ~(1 << (i & 7))
             if redo:

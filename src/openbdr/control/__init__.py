@@ -1,0 +1,1 @@
+"""The control plane: catalog, API, scheduler, jobs with leases, agents (DESIGN.md §5)."""

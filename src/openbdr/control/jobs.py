@@ -1,0 +1,342 @@
+"""Jobs as rows with leases and heartbeats.
+
+A worker leases a queued job with a conditional UPDATE (only one wins, on SQLite and on
+PostgreSQL alike), renews the lease with heartbeats that also carry progress and logs,
+and learns from each heartbeat's answer whether an operator asked it to pause or
+cancel. A lease that is not renewed expires: the job is queued again and resumes from
+its checkpoint on whichever worker takes it next.
+
+States: queued → running → succeeded | failed; running → pausing → paused → queued
+(resume); running → cancelling → cancelled; queued/paused → paused/cancelled at once.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from ..errors import OpenBDRError
+from . import alerts
+from .crypto import SecretBox
+from .db import transaction
+from .models import Host, Job, JobLog, Policy, Target, utcnow
+from .registry import kind as job_kind
+
+log = logging.getLogger(__name__)
+
+ACTIVE = ("queued", "running", "pausing", "paused", "cancelling")
+RUNNING = ("running", "pausing", "cancelling")
+FINAL = ("succeeded", "failed", "cancelled")
+OUTCOMES = ("succeeded", "failed", "stopped", "retry")
+
+
+class JobError(OpenBDRError):
+    """A job operation that does not fit the job's state."""
+
+
+class LeaseLost(OpenBDRError):
+    """The worker no longer holds the job's lease (it expired and was re-leased)."""
+
+
+@dataclass
+class JobSpec:
+    """Everything a worker needs to run a job without the catalog."""
+
+    id: int
+    kind: str
+    attempt: int
+    params: dict[str, Any]
+    host: dict[str, Any] | None
+    target: dict[str, Any] | None
+    policy: dict[str, Any]
+    first_started: str | None
+    lease_ttl: float
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> JobSpec:
+        return cls(**data)
+
+
+def policy_json(policy: Policy | None) -> dict[str, Any]:
+    if policy is None:
+        return {"compression": "none", "compression_level": 1, "bwlimit": 0,
+                "bandwidth_windows": [], "retention": {}}
+    return {
+        "name": policy.name,
+        "rpo_seconds": policy.rpo_seconds,
+        "compression": policy.compression,
+        "compression_level": policy.compression_level,
+        "bwlimit": policy.bwlimit,
+        "bandwidth_windows": policy.bandwidth_windows,
+        "retention": policy.retention,
+        "full_resync_seconds": policy.full_resync_seconds,
+        "drill_plan": policy.drill_plan,
+    }
+
+
+class JobQueue:
+    def __init__(
+        self, factory: sessionmaker[Session], box: SecretBox, lease_ttl: float = 30.0
+    ) -> None:
+        self.factory = factory
+        self.box = box
+        self.lease_ttl = lease_ttl
+        self.on_finish: list[Any] = []  # callables(job) for metrics
+
+    # -- creating ----------------------------------------------------------------
+    def enqueue(
+        self,
+        session: Session,
+        kind: str,
+        host: Host | None = None,
+        target: Target | None = None,
+        params: dict[str, Any] | None = None,
+        created_by: str = "scheduler",
+        priority: int = 0,
+    ) -> Job:
+        jk = job_kind(kind)
+        if jk.needs_host and host is None:
+            raise JobError(f"a {kind} job needs a host", "give the host's name")
+        if host is not None and jk.exclusive:
+            busy = session.scalar(
+                select(Job.id).where(
+                    Job.host_id == host.id, Job.kind == kind, Job.state.in_(ACTIVE)
+                )
+            )
+            if busy is not None:
+                raise JobError(
+                    f"host {host.name} already has a {kind} job ({busy})",
+                    f"wait for job {busy}, or pause or cancel it",
+                )
+        job = Job(
+            kind=kind,
+            state="queued",
+            host_id=host.id if host else None,
+            target_id=(host.target_id if host else target.id if target else None),
+            pool=host.pool if host else None,
+            params=params or {},
+            progress={},
+            result={},
+            priority=priority,
+            created_by=created_by,
+        )
+        session.add(job)
+        session.flush()
+        return job
+
+    # -- leasing -----------------------------------------------------------------
+    def lease(self, worker: str, pool: str | None, kinds: list[str] | None = None) -> JobSpec | None:
+        """Take the next queued job for this pool (None: the embedded workers)."""
+        now = utcnow()
+        with transaction(self.factory) as s:
+            q = select(Job.id).where(
+                Job.state == "queued",
+                Job.pool.is_(None) if pool is None else Job.pool == pool,
+                or_(Job.not_before.is_(None), Job.not_before <= now),
+            )
+            if kinds is not None:
+                q = q.where(Job.kind.in_(kinds))
+            candidates = s.scalars(q.order_by(Job.priority.desc(), Job.id).limit(8)).all()
+        for job_id in candidates:
+            with transaction(self.factory) as s:
+                got = s.execute(
+                    update(Job)
+                    .where(Job.id == job_id, Job.state == "queued")
+                    .values(
+                        state="running",
+                        lease_owner=worker,
+                        lease_expires=now + timedelta(seconds=self.lease_ttl),
+                        attempts=Job.attempts + 1,
+                        started=now,
+                        first_started=func.coalesce(Job.first_started, now),
+                        not_before=None,
+                    )
+                ).rowcount
+                if got != 1:
+                    continue
+                job = s.get_one(Job, job_id)
+                s.add(JobLog(job_id=job.id, message=f"leased by {worker} (attempt {job.attempts})"))
+                return self._spec(s, job)
+        return None
+
+    def _spec(self, s: Session, job: Job) -> JobSpec:
+        host = s.get(Host, job.host_id) if job.host_id else None
+        target = s.get(Target, job.target_id) if job.target_id else None
+        policy = s.get(Policy, host.policy_id) if host and host.policy_id else None
+        return JobSpec(
+            id=job.id,
+            kind=job.kind,
+            attempt=job.attempts,
+            params=dict(job.params),
+            host={"name": host.name, "source": host.source} if host else None,
+            target=(
+                {"name": target.name, "url": target.url, "secrets": self.box.open(target.secrets)}
+                if target
+                else None
+            ),
+            policy=policy_json(policy),
+            first_started=job.first_started.isoformat() if job.first_started else None,
+            lease_ttl=self.lease_ttl,
+        )
+
+    def _owned(self, s: Session, job_id: int, worker: str) -> Job:
+        job = s.get(Job, job_id, with_for_update=True)
+        if job is None or job.lease_owner != worker or job.state not in RUNNING:
+            raise LeaseLost(
+                f"worker {worker} no longer holds the lease of job {job_id}",
+                "the job was re-leased after its lease expired; stop working on it",
+            )
+        return job
+
+    def heartbeat(
+        self,
+        job_id: int,
+        worker: str,
+        progress: dict[str, Any] | None = None,
+        logs: list[tuple[str, str]] | None = None,
+    ) -> str:
+        """Renew the lease; the answer is the state the operator wants (running, pausing…)."""
+        with transaction(self.factory) as s:
+            job = self._owned(s, job_id, worker)
+            job.lease_expires = utcnow() + timedelta(seconds=self.lease_ttl)
+            if progress:
+                job.progress = progress
+            for level, message in logs or []:
+                s.add(JobLog(job_id=job_id, level=level, message=message[:4000]))
+            return job.state
+
+    def finish(
+        self,
+        job_id: int,
+        worker: str,
+        outcome: str,
+        result: dict[str, Any] | None = None,
+        error: str | None = None,
+        retry_after: float = 30.0,
+    ) -> str:
+        """Record a worker's outcome; returns the job's new state."""
+        if outcome not in OUTCOMES:
+            raise JobError(f"unknown outcome {outcome!r}", f"use one of {', '.join(OUTCOMES)}")
+        with transaction(self.factory) as s:
+            job = self._owned(s, job_id, worker)
+            now = utcnow()
+            job.lease_owner = None
+            job.lease_expires = None
+            if outcome == "stopped":
+                job.state = {"pausing": "paused", "cancelling": "cancelled"}.get(
+                    job.state, "queued"
+                )
+            elif outcome == "retry" and job.attempts < job.max_attempts:
+                job.state = "queued"
+                job.not_before = now + timedelta(seconds=retry_after)
+            elif outcome == "succeeded":
+                job.state = "succeeded"
+                job.result = result or {}
+                hook = job_kind(job.kind).on_success
+                if hook is not None:
+                    hook(s, job, job.result)
+                if job.host_id:
+                    alerts.resolve(s, "job_failed", job.host_id)
+            else:
+                job.state = "failed"
+                job.error = error or "failed"
+                alerts.open_alert(
+                    s,
+                    "job_failed",
+                    f"{job.kind} job {job.id} failed: {job.error}",
+                    host_id=job.host_id,
+                    job_id=job.id,
+                    severity="error",
+                )
+            if error:
+                s.add(JobLog(job_id=job_id, level="error", message=error[:4000]))
+            s.add(JobLog(job_id=job_id, message=f"{outcome}: now {job.state}"))
+            if job.state in FINAL:
+                job.finished = now
+            state = job.state
+            done = job
+        for fn in self.on_finish:
+            fn(done)
+        return state
+
+    # -- operator actions -------------------------------------------------------
+    def pause(self, s: Session, job: Job) -> None:
+        if job.state == "queued":
+            job.state = "paused"
+        elif job.state == "running":
+            job.state = "pausing"
+        elif job.state not in ("paused", "pausing"):
+            raise JobError(f"job {job.id} is {job.state}: it cannot be paused")
+
+    def resume(self, s: Session, job: Job) -> None:
+        if job.state in ("paused", "failed"):
+            job.state = "queued"
+            job.error = None
+            job.finished = None
+            if job.attempts >= job.max_attempts:
+                job.max_attempts = job.attempts + 5
+        elif job.state == "pausing":
+            job.state = "running"  # the worker has not stopped yet: it just goes on
+        elif job.state not in ("queued", "running"):
+            raise JobError(f"job {job.id} is {job.state}: it cannot be resumed")
+
+    def cancel(self, s: Session, job: Job) -> None:
+        if job.state in ("queued", "paused"):
+            job.state = "cancelled"
+            job.finished = utcnow()
+        elif job.state in ("running", "pausing"):
+            job.state = "cancelling"
+        elif job.state != "cancelling":
+            raise JobError(f"job {job.id} is {job.state}: it cannot be cancelled")
+
+    # -- recovery ---------------------------------------------------------------
+    def reap(self) -> int:
+        """Jobs whose worker stopped renewing the lease go back to the queue."""
+        now = utcnow()
+        n = 0
+        with transaction(self.factory) as s:
+            expired = s.scalars(
+                select(Job).where(Job.state.in_(RUNNING), Job.lease_expires < now)
+            ).all()
+            for job in expired:
+                n += self._requeue(s, job, f"lease of {job.lease_owner} expired")
+        return n
+
+    def release_owned_by(self, prefix: str) -> int:
+        """At start-up: leases of this server's previous (dead) embedded workers."""
+        with transaction(self.factory) as s:
+            jobs = s.scalars(
+                select(Job).where(
+                    and_(Job.state.in_(RUNNING), Job.lease_owner.startswith(prefix))
+                )
+            ).all()
+            return sum(self._requeue(s, job, f"{job.lease_owner} died with the server")
+                       for job in jobs)
+
+    def _requeue(self, s: Session, job: Job, why: str) -> int:
+        job.lease_owner = None
+        job.lease_expires = None
+        if job.state == "pausing":
+            job.state = "paused"
+        elif job.state == "cancelling":
+            job.state = "cancelled"
+            job.finished = utcnow()
+        elif job.attempts >= job.max_attempts:
+            job.state = "failed"
+            job.error = f"{why}; gave up after {job.attempts} attempts"
+            job.finished = utcnow()
+            alerts.open_alert(s, "job_failed", f"{job.kind} job {job.id}: {job.error}",
+                              host_id=job.host_id, job_id=job.id, severity="error")
+        else:
+            job.state = "queued"
+        s.add(JobLog(job_id=job.id, level="warning", message=f"{why}: now {job.state}"))
+        log.warning("job %s: %s: now %s", job.id, why, job.state)
+        return 1

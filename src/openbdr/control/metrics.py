@@ -1,0 +1,78 @@
+"""Prometheus `/metrics`: read from the catalog at scrape time (any server answers the
+same), plus job durations observed by this process."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from .jobs import ACTIVE
+from .models import Host, Job, Point, Policy, utcnow
+
+
+class CatalogCollector(Collector):
+    def __init__(self, factory: sessionmaker[Session]) -> None:
+        self.factory = factory
+
+    def collect(self) -> Iterator[Any]:
+        now = utcnow()
+        age = GaugeMetricFamily("openbdr_restore_point_age_seconds",
+                                "Age of each host's newest restore point", labels=["host"])
+        rpo = GaugeMetricFamily("openbdr_rpo_target_seconds", "Each host's RPO target",
+                                labels=["host"])
+        read = CounterMetricFamily("openbdr_bytes_read", "Bytes read from sources by syncs",
+                                   labels=["host"])
+        stored = CounterMetricFamily("openbdr_bytes_stored",
+                                     "Bytes of new chunks stored (after compression)",
+                                     labels=["host"])
+        depth = GaugeMetricFamily("openbdr_job_queue_depth", "Jobs by kind and state",
+                                  labels=["kind", "state"])
+        failures = CounterMetricFamily("openbdr_job_failures", "Failed jobs", labels=["kind"])
+        with self.factory() as s:
+            rows = s.execute(
+                select(Host.name, func.max(Point.created), func.sum(Point.read_bytes),
+                       func.sum(Point.stored_bytes), Policy.rpo_seconds)
+                .join(Point, Point.host_id == Host.id, isouter=True)
+                .join(Policy, Policy.id == Host.policy_id, isouter=True)
+                .group_by(Host.name, Policy.rpo_seconds)
+            ).all()
+            for name, newest, r, st, target in rows:
+                if newest is not None:
+                    age.add_metric([name], (now - newest).total_seconds())
+                if target is not None:
+                    rpo.add_metric([name], float(target))
+                read.add_metric([name], float(r or 0))
+                stored.add_metric([name], float(st or 0))
+            for kind, state, n in s.execute(
+                select(Job.kind, Job.state, func.count()).where(Job.state.in_(ACTIVE))
+                .group_by(Job.kind, Job.state)
+            ):
+                depth.add_metric([kind, state], n)
+            for kind, n in s.execute(
+                select(Job.kind, func.count()).where(Job.state == "failed").group_by(Job.kind)
+            ):
+                failures.add_metric([kind], n)
+        yield from (age, rpo, read, stored, depth, failures)
+
+
+class Metrics:
+    def __init__(self, factory: sessionmaker[Session]) -> None:
+        self.registry = CollectorRegistry()
+        self.registry.register(CatalogCollector(factory))
+        self.job_seconds = Histogram(
+            "openbdr_job_duration_seconds", "Duration of finished jobs (this server)",
+            ["kind", "state"], registry=self.registry,
+            buckets=(1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 24 * 3600),
+        )
+
+    def job_finished(self, job: Job) -> None:
+        if job.started is not None and job.finished is not None:
+            self.job_seconds.labels(job.kind, job.state).observe(
+                (job.finished - job.started).total_seconds()
+            )

@@ -1,0 +1,240 @@
+"""The catalog's tables. Repositories stay the source of truth for restore points;
+the `points` table mirrors them so the API can list and filter without reading S3."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC on every backend (SQLite forgets the zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map: ClassVar[dict[Any, Any]] = {datetime: UTCDateTime, dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class User(Base):
+    __tablename__ = "users"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    role: Mapped[str] = mapped_column(String(16))
+    password_hash: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    created: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ApiToken(Base):
+    __tablename__ = "api_tokens"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(128))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created: Mapped[datetime] = mapped_column(default=utcnow)
+    expires: Mapped[datetime | None] = mapped_column(nullable=True)
+    last_used: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
+class Target(Base):
+    """A repository: directory or s3://…; `secrets` is encrypted (Fernet) JSON."""
+
+    __tablename__ = "targets"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    url: Mapped[str] = mapped_column(String(1024))
+    secrets: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created: Mapped[datetime] = mapped_column(default=utcnow)
+    last_refresh: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
+class Policy(Base):
+    __tablename__ = "policies"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    #: the RPO target: a restore point must never be older than this
+    rpo_seconds: Mapped[int] = mapped_column(Integer, default=3600)
+    full_resync_seconds: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    compression: Mapped[str] = mapped_column(String(16), default="none")
+    compression_level: Mapped[int] = mapped_column(Integer, default=1)
+    #: bytes/s when no window matches; 0 = unlimited
+    bwlimit: Mapped[int] = mapped_column(BigInteger, default=0)
+    #: [{"start": "08:00", "end": "18:00", "rate": 10485760}] in the server's UTC
+    bandwidth_windows: Mapped[list[Any]] = mapped_column(default=list)
+    retention: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    verify_seconds: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    drill_seconds: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    drill_plan: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    created: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Host(Base):
+    __tablename__ = "hosts"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    #: {"type": "image", "paths": [...]}: the source registry knows each type
+    source: Mapped[dict[str, Any]] = mapped_column()
+    target_id: Mapped[int] = mapped_column(ForeignKey("targets.id"), index=True)
+    policy_id: Mapped[int | None] = mapped_column(ForeignKey("policies.id"), nullable=True)
+    #: agents of this pool run the host's jobs; None = the server's embedded workers
+    pool: Mapped[str | None] = mapped_column(String(128), nullable=True, index=True)
+    #: disks as last seen by a sync: [{"name", "size", "layout"}]
+    disks: Mapped[list[Any]] = mapped_column(default=list)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    created: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32), index=True)
+    #: queued, running, pausing, paused, cancelling, cancelled, succeeded, failed
+    state: Mapped[str] = mapped_column(String(16), index=True, default="queued")
+    host_id: Mapped[int | None] = mapped_column(
+        ForeignKey("hosts.id", ondelete="CASCADE"), nullable=True, index=True
+    )
+    target_id: Mapped[int | None] = mapped_column(ForeignKey("targets.id"), nullable=True)
+    pool: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    params: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    progress: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    result: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    max_attempts: Mapped[int] = mapped_column(Integer, default=5)
+    lease_owner: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    lease_expires: Mapped[datetime | None] = mapped_column(nullable=True)
+    #: not leased before this instant (a retry after a transient failure waits)
+    not_before: Mapped[datetime | None] = mapped_column(nullable=True)
+    created_by: Mapped[str] = mapped_column(String(128), default="scheduler")
+    created: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    first_started: Mapped[datetime | None] = mapped_column(nullable=True)
+    started: Mapped[datetime | None] = mapped_column(nullable=True)
+    finished: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
+class JobLog(Base):
+    __tablename__ = "job_logs"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    ts: Mapped[datetime] = mapped_column(default=utcnow)
+    level: Mapped[str] = mapped_column(String(8), default="info")
+    message: Mapped[str] = mapped_column(Text)
+
+
+class Point(Base):
+    __tablename__ = "points"
+    __table_args__ = (UniqueConstraint("host_id", "point_id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    host_id: Mapped[int] = mapped_column(ForeignKey("hosts.id", ondelete="CASCADE"), index=True)
+    point_id: Mapped[str] = mapped_column(String(64))
+    created: Mapped[datetime] = mapped_column(index=True)
+    consistency: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16), default="ok")
+    size: Mapped[int] = mapped_column(BigInteger, default=0)
+    read_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    stored_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    codec: Mapped[str] = mapped_column(String(16), default="none")
+    mode: Mapped[str] = mapped_column(String(64), default="full")
+    duration_s: Mapped[float] = mapped_column(Float, default=0.0)
+    disks: Mapped[list[Any]] = mapped_column(default=list)
+    verified: Mapped[datetime | None] = mapped_column(nullable=True)
+    drill: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class Alert(Base):
+    __tablename__ = "alerts"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    #: rpo_breached, job_failed, point_damaged, agent_lost
+    kind: Mapped[str] = mapped_column(String(32), index=True)
+    severity: Mapped[str] = mapped_column(String(16), default="warning")
+    host_id: Mapped[int | None] = mapped_column(
+        ForeignKey("hosts.id", ondelete="CASCADE"), nullable=True, index=True
+    )
+    job_id: Mapped[int | None] = mapped_column(
+        ForeignKey("jobs.id", ondelete="SET NULL"), nullable=True
+    )
+    message: Mapped[str] = mapped_column(Text)
+    opened: Mapped[datetime] = mapped_column(default=utcnow)
+    resolved: Mapped[datetime | None] = mapped_column(nullable=True, index=True)
+    acknowledged_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
+
+
+class AuditEntry(Base):
+    __tablename__ = "audit"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    ts: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    actor: Mapped[str] = mapped_column(String(128))
+    action: Mapped[str] = mapped_column(String(64))
+    object_type: Mapped[str] = mapped_column(String(32))
+    object_id: Mapped[str] = mapped_column(String(128))
+    detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class Agent(Base):
+    __tablename__ = "agents"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    pool: Mapped[str] = mapped_column(String(128), index=True)
+    credential_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    enrolled: Mapped[datetime] = mapped_column(default=utcnow)
+    last_seen: Mapped[datetime | None] = mapped_column(nullable=True)
+    version: Mapped[str] = mapped_column(String(32), default="")
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class EnrolmentToken(Base):
+    __tablename__ = "enrolment_tokens"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    pool: Mapped[str] = mapped_column(String(128))
+    created_by: Mapped[str] = mapped_column(String(128))
+    created: Mapped[datetime] = mapped_column(default=utcnow)
+    expires: Mapped[datetime] = mapped_column()
+    used: Mapped[datetime | None] = mapped_column(nullable=True)
+    agent_id: Mapped[int | None] = mapped_column(
+        ForeignKey("agents.id", ondelete="SET NULL"), nullable=True
+    )
+
+
+class ServiceLock(Base):
+    """Named leases between server processes (one scheduler leader at a time)."""
+
+    __tablename__ = "service_locks"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(256))
+    expires: Mapped[datetime] = mapped_column()

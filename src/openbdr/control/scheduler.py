@@ -1,0 +1,238 @@
+"""The scheduler: keeps every host's newest restore point younger than its RPO target.
+
+Each tick (one leader among server processes, through a `service_locks` lease) it
+re-queues jobs of dead workers, starts a sync early enough that it commits before the
+point ages past the target (lead time from the last sync's duration), opens and
+resolves RPO alerts, starts verification, retention and drills on their own schedules
+when those job kinds are installed, and refreshes the points mirror now and then.
+The work per tick is a handful of grouped queries, whatever the number of hosts.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from ..store.repository import Repository
+from . import alerts
+from .crypto import SecretBox
+from .db import transaction
+from .jobs import ACTIVE, JobError, JobQueue
+from .mirror import refresh_target
+from .models import Alert, Host, Job, Point, Policy, ServiceLock, Target, utcnow
+from .registry import KINDS, load_plugins
+from .worker import target_env
+
+log = logging.getLogger(__name__)
+
+
+def sync_lead(rpo: float, last_duration: float, tick: float) -> float:
+    """How long before the RPO target a sync must start to commit in time."""
+    return min(rpo * 0.5, 2.0 * last_duration + max(2.0 * tick, 0.1 * rpo))
+
+
+class Scheduler(threading.Thread):
+    def __init__(
+        self,
+        factory: sessionmaker[Session],
+        queue: JobQueue,
+        box: SecretBox,
+        owner: str,
+        tick: float = 5.0,
+        refresh_every: float = 300.0,
+    ) -> None:
+        super().__init__(name="scheduler", daemon=True)
+        self.factory = factory
+        self.queue = queue
+        self.box = box
+        self.owner = owner
+        self.tick_seconds = tick
+        self.refresh_every = refresh_every
+        self.stopping = threading.Event()
+        self._last_refresh: dict[int, float] = {}
+        self.ticks = 0
+
+    def run(self) -> None:
+        load_plugins()
+        while not self.stopping.wait(self.tick_seconds):
+            try:
+                self.tick()
+            except Exception as exc:  # the catalog may be restarting: try next tick
+                log.warning("scheduler tick failed: %s", exc)
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    # -- leadership ---------------------------------------------------------------
+    def is_leader(self) -> bool:
+        now = utcnow()
+        expires = now + timedelta(seconds=max(30.0, self.tick_seconds * 6))
+        with transaction(self.factory) as s:
+            got = s.execute(
+                update(ServiceLock)
+                .where(
+                    ServiceLock.name == "scheduler",
+                    (ServiceLock.owner == self.owner) | (ServiceLock.expires < now),
+                )
+                .values(owner=self.owner, expires=expires)
+            ).rowcount
+            if got == 1:
+                return True
+        try:
+            with transaction(self.factory) as s:
+                if s.get(ServiceLock, "scheduler") is not None:
+                    return False
+                s.add(ServiceLock(name="scheduler", owner=self.owner, expires=expires))
+            return True
+        except IntegrityError:
+            return False
+
+    # -- one pass -----------------------------------------------------------------
+    def tick(self, now: datetime | None = None) -> dict[str, int]:
+        if not self.is_leader():
+            return {}
+        self.ticks += 1
+        self.queue.reap()
+        now = now or utcnow()
+        stats = {"synced": 0, "breached": 0, "periodic": 0}
+        with transaction(self.factory) as s:
+            stats.update(self._protect(s, now))
+            stats["periodic"] = self._periodic(s, now)
+        self._refresh(now)
+        return stats
+
+    def _protect(self, s: Session, now: datetime) -> dict[str, int]:
+        latest = dict(
+            s.execute(select(Point.host_id, func.max(Point.created)).group_by(Point.host_id)).all()
+        )
+        durations = self._last_durations(s)
+        busy = set(
+            s.scalars(select(Job.host_id).where(Job.kind == "sync", Job.state.in_(ACTIVE))).all()
+        )
+        open_rpo = set(
+            s.scalars(
+                select(Alert.host_id).where(Alert.kind == "rpo_breached", Alert.resolved.is_(None))
+            ).all()
+        )
+        synced = breached = 0
+        rows = s.execute(
+            select(Host, Policy)
+            .join(Policy, Policy.id == Host.policy_id)
+            .where(Host.enabled.is_(True), Policy.enabled.is_(True))
+        ).all()
+        for host, policy in rows:
+            rpo = float(policy.rpo_seconds)
+            last = latest.get(host.id)
+            age = (now - last).total_seconds() if last else None
+            if age is not None and age > rpo:
+                breached += 1
+                if host.id not in open_rpo:
+                    alerts.open_alert(
+                        s, "rpo_breached",
+                        f"host {host.name}: newest restore point is {age:.0f} s old, "
+                        f"RPO target {rpo:.0f} s",
+                        host_id=host.id, severity="error",
+                    )
+            elif age is not None and host.id in open_rpo:
+                alerts.resolve(s, "rpo_breached", host.id)
+            if host.id in busy:
+                continue
+            lead = sync_lead(rpo, durations.get(host.id, 0.0), self.tick_seconds)
+            if age is None or age >= rpo - lead:
+                params: dict[str, Any] = {}
+                if policy.full_resync_seconds and self._full_due(s, host, policy, now):
+                    params["full"] = True
+                try:
+                    self.queue.enqueue(s, "sync", host=host, params=params, priority=10)
+                    synced += 1
+                except JobError:
+                    pass
+        return {"synced": synced, "breached": breached}
+
+    def _last_durations(self, s: Session) -> dict[int, float]:
+        newest = (
+            select(Point.host_id.label("h"), func.max(Point.created).label("c"))
+            .group_by(Point.host_id)
+            .subquery()
+        )
+        q = select(Point.host_id, Point.duration_s).join(
+            newest, (Point.host_id == newest.c.h) & (Point.created == newest.c.c)
+        )
+        return {h: float(d) for h, d in s.execute(q).all()}
+
+    def _full_due(self, s: Session, host: Host, policy: Policy, now: datetime) -> bool:
+        last_full = s.scalar(
+            select(func.max(Point.created)).where(
+                Point.host_id == host.id, Point.mode.contains("full")
+            )
+        )
+        seconds = float(policy.full_resync_seconds or 0)
+        return last_full is None or (now - last_full).total_seconds() >= seconds
+
+    def _periodic(self, s: Session, now: datetime) -> int:
+        """verify / retention / drill at their policy intervals, when the kind exists."""
+        schedules: list[tuple[str, Any]] = [
+            ("verify", lambda p: p.verify_seconds),
+            ("retention", lambda p: (p.retention or {}).get("every_seconds", 86400)
+             if p.retention else None),
+            ("drill", lambda p: p.drill_seconds),
+        ]
+        started = 0
+        rows = s.execute(
+            select(Host, Policy)
+            .join(Policy, Policy.id == Host.policy_id)
+            .where(Host.enabled.is_(True), Policy.enabled.is_(True))
+        ).all()
+        for kind, every in schedules:
+            if kind not in KINDS or not any(every(p) for _, p in rows):
+                continue
+            last = dict(
+                s.execute(
+                    select(Job.host_id, func.max(Job.created))
+                    .where(Job.kind == kind)
+                    .group_by(Job.host_id)
+                ).all()
+            )
+            has_point = set(s.scalars(select(Point.host_id).distinct()).all())
+            for host, policy in rows:
+                seconds = every(policy)
+                if not seconds or host.id not in has_point:
+                    continue
+                prev = last.get(host.id)
+                if prev is None or (now - prev).total_seconds() >= float(seconds):
+                    try:
+                        self.queue.enqueue(s, kind, host=host, params={})
+                        started += 1
+                    except JobError:
+                        pass
+        return started
+
+    def _refresh(self, now: datetime) -> None:
+        mono = now.timestamp()
+        with transaction(self.factory) as s:
+            targets = [(t.id, t.url, self.box.open(t.secrets)) for t in s.scalars(select(Target))]
+        for tid, url, secrets in targets:
+            if mono - self._last_refresh.get(tid, 0.0) < self.refresh_every:
+                continue
+            self._last_refresh[tid] = mono
+            listed = utcnow()
+            try:
+                with target_env(secrets):
+                    repo = Repository.open(url)
+                try:
+                    points = repo.points()
+                finally:
+                    repo.close()
+            except Exception as exc:
+                log.warning("cannot refresh target %s: %s", url, exc)
+                continue
+            with transaction(self.factory) as s:
+                target = s.get(Target, tid)
+                if target is not None:
+                    refresh_target(s, target, points, listed)

@@ -1,0 +1,363 @@
+"""Request and response bodies of the REST API (they make the OpenAPI document)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Role = Literal["viewer", "operator", "admin"]
+NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+Name = Field(pattern=NAME, min_length=1, max_length=128)
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="machine-readable: not_found, forbidden, conflict, …")
+    message: str = Field(description="what failed and on which object")
+    hint: str | None = Field(default=None, description="what to do about it")
+    fields: list[dict[str, Any]] | None = None
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# -- auth -------------------------------------------------------------------------
+class LoginIn(Strict):
+    name: str = Field(min_length=1, max_length=128)
+    password: str = Field(min_length=1, max_length=1024)
+
+
+class TokenOut(BaseModel):
+    id: int
+    name: str
+    user: str
+    role: Role
+    token: str | None = Field(default=None, description="shown once, at creation")
+    created: datetime
+    expires: datetime | None = None
+    last_used: datetime | None = None
+
+
+class MeOut(BaseModel):
+    name: str
+    role: str
+    kind: Literal["user", "agent"]
+
+
+class UserIn(Strict):
+    name: str = Name
+    role: Role
+    password: str | None = Field(default=None, min_length=8, max_length=1024)
+
+
+class UserOut(BaseModel):
+    id: int
+    name: str
+    role: Role
+    created: datetime
+
+
+class TokenIn(Strict):
+    user: str = Name
+    name: str = Field(default="api", min_length=1, max_length=128)
+    expires_in_days: int | None = Field(default=None, ge=1, le=3650)
+
+
+# -- targets ----------------------------------------------------------------------
+class TargetIn(Strict):
+    name: str = Name
+    url: str = Field(min_length=1, max_length=1024, description="directory or s3://bucket/prefix")
+    secrets: dict[str, str] | None = Field(
+        default=None, description="e.g. AWS_ACCESS_KEY_ID…; encrypted at rest, never returned"
+    )
+    init: bool = Field(default=False, description="create the repository if it does not exist")
+
+
+class TargetPatch(Strict):
+    url: str | None = Field(default=None, min_length=1, max_length=1024)
+    secrets: dict[str, str] | None = None
+
+
+class TargetOut(BaseModel):
+    id: int
+    name: str
+    url: str
+    has_secrets: bool
+    created: datetime
+    last_refresh: datetime | None = None
+
+
+class RefreshOut(BaseModel):
+    added: int
+    removed: int
+    points: int
+
+
+# -- policies ---------------------------------------------------------------------
+class Window(Strict):
+    start: str = Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
+    end: str = Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
+    rate: int = Field(ge=0, description="bytes per second, 0 = unlimited")
+
+
+class PolicyFields(Strict):
+    rpo_seconds: int | None = Field(default=None, ge=30, le=365 * 86400)
+    full_resync_seconds: int | None = Field(default=None, ge=3600)
+    compression: Literal["none", "zstd", "lz4"] | None = None
+    compression_level: int | None = Field(default=None, ge=1, le=19)
+    bwlimit: int | None = Field(default=None, ge=0)
+    bandwidth_windows: list[Window] | None = None
+    retention: dict[str, int] | None = None
+    verify_seconds: int | None = Field(default=None, ge=60)
+    drill_seconds: int | None = Field(default=None, ge=3600)
+    drill_plan: dict[str, Any] | None = None
+    enabled: bool | None = None
+
+
+class PolicyIn(PolicyFields):
+    name: str = Name
+
+
+class PolicyOut(BaseModel):
+    id: int
+    name: str
+    rpo_seconds: int
+    full_resync_seconds: int | None
+    compression: str
+    compression_level: int
+    bwlimit: int
+    bandwidth_windows: list[dict[str, Any]]
+    retention: dict[str, Any]
+    verify_seconds: int | None
+    drill_seconds: int | None
+    drill_plan: dict[str, Any]
+    enabled: bool
+    created: datetime
+
+
+# -- hosts ------------------------------------------------------------------------
+class HostIn(Strict):
+    name: str = Name
+    source: dict[str, Any] = Field(description='{"type": "image", "paths": [...]}; see /kinds')
+    target: str = Name
+    policy: str | None = Field(default=None, pattern=NAME, max_length=128)
+    pool: str | None = Field(
+        default=None, pattern=NAME, max_length=128,
+        description="agents of this pool run the host's jobs; none = the server itself",
+    )
+    enabled: bool = True
+
+
+class HostPatch(Strict):
+    source: dict[str, Any] | None = None
+    target: str | None = Field(default=None, pattern=NAME, max_length=128)
+    policy: str | None = Field(default=None, pattern=NAME, max_length=128)
+    pool: str | None = Field(default=None, pattern=NAME, max_length=128)
+    enabled: bool | None = None
+
+
+class PointBrief(BaseModel):
+    id: str
+    created: datetime
+    age_seconds: float
+    consistency: str
+    status: str
+    verified: datetime | None = None
+
+
+class JobBrief(BaseModel):
+    id: int
+    kind: str
+    state: str
+    created: datetime
+    finished: datetime | None = None
+    error: str | None = None
+    progress: dict[str, Any] = {}
+    result: dict[str, Any] = {}
+
+
+class HostStatus(BaseModel):
+    protection: Literal["ok", "warning", "breached", "unprotected", "disabled"]
+    rpo_seconds: int | None
+    last_point: PointBrief | None
+    points: int
+    stored_bytes: int
+    read_bytes: int
+    last_sync: JobBrief | None
+    last_drill: JobBrief | None
+    active_job: JobBrief | None
+    open_alerts: int
+
+
+class HostOut(BaseModel):
+    id: int
+    name: str
+    source: dict[str, Any]
+    target: str
+    policy: str | None
+    pool: str | None
+    enabled: bool
+    disks: list[dict[str, Any]]
+    created: datetime
+    status: HostStatus
+
+
+# -- jobs -------------------------------------------------------------------------
+class JobIn(Strict):
+    kind: str = Field(min_length=1, max_length=32)
+    host: str | None = Field(default=None, pattern=NAME, max_length=128)
+    target: str | None = Field(default=None, pattern=NAME, max_length=128)
+    params: dict[str, Any] = {}
+
+
+class SyncIn(Strict):
+    full: bool = False
+
+
+class JobOut(BaseModel):
+    id: int
+    kind: str
+    state: str
+    host: str | None
+    target: str | None
+    pool: str | None
+    params: dict[str, Any]
+    progress: dict[str, Any]
+    result: dict[str, Any]
+    error: str | None
+    attempts: int
+    lease_owner: str | None
+    lease_expires: datetime | None
+    created_by: str
+    created: datetime
+    started: datetime | None
+    finished: datetime | None
+
+
+class JobLogOut(BaseModel):
+    ts: datetime
+    level: str
+    message: str
+
+
+class PointOut(BaseModel):
+    host: str
+    id: str
+    created: datetime
+    age_seconds: float
+    consistency: str
+    status: str
+    size: int
+    read_bytes: int
+    stored_bytes: int
+    codec: str
+    mode: str
+    duration_s: float
+    verified: datetime | None
+    disks: list[dict[str, Any]]
+    drill: dict[str, Any]
+
+
+class AlertOut(BaseModel):
+    id: int
+    kind: str
+    severity: str
+    host: str | None
+    job_id: int | None
+    message: str
+    opened: datetime
+    resolved: datetime | None
+    acknowledged_by: str | None
+
+
+class AuditOut(BaseModel):
+    id: int
+    ts: datetime
+    actor: str
+    action: str
+    object_type: str
+    object_id: str
+    detail: dict[str, Any]
+
+
+# -- agents -----------------------------------------------------------------------
+class EnrolmentIn(Strict):
+    pool: str = Name
+    expires_in_hours: int = Field(default=24, ge=1, le=24 * 30)
+
+
+class EnrolmentOut(BaseModel):
+    token: str
+    pool: str
+    expires: datetime
+
+
+class EnrolIn(Strict):
+    token: str = Field(min_length=8, max_length=256)
+    name: str = Name
+    version: str = Field(default="", max_length=32)
+
+
+class EnrolOut(BaseModel):
+    agent_id: int
+    name: str
+    pool: str
+    credential: str
+
+
+class AgentOut(BaseModel):
+    id: int
+    name: str
+    pool: str
+    enrolled: datetime
+    last_seen: datetime | None
+    version: str
+    disabled: bool
+
+
+class LeaseIn(Strict):
+    worker: str = Field(default="0", pattern=r"^[A-Za-z0-9._-]{1,64}$")
+
+
+class LeaseOut(BaseModel):
+    job: dict[str, Any] | None
+
+
+class HeartbeatIn(Strict):
+    worker: str = Field(default="0", pattern=r"^[A-Za-z0-9._-]{1,64}$")
+    progress: dict[str, Any] = {}
+    logs: list[tuple[str, str]] = Field(default=[], max_length=1000)
+
+
+class StateOut(BaseModel):
+    state: str
+
+
+class FinishIn(Strict):
+    worker: str = Field(default="0", pattern=r"^[A-Za-z0-9._-]{1,64}$")
+    outcome: Literal["succeeded", "failed", "stopped", "retry"]
+    result: dict[str, Any] | None = None
+    error: str | None = Field(default=None, max_length=10000)
+
+
+# -- overview ---------------------------------------------------------------------
+class KindsOut(BaseModel):
+    jobs: dict[str, dict[str, Any]]
+    sources: dict[str, dict[str, Any]]
+
+
+class OverviewOut(BaseModel):
+    hosts: int
+    protected: int
+    breached: int
+    unprotected: int
+    jobs: dict[str, int]
+    open_alerts: int
+    stored_bytes: int
+    agents: int
