@@ -23,6 +23,7 @@ from rich.table import Table
 
 from . import __version__
 from .chunk import Codec
+from .drill.cli import drill_app, mount_cmd
 from .errors import OpenBDRError
 
 app = typer.Typer(
@@ -33,6 +34,8 @@ app = typer.Typer(
 )
 repo_app = typer.Typer(no_args_is_help=True, help="Create and inspect repositories.")
 app.add_typer(repo_app, name="repo")
+app.add_typer(drill_app, name="drill")
+app.command("mount")(mount_cmd)
 
 out = Console(width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True)
@@ -297,6 +300,157 @@ def inspect(
         out.print_json(json.dumps(layout.to_json()))
     else:
         out.print(render_text(layout), highlight=False, markup=False)
+
+
+key_app = typer.Typer(no_args_is_help=True, help="Passphrases (key slots) of an encrypted repository.")
+repo_app.add_typer(key_app, name="key")
+NewPassOpt = Annotated[
+    str | None,
+    typer.Option("--new-password-file", help="File holding the new passphrase."),
+]
+
+
+def _unlocked(repo: str) -> tuple[Any, str]:
+    """An encrypted repository and the key slot its passphrase opened."""
+    from .store import keys
+    from .store.repository import Repository
+
+    r = Repository.open(repo)
+    if r.keys is None:
+        raise OpenBDRError(f"{r.url} is not encrypted", "it has no passphrases to manage")
+    _, slot = keys.unlock(r.raw_blobs, r.id, keys.read_passphrase())
+    return r, slot
+
+
+def _new_passphrase(path: str | None) -> str:
+    from .store import keys
+
+    if path:
+        os.environ["OPENBDR_NEW_PASSWORD_FILE"] = path
+    return keys.read_passphrase(new=True, confirm=True)
+
+
+@key_app.command("list")
+def key_list(repo: RepoOpt) -> None:
+    """List key slots (the one your passphrase opens is marked)."""
+    from .store import keys
+
+    r, mine = _unlocked(repo)
+    for s in keys.slots(r.raw_blobs):
+        mark = "*" if s["slot"] == mine else " "
+        out.print(f"{mark} {s['slot']}  scrypt n={s['n']}  created {s.get('created', '?')}")
+
+
+@key_app.command("add")
+def key_add(repo: RepoOpt, new_password_file: NewPassOpt = None) -> None:
+    """Add a passphrase (a new key slot wrapping the same master key)."""
+    from .store import keys
+
+    r, _ = _unlocked(repo)
+    slot = keys.add_slot(r.raw_blobs, r.id, r.keys, _new_passphrase(new_password_file))
+    out.print(f"added key slot {slot}")
+
+
+@key_app.command("remove")
+def key_remove(repo: RepoOpt, slot: Annotated[str, typer.Argument(help="Slot id.")]) -> None:
+    """Remove a key slot (never the last one)."""
+    from .store import keys
+
+    r, _ = _unlocked(repo)
+    keys.remove_slot(r.raw_blobs, slot)
+    out.print(f"removed key slot {slot}")
+
+
+@key_app.command("rotate-passphrase")
+def key_rotate(repo: RepoOpt, new_password_file: NewPassOpt = None) -> None:
+    """Replace the passphrase you opened with by a new one (data is not re-encrypted)."""
+    from .store import keys
+
+    r, old = _unlocked(repo)
+    slot = keys.add_slot(r.raw_blobs, r.id, r.keys, _new_passphrase(new_password_file))
+    keys.remove_slot(r.raw_blobs, old)
+    out.print(f"key slot {old} replaced by {slot}")
+
+
+@app.command()
+def forget(
+    repo: RepoOpt,
+    host: Annotated[str | None, typer.Option("--host", "-H", help="Only this host.")] = None,
+    keep_last: Annotated[int, typer.Option("--keep-last")] = 0,
+    keep_hourly: Annotated[int, typer.Option("--keep-hourly")] = 0,
+    keep_daily: Annotated[int, typer.Option("--keep-daily")] = 0,
+    keep_weekly: Annotated[int, typer.Option("--keep-weekly")] = 0,
+    keep_monthly: Annotated[int, typer.Option("--keep-monthly")] = 0,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only show the decision.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Remove restore points a retention policy does not keep (per host; chunks go at gc)."""
+    from .retention import Policy
+    from .retention import forget as do_forget
+    from .store.repository import Repository
+
+    policy = Policy(keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly)
+    decisions = do_forget(Repository.open(repo), policy, host, dry_run=dry_run)
+    rows = [
+        {"host": d.point.host, "point": d.point.id, "created": d.point.created,
+         "keep": d.keep, "reasons": d.reasons}
+        for d in decisions
+    ]
+    if json_out:
+        out.print_json(json.dumps({"dry_run": dry_run, "points": rows}))
+        return
+    for row in rows:
+        verdict = "keep  " if row["keep"] else ("would forget" if dry_run else "forget")
+        why = ",".join(row["reasons"])
+        out.print(f"{verdict} {row['host']} {row['point']} {row['created']} {why}", highlight=False)
+    gone = sum(not r["keep"] for r in rows)
+    out.print(f"{len(rows) - gone} kept, {gone} {'to forget' if dry_run else 'forgotten'}")
+
+
+@app.command()
+def protect(
+    repo: RepoOpt,
+    host: Annotated[str, typer.Option("--host", "-H")],
+    point: Annotated[str, typer.Option("--point", "-p", help="Point id, prefix or latest.")],
+    off: Annotated[bool, typer.Option("--off", help="Remove the protection.")] = False,
+) -> None:
+    """Keep a restore point whatever the retention policy says (or stop keeping it)."""
+    from .gc import maintenance_lease
+    from .store.repository import Repository
+
+    r = Repository.open(repo)
+    with maintenance_lease(r):
+        p = r.point(host, point)
+        p.protected = not off
+        r.update_point(p)
+    out.print(f"{host} point {p.id} {'unprotected' if off else 'protected'}")
+
+
+@app.command("gc")
+def gc_cmd(
+    repo: RepoOpt,
+    margin: Annotated[
+        float, typer.Option(help="Seconds: unreferenced chunks younger than this are kept.")
+    ] = 3600.0,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only count.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Delete chunks no restore point, checkpoint or running sync references."""
+    from .gc import gc as do_gc
+    from .store.repository import Repository
+
+    if margin < 0:
+        raise OpenBDRError(f"bad --margin {margin}", "give 0 or more seconds")
+    rep = do_gc(Repository.open(repo), margin=margin, dry_run=dry_run)
+    if json_out:
+        out.print_json(json.dumps(vars(rep)))
+        return
+    verb = "would delete" if dry_run else "deleted"
+    out.print(
+        f"{rep.chunks} chunk(s), {rep.referenced} referenced, {verb} {rep.deleted} "
+        f"({_size(rep.deleted_bytes)}), {rep.young} unreferenced but younger than the margin, "
+        f"{rep.indexes_deleted} orphan index(es) removed"
+    )
 
 
 def main() -> None:

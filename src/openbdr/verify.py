@@ -6,12 +6,13 @@ restore points are affected and what to re-sync.
 
 from __future__ import annotations
 
-import random
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from . import scrub
 from .blocks import BLOCK_SIZE
 from .chunk import chunk_id_from_key
 from .errors import CorruptionError, OpenBDRError
@@ -58,6 +59,7 @@ def verify(
     threads: int = 4,
     progress: ProgressFn | None = None,
     seed: int | None = None,
+    mark: bool = True,
 ) -> VerifyReport:
     if not 0 < sample <= 100:
         raise OpenBDRError(f"bad --sample {sample}", "give a percentage in (0, 100]")
@@ -81,15 +83,19 @@ def verify(
                 users[cid].append((p, d.index, i * BLOCK_SIZE))
     report.chunks_referenced = len(users)
     present = {cid for cid in (chunk_id_from_key(b.key) for b in repo.blobs.list("chunks/")) if cid}
+    bad: dict[bytes, str] = {}
+    good: set[bytes] = set()
     for cid, where in users.items():
         if cid not in present:
+            bad[cid] = "chunk missing"
             for p, disk, off in where:
                 report.problems.append(Problem(p.host, p.id, disk, off, "chunk missing"))
     if deep:
         ids = [cid for cid in users if cid in present]
-        if sample < 100:
-            rng = random.Random(seed)
-            ids = rng.sample(ids, max(1, round(len(ids) * sample / 100))) if ids else []
+        state = scrub.load_state(repo)
+        if sample < 100:  # least recently verified first; chunks marked damaged always
+            redo = scrub.damaged_ids_of(points) & set(ids)
+            ids = list(dict.fromkeys([*redo, *scrub.pick(state, ids, sample, seed)]))
         codec = repo.codec()
 
         def check(cid: bytes) -> tuple[bytes, str | None]:
@@ -103,9 +109,16 @@ def verify(
             for n, (cid, err) in enumerate(pool.map(check, ids), 1):
                 report.chunks_checked += 1
                 if err:
+                    bad[cid] = err
                     for p, disk, off in users[cid]:
                         report.problems.append(Problem(p.host, p.id, disk, off, err))
+                else:
+                    good.add(cid)
+                    state[cid] = int(time.time())
                 if progress:
                     progress(n, len(ids))
+        scrub.save_state(repo, state, users.keys() if host is None else None)
+    if mark:
+        scrub.mark(repo, users, bad, good, points)
     report.problems.sort(key=lambda pr: (pr.host, pr.point, pr.disk, pr.offset or -1))
     return report
