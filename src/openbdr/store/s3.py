@@ -18,6 +18,7 @@ from botocore.config import Config
 
 from ..errors import RepositoryError
 from .blobs import BlobInfo, Blobs, NotFound
+from .retry import deadline_seconds, is_transient, with_retries
 
 _UNREACHABLE = (
     botocore.exceptions.EndpointConnectionError,
@@ -53,7 +54,7 @@ class S3Blobs(Blobs):
                 max_pool_connections=max_connections,
                 connect_timeout=float(os.environ.get("OPENBDR_S3_CONNECT_TIMEOUT", "5")),
                 read_timeout=float(os.environ.get("OPENBDR_S3_READ_TIMEOUT", "60")),
-                retries={"mode": "standard", "max_attempts": 3},
+                retries={"mode": "standard", "max_attempts": 1},  # retry.py retries
                 s3={"addressing_style": "path"} if self.endpoint else {},
             ),
         )
@@ -64,7 +65,11 @@ class S3Blobs(Blobs):
 
     def _check(self, create: bool) -> None:
         try:
-            self.client.head_bucket(Bucket=self.bucket)
+            with_retries(
+                lambda: self.client.head_bucket(Bucket=self.bucket),
+                "S3 head_bucket",
+                deadline=min(30.0, deadline_seconds()),
+            )
         except _UNREACHABLE as exc:
             raise RepositoryError(
                 f"cannot reach S3 endpoint {self.endpoint or 'AWS'}: {exc}",
@@ -73,7 +78,11 @@ class S3Blobs(Blobs):
         except botocore.exceptions.ClientError as exc:
             code = str(exc.response.get("Error", {}).get("Code", ""))
             if code in ("404", "NoSuchBucket", "NotFound") and create:
-                self.client.create_bucket(Bucket=self.bucket)
+                try:
+                    with_retries(lambda: self.client.create_bucket(Bucket=self.bucket), "create")
+                except botocore.exceptions.ClientError as again:  # an answer lost, then retried
+                    if self._code(again) not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                        raise
                 return
             if code in ("404", "NoSuchBucket", "NotFound"):
                 raise RepositoryError(
@@ -94,10 +103,20 @@ class S3Blobs(Blobs):
     def _key(self, key: str) -> str:
         return self.prefix + key
 
-    def _call(self, op: str, **kwargs: Any) -> Any:
+    def _call(self, op: str, read: bool = False, **kwargs: Any) -> Any:
+        """One S3 operation, retried on transient errors; `read` also reads the body."""
+
+        def once() -> Any:
+            res = getattr(self.client, op)(Bucket=self.bucket, **kwargs)
+            if read:
+                res["Data"] = res["Body"].read()
+            return res
+
         try:
-            return getattr(self.client, op)(Bucket=self.bucket, **kwargs)
-        except _UNREACHABLE as exc:
+            return with_retries(once, f"S3 {op} {kwargs.get('Key', '')}")
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
             raise RepositoryError(
                 f"S3 endpoint {self.endpoint or 'AWS'} stopped answering during {op}: {exc}",
                 "check the S3 service; a sync resumes from its checkpoint when run again",
@@ -110,40 +129,47 @@ class S3Blobs(Blobs):
     def put(self, key: str, data: bytes | memoryview) -> None:
         self._call("put_object", Key=self._key(key), Body=bytes(data))
 
+    def _is_ours(self, key: str, data: bytes) -> bool:
+        """After a 412: did an earlier attempt whose answer was lost already write `data`?"""
+        try:
+            return self.get(key) == data
+        except NotFound:
+            return False
+
     def put_if_absent(self, key: str, data: bytes) -> bool:
         try:
             self._call("put_object", Key=self._key(key), Body=data, IfNoneMatch="*")
         except botocore.exceptions.ClientError as exc:
             if self._code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
-                return False
+                return self._is_ours(key, data)
             raise
         return True
 
     def replace_if(self, key: str, expected: bytes, data: bytes) -> bool:
         try:
-            obj = self._call("get_object", Key=self._key(key))
+            obj = self._call("get_object", read=True, Key=self._key(key))
         except botocore.exceptions.ClientError as exc:
             if self._code(exc) in ("NoSuchKey", "404"):
                 return False
             raise
-        if obj["Body"].read() != expected:
+        if obj["Data"] != expected:
             return False
         try:
             self._call("put_object", Key=self._key(key), Body=data, IfMatch=obj["ETag"])
         except botocore.exceptions.ClientError as exc:
             if self._code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
-                return False
+                return self._is_ours(key, data)
             raise
         return True
 
     def get(self, key: str) -> bytes:
         try:
-            obj = self._call("get_object", Key=self._key(key))
+            obj = self._call("get_object", read=True, Key=self._key(key))
         except botocore.exceptions.ClientError as exc:
             if self._code(exc) in ("NoSuchKey", "404"):
                 raise NotFound(f"{self.url}: no object {key}") from None
             raise
-        return bytes(obj["Body"].read())
+        return bytes(obj["Data"])
 
     def exists(self, key: str) -> bool:
         try:
@@ -155,18 +181,17 @@ class S3Blobs(Blobs):
         return True
 
     def list(self, prefix: str = "") -> Iterator[BlobInfo]:
-        paginator = self.client.get_paginator("list_objects_v2")
         cut = len(self.prefix)
-        try:
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key(prefix)):
-                for item in page.get("Contents", []):
-                    yield BlobInfo(
-                        item["Key"][cut:], int(item["Size"]), item["LastModified"].timestamp()
-                    )
-        except _UNREACHABLE as exc:
-            raise RepositoryError(
-                f"S3 endpoint {self.endpoint or 'AWS'} stopped answering during list: {exc}"
-            ) from None
+        token: dict[str, str] = {}
+        while True:  # page by page, each page retried on its own
+            page = self._call("list_objects_v2", Prefix=self._key(prefix), **token)
+            for item in page.get("Contents", []):
+                yield BlobInfo(
+                    item["Key"][cut:], int(item["Size"]), item["LastModified"].timestamp()
+                )
+            if not page.get("IsTruncated"):
+                return
+            token = {"ContinuationToken": page["NextContinuationToken"]}
 
     def delete(self, key: str) -> None:
         self._call("delete_object", Key=self._key(key))
