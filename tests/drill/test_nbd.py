@@ -33,8 +33,9 @@ def test_qemu_img_reads_the_exact_image_over_unix_socket(
         assert sha256(out) == sha256(img)
         proc = subprocess.run(
             ["qemu-io", "-f", "raw", "-c", "write -P 0xab 0 4096", uri],
-            capture_output=True, text=True,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+        )
         assert proc.returncode != 0 or "failed" in (proc.stdout + proc.stderr).lower()
     assert not sock.exists()
     assert sha256(out) == sha256(img)
@@ -51,8 +52,14 @@ def test_libnbd_random_reads_over_tcp(small_repo: tuple[str, Path]) -> None:
         try:
             assert h.get_size() == len(data)
             assert h.is_read_only()
-            for off, n in [(0, 512), (1048000, 3000), (5 << 20, 1 << 20), (len(data) - 7000, 7000),
-                           (3 << 20, 4 << 20), (123, 1)]:  # fmt: skip
+            for off, n in [
+                (0, 512),
+                (1048000, 3000),
+                (5 << 20, 1 << 20),
+                (len(data) - 7000, 7000),
+                (3 << 20, 4 << 20),
+                (123, 1),
+            ]:
                 assert h.pread(n, off) == data[off : off + n], (off, n)
             with pytest.raises(nbd.Error):
                 h.pwrite(b"x" * 512, 0)

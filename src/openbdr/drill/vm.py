@@ -1,0 +1,209 @@
+"""A drill VM: QEMU booting NBD-served disks, isolated, with console log, QMP and screenshots.
+
+Networking is either none or QEMU user networking with `restrict=on`: the guest can
+reach nothing (not the host, not the outside); only the forwarded probe ports on
+127.0.0.1 reach the guest. QEMU gets PR_SET_PDEATHSIG so it dies with its runner, and
+the runner's registry lists it for the orphan sweep as well.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import re
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import OpenBDRError
+from .accel import QEMU, Accel
+from .qmp import Qmp, QmpError
+from .state import Registry, kill_pid, proc_start_time
+
+
+class VmError(OpenBDRError):
+    """The drill VM could not start or stopped unexpectedly."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _die_with_parent() -> None:
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+@dataclass
+class VmConfig:
+    drives: list[str]
+    accel: Accel
+    memory_mib: int = 512
+    cpus: int = 1
+    network: bool = False
+    #: guest port → host port on 127.0.0.1
+    forwards: dict[int, int] = field(default_factory=dict)
+    disk_bus: str = "virtio"
+    nic_model: str = "virtio-net-pci"
+    guest_agent: bool = False
+    qemu: str = QEMU
+
+
+class Vm:
+    def __init__(self, config: VmConfig, workdir: Path, registry: Registry | None = None) -> None:
+        self.config = config
+        self.workdir = workdir
+        self.registry = registry
+        self.console = workdir / "console.log"
+        self.qmp_path = workdir / "qmp.sock"
+        self.qga_path = workdir / "qga.sock"
+        self.stderr_path = workdir / "qemu.stderr"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._start: int | None = None
+        self.qmp: Qmp | None = None
+        self.started_at = 0.0
+
+    def command(self) -> list[str]:
+        c = self.config
+        cmd = [
+            c.qemu,
+            "-name",
+            "openbdr-drill",
+            "-machine",
+            "pc",
+            *c.accel.qemu_args(),
+            "-m",
+            str(c.memory_mib),
+            "-smp",
+            str(c.cpus),
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-vga",
+            "std",
+            "-chardev",
+            f"file,id=con0,path={self.console}",
+            "-serial",
+            "chardev:con0",
+            "-qmp",
+            f"unix:{self.qmp_path},server=on,wait=off",
+        ]
+        for i, uri in enumerate(c.drives):
+            cmd += ["-drive", f"file={uri},format=raw,if={c.disk_bus},cache=writeback"]
+            if i == 0:
+                cmd[-1] += ",index=0"
+        if c.network:
+            fwd = "".join(f",hostfwd=tcp:127.0.0.1:{h}-:{g}" for g, h in c.forwards.items())
+            cmd += ["-nic", f"user,restrict=on,model={c.nic_model}{fwd}"]
+        else:
+            cmd += ["-nic", "none"]
+        if c.guest_agent:
+            cmd += [
+                "-chardev",
+                f"socket,path={self.qga_path},server=on,wait=off,id=qga0",
+                "-device",
+                "virtio-serial",
+                "-device",
+                "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0",
+            ]
+        return cmd
+
+    def start(self) -> None:
+        self.console.touch()
+        with open(self.stderr_path, "wb") as errf:
+            self.proc = subprocess.Popen(
+                self.command(),
+                stdin=subprocess.DEVNULL,
+                stdout=errf,
+                stderr=errf,
+                preexec_fn=_die_with_parent,
+            )
+        self.started_at = time.monotonic()
+        self._start = proc_start_time(self.proc.pid)
+        if self.registry:
+            self.registry.add_pid(self.proc.pid)
+        try:
+            self.qmp = Qmp(str(self.qmp_path), timeout=30)
+        except QmpError:
+            self.check_running()
+            raise
+
+    def stderr_tail(self) -> str:
+        try:
+            return self.stderr_path.read_text(errors="replace").strip()[-2000:]
+        except OSError:
+            return ""
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def check_running(self) -> None:
+        if not self.running():
+            rc = self.proc.returncode if self.proc else None
+            raise VmError(f"QEMU exited (rc {rc}): {self.stderr_tail() or 'no message'}")
+
+    def console_text(self) -> str:
+        try:
+            return self.console.read_bytes().decode(errors="replace")
+        except OSError:
+            return ""
+
+    def wait_console(self, pattern: str, timeout: float) -> re.Match[str] | None:
+        rx = re.compile(pattern, re.MULTILINE)
+        deadline = time.monotonic() + timeout
+        while True:
+            m = rx.search(self.console_text())
+            if m:
+                return m
+            if not self.running() or time.monotonic() > deadline:
+                return None
+            time.sleep(0.2)
+
+    def screendump(self, png: Path) -> Path:
+        """The VGA console as a PNG (QEMU ≥ 7.1 writes PNG; older ones give PPM)."""
+        if self.qmp is None:
+            raise VmError("no QMP connection for a screenshot")
+        try:
+            self.qmp.execute("screendump", filename=str(png), format="png")
+            return png
+        except QmpError:
+            ppm = png.with_suffix(".ppm")
+            self.qmp.execute("screendump", filename=str(ppm))
+            from PIL import Image as PILImage
+
+            PILImage.open(ppm).save(png)
+            ppm.unlink(missing_ok=True)
+            return png
+
+    def stop(self, grace: float = 10.0) -> None:
+        """ACPI poweroff isn't waited for: the overlay is thrown away, so `quit` is safe."""
+        if self.proc is None:
+            return
+        if self.running() and self.qmp is not None:
+            with contextlib.suppress(QmpError, OSError):
+                self.qmp.execute("quit")
+        if self.qmp is not None:
+            self.qmp.close()
+            self.qmp = None
+        try:
+            self.proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            kill_pid(self.proc.pid, self._start, grace=2.0)
+            self.proc.wait(10)
+        if self.registry:
+            self.registry.remove("pid", self.proc.pid)
+        for p in (self.qmp_path, self.qga_path):
+            p.unlink(missing_ok=True)
+
+    def __enter__(self) -> Vm:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
