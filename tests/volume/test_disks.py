@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -21,10 +22,9 @@ import pytest
 from openbdr.extents import Extent, intersect, normalize, subtract, total
 from openbdr.volume import FileReader, analyze, render_text
 
-from ..helpers import loop_device, mounted, run, tree_checksums
+from ..helpers import loop_device, mounted, openbdr, run, tree_checksums
 from .images import (
     Disk,
-    copy_valid,
     count_marker,
     file_sectors,
     forget_btrfs,
@@ -157,11 +157,25 @@ def _check_fs(kind: str, dev: str) -> None:
 def test_valid_only_copy_round_trip(
     request: pytest.FixtureRequest, disk_name: str, volume_work: Path
 ) -> None:
+    """A real valid-only sync, restored: boot regions intact, stale data gone, files equal."""
     disk: Disk = request.getfixturevalue(disk_name)
     copy = volume_work / f"{disk_name}-copy.img"
+    repo = volume_work / f"{disk_name}-repo"
+    shutil.rmtree(repo, ignore_errors=True)
+    copy.unlink(missing_ok=True)
+    openbdr("repo", "init", str(repo))
+    openbdr("sync", "-r", str(repo), "-H", disk_name.replace("_", "-"), "-c", "zstd",
+            str(disk.path))
+    openbdr("restore", "-r", str(repo), "-H", disk_name.replace("_", "-"), "--to", str(copy))
     with FileReader(disk.path) as r:
         layout = analyze(r)
-        copy_valid(r, layout.valid_extents, copy)
+    point = json.loads(openbdr("points", "-r", str(repo), "--json").stdout)[0]
+    assert point["mode"] == "full"
+    manifest = next((repo / "points").rglob("*.json"))
+    rec = json.loads(manifest.read_text())["disks"][0]
+    # it read no more than the valid data (rounded to whole blocks it never exceeds it)
+    assert rec["read_bytes"] <= layout.valid_bytes
+    assert rec["valid_bytes"] <= layout.valid_bytes
     # the table as an independent parser reads it is intact
     assert sfdisk_partitions(copy) == sfdisk_partitions(disk.path)
     expected = tree_checksums(disk.content)
@@ -223,3 +237,12 @@ def test_mbr_layout(mbr_disk: Disk) -> None:
     ebrs = [s - 2048 * 512 for n, (_, s, _) in mbr_disk.parts.items() if n >= 5]
     for e in ebrs:
         assert intersect(layout.valid_extents, [(e, 512)]) == [Extent(e, 512)]
+
+
+def test_inspect_cli(gpt_disk: Disk) -> None:
+    table = openbdr("inspect", str(gpt_disk.path)).stdout
+    for word in ("gpt", "ext4", "xfs", "ntfs", "btrfs", "swap"):
+        assert word in table.lower(), word
+    data = json.loads(openbdr("inspect", "--json", str(gpt_disk.path)).stdout)
+    kinds = {(p.get("filesystem") or {}).get("kind") for p in data["partitions"]}
+    assert {"ext4", "xfs", "ntfs", "btrfs", "swap"} <= kinds
