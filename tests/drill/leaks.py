@@ -26,11 +26,18 @@ def _pids(pattern: str) -> frozenset[int]:
 
 
 def snapshot() -> Snapshot:
+    ours = ("openbdr-drill-", "openbdr-mount-")
     mounts = frozenset(
-        ln.split()[1] for ln in Path("/proc/mounts").read_text().splitlines() if "openbdr" in ln
+        ln.split()[1]
+        for ln in Path("/proc/mounts").read_text().splitlines()
+        if any(o in ln for o in ours) or ln.startswith("openbdr ")
     )
     loops = frozenset(
-        subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout.splitlines()
+        ln
+        for ln in subprocess.run(
+            ["losetup", "-a"], capture_output=True, text=True
+        ).stdout.splitlines()
+        if any(o in ln for o in ours)
     )
     netns = frozenset(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else frozenset()
     tmp = Path(tempfile.gettempdir())
@@ -40,7 +47,7 @@ def snapshot() -> Snapshot:
         if p.name.startswith(("openbdr-drill-", "openbdr-mount-", "openbdr-cow-"))
     )
     ss = subprocess.run(["ss", "-Hltnx"], capture_output=True, text=True).stdout
-    listeners = frozenset(ln for ln in ss.splitlines() if "openbdr" in ln or "qemu" in ln)
+    listeners = frozenset(ln for ln in ss.splitlines() if any(o in ln for o in ours))
     return Snapshot(
         _pids("qemu-system-x86_64 -name openbdr-drill"),
         _pids("openbdr.drill.fusefile"),

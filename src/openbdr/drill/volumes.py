@@ -49,7 +49,7 @@ def volumes(image: Image) -> list[Volume]:
         out.append(
             Volume(p.index, p.start, p.length, fs.kind if fs else None, fs.label if fs else None)
         )
-    if not out and layout.filesystem is not None:
+    if not out and layout.filesystem is not None and layout.filesystem.kind:
         fs = layout.filesystem
         out.append(Volume(0, 0, image.size, fs.kind, fs.label))
     return out
