@@ -285,7 +285,8 @@ class _DiskSync:
             self.disk.read_into(i * BLOCK_SIZE, memoryview(buf)[:span])
             if self.run.codec.chunk_id(memoryview(buf)[:span]) != self.prev[i]:
                 bad.append(i)
-        return bad
+        moved = getattr(self.disk, "moved_blocks", None)  # live sources: written since T0
+        return [i for i in bad if i not in moved(bad)] if bad and moved is not None else bad
 
 
 class SyncRun:
@@ -434,6 +435,7 @@ class SyncRun:
                         self.disk_syncs.append(ds)
                         ds.sync(extents)
                         self.tick(ds, force=False)
+                    self._settle(snap, plans)
                     self._gc_fence(plans)
                 except BaseException:
                     try:
@@ -467,6 +469,22 @@ class SyncRun:
                 repo.commit(point)
                 repo.drop_checkpoint(host.name)
                 return point
+
+    def _settle(self, snap: Any, plans: list[tuple[_DiskSync, list[Extent]]]) -> None:
+        """Live sources (the agent) read the first pass while the disk changes; `settle()`
+        re-copies what changed meanwhile, last under freeze, and lists it: stored over the
+        first pass, it makes the point one instant. Sources without it are frozen already."""
+        settle = getattr(snap, "settle", None)
+        if settle is None:
+            return
+        again = settle()
+        for ds, extents in plans:
+            more = again.get(ds.disk.name) or []
+            for i in to_blocks(more, ds.size):
+                ds.done.bits[i >> 3] &= ~(1 << (i & 7))
+            if more:
+                ds.sync(more)
+                extents[:] = normalize([*extents, *more])
 
     def _gc_fence(self, plans: list[tuple[_DiskSync, list[Extent]]]) -> None:
         """Put again what a concurrent gc deleted after this run wrote it (see gc.py)."""

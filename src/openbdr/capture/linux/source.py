@@ -1,0 +1,367 @@
+"""The agent's source: live disks captured in passes, consistent under a short freeze.
+
+`snapshot(since)` starts a capture at instant T0: for a disk whose tracker knows every
+change since the `since` token, the first pass lists those changed blocks (incremental);
+otherwise it lists the valid data, analysed under a brief freeze so that the file-system
+bitmaps are current (a full pass, or a hash-compare resync). The sync engine copies that
+first pass from the live device. `settle()` then re-copies, into a local staging file, the
+blocks written since T0: a few passes while applications run, and a last one under
+`FIFREEZE` with the tracker's final cut, so the staged blocks plus the unchanged rest are
+the disk at one instant. It returns those blocks; the engine stores them over what it read
+in the first pass. The token names the tracker generation that starts at the final cut.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from ...blocks import BLOCK_SIZE
+from ...errors import SourceError
+from ...extents import Extent, clip
+from ..base import ChangeToken, Consistency, DiskSnapshot, Host, Snapshot
+from .devices import BlockDevice, Mount, boot_id, device_of_path, mounts_of, resolve
+from .direct import DirectReader
+from .freeze import Freezer, FreezeWindow, syncfs
+from .staging import Staging
+from .tracker import DiskTracker
+
+log = logging.getLogger(__name__)
+
+SOURCE = "agent"
+
+
+@dataclass
+class DiskSpec:
+    """A protected disk: its stable name in restore points and its block device."""
+
+    name: str
+    device: str
+    #: freeze its mounted file systems for the final pass (False: crash-consistent only)
+    freeze: bool = True
+
+
+@dataclass
+class CaptureOptions:
+    #: the watchdog thaws after this many seconds, whatever the agent does
+    freeze_timeout: float = 10.0
+    #: at most this many live passes before the final frozen one
+    max_passes: int = 4
+    #: stop the live passes once a pass finds at most this many changed blocks
+    settle_blocks: int = 32
+    #: attempts at the final pass when the watchdog had to thaw first
+    final_attempts: int = 3
+    #: a command run while the file systems are frozen (array snapshots, checks)
+    frozen_hook: str | None = None
+
+
+def _when(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds")
+
+
+class LiveDisk(DiskSnapshot):
+    """One disk of a capture: the live device until `settle`, then device + staged blocks."""
+
+    def __init__(
+        self, spec: DiskSpec, dev: BlockDevice, tracker: DiskTracker, staging_dir: Path
+    ) -> None:
+        self.name = spec.name
+        self.spec = spec
+        self.dev = dev
+        self.size = dev.size
+        self.tracker = tracker
+        self.capture_id = uuid.uuid4().hex
+        self.reader = DirectReader(dev.path, dev.size)
+        self.staging = Staging(staging_dir / f"{spec.name}-{self.capture_id}.staging", dev.size)
+        self.first_pass: list[Extent] = []
+        self.valid_bytes = dev.size
+        self.layout: dict[str, Any] | None = None
+        self.mounts: list[Mount] = mounts_of(dev)
+        self.settled = False
+        self.generation = -1
+        self.passes = 1
+        self.windows: list[FreezeWindow] = []
+
+    @property
+    def rw_mounts(self) -> list[Mount]:
+        return [m for m in self.mounts if not m.read_only]
+
+    def extents(self) -> Iterable[Extent]:
+        return self.first_pass
+
+    def read_into(self, offset: int, buf: bytearray | memoryview) -> int:
+        view = memoryview(buf).cast("B")
+        want = max(0, min(len(view), self.size - offset))
+        got = 0
+        while got < want:
+            pos = offset + got
+            b = pos // BLOCK_SIZE
+            n = min(want - got, (b + 1) * BLOCK_SIZE - pos)
+            part = view[got : got + n]
+            if self.settled and b in self.staging:
+                r = self.staging.read_into(pos, part)
+            else:
+                r = self.reader.read_into(pos, part)
+            got += r
+            if r < n:
+                break
+        return got
+
+    def moved_blocks(self, blocks: Iterable[int]) -> set[int]:
+        """Of `blocks`, those written since the capture began: reading them now proves nothing
+        about the tracker (the sync engine's trust-but-verify skips them)."""
+        moved = self.tracker.peek()
+        return {b for b in blocks if b in moved or b in self.staging}
+
+    @property
+    def token(self) -> ChangeToken:
+        if not self.settled:
+            raise SourceError(
+                f"disk {self.name}: the capture was not settled",
+                "the sync engine must call Snapshot.settle() before committing",
+            )
+        return ChangeToken(
+            SOURCE,
+            {
+                "session": self.tracker.session,
+                "gen": self.generation,
+                "boot_id": boot_id(),
+                "device": self.dev.path,
+                "capture": {
+                    "passes": self.passes,
+                    "device_read_bytes": self.reader.bytes_read,
+                    "staged_bytes": self.staging.bytes_copied,
+                    "freezes": [
+                        {
+                            "at": _when(w.started),
+                            "seconds": round(w.seconds, 4),
+                            "mountpoints": w.mountpoints,
+                        }
+                        for w in self.windows
+                    ],
+                },
+            },
+        )
+
+    def fingerprint(self) -> dict[str, Any]:
+        # a new capture reads different instants: never resume another capture's blocks
+        return {
+            "name": self.name,
+            "size": self.size,
+            "device": self.dev.path,
+            "capture": self.capture_id,
+        }
+
+    def close(self) -> None:
+        self.reader.close()
+        self.staging.close()
+
+
+class LiveSnapshot(Snapshot):
+    def __init__(self, host: AgentHost, disks: list[LiveDisk]) -> None:
+        self.host = host
+        self.disks: list[DiskSnapshot] = list(disks)
+        self.live = disks
+        unfrozen = [d for d in disks if d.rw_mounts and not d.spec.freeze]
+        self.consistency: Consistency = "crash" if unfrozen else "filesystem"
+
+    def _mountpoints(self) -> list[str]:
+        return [m.mountpoint for d in self.live if d.spec.freeze for m in d.rw_mounts]
+
+    def _freezer(self) -> Freezer:
+        return Freezer(self._mountpoints(), self.host.options.freeze_timeout)
+
+    def settle(self) -> dict[str, list[Extent]]:
+        """Re-copy what changed since the capture began, last under freeze; return it per disk."""
+        opts = self.host.options
+        for _ in range(opts.max_passes):
+            if self._live_pass() <= opts.settle_blocks:
+                break
+        for attempt in range(opts.final_attempts):
+            fz = self._freezer()
+            with fz:
+                for d in self.live:
+                    changed, d.generation = d.tracker.final_cut()
+                    d.staging.copy(d.reader, changed.blocks())
+                if opts.frozen_hook:
+                    self._run_hook(opts.frozen_hook)
+            for d in self.live:
+                d.windows.append(fz.window)
+                d.passes += 1
+            if not fz.expired:
+                break
+            log.warning("final pass outlived the freeze bound (attempt %d): again", attempt + 1)
+            self._live_pass()
+        else:
+            raise SourceError(
+                f"host {self.host.name}: the final pass did not fit in the "
+                f"{opts.freeze_timeout:.0f} s freeze bound",
+                "raise freeze_timeout in the agent configuration or lower the write load",
+            )
+        for d in self.live:
+            d.settled = True
+        return {d.name: clip(d.staging.blocks.extents(), d.size) for d in self.live}
+
+    def _live_pass(self) -> int:
+        """One pass without freeze; returns the blocks it copied."""
+        n = 0
+        syncfs(self._mountpoints())
+        for d in self.live:
+            changed = d.tracker.pass_cut()
+            blocks = changed.blocks()
+            d.staging.copy(d.reader, blocks)
+            d.passes += 1
+            n += len(blocks)
+        return n
+
+    def _run_hook(self, cmd: str) -> None:
+        env = dict(os.environ, OPENBDR_DEVICES=" ".join(d.dev.path for d in self.live))
+        proc = subprocess.run(
+            cmd,
+            shell=True,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=max(1.0, self.host.options.freeze_timeout / 2),
+        )
+        if proc.returncode != 0:
+            raise SourceError(f"frozen hook {cmd!r} failed: {proc.stderr.strip()[-300:]}")
+
+    def release(self) -> None:
+        for d in self.live:
+            d.close()
+
+
+class AgentHost(Host):
+    """A host protected by the agent: trackers run from `start()` to `stop()`."""
+
+    def __init__(
+        self,
+        name: str,
+        disks: list[DiskSpec],
+        state_dir: Path,
+        options: CaptureOptions | None = None,
+        buffer_kb: int = 4096,
+    ) -> None:
+        if not disks:
+            raise SourceError(f"host {name}: no disks configured", "list at least one [[disk]]")
+        self.name = name
+        self.specs = disks
+        self.state_dir = Path(state_dir)
+        self.options = options or CaptureOptions()
+        self.buffer_kb = buffer_kb
+        self.devices: dict[str, BlockDevice] = {}
+        self.trackers: dict[str, DiskTracker] = {}
+
+    def start(self) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        (self.state_dir / "staging").mkdir(exist_ok=True)
+        for s in self.specs:
+            self.devices[s.name] = resolve(s.device)
+        self._check_state_dir()
+        try:
+            for s in self.specs:
+                tr = DiskTracker(self.devices[s.name], self.state_dir, self.buffer_kb)
+                tr.start()
+                self.trackers[s.name] = tr
+        except BaseException:
+            self.stop()
+            raise
+
+    def _check_state_dir(self) -> None:
+        here = device_of_path(str(self.state_dir))
+        for s in self.specs:
+            for m in mounts_of(self.devices[s.name]):
+                if (m.major, m.minor) == here:
+                    raise SourceError(
+                        f"state directory {self.state_dir} is on protected disk {s.device}",
+                        "put state_dir on another file system (it is written while frozen)",
+                    )
+
+    def stop(self) -> None:
+        for tr in self.trackers.values():
+            tr.stop()
+        self.trackers.clear()
+
+    def snapshot(self, since: ChangeToken | None) -> LiveSnapshot:
+        if not self.trackers:
+            raise SourceError(
+                f"host {self.name}: change tracking is not running", "start the agent"
+            )
+        prev = since.value if since is not None and since.source == SOURCE else {}
+        disks: list[LiveDisk] = []
+        try:
+            syncfs(
+                [
+                    m.mountpoint
+                    for s in self.specs
+                    for m in mounts_of(self.devices[s.name])
+                    if not m.read_only
+                ]
+            )
+            full: list[LiveDisk] = []
+            for s in self.specs:
+                d = LiveDisk(
+                    s, self.devices[s.name], self.trackers[s.name], self.state_dir / "staging"
+                )
+                disks.append(d)
+                tok = (prev.get(s.name) or {}).get("value") or {}
+                if since is None:
+                    full.append(d)
+                    continue
+                if not tok:
+                    d.fallback_reason = "the previous point was not taken by this agent"
+                    full.append(d)
+                    continue
+                changed, why = d.tracker.begin(str(tok.get("session")), int(tok.get("gen", -1)))
+                if changed is None:
+                    d.fallback_reason = f"{why}: hash-compare resync"
+                    full.append(d)
+                else:
+                    d.incremental = True
+                    d.first_pass = changed.extents()
+                    d.valid_bytes = changed.count() * BLOCK_SIZE
+            if full:
+                self._analyse(full)
+        except BaseException:
+            for d in disks:
+                d.close()
+            raise
+        return LiveSnapshot(self, disks)
+
+    def _analyse(self, disks: list[LiveDisk]) -> None:
+        """Valid extents at T0, read under a brief freeze (on-disk bitmaps are current then)."""
+        from ...volume import analyze
+
+        mps = [m.mountpoint for d in disks if d.spec.freeze for m in d.rw_mounts]
+        fz = Freezer(mps, self.options.freeze_timeout)
+        t0 = time.monotonic()
+        with fz:
+            for d in disks:
+                d.tracker.begin(None, 0)
+                layout = analyze(d.reader)
+                d.layout = layout.to_json()
+                d.first_pass = clip(layout.valid_extents, d.size)
+                d.valid_bytes = sum(e.length for e in d.first_pass)
+                for note in layout.notes:
+                    log.info("%s: %s", d.dev.path, note)
+        if fz.expired:
+            raise SourceError(
+                f"host {self.name}: analysing the file systems outlived the freeze bound",
+                "raise freeze_timeout in the agent configuration",
+            )
+        for d in disks:
+            if mps:
+                d.windows.append(fz.window)
+        log.info("valid data analysed in %.3f s", time.monotonic() - t0)
+
+    def describe(self) -> str:
+        return "agent:" + ",".join(f"{s.name}={s.device}" for s in self.specs)
