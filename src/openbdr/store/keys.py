@@ -32,18 +32,9 @@ class PassphraseError(OpenBDRError):
 
 
 def _aad(repo_id: str, slot: dict[str, Any]) -> bytes:
-    return "|".join(
-        [
-            "openbdr key slot",
-            repo_id,
-            str(slot["slot"]),
-            str(slot["kdf"]),
-            str(slot["n"]),
-            str(slot["r"]),
-            str(slot["p"]),
-            str(slot["salt"]),
-        ]
-    ).encode()
+    """Everything in the slot but the wrapped key itself, bound to the repository."""
+    fields = {k: v for k, v in slot.items() if k != "wrapped"}
+    return f"openbdr key slot|{repo_id}|".encode() + json.dumps(fields, sort_keys=True).encode()
 
 
 def _params(slot: dict[str, Any]) -> ScryptParams:
@@ -99,8 +90,11 @@ def unlock(blobs: Blobs, repo_id: str, passphrase: str) -> tuple[RepoKeys, str]:
         )
     for slot in found:
         try:
+            wrapped = str(slot["wrapped"])
+            if wrapped != wrapped.lower():
+                continue  # hex is written lower-case: an upper-case digit means tampering
             kek = _params(slot).kek(passphrase, bytes.fromhex(str(slot["salt"])))
-            master = unwrap(kek, bytes.fromhex(str(slot["wrapped"])), _aad(repo_id, slot))
+            master = unwrap(kek, bytes.fromhex(wrapped), _aad(repo_id, slot))
         except (KeyError, ValueError, TypeError):
             continue  # a damaged slot: try the others
         if master is not None:
@@ -177,7 +171,7 @@ def encrypted_config(blobs: Blobs, config: dict[str, Any], passphrase: str) -> R
 
 def open_keys(blobs: Blobs, config: dict[str, Any], passphrase: str | None) -> RepoKeys:
     """Unlock an encrypted repository and prove its config was not altered."""
-    keys, _slot = unlock(blobs, str(config["id"]), passphrase or read_passphrase())
+    keys, _slot = unlock(blobs, str(config.get("id")), passphrase or read_passphrase())
     if keys.config_mac(_config_body(config)) != config.get("mac"):
         raise RepositoryError(
             f"{blobs.url}: config fails its authentication (altered)",

@@ -123,10 +123,18 @@ class Lease:
             try:
                 ok = self.blobs.replace_if(self.key, self._content, record)
             except Exception:  # a transient store error: try again next beat
-                continue
+                ok = False
             if not ok:
-                self.lost.set()
-                return
+                # a renewal may have landed although its answer was lost: the token decides
+                try:
+                    current = self.blobs.get(self.key)
+                    mine = json.loads(current).get("token") == self.token
+                except Exception:
+                    continue  # the store is away: try again next beat
+                if not mine:
+                    self.lost.set()
+                    return
+                record = current
             self._content = record
 
     def release(self) -> None:

@@ -107,7 +107,15 @@ class Repository:
             )
         if config.get("encryption"):
             return cls(blobs, config, open_keys(blobs, config, passphrase))
-        return cls(blobs, config)
+        if "hash_key" not in config or any(True for _ in blobs.list("keys/")):
+            raise RepositoryError(
+                f"{url}: config is damaged (no hash key, or key slots but no encryption)",
+                "restore the config object from a copy",
+            )
+        try:
+            return cls(blobs, config)
+        except (KeyError, ValueError, TypeError):
+            raise RepositoryError(f"{url}: config is damaged", "restore it from a copy") from None
 
     @property
     def url(self) -> str:
