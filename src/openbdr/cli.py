@@ -24,6 +24,7 @@ from rich.table import Table
 from . import __version__
 from .agent.cli import register as register_agent
 from .chunk import Codec
+from .control.cli import register as register_control
 from .drill.cli import drill_app, mount_cmd
 from .errors import OpenBDRError
 
@@ -37,6 +38,7 @@ repo_app = typer.Typer(no_args_is_help=True, help="Create and inspect repositori
 app.add_typer(repo_app, name="repo")
 app.add_typer(drill_app, name="drill")
 app.command("mount")(mount_cmd)
+register_control(app)
 register_agent(app)  # after the control plane: joins its `agent` group
 
 out = Console(width=None if sys.stdout.isatty() else 200)

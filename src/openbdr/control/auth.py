@@ -38,12 +38,12 @@ def services(request: Request) -> Services:
 
 
 def session(svc: Annotated[Services, Depends(services)]) -> Iterator[Session]:
-    """A transaction per request: committed when the handler returns normally."""
+    """A transaction per request, committed before the response leaves (read-your-writes)."""
     with svc.factory() as s, s.begin():
         yield s
 
 
-DB = Annotated[Session, Depends(session)]
+DB = Annotated[Session, Depends(session, scope="function")]
 
 
 def principal(

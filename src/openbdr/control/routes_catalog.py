@@ -9,7 +9,6 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from ..store.repository import Repository
 from .apierrors import RESPONSES, ApiError, not_found
 from .auth import DB, Admin, Operator, Viewer, audit, services
 from .mirror import refresh_target
@@ -32,7 +31,7 @@ from .schemas import (
 )
 from .services import Services
 from .status import host_rows
-from .worker import target_env
+from .worker import open_target
 
 router = APIRouter(prefix="/api/v1", responses=RESPONSES)
 Svc = Annotated[Services, Depends(services)]
@@ -66,11 +65,7 @@ def list_targets(s: DB, _p: Viewer) -> list[dict[str, Any]]:
 @router.post("/targets", response_model=TargetOut, status_code=201, tags=["targets"])
 def add_target(body: TargetIn, s: DB, p: Admin, svc: Svc) -> dict[str, Any]:
     if body.init:
-        with target_env(body.secrets or {}):
-            try:
-                Repository.open(body.url).close()
-            except Exception:
-                Repository.init(body.url).close()
+        open_target(body.url, body.secrets or {}, init=True).close()
     t = Target(name=body.name, url=body.url, secrets=svc.box.seal(body.secrets))
     s.add(t)
     _unique(s, f"target {body.name!r}")
@@ -112,8 +107,7 @@ def refresh(name: str, s: DB, p: Operator, svc: Svc) -> dict[str, int]:
     """Re-read the repository's restore points into the catalog (it stays the truth)."""
     t = target_by_name(s, name)
     listed = utcnow()
-    with target_env(svc.box.open(t.secrets)):
-        repo = Repository.open(t.url)
+    repo = open_target(t.url, svc.box.open(t.secrets))
     try:
         points = repo.points()
     finally:

@@ -19,7 +19,6 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from ..store.repository import Repository
 from . import alerts
 from .crypto import SecretBox
 from .db import transaction
@@ -27,7 +26,7 @@ from .jobs import ACTIVE, JobError, JobQueue
 from .mirror import refresh_target
 from .models import Alert, Host, Job, Point, Policy, ServiceLock, Target, utcnow
 from .registry import KINDS, load_plugins
-from .worker import target_env
+from .worker import open_target
 
 log = logging.getLogger(__name__)
 
@@ -223,8 +222,7 @@ class Scheduler(threading.Thread):
             self._last_refresh[tid] = mono
             listed = utcnow()
             try:
-                with target_env(secrets):
-                    repo = Repository.open(url)
+                repo = open_target(url, secrets)
                 try:
                     points = repo.points()
                 finally:

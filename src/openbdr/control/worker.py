@@ -82,6 +82,18 @@ def target_env(secrets: dict[str, Any]) -> Iterator[None]:
                     os.environ[k] = v
 
 
+def open_target(url: str, secrets: dict[str, Any], init: bool = False) -> Repository:
+    """Open (or create) a target's repository with its stored credentials and passphrase."""
+    passphrase = secrets.get("passphrase") or None
+    with target_env(secrets):
+        if init:
+            try:
+                return Repository.open(url, passphrase=passphrase)
+            except OpenBDRError:
+                return Repository.init(url, encrypt=bool(passphrase), passphrase=passphrase)
+        return Repository.open(url, passphrase=passphrase)
+
+
 class JobContext:
     """What a runner sees: its spec, progress and log sinks, and the stop signal."""
 
@@ -113,8 +125,7 @@ class JobContext:
     def open_repository(self) -> Repository:
         if not self.spec.target:
             raise OpenBDRError(f"job {self.spec.id} has no target")
-        with target_env((self.spec.target or {}).get("secrets") or {}):
-            return Repository.open(self.spec.target["url"])
+        return open_target(self.spec.target["url"], self.spec.target.get("secrets") or {})
 
     def open_source(self) -> Any:
         host = self.spec.host or {}
