@@ -68,7 +68,9 @@ def fsck_volume(res: Resources, disk_file: Path, disk_name: str, vol: Volume) ->
     return Check(name, "fsck", ok, detail, time.monotonic() - t)
 
 
-def mount_volume(res: Resources, disk_file: Path, vol: Volume, where: Path) -> Path:
-    """Read-only mount of a volume (its journal replays into the FUSE overlay only)."""
+def mount_volume(
+    res: Resources, disk_file: Path, vol: Volume, where: Path, options: str = "ro"
+) -> Path:
+    """Mount a volume of a FUSE disk file; writes (journal replay too) stay in its overlay."""
     dev = res.loop(disk_file, vol.offset, vol.length)
-    return res.mount(dev, where, "ro", vol.fstype if vol.fstype in FSCK else None)
+    return res.mount(dev, where, options, vol.fstype if vol.fstype in FSCK else None)

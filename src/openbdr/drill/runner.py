@@ -31,6 +31,7 @@ from .volumes import find_volume, volumes
 log = logging.getLogger(__name__)
 
 Say = Callable[[str], None]
+LIVE_PROBES = {"console", "tcp", "http", "sql", "guest-exec", "command"}
 
 
 @dataclass
@@ -81,7 +82,9 @@ class Drill:
     # -- phases --------------------------------------------------------------
     def pre_boot(self, res: Resources, work: Path) -> dict[str, Path]:
         """Boot signature, fsck of every volume, mounts for file probes."""
-        file_probes = [p for p in self.plan.probes if p.type == "file"]
+        # service drills read files on their own read-write mount, after recovery
+        kinds = {"file"} if self.plan.kind == "vm" else set()
+        file_probes = [p for p in self.plan.probes if p.type in kinds]
         mounts: dict[str, Path] = {}
         if self.plan.kind == "vm":
             first = PointImage(self.repo, self.point, self.point.disks[0], cache_blocks=2)
@@ -192,7 +195,8 @@ class Drill:
                     work = res.tempdir()
                     mounts = self.pre_boot(res, work)
                     ctx = ProbeContext(t0=self.t0, mounts=mounts)
-                    self.probe(ctx, skip={"console", "tcp", "http", "sql", "guest-exec", "command"})
+                    if self.plan.kind == "vm":
+                        self.probe(ctx, skip=LIVE_PROBES)
                     failed = [c for c in self.checks if not c.ok]
                     if failed:
                         rep.reason = f"{failed[0].name}: {failed[0].detail}"
@@ -225,13 +229,15 @@ class Drill:
         rep.rto_all_s = round(max(passed), 3) if all_ok and passed else None
         if self.error:
             rep.verdict, rep.reason = "error", self.error
-        elif all_ok and len(self.results) == len(self.plan.probes):
+        elif all_ok and {p.name for p in self.plan.probes} <= {r.name for r in self.results}:
             rep.verdict, rep.reason = "passed", "every check and probe passed"
         else:
             rep.verdict = "failed"
             bad = [r for r in self.results if not r.ok]
             if not rep.reason:
-                rep.reason = f"probe {bad[0].name}: {bad[0].detail}" if bad else "no probe ran"
+                rep.reason = (
+                    f"probe {bad[0].name}: {bad[0].detail}" if bad else "not all probes ran"
+                )
         rep.finished = _now()
         rep.duration_s = round(time.monotonic() - self.t0, 3)
         store_report(self.repo, rep, self.screenshot)
