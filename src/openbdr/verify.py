@@ -95,7 +95,8 @@ def verify(
         state = scrub.load_state(repo)
         if sample < 100:  # least recently verified first; chunks marked damaged always
             redo = scrub.damaged_ids_of(points) & set(ids)
-            ids = list(dict.fromkeys([*redo, *scrub.pick(state, ids, sample, seed)]))
+            rest = [cid for cid in ids if cid not in redo]
+            ids = [*redo, *scrub.pick(state, rest, sample, seed)]
         codec = repo.codec()
 
         def check(cid: bytes) -> tuple[bytes, str | None]:
