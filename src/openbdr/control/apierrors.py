@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import CorruptionError, LockedError, OpenBDRError, RepositoryError, SourceError
@@ -87,6 +88,15 @@ def install(app: FastAPI) -> None:
     async def _http(_r: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = _CODES.get(exc.status_code, "error")
         return JSONResponse(body(code, str(exc.detail)), status_code=exc.status_code)
+
+    @app.exception_handler(DataError)
+    async def _data(_r: Request, exc: DataError) -> JSONResponse:
+        # a value the database cannot hold (NUL in text, out-of-range number)
+        return JSONResponse(
+            body("invalid", f"a value cannot be stored in the catalog: {str(exc.orig)[:200]}",
+                 "remove NUL characters and keep numbers in range"),
+            status_code=422,
+        )
 
     @app.exception_handler(Exception)
     async def _crash(_r: Request, exc: Exception) -> JSONResponse:

@@ -17,6 +17,7 @@ from .registry import KINDS, SOURCES, load_plugins
 from .schemas import (
     AlertOut,
     AuditOut,
+    Id,
     KindsOut,
     LoginIn,
     MeOut,
@@ -84,7 +85,7 @@ def add_user(body: UserIn, s: DB, p: Admin) -> dict[str, Any]:
 
 
 @router.delete("/users/{user_id}", status_code=204, tags=["users"])
-def delete_user(user_id: int, s: DB, p: Admin) -> Response:
+def delete_user(user_id: Id, s: DB, p: Admin) -> Response:
     u = s.get(User, user_id)
     if u is None:
         raise not_found(f"user {user_id}")
@@ -121,7 +122,7 @@ def add_token(body: TokenIn, s: DB, p: Admin) -> dict[str, Any]:
 
 
 @router.delete("/tokens/{token_id}", status_code=204, tags=["users"])
-def delete_token(token_id: int, s: DB, p: Admin) -> Response:
+def delete_token(token_id: Id, s: DB, p: Admin) -> Response:
     t = s.get(ApiToken, token_id)
     if t is None:
         raise not_found(f"token {token_id}")
@@ -150,7 +151,7 @@ def list_alerts(
 
 
 @router.post("/alerts/{alert_id}/ack", response_model=AlertOut, tags=["alerts"])
-def ack_alert(alert_id: int, s: DB, p: Operator) -> dict[str, Any]:
+def ack_alert(alert_id: Id, s: DB, p: Operator) -> dict[str, Any]:
     a = s.get(Alert, alert_id)
     if a is None:
         raise not_found(f"alert {alert_id}")

@@ -23,6 +23,7 @@ from .schemas import (
     EnrolOut,
     FinishIn,
     HeartbeatIn,
+    Id,
     JobIn,
     JobLogOut,
     JobOut,
@@ -49,7 +50,7 @@ def job_out(s: Session, j: Job) -> dict[str, Any]:
     }
 
 
-def job_by_id(s: Session, job_id: int) -> Job:
+def job_by_id(s: Session, job_id: Id) -> Job:
     j = s.get(Job, job_id)
     if j is None:
         raise not_found(f"job {job_id}", "list them with GET /api/v1/jobs")
@@ -89,13 +90,13 @@ def start_job(body: JobIn, s: DB, p: Operator, svc: Svc) -> dict[str, Any]:
 
 
 @router.get("/jobs/{job_id}", response_model=JobOut, tags=["jobs"])
-def get_job(job_id: int, s: DB, _p: Viewer) -> dict[str, Any]:
+def get_job(job_id: Id, s: DB, _p: Viewer) -> dict[str, Any]:
     return job_out(s, job_by_id(s, job_id))
 
 
 @router.get("/jobs/{job_id}/logs", response_model=list[JobLogOut], tags=["jobs"])
 def job_logs(
-    job_id: int, s: DB, _p: Viewer, limit: Annotated[int, Query(ge=1, le=10000)] = 1000
+    job_id: Id, s: DB, _p: Viewer, limit: Annotated[int, Query(ge=1, le=10000)] = 1000
 ) -> list[dict[str, Any]]:
     job_by_id(s, job_id)
     rows = s.scalars(select(JobLog).where(JobLog.job_id == job_id).order_by(JobLog.id)
@@ -104,7 +105,7 @@ def job_logs(
 
 
 def _action(name: str) -> Any:
-    def act(job_id: int, s: DB, p: Operator, svc: Svc) -> dict[str, Any]:
+    def act(job_id: Id, s: DB, p: Operator, svc: Svc) -> dict[str, Any]:
         job = job_by_id(s, job_id)
         getattr(svc.queue, name)(s, job)
         s.add(JobLog(job_id=job.id, message=f"{name} requested by {p.name}: now {job.state}"))
@@ -149,7 +150,7 @@ def enrolment_token(body: EnrolmentIn, s: DB, p: Admin) -> dict[str, Any]:
 
 
 @router.delete("/agents/{agent_id}", status_code=204, tags=["agents"])
-def disable_agent(agent_id: int, s: DB, p: Admin) -> Response:
+def disable_agent(agent_id: Id, s: DB, p: Admin) -> Response:
     """Revoke an agent's credential; its jobs are re-leased when their leases expire."""
     a = s.get(Agent, agent_id)
     if a is None:
@@ -188,9 +189,11 @@ def _worker(p: Any, worker: str) -> str:
     return f"agent:{p.name}:{worker}"
 
 
-def _own_job(s: Session, p: Any, job_id: int) -> None:
+def _own_job(s: Session, p: Any, job_id: Id) -> None:
     job = s.get(Job, job_id)
-    if job is None or job.pool != p.pool:
+    if job is None:
+        raise not_found(f"job {job_id}")
+    if job.pool != p.pool:
         raise ApiError(403, "forbidden", f"job {job_id} is not a job of pool {p.pool!r}")
 
 
@@ -203,7 +206,7 @@ def agent_lease(body: LeaseIn, s: DB, p: AgentP, svc: Svc) -> dict[str, Any]:
 
 
 @router.post("/agent/jobs/{job_id}/heartbeat", response_model=StateOut, tags=["agent API"])
-def agent_heartbeat(job_id: int, body: HeartbeatIn, s: DB, p: AgentP, svc: Svc) -> dict[str, str]:
+def agent_heartbeat(job_id: Id, body: HeartbeatIn, s: DB, p: AgentP, svc: Svc) -> dict[str, str]:
     """Renew the lease, report progress and logs; the answer says pause/cancel if asked."""
     _own_job(s, p, job_id)
     s.commit()
@@ -213,7 +216,7 @@ def agent_heartbeat(job_id: int, body: HeartbeatIn, s: DB, p: AgentP, svc: Svc) 
 
 
 @router.post("/agent/jobs/{job_id}/finish", response_model=StateOut, tags=["agent API"])
-def agent_finish(job_id: int, body: FinishIn, s: DB, p: AgentP, svc: Svc) -> dict[str, str]:
+def agent_finish(job_id: Id, body: FinishIn, s: DB, p: AgentP, svc: Svc) -> dict[str, str]:
     _own_job(s, p, job_id)
     s.commit()
     state = svc.queue.finish(job_id, _worker(p, body.worker), body.outcome, body.result,

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
+from fastapi import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 Role = Literal["viewer", "operator", "admin"]
 NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 Name = Field(pattern=NAME, min_length=1, max_length=128)
+YEARS10 = 10 * 365 * 86400
+MAXINT = 10**15  # exact as a JSON float too
+#: a row id in a path: bounded so no database overflows
+Id = Annotated[int, Path(ge=0, le=2**31 - 1)]
 
 
 class ErrorDetail(BaseModel):
@@ -103,19 +108,19 @@ class RefreshOut(BaseModel):
 class Window(Strict):
     start: str = Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
     end: str = Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
-    rate: int = Field(ge=0, description="bytes per second, 0 = unlimited")
+    rate: int = Field(ge=0, le=MAXINT, description="bytes per second, 0 = unlimited")
 
 
 class PolicyFields(Strict):
     rpo_seconds: int | None = Field(default=None, ge=30, le=365 * 86400)
-    full_resync_seconds: int | None = Field(default=None, ge=3600)
+    full_resync_seconds: int | None = Field(default=None, ge=3600, le=YEARS10)
     compression: Literal["none", "zstd", "lz4"] | None = None
     compression_level: int | None = Field(default=None, ge=1, le=19)
-    bwlimit: int | None = Field(default=None, ge=0)
+    bwlimit: int | None = Field(default=None, ge=0, le=MAXINT)
     bandwidth_windows: list[Window] | None = None
-    retention: dict[str, int] | None = None
-    verify_seconds: int | None = Field(default=None, ge=60)
-    drill_seconds: int | None = Field(default=None, ge=3600)
+    retention: dict[str, Annotated[int, Field(ge=0, le=MAXINT)]] | None = None
+    verify_seconds: int | None = Field(default=None, ge=60, le=YEARS10)
+    drill_seconds: int | None = Field(default=None, ge=3600, le=YEARS10)
     drill_plan: dict[str, Any] | None = None
     enabled: bool | None = None
 
