@@ -280,7 +280,8 @@ class _DiskSync:
         candidates = [i for i, _ in self.prev.nonzero() if i not in changed]
         bad = []
         buf = bytearray(BLOCK_SIZE)
-        for i in random.sample(candidates, min(TRUST_SAMPLE, len(candidates))):
+        k = int(getattr(self.disk, "trust_sample", TRUST_SAMPLE))  # a source may scale it
+        for i in random.sample(candidates, min(k, len(candidates))):
             span = block_span(i, self.size)
             self.disk.read_into(i * BLOCK_SIZE, memoryview(buf)[:span])
             if self.run.codec.chunk_id(memoryview(buf)[:span]) != self.prev[i]:

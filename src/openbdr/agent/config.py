@@ -94,6 +94,7 @@ def load(path: str | Path) -> AgentConfig:
         freeze_timeout=_get(raw, "freeze_timeout", float, p, 10.0),
         max_passes=_get(raw, "max_passes", int, p, 4),
         settle_blocks=_get(raw, "settle_blocks", int, p, 32),
+        freeze_copy_blocks=_get(raw, "freeze_copy_blocks", int, p, 64),
         frozen_hook=raw.get("frozen_hook"),
     )
     if not 0.5 <= capture.freeze_timeout <= 120:

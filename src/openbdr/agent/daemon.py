@@ -1,4 +1,4 @@
-"""`openbdr agent run`: tracking between syncs, syncs on an interval or on request.
+"""`openbdr agent protect`: tracking between syncs, syncs on an interval or on request.
 
 The daemon starts a change tracker per disk, then serves requests on a Unix socket (one
 JSON line in, one out: `sync`, `status`) and runs a sync every `interval` seconds. Syncs
@@ -189,7 +189,7 @@ def request(sock_path: str, cmd: str, timeout: float = 3600.0) -> dict[str, Any]
         s.connect(sock_path)
     except (FileNotFoundError, ConnectionRefusedError):
         raise OpenBDRError(
-            f"no agent listens on {sock_path}", "start it: openbdr agent run --config FILE"
+            f"no agent listens on {sock_path}", "start it: openbdr agent protect --config FILE"
         ) from None
     try:
         s.sendall(json.dumps({"cmd": cmd}).encode() + b"\n")

@@ -59,6 +59,9 @@ class CaptureOptions:
     settle_blocks: int = 32
     #: attempts at the final pass when the watchdog had to thaw first
     final_attempts: int = 3
+    #: an incremental of at most this many blocks is copied whole under the freeze (each
+    #: block read once, hot ones included); a larger one is read live first
+    freeze_copy_blocks: int = 64
     #: a command run while the file systems are frozen (array snapshots, checks)
     frozen_hook: str | None = None
 
@@ -89,6 +92,10 @@ class LiveDisk(DiskSnapshot):
         self.generation = -1
         self.passes = 1
         self.windows: list[FreezeWindow] = []
+        #: changed blocks left for the final pass under freeze (a small incremental)
+        self.deferred: list[int] = []
+        #: trust-but-verify re-reads this many unchanged blocks (set per capture)
+        self.trust_sample = 8
 
     @property
     def rw_mounts(self) -> list[Mount]:
@@ -183,6 +190,8 @@ class LiveSnapshot(Snapshot):
         """Re-copy what changed since the capture began, last under freeze; return it per disk."""
         opts = self.host.options
         for _ in range(opts.max_passes):
+            if sum(d.tracker.peek().count() for d in self.live) <= opts.settle_blocks:
+                break
             if self._live_pass() <= opts.settle_blocks:
                 break
         for attempt in range(opts.final_attempts):
@@ -190,7 +199,7 @@ class LiveSnapshot(Snapshot):
             with fz:
                 for d in self.live:
                     changed, d.generation = d.tracker.final_cut()
-                    d.staging.copy(d.reader, changed.blocks())
+                    d.staging.copy(d.reader, sorted({*changed.blocks(), *d.deferred}))
                 if opts.frozen_hook:
                     self._run_hook(opts.frozen_hook)
             for d in self.live:
@@ -327,8 +336,13 @@ class AgentHost(Host):
                     full.append(d)
                 else:
                     d.incremental = True
-                    d.first_pass = changed.extents()
-                    d.valid_bytes = changed.count() * BLOCK_SIZE
+                    n = changed.count()
+                    d.valid_bytes = n * BLOCK_SIZE
+                    d.trust_sample = max(1, min(8, n // 8))
+                    if n <= self.options.freeze_copy_blocks:
+                        d.deferred = changed.blocks()
+                    else:
+                        d.first_pass = changed.extents()
             if full:
                 self._analyse(full)
         except BaseException:
