@@ -10,7 +10,7 @@
     screenshot = true
 
     [[probe]]
-    type = "console"       # console | tcp | http | sql | guest-exec | file | command
+    type = "console"       # console | shell | tcp | http | sql | guest-exec | file | command
     pattern = "OPENBDR-GUEST-READY"
     timeout = 180
 
@@ -28,7 +28,7 @@ from typing import Any
 from ..errors import OpenBDRError
 
 KINDS = ("vm", "service")
-PROBES = ("console", "tcp", "http", "sql", "guest-exec", "file", "command")
+PROBES = ("console", "shell", "tcp", "http", "sql", "guest-exec", "file", "command")
 
 
 class PlanError(OpenBDRError):
@@ -120,13 +120,16 @@ def parse_plan(text: str, source: str = "plan") -> Plan:
         if kind not in PROBES:
             raise PlanError(f"{where}: type {kind!r} is unknown", f"use one of {', '.join(PROBES)}")
         p.setdefault("name", f"{kind}-{i + 1}")
+        if kind == "shell" and not isinstance(p.get("command"), str):
+            raise PlanError(f"{where}: a shell probe's command is one line of text")
         if "command" in p and isinstance(p["command"], str):
-            p["command"] = ["/bin/sh", "-c", p["command"]]
+            p["command"] = [p["command"]] if kind == "shell" else ["/bin/sh", "-c", p["command"]]
         if "volume" in p and p["volume"] is not None:
             p["volume"] = str(p["volume"])
         probe = Probe(**_fields(Probe, p, where))
         need = {
             "console": "pattern",
+            "shell": "command",
             "tcp": "port",
             "http": "port",
             "sql": "port",
@@ -136,8 +139,8 @@ def parse_plan(text: str, source: str = "plan") -> Plan:
         }[kind]
         if not getattr(probe, need):
             raise PlanError(f"{where}: a {kind} probe needs `{need}`")
-        if kind == "console" and plan.kind != "vm":
-            raise PlanError(f"{where}: console probes need a vm drill")
+        if kind in ("console", "shell", "guest-exec") and plan.kind != "vm":
+            raise PlanError(f"{where}: {kind} probes need a vm drill")
         plan.probes.append(probe)
     if "service" in raw:
         s = dict(raw["service"])

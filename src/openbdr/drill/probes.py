@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import secrets
 import socket
 import subprocess
 import sys
@@ -205,6 +206,46 @@ def _console(probe: Probe, ctx: ProbeContext) -> Attempt:
     return attempt
 
 
+def _after_echo(out: str, end: str) -> str:
+    """What follows the echoed command line, wherever the terminal wrapped it."""
+    flat = out.replace("\r", "").replace("\n", "")
+    if end not in flat:
+        return out
+    target = flat.index(end) + len(end)
+    seen = 0
+    for pos, ch in enumerate(out):
+        if ch not in "\r\n":
+            seen += 1
+            if seen == target:
+                return out[pos + 1 :]
+    return ""
+
+
+def _shell(probe: Probe, ctx: ProbeContext) -> Attempt:
+    """One command line typed on the serial console's shell; passes on exit status 0."""
+
+    def attempt() -> tuple[bool, str]:
+        vm = ctx.vm
+        assert vm is not None
+        token = secrets.token_hex(4)
+        start = len(vm.console_text())
+        vm.send_console(f"{probe.command[0]}; echo OBDR-{token}-RC=$?\n")
+        m = vm.wait_console(rf"OBDR-{token}-RC=(\d+)", min(60.0, probe.timeout))
+        if m is None:
+            return False, "no answer from the console shell"
+        out = vm.console_text()[start : m.start()].replace("\x1b[6n", "")
+        out = _after_echo(out, "RC=$?")
+        out = out.strip()
+        rc = int(m.group(1))
+        if rc != 0:
+            return False, f"exit {rc}: {out[-300:]!r}"
+        if probe.expect is not None and probe.expect not in out:
+            return False, f"output lacks {probe.expect!r}: {out[-300:]!r}"
+        return True, f"exit 0: {out[-200:]!r}"
+
+    return attempt
+
+
 def _file(probe: Probe, ctx: ProbeContext) -> Attempt:
     def attempt() -> tuple[bool, str]:
         root = ctx.mounts.get(probe.volume or "")
@@ -267,6 +308,7 @@ _KINDS: dict[str, Callable[[Probe, ProbeContext], Attempt]] = {
     "http": _http,
     "sql": _sql,
     "console": _console,
+    "shell": _shell,
     "file": _file,
     "command": _command,
     "guest-exec": _guest_exec,

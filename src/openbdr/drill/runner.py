@@ -31,7 +31,7 @@ from .volumes import find_volume, volumes
 log = logging.getLogger(__name__)
 
 Say = Callable[[str], None]
-LIVE_PROBES = {"console", "tcp", "http", "sql", "guest-exec", "command"}
+LIVE_PROBES = {"console", "shell", "tcp", "http", "sql", "guest-exec", "command"}
 
 
 @dataclass

@@ -254,7 +254,7 @@ def run_service(drill: Drill, res: Resources, work: Path, ctx: ProbeContext) -> 
     ctx.mounts.update({"": root, str(v.number): root})
     if v.label:
         ctx.mounts[v.label] = root
-    drill.probe(ctx, skip={"console", "guest-exec"})
+    drill.probe(ctx, skip={"console", "shell", "guest-exec"})
     if svc.type == "postgresql" and svc.amcheck:
         drill.say("pg_amcheck --all")
         r = amcheck(drill, data, ns)

@@ -14,6 +14,7 @@ import re
 import signal
 import socket
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,6 +63,8 @@ class Vm:
         self.console = workdir / "console.log"
         self.qmp_path = workdir / "qmp.sock"
         self.qga_path = workdir / "qga.sock"
+        self.serial_path = workdir / "serial.sock"
+        self._serial: socket.socket | None = None
         self.stderr_path = workdir / "qemu.stderr"
         self.proc: subprocess.Popen[bytes] | None = None
         self._start: int | None = None
@@ -88,7 +91,7 @@ class Vm:
             "-vga",
             "std",
             "-chardev",
-            f"file,id=con0,path={self.console}",
+            f"socket,id=con0,path={self.serial_path},server=on,wait=off,logfile={self.console}",
             "-serial",
             "chardev:con0",
             "-qmp",
@@ -165,6 +168,25 @@ class Vm:
                 return None
             time.sleep(0.2)
 
+    def send_console(self, text: str) -> None:
+        """Type `text` on the serial console (a shell there gets it as input)."""
+        if self._serial is None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(10)
+            sock.connect(str(self.serial_path))
+            self._serial = sock
+            # QEMU copies the console to this socket too; it stalls the guest's serial
+            # port once the socket is full, so read it (the log file already has it all)
+            threading.Thread(target=self._drain, args=(sock,), daemon=True).start()
+        self._serial.sendall(text.encode())
+
+    @staticmethod
+    def _drain(sock: socket.socket) -> None:
+        sock.settimeout(None)
+        with contextlib.suppress(OSError):
+            while sock.recv(65536):
+                pass
+
     def screendump(self, png: Path) -> Path:
         """The VGA console as a PNG (QEMU ≥ 7.1 writes PNG; older ones give PPM)."""
         if self.qmp is None:
@@ -191,6 +213,9 @@ class Vm:
         if self.qmp is not None:
             self.qmp.close()
             self.qmp = None
+        if self._serial is not None:
+            self._serial.close()
+            self._serial = None
         try:
             self.proc.wait(grace)
         except subprocess.TimeoutExpired:
@@ -198,7 +223,7 @@ class Vm:
             self.proc.wait(10)
         if self.registry:
             self.registry.remove("pid", self.proc.pid)
-        for p in (self.qmp_path, self.qga_path):
+        for p in (self.qmp_path, self.qga_path, self.serial_path):
             p.unlink(missing_ok=True)
 
     def __enter__(self) -> Vm:
