@@ -90,6 +90,7 @@ class ServerProc:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.verify: bool | str = True
         self.log = data.parent / f"server-{self.port}.log"
 
     def start(self) -> None:
@@ -104,7 +105,8 @@ class ServerProc:
             if self.proc.poll() is not None:
                 raise AssertionError(f"server exited:\n{self.log.read_text()[-3000:]}")
             try:
-                if httpx.get(self.url + "/api/v1/health", timeout=2).status_code == 200:
+                health = httpx.get(self.url + "/api/v1/health", timeout=2, verify=self.verify)
+                if health.status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
