@@ -257,3 +257,34 @@ def test_killed_runner_is_cleaned_up_by_the_next_run(
     out = openbdr("drill", "cleanup", env=drill_env).stdout
     assert "cleaned 1" in out
     assert not any(_running(p) for p in pids)  # … until the sweep
+
+
+def test_sigterm_tears_down_and_reports_the_interruption(
+    boot_disk: Path, tmp_path: Path, drill_env: dict[str, str]
+) -> None:
+    repo = _repo_with(tmp_path, boot_disk, "web1")
+    plan = tmp_path / "plan.toml"
+    plan.write_text(QUICK_PLAN)
+    runner = subprocess.Popen(
+        [*OPENBDR, "drill", "run", "--repo", repo, "--host", "web1", "--plan", str(plan)],
+        env=drill_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    state = Path(drill_env["OPENBDR_STATE_DIR"]) / "drills"
+    deadline = time.monotonic() + 120
+    pids: list[int] = []
+    while time.monotonic() < deadline and len(pids) < 2:
+        for rec in state.glob("*.json") if state.exists() else []:
+            steps = json.loads(rec.read_text())["steps"]
+            pids = [s[1][0] for s in steps if s[0] == "pid"]
+        time.sleep(0.2)
+    assert len(pids) >= 2, "QEMU never started"
+    runner.send_signal(signal.SIGTERM)
+    assert runner.wait(60) != 0
+    assert not any(_running(p) for p in pids)
+    assert not list(state.glob("*.json"))
+    rep = json.loads(openbdr("drill", "list", "--repo", repo, "--json").stdout)
+    assert rep[-1]["verdict"] == "error"
+    # drill_env's teardown checks that nothing else was left behind

@@ -214,6 +214,10 @@ class Drill:
                     rep.timings["teardown_s"] = round(time.monotonic() - t, 3)
         except OpenBDRError as exc:
             self.error = str(exc)
+        except KeyboardInterrupt:  # SIGINT, or SIGTERM mapped to it by the CLI
+            self.error = "interrupted; everything was torn down"
+            self.finish()
+            raise
         self.finish()
         return rep
 
