@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -105,7 +106,9 @@ class ServerProc:
             if self.proc.poll() is not None:
                 raise AssertionError(f"server exited:\n{self.log.read_text()[-3000:]}")
             try:
-                health = httpx.get(self.url + "/api/v1/health", timeout=2, verify=self.verify)
+                verify = (ssl.create_default_context(cafile=self.verify)
+                          if isinstance(self.verify, str) else self.verify)
+                health = httpx.get(self.url + "/api/v1/health", timeout=2, verify=verify)
                 if health.status_code == 200:
                     return
             except httpx.HTTPError:

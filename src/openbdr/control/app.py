@@ -137,6 +137,9 @@ def create_app(config: ServerConfig, svc: Services | None = None) -> FastAPI:
     app.include_router(routes_admin.router)
     app.include_router(routes_catalog.router)
     app.include_router(routes_jobs.router)
+    from ..web import install as install_console
+
+    install_console(app)  # the web console: `/`, `/console/…`, `/api/v1/console/…`
 
     @app.get("/metrics", tags=["meta"], responses=apierrors.RESPONSES,
              response_class=Response,

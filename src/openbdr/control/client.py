@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from typing import Any
 
 import httpx
@@ -14,10 +15,12 @@ class ServerError(OpenBDRError):
 
 
 class Client:
-    def __init__(self, url: str, token: str | None, verify: bool | str = True,
+    def __init__(self, url: str, token: str | None, verify: bool | str | ssl.SSLContext = True,
                  timeout: float = 30.0) -> None:
         self.url = url.rstrip("/")
         headers = {"Authorization": f"Bearer {token}"} if token else {}
+        if isinstance(verify, str):  # a private CA's certificate file
+            verify = ssl.create_default_context(cafile=verify)  # type: ignore[assignment]
         self.http = httpx.Client(base_url=self.url, headers=headers, verify=verify,
                                  timeout=timeout)
 

@@ -2,13 +2,14 @@
 
 Drills, retention and garbage collection live in their own packages; they register
 here with `register_kind` (imported through the `openbdr.control` entry-point group or
-the modules listed in `PLUGINS`), and the scheduler, API and workers pick them up.
+the modules listed in `PLUGINS` or in `OPENBDR_PLUGINS`), and the scheduler, API and workers pick them up.
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
@@ -81,7 +82,8 @@ def load_plugins() -> None:
     if _loaded:
         return
     _loaded = True
-    for name in PLUGINS:
+    extra = [m.strip() for m in os.environ.get("OPENBDR_PLUGINS", "").split(",") if m.strip()]
+    for name in PLUGINS + extra:
         try:
             importlib.import_module(name)
         except ModuleNotFoundError as exc:

@@ -12,7 +12,7 @@ from .apierrors import RESPONSES, ApiError, not_found
 from .auth import DB, Admin, Operator, Principal, Viewer, audit, principal, services
 from .crypto import check_password, digest, hash_password, new_token
 from .jobs import ACTIVE
-from .models import Agent, Alert, ApiToken, AuditEntry, Host, Job, Point, User, utcnow
+from .models import Agent, Alert, ApiToken, AuditEntry, Host, Job, Point, Policy, User, utcnow
 from .registry import KINDS, SOURCES, load_plugins
 from .schemas import (
     AlertOut,
@@ -28,7 +28,6 @@ from .schemas import (
     UserOut,
 )
 from .services import Services
-from .status import host_rows
 
 router = APIRouter(prefix="/api/v1", responses=RESPONSES)
 Svc = Annotated[Services, Depends(services)]
@@ -173,14 +172,28 @@ def audit_log(
 @router.get("/overview", response_model=OverviewOut, tags=["meta"])
 def overview(s: DB, _p: Viewer) -> dict[str, Any]:
     """Counts for a dashboard header; `GET /hosts` has each host's state."""
-    hosts = list(s.scalars(select(Host)))
-    rows = host_rows(s, hosts)
-    by = [r["status"]["protection"] for r in rows]
+    now = utcnow()
+    rows = s.execute(
+        select(Host.id, Host.enabled, Policy.rpo_seconds, Policy.enabled, func.max(Point.created))
+        .join(Policy, Policy.id == Host.policy_id, isouter=True)
+        .join(Point, Point.host_id == Host.id, isouter=True)
+        .group_by(Host.id, Host.enabled, Policy.rpo_seconds, Policy.enabled)
+    ).all()
+    protected = breached = unprotected = 0
+    for _id, enabled, rpo, pol_enabled, newest in rows:
+        if not enabled or pol_enabled is False:
+            continue
+        if newest is None or rpo is None:
+            unprotected += 1
+        elif (now - newest).total_seconds() > rpo:
+            breached += 1
+        else:
+            protected += 1
     jobs = dict(s.execute(select(Job.state, func.count()).where(Job.state.in_(ACTIVE))
                           .group_by(Job.state)).all())
     return {
-        "hosts": len(rows), "protected": by.count("ok") + by.count("warning"),
-        "breached": by.count("breached"), "unprotected": by.count("unprotected"),
+        "hosts": len(rows), "protected": protected,
+        "breached": breached, "unprotected": unprotected,
         "jobs": {k: int(v) for k, v in jobs.items()},
         "open_alerts": int(s.scalar(select(func.count()).select_from(Alert)
                                     .where(Alert.resolved.is_(None))) or 0),
