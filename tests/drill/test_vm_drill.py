@@ -84,6 +84,41 @@ def drill_env(tmp_path: Path, state_dir: Path) -> Iterator[dict[str, str]]:
     )
 
 
+def _chromium_shows_the_screenshot(html: Path, png: Path, tmp_path: Path) -> None:
+    """Chromium renders the report with the console screenshot pixel for pixel."""
+    from collections import Counter
+
+    from PIL import Image
+
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.fail("chromium is missing: run scripts/setup")
+    shot = tmp_path / "page.png"
+    subprocess.run(
+        [
+            chromium,
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--force-device-scale-factor=1",
+            "--window-size=1200,1800",
+            f"--user-data-dir={tmp_path / 'chromium'}",
+            f"--screenshot={shot}",
+            html.as_uri(),
+        ],
+        capture_output=True,
+        timeout=180,
+        check=True,
+    )
+    with Image.open(png) as a, Image.open(shot) as b:
+        want = Counter(a.convert("RGB").getdata())
+        got = Counter(b.convert("RGB").getdata())
+    # pure black and VGA grey appear on the page only inside the console screenshot
+    for colour, n in want.most_common(2):
+        assert got[colour] >= n, (colour, got[colour], n)
+
+
 def _running(pid: int) -> bool:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -150,6 +185,8 @@ def test_vm_drill_boots_from_the_repository_and_marks_the_point_verified(
     assert 'id="verdict" class="passed"' in page
     b64 = page.split('src="data:image/png;base64,', 1)[1].split('"', 1)[0]
     assert base64.b64decode(b64) == png.read_bytes()
+
+    _chromium_shows_the_screenshot(html, png, tmp_path)
 
     pts = json.loads(openbdr("points", "--repo", repo, "--host", "web1", "--json").stdout)
     assert pts[0]["status"] == "verified"
