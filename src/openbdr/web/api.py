@@ -1,0 +1,150 @@
+"""Read endpoints the console needs beyond the REST API: one aggregated dashboard call,
+and drill reports read from the repositories (where drills store them).
+
+Roles are the REST API's: everything here only reads, so a viewer may call it.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Path, Query
+from fastapi.responses import Response
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from ..control.apierrors import RESPONSES, ApiError, not_found
+from ..control.auth import DB, Viewer, services
+from ..control.jobs import ACTIVE
+from ..control.models import Alert, Host, Job, Target, utcnow
+from ..control.routes_admin import alert_out
+from ..control.routes_catalog import host_by_name
+from ..control.services import Services
+from ..control.status import host_rows
+from ..control.worker import open_target
+from ..drill.report import ReportNotFound, get_artifact, list_reports, load_report
+from ..errors import OpenBDRError
+from ..store.repository import Repository
+from .history import series
+
+router = APIRouter(prefix="/api/v1/console", responses=RESPONSES, include_in_schema=False)
+Svc = Annotated[Services, Depends(services)]
+#: drill ids as the drill package makes them; never a path component like `..`
+DrillId = Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
+ARTIFACTS = {"report.html": "text/html; charset=utf-8", "report.json": "application/json",
+             "screenshot.png": "image/png"}
+
+
+@router.get("/dashboard")
+def dashboard(
+    s: DB, _p: Viewer,
+    hours: Annotated[float, Query(gt=0, le=24 * 90)] = 24.0,
+    limit: Annotated[int, Query(ge=1, le=100000)] = 10000,
+) -> dict[str, Any]:
+    """Every host's state, the header counts, open alerts and the chart series at once."""
+    now = utcnow()
+    hosts = list(s.scalars(select(Host).order_by(Host.name).limit(limit)))
+    rows = host_rows(s, hosts, now)
+    by = Counter(r["status"]["protection"] for r in rows)
+    jobs = dict(s.execute(select(Job.state, func.count()).where(Job.state.in_(ACTIVE))
+                          .group_by(Job.state)).all())
+    alerts = s.execute(
+        select(Alert, Host.name).join(Host, Host.id == Alert.host_id, isouter=True)
+        .where(Alert.resolved.is_(None)).order_by(Alert.id.desc()).limit(100)
+    ).all()
+    return {
+        "now": now,
+        "counts": {
+            "hosts": int(s.scalar(select(func.count()).select_from(Host)) or 0),
+            **{k: by.get(k, 0) for k in ("ok", "warning", "breached", "unprotected",
+                                          "disabled")},
+            "jobs": {k: int(v) for k, v in jobs.items()},
+            "open_alerts": len(alerts),
+            "stored_bytes": sum(r["status"]["stored_bytes"] for r in rows),
+            "read_bytes": sum(r["status"]["read_bytes"] for r in rows),
+        },
+        "hosts": rows,
+        "alerts": [alert_out(a, h) for a, h in alerts],
+        "history": series(s, now, hours=hours),
+    }
+
+
+# -- drill reports ----------------------------------------------------------------
+def _repo_of(s: Session, svc: Services, host: Host) -> Repository:
+    t = s.get(Target, host.target_id)
+    if t is None:
+        raise not_found(f"target of host {host.name!r}")
+    try:
+        return open_target(t.url, svc.box.open(t.secrets))
+    except OpenBDRError as exc:
+        raise ApiError(400, "bad_request", f"cannot open repository {t.name!r}: {exc.what}",
+                       exc.hint) from None
+
+
+def _summary(rep: dict[str, Any]) -> dict[str, Any]:
+    keep = ("id", "host", "point", "plan", "kind", "started", "finished", "verdict", "reason",
+            "rto_first_s", "rto_all_s", "duration_s", "screenshot", "accel")
+    return {k: rep.get(k) for k in keep}
+
+
+@router.get("/drills")
+def drills(
+    s: DB, _p: Viewer, svc: Svc,
+    host: Annotated[str | None, Query(max_length=128)] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[dict[str, Any]]:
+    """Drill reports stored in the repositories, newest first."""
+    hosts = [host_by_name(s, host)] if host else list(s.scalars(select(Host)))
+    by_target: dict[int, list[Host]] = {}
+    for h in hosts:
+        by_target.setdefault(h.target_id, []).append(h)
+    out: list[dict[str, Any]] = []
+    for members in by_target.values():
+        names = {h.name for h in members}
+        repo = _repo_of(s, svc, members[0])
+        try:
+            found = [hd for hd in list_reports(repo, host) if hd[0] in names]
+            for h, d in sorted(found, key=lambda hd: hd[1], reverse=True)[:limit]:
+                try:
+                    out.append(_summary(load_report(repo, h, d).to_json()))
+                except (ReportNotFound, ValueError):
+                    continue  # a report being written, or damaged: skip it
+        finally:
+            repo.close()
+    out.sort(key=lambda r: str(r.get("started") or r["id"]), reverse=True)
+    return out[:limit]
+
+
+@router.get("/drills/{host}/{drill_id}")
+def drill_report(host: str, drill_id: DrillId, s: DB, _p: Viewer, svc: Svc) -> dict[str, Any]:
+    h = host_by_name(s, host)
+    repo = _repo_of(s, svc, h)
+    try:
+        return load_report(repo, h.name, drill_id).to_json()
+    except ReportNotFound:
+        raise not_found(f"drill report {drill_id!r} of host {host!r}") from None
+    finally:
+        repo.close()
+
+
+@router.get("/drills/{host}/{drill_id}/{artifact}")
+def drill_artifact(
+    host: str, drill_id: DrillId, artifact: str, s: DB, _p: Viewer, svc: Svc,
+    download: bool = False,
+) -> Response:
+    """The report page, its JSON or the console screenshot, as stored by the drill."""
+    if artifact not in ARTIFACTS:
+        raise not_found(f"drill artifact {artifact!r}", f"use one of {', '.join(ARTIFACTS)}")
+    h = host_by_name(s, host)
+    repo = _repo_of(s, svc, h)
+    try:
+        data = get_artifact(repo, h.name, drill_id, artifact)
+    except ReportNotFound:
+        raise not_found(f"{artifact} of drill {drill_id!r} of host {host!r}") from None
+    finally:
+        repo.close()
+    headers = {"Cache-Control": "private, max-age=300"}
+    if download:
+        headers["Content-Disposition"] = f'attachment; filename="drill-{host}-{drill_id}-{artifact}"'
+    return Response(data, media_type=ARTIFACTS[artifact], headers=headers)

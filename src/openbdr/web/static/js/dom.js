@@ -1,0 +1,148 @@
+// Small DOM and formatting helpers shared by the views.
+
+export function h(tag, attrs = {}, ...children) {
+  const el = document.createElementNS(
+    tag.startsWith("svg:") ? "http://www.w3.org/2000/svg" : "http://www.w3.org/1999/xhtml",
+    tag.replace(/^svg:/, ""));
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === undefined || v === null || v === false) continue;
+    if (k.startsWith("on") && typeof v === "function") el.addEventListener(k.slice(2), v);
+    else if (k === "dataset") Object.assign(el.dataset, v);
+    else if (k === "style") el.style.cssText = v; // CSSOM: allowed by the strict CSP
+    else el.setAttribute(k, v === true ? "" : String(v));
+  }
+  append(el, children);
+  return el;
+}
+
+function append(el, children) {
+  for (const c of children.flat(Infinity)) {
+    if (c === undefined || c === null || c === false) continue;
+    el.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+}
+
+export function fill(el, ...children) {
+  el.replaceChildren();
+  append(el, children);
+  return el;
+}
+
+const UNITS = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+export function bytes(n) {
+  if (n === null || n === undefined) return "—";
+  let i = 0;
+  let v = Number(n);
+  while (Math.abs(v) >= 1024 && i < UNITS.length - 1) { v /= 1024; i++; }
+  return `${v.toFixed(i && v < 10 ? 1 : 0)} ${UNITS[i]}`;
+}
+export const rate = (n) => (n === null || n === undefined ? "—" : `${bytes(n)}/s`);
+
+export function duration(s) {
+  if (s === null || s === undefined || Number.isNaN(s)) return "—";
+  s = Math.max(0, Math.round(Number(s)));
+  if (s < 60) return `${s} s`;
+  if (s < 3600) return `${Math.floor(s / 60)} min ${s % 60 ? `${s % 60} s` : ""}`.trim();
+  if (s < 86400) return `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
+  return `${Math.floor(s / 86400)} d ${Math.floor((s % 86400) / 3600)} h`;
+}
+
+export function when(iso) {
+  if (!iso) return "—";
+  const d = new Date(iso);
+  return h("time", { datetime: d.toISOString(), title: d.toISOString() }, d.toLocaleString());
+}
+
+export function ago(iso) {
+  if (!iso) return "never";
+  return `${duration((Date.now() - new Date(iso).getTime()) / 1000)} ago`;
+}
+
+export const badge = (text, cls = text) =>
+  h("span", { class: `badge b-${String(cls).toLowerCase()}` }, text);
+
+// A job's progress bar: percent, bytes, rate and ETA; updated in place by live events.
+export function progress(job) {
+  const el = h("div", { class: "job-progress", dataset: { job: job.id } });
+  setProgress(el, job);
+  return el;
+}
+
+export function setProgress(el, job) {
+  const p = job.progress || {};
+  let pct = Number(p.percent ?? 0);
+  if (job.state === "succeeded") pct = 100;
+  pct = Math.max(0, Math.min(100, pct));
+  const parts = [`${pct.toFixed(pct >= 100 || pct === 0 ? 0 : 1)}%`];
+  if (p.total_bytes) parts.push(`${bytes(p.done_bytes || 0)} of ${bytes(p.total_bytes)}`);
+  if (p.rate && !["succeeded", "failed", "cancelled"].includes(job.state)) parts.push(rate(p.rate));
+  if (p.eta !== undefined && p.eta !== null && job.state === "running") parts.push(`ETA ${duration(p.eta)}`);
+  const label = `${job.kind} job ${job.id} ${job.state}: ${parts.join(", ")}`;
+  fill(el, h("div", {
+    class: "progress", role: "progressbar", "aria-valuemin": 0, "aria-valuemax": 100,
+    "aria-valuenow": Math.round(pct), "aria-label": label,
+  }, h("div", { class: "bar", style: `width:${pct}%` }), h("span", { class: "txt" }, parts.join(" · "))));
+  el.dataset.state = job.state;
+  el.dataset.percent = String(pct);
+}
+
+export function announce(msg) {
+  const el = document.getElementById("announce");
+  el.textContent = "";
+  setTimeout(() => { el.textContent = msg; }, 50);
+}
+
+export function toast(msg, isError = false) {
+  const box = document.getElementById("toasts");
+  const t = h("div", { class: `toast${isError ? " err" : ""}` }, msg);
+  box.append(t);
+  setTimeout(() => t.remove(), isError ? 9000 : 4000);
+}
+
+export function showError(err) {
+  const msg = err && err.message ? err.message : String(err);
+  toast(err && err.hint ? `${msg} — ${err.hint}` : msg, true);
+}
+
+// A confirmation for destructive actions; resolves true only on an explicit confirm.
+export function confirmAction(text, okLabel = "Confirm") {
+  const dlg = document.getElementById("confirm");
+  document.getElementById("confirm-text").textContent = text;
+  document.getElementById("confirm-ok").textContent = okLabel;
+  const back = document.activeElement;
+  return new Promise((resolve) => {
+    dlg.addEventListener("close", () => {
+      resolve(dlg.returnValue === "ok");
+      if (back && back.focus) back.focus();
+    }, { once: true });
+    dlg.returnValue = "";
+    dlg.showModal();
+    dlg.querySelector("button[value=cancel]").focus();
+  });
+}
+
+// Runs an action from a button: disables it meanwhile, reports errors.
+export async function act(button, fn, doneMsg) {
+  if (button) button.disabled = true;
+  try {
+    const out = await fn();
+    if (doneMsg) { toast(doneMsg); announce(doneMsg); }
+    return out;
+  } catch (err) {
+    showError(err);
+    return undefined;
+  } finally {
+    if (button) button.disabled = false;
+  }
+}
+
+export function table(cols, rows, opts = {}) {
+  return h("table", { class: "responsive", ...(opts.attrs || {}) },
+    opts.caption ? h("caption", { class: "sr-only" }, opts.caption) : null,
+    h("thead", {}, h("tr", {}, cols.map((c) => h("th", { scope: "col", class: c.num ? "num" : null }, c.label)))),
+    h("tbody", {}, rows.length ? rows : h("tr", {}, h("td", { colspan: cols.length, class: "muted" }, opts.empty || "Nothing yet."))));
+}
+
+export function cell(label, content, num = false) {
+  return h("td", { "data-label": label, class: num ? "num" : null }, content);
+}

@@ -1,0 +1,241 @@
+"""The console end to end: Debian's Chromium (Playwright) against a real `openbdr server`.
+
+One module, tests in order, sharing the server: log in, add a host backed by the bootable
+fixture disk, enable compression, sync with a live progress bar to 100 %, see the point
+appear, drill it and open the report with its screenshot; a viewer sees no actions. Every
+page's screenshot goes to docs/console/. No browser console errors, no outside assets.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ..control.conftest import ServerProc, wait_for
+from ..helpers import OPENBDR, SHARED
+from .conftest import PASSWORDS, api
+
+pytestmark = [pytest.mark.root, pytest.mark.slow]
+
+MAKE_DISK = SHARED / "fixtures" / "make-bootable-disk"
+HOST = "web1"
+state: dict[str, Any] = {}
+
+
+@pytest.fixture(scope="module")
+def boot_disk(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    img = tmp_path_factory.mktemp("disk") / "web1.img"
+    proc = subprocess.run([str(MAKE_DISK), str(img), "--size", "512M", "--marker", "console-7"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return img
+
+
+def test_login_and_empty_dashboard(console_factory: Any) -> None:
+    tab = console_factory()
+    tab.page.goto(tab.base + "/")
+    tab.page.wait_for_selector("#login-form")
+    tab.shot("login")
+    tab.login("operator", PASSWORDS["operator"])
+    assert tab.page.locator("#who-name").inner_text() == "operator (operator)"
+    assert tab.page.locator("#count-hosts .n").inner_text() == "0"
+    assert tab.page.get_by_role("link", name="Add host").is_visible()
+
+
+def test_add_host_enable_compression_and_sync(
+    console_factory: Any, server: ServerProc, boot_disk: Path
+) -> None:
+    tab = console_factory()
+    page = tab.page
+    tab.login("operator", PASSWORDS["operator"])
+    page.get_by_role("link", name="Add host").click()
+    page.wait_for_selector("#add-host-form")
+    page.get_by_label("Name").fill(HOST)
+    page.get_by_label("paths").fill(str(boot_disk))
+    assert page.get_by_label("valid_only").is_checked()  # file-system-aware by default
+    assert not page.locator("#new-compression").is_checked()  # off by default
+    tab.shot("add-host")
+    page.get_by_role("button", name="Add host").click()
+    page.wait_for_selector("#settings-form")
+
+    # compression: off by default, switched on before the first sync
+    box = page.get_by_label("Compress blocks (zstd)")
+    assert not box.is_checked() and box.is_enabled()
+    box.check()
+    page.get_by_label("Bandwidth limit (MiB/s)").fill("1")  # slow enough to watch (on stored bytes)
+    page.get_by_role("button", name="Save settings").click()
+    page.get_by_text("Settings saved").first.wait_for()
+    with api(server) as c:
+        pol = c.get(f"/policies/{HOST}").json()
+    assert pol["compression"] == "zstd" and pol["bwlimit"] == 1048576
+
+    page.evaluate("window.__sameDocument = true")
+    page.get_by_role("button", name="Sync now").click()
+    bar = page.locator("#jobs-table .job-progress").first
+    bar.wait_for()
+    seen: list[float] = []
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        pct = float(bar.get_attribute("data-percent") or 0)
+        seen.append(pct)
+        if bar.get_attribute("data-state") == "succeeded" and pct == 100:
+            break
+        page.wait_for_timeout(200)
+    assert seen[-1] == 100, f"progress never reached 100 %: {seen[-20:]}"
+    assert any(0 < p < 100 for p in seen), f"no intermediate progress seen: {sorted(set(seen))}"
+    # the restore point appears without a reload
+    page.locator("#points-table tr[data-point]").first.wait_for(timeout=60_000)
+    assert page.evaluate("window.__sameDocument") is True
+    row = page.locator("#points-table tr[data-point]").first
+    assert "crash" in row.inner_text() and "zstd" in row.inner_text()
+    with api(server) as c:
+        points = c.get("/points", params={"host": HOST}).json()
+    assert len(points) == 1 and points[0]["codec"] == "zstd"
+    assert row.get_attribute("data-point") == points[0]["id"]
+    state["point"] = points[0]["id"]
+    # disks and layout came with the sync
+    page.locator("#disks-title").scroll_into_view_if_needed()
+    assert "MBR" in page.locator("section[aria-labelledby=disks-title]").inner_text()
+    tab.shot("host")
+
+
+DRILL_PLAN = """
+[drill]
+kind = "vm"
+memory = 512
+network = "probes"
+screenshot = true
+
+[[probe]]
+type = "console"
+name = "guest ready"
+pattern = "OPENBDR-GUEST-READY"
+timeout = 300
+
+[[probe]]
+type = "http"
+name = "web page"
+port = 80
+contains = "console-7"
+timeout = 60
+"""
+
+
+def _reports(server: ServerProc) -> list[dict[str, Any]]:
+    with api(server) as c:
+        r = c.get("/console/drills", params={"host": HOST})
+    assert r.status_code == 200, r.text
+    return list(r.json())
+
+
+def test_drill_and_its_report_with_screenshot(
+    console_factory: Any, server: ServerProc, tmp_path: Path
+) -> None:
+    assert state.get("point"), "needs the synced point of the previous test"
+    tab = console_factory()
+    page = tab.page
+    tab.login("operator", PASSWORDS["operator"])
+    with api(server) as c:
+        kinds = c.get("/kinds").json()["jobs"]
+    if "drill" in kinds:  # drills wired into the control plane: the console starts it
+        tab.go(f"#/hosts/{HOST}", "#settings-form")
+        page.get_by_role("button", name="Run drill").click()
+    else:  # the drill package alone: `openbdr drill run` against the host's repository
+        plan = tmp_path / "plan.toml"
+        plan.write_text(DRILL_PLAN)
+        proc = subprocess.run(
+            [*OPENBDR, "drill", "run", "--repo", str(server.data.parent / "repo"),
+             "--host", HOST, "--point", state["point"], "--plan", str(plan)],
+            capture_output=True, text=True, timeout=900,
+        )
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    reports = wait_for(lambda: _reports(server), timeout=900, every=2, what="a drill report")
+    rep = reports[0]
+    assert rep["verdict"] == "passed" and rep["point"] == state["point"]
+
+    tab.go("#/drills", "table.drills")
+    link = page.get_by_role("link", name=rep["id"])
+    link.wait_for()
+    tab.shot("drills")
+    link.click()
+    page.wait_for_selector("#probes-table")
+    assert "PASSED" in page.locator("#verdict").inner_text().upper()
+    assert "guest ready" in page.locator("#probes-table").inner_text()
+    img = page.locator("#screenshot")
+    img.wait_for()
+    page.wait_for_function("() => document.getElementById('screenshot').naturalWidth >= 640")
+    with page.expect_download() as dl:
+        page.get_by_role("button", name="Download report (HTML)").click()
+    html = Path(dl.value.path()).read_text()
+    assert rep["id"] in html and 'id="screenshot"' in html
+    tab.shot("drill-report")
+
+
+def test_viewer_sees_no_operator_actions(console_factory: Any, server: ServerProc) -> None:
+    tab = console_factory()
+    page = tab.page
+    tab.login("viewer", PASSWORDS["viewer"])
+    page.locator(f"#hosts-table tr[data-host={HOST}]").wait_for()
+    assert page.get_by_role("link", name="Add host").count() == 0
+    tab.go(f"#/hosts/{HOST}", "#points-table tr[data-point]")
+    for name in ("Sync now", "Full sync", "Delete host", "Run drill", "Save settings",
+                 "Restore", "Pause", "Cancel"):
+        assert page.get_by_role("button", name=name).count() == 0, name
+    assert page.get_by_label("Compress blocks (zstd)").is_disabled()
+    assert "Actions" not in page.locator("#points-table thead").inner_text()
+    tab.go("#/settings", "#targets-table")
+    assert page.get_by_role("link", name="Users and tokens").count() == 0
+    assert page.get_by_role("button", name="Add target").count() == 0
+    tab.shot("viewer-host")
+    # and the API refuses what the console hides
+    token = page.evaluate("sessionStorage.getItem('openbdr.token')")
+    with api(server, token) as c:
+        assert c.post(f"/hosts/{HOST}/sync", json={}).status_code == 403
+        assert c.get("/console/dashboard").status_code == 200
+
+
+def test_settings_pages(console_factory: Any, server: ServerProc) -> None:
+    tab = console_factory()
+    page = tab.page
+    tab.login_token(server.token)
+    tab.shot("dashboard")
+    tab.go("#/settings/targets", "#targets-table")
+    assert "dr" in page.locator("#targets-table").inner_text()
+    tab.shot("settings-targets")
+    tab.go("#/settings/users", "#users-table")
+    page.get_by_label("For user").select_option("viewer")
+    page.get_by_label("Token name").fill("reporting")
+    page.get_by_role("button", name="Create token").click()
+    secret = page.locator(".secret").inner_text()
+    with api(server, secret) as c:
+        assert c.get("/me").json() == {"name": "viewer", "role": "viewer", "kind": "user"}
+    tab.shot("settings-users")
+    tab.go("#/settings/agents", "#agents-table")
+    page.get_by_label("Pool").fill(HOST)
+    page.get_by_role("button", name="Create enrolment token").click()
+    assert page.locator(".secret").inner_text().startswith("obde_")
+    tab.shot("settings-agents")
+    tab.go("#/settings/audit", "#audit-table")
+    audit = page.locator("#audit-table").inner_text()
+    assert "operator" in audit and "sync" in audit and "login" in audit
+    tab.shot("settings-audit")
+    # a destructive action asks first; cancelling leaves the host in place
+    tab.go(f"#/hosts/{HOST}", "#points-table")
+    page.get_by_role("button", name="Delete host").click()
+    page.locator("#confirm").get_by_role("button", name="Cancel").click()
+    with api(server) as c:
+        assert c.get(f"/hosts/{HOST}").status_code == 200
+
+
+def test_phone_width(console_factory: Any) -> None:
+    tab = console_factory()
+    page = tab.page
+    page.set_viewport_size({"width": 390, "height": 844})
+    tab.login("operator", PASSWORDS["operator"])
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= 400, f"the dashboard scrolls sideways on a phone: {width}px"
+    tab.shot("dashboard-phone")
