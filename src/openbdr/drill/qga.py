@@ -23,19 +23,25 @@ class _Chan:
         self.sock.connect(str(path))
         self.buf = b""
 
-    def call(self, cmd: str, **args: object) -> object:
+    def _line(self) -> bytes:
+        while b"\n" not in self.buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise GuestAgentError("the guest agent closed its channel")
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\n", 1)
+        return line
+
+    def _send(self, cmd: str, **args: object) -> None:
         msg: dict[str, object] = {"execute": cmd}
         if args:
             msg["arguments"] = args
         self.sock.sendall(json.dumps(msg).encode() + b"\n")
+
+    def call(self, cmd: str, **args: object) -> object:
+        self._send(cmd, **args)
         while True:
-            while b"\n" not in self.buf:
-                chunk = self.sock.recv(65536)
-                if not chunk:
-                    raise GuestAgentError("the guest agent closed its channel")
-                self.buf += chunk
-            line, self.buf = self.buf.split(b"\n", 1)
-            line = line.strip().lstrip(b"\xff")
+            line = self._line().strip()
             if not line:
                 continue
             reply = json.loads(line)
@@ -45,10 +51,17 @@ class _Chan:
                 return reply["return"]
 
     def sync(self) -> None:
+        """Reset the agent's parser (0xFF) and skip stale replies up to our sentinel reply."""
         token = random.randrange(1, 1 << 31)
         self.sock.sendall(b"\xff")
-        if self.call("guest-sync-delimited", id=token) != token:
-            raise GuestAgentError("guest agent out of sync")
+        self._send("guest-sync-delimited", id=token)
+        while True:
+            line = self._line()
+            if b"\xff" not in line:
+                continue  # the parse error our 0xFF caused, or a stale reply
+            reply = json.loads(line.rsplit(b"\xff", 1)[1])
+            if reply.get("return") == token:
+                return
 
     def close(self) -> None:
         self.sock.close()
