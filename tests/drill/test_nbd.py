@@ -119,3 +119,31 @@ def test_point_image_cache_is_bounded(small_repo: tuple[str, Path]) -> None:
         assert os.readlink(f"/proc/self/fd/{fd}").endswith("(deleted)")
     finally:
         cow.close()
+
+
+def test_drill_serve_command_serves_until_terminated(
+    small_repo: tuple[str, Path], tmp_path: Path
+) -> None:
+    import signal
+
+    from ..helpers import OPENBDR
+
+    url, img = small_repo
+    sock = tmp_path / "serve.sock"
+    proc = subprocess.Popen(
+        [*OPENBDR, "drill", "serve", "--repo", url, "--host", "h1", "--socket", str(sock)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        uri = proc.stdout.readline().strip()
+        assert uri == f"nbd+unix:///disk0?socket={sock}"
+        out = tmp_path / "copy.img"
+        run(["qemu-img", "convert", "-O", "raw", uri, str(out)])
+        assert sha256(out) == sha256(img)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    assert not sock.exists()

@@ -38,6 +38,10 @@ def _wait_for_signal() -> None:
         pass
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 @drill_app.command("run")
 def run_cmd(
     repo: RepoOpt,
@@ -63,8 +67,7 @@ def run_cmd(
     def say(msg: str) -> None:
         err.print(msg, highlight=False, markup=False)
 
-    # SIGTERM takes the same path as Ctrl-C: teardown runs
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    signal.signal(signal.SIGTERM, _interrupt)  # the same path as Ctrl-C: teardown runs
     rep = run_drill(r, host, point, p, DrillOptions(not no_mark, accel, None if json_out else say))
     if json_out:
         out.print_json(json.dumps(rep.to_json()))
