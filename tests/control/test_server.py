@@ -89,6 +89,18 @@ def test_pause_change_compression_resume(server: ServerProc, tmp_path: Path) -> 
     metrics = c.get(server.url + "/metrics").text
     assert 'openbdr_restore_point_age_seconds{host="web1"}' in metrics
 
+    # the repository is the truth: a host forgotten and added again gets its points back
+    assert c.post("/targets/dr/refresh").json() == {"added": 0, "removed": 0, "points": 1}
+    assert c.delete("/hosts/web1").status_code == 204
+    assert c.get("/points").json() == []
+    assert c.post("/hosts", json={"name": "web1", "target": "dr", "enabled": False,
+                                  "source": {"type": "image", "paths": [str(image)]}}
+                  ).status_code == 201
+    assert c.post("/targets/dr/refresh").json() == {"added": 1, "removed": 0, "points": 1}
+    assert [p["id"] for p in c.get("/points").json()] == [points[0]["id"]]
+    audit = [(a["action"], a["object_type"]) for a in c.get("/audit").json()]
+    assert ("pause", "job") in audit and ("update", "policy") in audit
+
 
 def test_sigkill_server_mid_sync_resumes(server: ServerProc, tmp_path: Path) -> None:
     image = disk_image(tmp_path)

@@ -39,8 +39,13 @@ def services(request: Request) -> Services:
 
 def session(svc: Annotated[Services, Depends(services)]) -> Iterator[Session]:
     """A transaction per request, committed before the response leaves (read-your-writes)."""
-    with svc.factory() as s, s.begin():
-        yield s
+    with svc.factory() as s:
+        try:
+            yield s
+            s.commit()
+        except BaseException:
+            s.rollback()
+            raise
 
 
 DB = Annotated[Session, Depends(session, scope="function")]

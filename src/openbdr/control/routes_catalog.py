@@ -65,6 +65,7 @@ def list_targets(s: DB, _p: Viewer) -> list[dict[str, Any]]:
 @router.post("/targets", response_model=TargetOut, status_code=201, tags=["targets"])
 def add_target(body: TargetIn, s: DB, p: Admin, svc: Svc) -> dict[str, Any]:
     if body.init:
+        s.commit()  # no catalog lock while a (possibly remote) repository is created
         open_target(body.url, body.secrets or {}, init=True).close()
     t = Target(name=body.name, url=body.url, secrets=svc.box.seal(body.secrets))
     s.add(t)
@@ -106,13 +107,15 @@ def delete_target(name: str, s: DB, p: Admin) -> Response:
 def refresh(name: str, s: DB, p: Operator, svc: Svc) -> dict[str, int]:
     """Re-read the repository's restore points into the catalog (it stays the truth)."""
     t = target_by_name(s, name)
+    url, secrets = t.url, svc.box.open(t.secrets)
+    s.commit()  # no catalog lock while the repository is listed
     listed = utcnow()
-    repo = open_target(t.url, svc.box.open(t.secrets))
+    repo = open_target(url, secrets)
     try:
         points = repo.points()
     finally:
         repo.close()
-    out = refresh_target(s, t, points, listed)
+    out = refresh_target(s, target_by_name(s, name), points, listed)
     audit(s, p, "refresh", "target", name, **out)
     return out
 
