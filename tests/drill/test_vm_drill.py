@@ -325,3 +325,62 @@ def test_sigterm_tears_down_and_reports_the_interruption(
     rep = json.loads(openbdr("drill", "list", "--repo", repo, "--json").stdout)
     assert rep[-1]["verdict"] == "error"
     # drill_env's teardown checks that nothing else was left behind
+
+
+PG_PLAN = """
+[drill]
+memory = 512
+network = "probes"
+
+[[probe]]
+type = "console"
+pattern = "OPENBDR-GUEST-READY"
+timeout = 600
+
+[[probe]]
+type = "sql"
+name = "postgres answers"
+port = 5432
+query = "select datname from pg_database where datname = 'postgres'"
+expect = "postgres"
+timeout = 120
+
+[[probe]]
+type = "shell"
+name = "cluster is the restored one"
+command = "cat /data/marker.txt"
+expect = "pg-drill"
+"""
+
+
+def test_bootable_postgres_server_answers_a_sql_probe(
+    tmp_path: Path, drill_env: dict[str, str]
+) -> None:
+    img = tmp_path / "pg.img"
+    proc = subprocess.run(
+        [str(MAKE_DISK), str(img), "--with-postgres", "--marker", "pg-drill"],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    repo = _repo_with(tmp_path, img, "pg1")
+    img.unlink()  # the drill needs only the repository
+    plan = tmp_path / "plan.toml"
+    plan.write_text(PG_PLAN)
+    out = openbdr(
+        "drill",
+        "run",
+        "--repo",
+        repo,
+        "--host",
+        "pg1",
+        "--plan",
+        str(plan),
+        "--json",
+        env=drill_env,
+        timeout=1200,
+    )
+    rep = json.loads(out.stdout)
+    assert rep["verdict"] == "passed", rep
+    sql = next(p for p in rep["probes"] if p["name"] == "postgres answers")
+    assert sql["ok"] and "'postgres'" in sql["detail"]
