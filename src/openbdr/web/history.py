@@ -27,9 +27,10 @@ def series(s: Session, now: datetime, hours: float = 24.0, buckets: int = 48) ->
     """{"t": [...epoch s], "rpo_max": [...], "rpo_median": [...], "read_rate": [...],
     "stored_rate": [...]}; lag is None where no host had a point yet."""
     start = now - timedelta(hours=hours)
-    first = s.scalar(select(func.min(Point.created)).where(Point.created >= start))
+    # a young catalog: the chart starts just before its first point, not hours earlier
+    first = s.scalar(select(func.min(Point.created)))
     if first is not None and first > start:
-        start = max(start, first - timedelta(minutes=1))
+        start = first - timedelta(minutes=1)
     span = max((now - start).total_seconds(), 60.0)
     step = span / buckets
     t0 = _ts(now) - span
