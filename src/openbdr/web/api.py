@@ -6,6 +6,7 @@ Roles are the REST API's: everything here only reads, so a viewer may call it.
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from typing import Annotated, Any
 
@@ -41,8 +42,11 @@ def dashboard(
     s: DB, _p: Viewer,
     hours: Annotated[float, Query(gt=0, le=24 * 90)] = 24.0,
     limit: Annotated[int, Query(ge=1, le=100000)] = 10000,
-) -> dict[str, Any]:
-    """Every host's state, the header counts, open alerts and the chart series at once."""
+) -> Response:
+    """Every host's state, the header counts, open alerts and the chart series at once.
+
+    Encoded with `json.dumps` directly: FastAPI's generic encoder took longer than the
+    queries for a thousand hosts."""
     now = utcnow()
     hosts = list(s.scalars(select(Host).order_by(Host.name).limit(limit)))
     rows = host_rows(s, hosts, now)
@@ -53,7 +57,7 @@ def dashboard(
         select(Alert, Host.name).join(Host, Host.id == Alert.host_id, isouter=True)
         .where(Alert.resolved.is_(None)).order_by(Alert.id.desc()).limit(100)
     ).all()
-    return {
+    out = {
         "now": now,
         "counts": {
             "hosts": int(s.scalar(select(func.count()).select_from(Host)) or 0),
@@ -68,6 +72,12 @@ def dashboard(
         "alerts": [alert_out(a, h) for a, h in alerts],
         "history": series(s, now, hours=hours),
     }
+    return Response(json.dumps(out, default=_iso, separators=(",", ":")),
+                    media_type="application/json")
+
+
+def _iso(value: Any) -> str:
+    return value.isoformat() if hasattr(value, "isoformat") else str(value)
 
 
 # -- drill reports ----------------------------------------------------------------

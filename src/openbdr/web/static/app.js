@@ -64,7 +64,15 @@ async function render() {
   }
 }
 
-// The catalog changed somewhere: the current page re-reads its data (debounced).
+// The catalog changed somewhere: the current page re-reads its data (debounced). The
+// first version after signing in only sets the baseline: the page was just read.
+let lastVersion = null;
+function onCatalog({ version }) {
+  const changed = lastVersion !== null && version !== lastVersion;
+  lastVersion = version;
+  if (changed) refreshSoon();
+}
+
 function refreshSoon() {
   clearTimeout(refreshTimer);
   refreshTimer = setTimeout(async () => {
@@ -100,7 +108,8 @@ async function startSession() {
   document.getElementById("nav").hidden = false;
   document.getElementById("who").hidden = false;
   document.getElementById("who-name").textContent = `${session.me.name} (${session.me.role})`;
-  connect({ onJobs, onCatalog: refreshSoon, onState: setLive });
+  lastVersion = null;
+  connect({ onJobs, onCatalog, onState: setLive });
 }
 
 export function signedIn() {
