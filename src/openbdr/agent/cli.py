@@ -56,6 +56,63 @@ def status(config: ConfigOpt = "/etc/openbdr/agent.toml") -> None:
     typer.echo(json.dumps(request(_socket(config), "status", timeout=30), indent=1))
 
 
+volume_app = typer.Typer(
+    no_args_is_help=True,
+    help="Copy-on-write volumes: disks this agent creates, with instant snapshots.",
+)
+
+
+def _size(text: str) -> int:
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    t = text.strip().upper().removesuffix("IB").removesuffix("B")
+    unit = t[-1:] if t[-1:] in units and t[-1:] else ""
+    try:
+        return int(float(t[: len(t) - len(unit)]) * units[unit])
+    except ValueError:
+        raise OpenBDRError(f"bad size {text!r}", "write it like 20G, 512M or 1073741824") from None
+
+
+@volume_app.command("create")
+def volume_create(
+    directory: Annotated[str, typer.Argument(help="New directory that holds the volume.")],
+    size: Annotated[str, typer.Option("--size", "-s", help="Size, e.g. 20G.")],
+) -> None:
+    """Create a copy-on-write volume (sparse: space is used as blocks are written)."""
+    from pathlib import Path
+
+    from ..capture.linux.cowvol import create
+
+    typer.echo(json.dumps(create(Path(directory), _size(size))))
+
+
+@volume_app.command("attach")
+def volume_attach(
+    directory: Annotated[str, typer.Argument(help="The volume's directory.")],
+    mountpoint: Annotated[
+        str | None, typer.Option(help="Where its FUSE file goes (default DIR/mnt).")
+    ] = None,
+) -> None:
+    """Start the volume's daemon and a loop device on it; print the loop device."""
+    from pathlib import Path
+
+    from ..capture.linux.cowvol import attach
+
+    info = attach(Path(directory), Path(mountpoint) if mountpoint else None)
+    typer.echo(json.dumps(info))
+
+
+@volume_app.command("detach")
+def volume_detach(
+    directory: Annotated[str, typer.Argument(help="The volume's directory.")],
+) -> None:
+    """Remove the loop device and stop the daemon (its state is saved as clean)."""
+    from pathlib import Path
+
+    from ..capture.linux.cowvol import detach
+
+    detach(Path(directory))
+
+
 def register(app: typer.Typer) -> None:
     """Add the commands to `app`'s `agent` group (the control plane's, if it made one)."""
     target = next(
@@ -68,3 +125,4 @@ def register(app: typer.Typer) -> None:
     target.command("protect")(protect)
     target.command("sync")(sync_now)
     target.command("status")(status)
+    target.add_typer(volume_app, name="volume")
