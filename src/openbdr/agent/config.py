@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..capture.linux.cowvol import VolumeSpec
 from ..capture.linux.source import CaptureOptions, DiskSpec
 from ..chunk import Codec
 from ..errors import OpenBDRError
@@ -47,6 +48,14 @@ class AgentConfig:
     password_file: str | None = None
     capture: CaptureOptions = field(default_factory=CaptureOptions)
     trace_buffer_kb: int = 4096
+    #: copy-on-write volumes of this agent ([[disk]] with `volume = DIR`)
+    volumes: list[VolumeSpec] = field(default_factory=list)
+    #: "auto" (use dattobd / elastio-snap when loaded), "none", "dattobd", "elastio-snap"
+    snapshot_driver: str = "auto"
+    #: overrides of the driver's paths: ctl, info, snap_dev
+    driver_paths: dict[str, str] = field(default_factory=dict)
+    #: per disk name: directory for the driver's COW files (on the disk itself)
+    cow_dirs: dict[str, str] = field(default_factory=dict)
 
 
 def _get(raw: dict[str, Any], key: str, kind: type, path: Path, default: Any = None) -> Any:
@@ -75,17 +84,41 @@ def load(path: str | Path) -> AgentConfig:
     if not isinstance(disks_raw, list) or not disks_raw:
         raise ConfigError(f"{p}: no [[disk]] tables", "list each protected device")
     disks = []
+    volumes = []
+    cow_dirs = {}
     names = set()
     for i, d in enumerate(disks_raw):
-        if not isinstance(d, dict) or "device" not in d:
-            raise ConfigError(f"{p}: [[disk]] number {i + 1} has no `device`")
+        if not isinstance(d, dict) or ("device" in d) == ("volume" in d):
+            raise ConfigError(
+                f"{p}: [[disk]] number {i + 1} needs either `device` or `volume`"
+            )
         name = str(d.get("name") or f"disk{i}")
         if name in names:
             raise ConfigError(f"{p}: two disks named {name!r}", "give each [[disk]] its own name")
         names.add(name)
+        if "volume" in d:
+            volumes.append(
+                VolumeSpec(name=name, dir=Path(d["volume"]), freeze=bool(d.get("freeze", True)))
+            )
+            continue
+        if "cow_dir" in d:
+            cow_dirs[name] = str(d["cow_dir"])
         disks.append(
             DiskSpec(name=name, device=str(d["device"]), freeze=bool(d.get("freeze", True)))
         )
+    if disks and volumes:
+        raise ConfigError(
+            f"{p}: block devices and copy-on-write volumes in one agent",
+            "run one agent (one host) per kind of disk",
+        )
+    driver = _get(raw, "snapshot_driver", str, p, "auto")
+    if driver not in ("auto", "none", "dattobd", "elastio-snap"):
+        raise ConfigError(
+            f"{p}: `snapshot_driver` must be auto, none, dattobd or elastio-snap, not {driver!r}"
+        )
+    paths = raw.get("driver") or {}
+    if not isinstance(paths, dict) or set(paths) - {"ctl", "info", "snap_dev"}:
+        raise ConfigError(f"{p}: [driver] takes only ctl, info and snap_dev")
     state_dir = Path(_get(raw, "state_dir", str, p, "/var/lib/openbdr-agent"))
     interval = _get(raw, "interval", float, p, 0.0)
     if interval < 0:
@@ -115,4 +148,8 @@ def load(path: str | Path) -> AgentConfig:
         password_file=raw.get("password_file"),
         capture=capture,
         trace_buffer_kb=_get(raw, "trace_buffer_kb", int, p, 4096),
+        volumes=volumes,
+        snapshot_driver=driver,
+        driver_paths={k: str(v) for k, v in paths.items()},
+        cow_dirs=cow_dirs,
     )

@@ -21,11 +21,11 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from ..capture.linux.source import AgentHost
 from ..errors import OpenBDRError
 from ..store.repository import Repository
 from ..sync import SyncOptions, sync
 from .config import AgentConfig
+from .hosts import AnyHost, open_host
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +36,7 @@ class Agent:
         if config.password_file:
             os.environ["OPENBDR_PASSWORD_FILE"] = config.password_file
         self.repo = Repository.open(config.repo)
-        self.host = AgentHost(
-            config.host, config.disks, config.state_dir, config.capture, config.trace_buffer_kb
-        )
+        self.host: AnyHost = open_host(config)
         self.sync_lock = threading.Lock()
         self.stopping = threading.Event()
         self.last: dict[str, Any] | None = None
