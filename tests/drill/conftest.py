@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,7 +31,19 @@ def make_image(path: Path, size: int = ODD_SIZE) -> Path:
 
 
 @pytest.fixture
-def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def scope(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A short private TMPDIR: drills started by the test keep their files, sockets and
+    mounts below it, so leak checks count only this test's (unix socket paths must stay
+    under 108 bytes, hence not below tmp_path)."""
+    d = tempfile.mkdtemp(prefix="obt-")
+    os.chmod(d, 0o711)  # service drills run PostgreSQL as its own user below it
+    monkeypatch.setenv("TMPDIR", d)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path, scope: str, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A private drill state dir (orphan registry, KVM verdict cache) per test."""
     d = tmp_path / "state"
     monkeypatch.setenv("OPENBDR_STATE_DIR", str(d))

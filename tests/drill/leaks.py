@@ -1,18 +1,21 @@
-"""What a drill may leave behind, to compare before and after."""
+"""What a drill may leave behind, to compare before and after.
+
+Everything is scoped to one directory (the tests' TMPDIR, see conftest `scope`): other
+engineers' tests run drills on this machine at the same time, and their QEMUs, mounts
+and temp dirs are not ours to count.
+"""
 
 from __future__ import annotations
 
 import os
 import subprocess
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 
 @dataclass(frozen=True)
 class Snapshot:
-    qemu: frozenset[int]
-    fuse_servers: frozenset[int]
+    processes: frozenset[str]
     mounts: frozenset[str]
     loops: frozenset[str]
     netns: frozenset[str]
@@ -20,43 +23,36 @@ class Snapshot:
     listeners: frozenset[str]
 
 
-def _pids(pattern: str) -> frozenset[int]:
-    proc = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True)
-    return frozenset(int(x) for x in proc.stdout.split())
+def _processes(scope: str) -> frozenset[str]:
+    out = set()
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if scope in cmd and state != "Z" and int(pid) != os.getpid():
+            out.add(f"{pid} {cmd[:200]}")
+    return frozenset(out)
 
 
-def snapshot() -> Snapshot:
-    ours = ("openbdr-drill-", "openbdr-mount-")
+def snapshot(scope: str) -> Snapshot:
     mounts = frozenset(
-        ln.split()[1]
-        for ln in Path("/proc/mounts").read_text().splitlines()
-        if any(o in ln for o in ours) or ln.startswith("openbdr ")
+        ln.split()[1] for ln in Path("/proc/mounts").read_text().splitlines() if scope in ln
     )
-    loops = frozenset(
-        ln
-        for ln in subprocess.run(
-            ["losetup", "-a"], capture_output=True, text=True
-        ).stdout.splitlines()
-        if any(o in ln for o in ours)
+    losetup = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
+    loops = frozenset(ln for ln in losetup.splitlines() if scope in ln)
+    netns = frozenset(
+        n
+        for n in (os.listdir("/run/netns") if os.path.isdir("/run/netns") else [])
+        if n.startswith("obdr-")
     )
-    netns = frozenset(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else frozenset()
-    tmp = Path(tempfile.gettempdir())
-    temp = frozenset(
-        p.name
-        for p in tmp.iterdir()
-        if p.name.startswith(("openbdr-drill-", "openbdr-mount-", "openbdr-cow-"))
-    )
-    ss = subprocess.run(["ss", "-Hltnx"], capture_output=True, text=True).stdout
-    listeners = frozenset(ln for ln in ss.splitlines() if any(o in ln for o in ours))
-    return Snapshot(
-        _pids("qemu-system-x86_64 -name openbdr-drill"),
-        _pids("openbdr.drill.fusefile"),
-        mounts,
-        loops,
-        netns,
-        temp,
-        listeners,
-    )
+    temp = frozenset(p.name for p in Path(scope).iterdir() if p.name.startswith("openbdr-"))
+    ss = subprocess.run(["ss", "-Hlx"], capture_output=True, text=True).stdout
+    listeners = frozenset(ln for ln in ss.splitlines() if scope in ln)
+    return Snapshot(_processes(scope), mounts, loops, netns, temp, listeners)
 
 
 def leaked(before: Snapshot, after: Snapshot) -> dict[str, object]:

@@ -105,7 +105,7 @@ name = "QEMU's virtual DNS host unreachable"
 command = "! timeout 5 nc 10.0.2.3 53 </dev/null"
 """)
     env = {**os.environ, "OPENBDR_STATE_DIR": str(state_dir)}
-    before = snapshot()
+    before = snapshot(os.environ["TMPDIR"])
     out = openbdr(
         "drill",
         "run",
@@ -124,7 +124,7 @@ command = "! timeout 5 nc 10.0.2.3 53 </dev/null"
     rep = json.loads(out.stdout)
     assert rep["verdict"] == "passed", json.dumps(rep["probes"], indent=1)
     assert listener.hits == 0
-    assert leaked(before, snapshot()) == {}
+    assert leaked(before, snapshot(os.environ["TMPDIR"])) == {}
 
 
 def test_service_namespace_cannot_reach_the_host(
@@ -166,7 +166,7 @@ name = "no route anywhere"
 command = ["sh", "-c", "ip route | grep -c . | grep -qx 0"]
 """)
     env = {**os.environ, "OPENBDR_STATE_DIR": str(state_dir)}
-    before = snapshot()
+    before = snapshot(os.environ["TMPDIR"])
     out = openbdr(
         "drill",
         "run",
@@ -184,4 +184,4 @@ command = ["sh", "-c", "ip route | grep -c . | grep -qx 0"]
     rep = json.loads(out.stdout)
     assert rep["verdict"] == "passed", json.dumps(rep, indent=1)
     assert listener.hits == 0
-    assert leaked(before, snapshot()) == {}
+    assert leaked(before, snapshot(os.environ["TMPDIR"])) == {}

@@ -41,7 +41,7 @@ def test_twenty_drills_in_a_row_leave_nothing_behind(tmp_path: Path, state_dir: 
     plan = tmp_path / "plan.toml"
     plan.write_text(TINY_PLAN)
     env = {**os.environ, "OPENBDR_STATE_DIR": str(state_dir)}
-    before = snapshot()
+    before = snapshot(os.environ["TMPDIR"])
     ids = set()
     for _ in range(20):
         proc = openbdr(
@@ -61,7 +61,7 @@ def test_twenty_drills_in_a_row_leave_nothing_behind(tmp_path: Path, state_dir: 
         assert rep["verdict"] == "passed", rep
         assert rep["screenshot"] == "screenshot.png"
         ids.add(rep["id"])
-        assert leaked(before, snapshot()) == {}
+        assert leaked(before, snapshot(os.environ["TMPDIR"])) == {}
     assert len(ids) == 20
     assert not list((state_dir / "drills").glob("*"))
     listed = json.loads(openbdr("drill", "list", "--repo", repo, "--json").stdout)
@@ -81,7 +81,7 @@ def test_mount_gives_the_point_files_read_only(tmp_path: Path, state_dir: Path) 
     mp = tmp_path / "mnt"
     mp.mkdir()
     env = {**os.environ, "OPENBDR_STATE_DIR": str(state_dir)}
-    before = snapshot()
+    before = snapshot(os.environ["TMPDIR"])
     proc = subprocess.Popen(
         [*OPENBDR, "mount", "--repo", repo, "--host", "fs1", str(mp)],
         env=env,
@@ -103,7 +103,7 @@ def test_mount_gives_the_point_files_read_only(tmp_path: Path, state_dir: Path) 
         proc.wait(60)
     assert proc.returncode == 0, proc.stderr.read() if proc.stderr else ""
     assert not os.path.ismount(mp)
-    assert leaked(before, snapshot()) == {}
+    assert leaked(before, snapshot(os.environ["TMPDIR"])) == {}
     assert sha256(img) == before_img
     bad = openbdr("mount", "--repo", repo, "--host", "fs1", str(tmp_path / "missing"), check=False)
     assert bad.returncode == 1 and "is not a directory" in bad.stderr

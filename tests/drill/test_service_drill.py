@@ -155,9 +155,9 @@ def _capture(d: Path) -> Iterator[Path]:
 
 @pytest.fixture
 def env(state_dir: Path) -> Iterator[dict[str, str]]:
-    before = snapshot()
+    before = snapshot(os.environ["TMPDIR"])
     yield {**os.environ, "OPENBDR_STATE_DIR": str(state_dir)}
-    assert leaked(before, snapshot()) == {}
+    assert leaked(before, snapshot(os.environ["TMPDIR"])) == {}
 
 
 def _drill(tmp_path: Path, img: Path, host: str, env: dict[str, str]) -> tuple[int, dict]:

@@ -76,9 +76,9 @@ def boot_disk(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def drill_env(tmp_path: Path, state_dir: Path) -> Iterator[dict[str, str]]:
     env = {**os.environ, "OPENBDR_STATE_DIR": str(state_dir)}
-    before = snapshot()
+    before = snapshot(os.environ["TMPDIR"])
     yield env
-    assert leaked(before, snapshot()) == {}
+    assert leaked(before, snapshot(os.environ["TMPDIR"])) == {}
     assert (
         not list((state_dir / "drills").glob("*.json")) if (state_dir / "drills").exists() else True
     )

@@ -150,7 +150,8 @@ def start_postgres(drill: Drill, res: Resources, work: Path, data: Path, ns: str
         pass
     drill.report.service_log_tail = _tail(log)
     if proc.returncode != 0:
-        raise ServiceError(f"PostgreSQL did not start: {_why(_tail(log, 200))}")
+        why = _why(_tail(log, 200)) if log.exists() else (proc.stderr.strip() or "no log")
+        raise ServiceError(f"PostgreSQL did not start: {why.splitlines()[-1] if why else why}")
     drill.mark("service_started")
     return log
 
@@ -193,6 +194,13 @@ def run_service(drill: Drill, res: Resources, work: Path, ctx: ProbeContext) -> 
     assert svc is not None
     point = drill.point
     os.chmod(work, 0o711)  # the service's user must reach its mounted volume
+    for parent in work.parents if svc.type == "postgresql" else []:
+        if not os.stat(parent).st_mode & 0o001:
+            raise ServiceError(
+                f"{parent} is not searchable by other users, so the service's user cannot "
+                "reach the drill's volume",
+                "set TMPDIR to a directory like /tmp (mode 1777 or 0711 parents)",
+            )
     disks = work / "disks"
     if not os.path.ismount(disks):
         res.fuse_point(drill.repo.url, point.host, point.id, disks, overlay=True, tmpdir=work)
