@@ -102,6 +102,13 @@ def parse_plan(text: str, source: str = "plan") -> Plan:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise PlanError(f"drill plan {source} is not valid TOML: {exc}") from None
+    return plan_from_mapping(raw, source)
+
+
+def plan_from_mapping(raw: dict[str, Any], source: str = "plan") -> Plan:
+    """The same structure as the TOML: {"drill": {…}, "probe": [{…}], "service": {…}}."""
+    if not isinstance(raw, dict) or not isinstance(raw.get("drill", {}), dict):
+        raise PlanError(f"drill plan {source} is not a table of tables")
     top = dict(raw.get("drill", {}))
     for k in ("probe", "probes", "service"):
         top.pop(k, None)
@@ -152,6 +159,20 @@ def parse_plan(text: str, source: str = "plan") -> Plan:
     if not plan.probes and plan.kind == "vm":
         raise PlanError(f"{source}: no [[probe]]", "a drill proves nothing without probes")
     return plan
+
+
+#: used when a policy names no plan: boot, and wait for a login prompt or the ready marker
+DEFAULT_PLAN = """
+[drill]
+kind = "vm"
+network = "none"
+
+[[probe]]
+type = "console"
+name = "guest ready"
+pattern = "OPENBDR-GUEST-READY|login: *$"
+timeout = 600
+"""
 
 
 def load_plan(path: str | Path) -> Plan:
