@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from ..extents import Extent, normalize
 from .bitmap import set_runs
 from .crc import crc32c_raw
-from .model import Damaged, FilesystemInfo
+from .model import Damaged, FilesystemInfo, Overrun
 from .reader import BlockReader, read_at
 
 KIND = "ext4"
@@ -136,8 +136,9 @@ def _parse_super(sb: bytes, volume_size: int) -> _Super:
     if blocks == 0 or first_data >= blocks or first_data > 1:
         raise Damaged("impossible block count or first data block")
     if blocks * bs > volume_size:
-        raise Damaged(
-            f"file system ({blocks * bs} bytes) is larger than its volume ({volume_size} bytes)"
+        raise Overrun(
+            f"file system ({blocks * bs} bytes) is larger than its volume ({volume_size} bytes)",
+            blocks * bs,
         )
     if not 0 < ipg <= 8 * bs or inode_size < 128 or inode_size > bs:
         raise Damaged("impossible inode geometry")

@@ -11,9 +11,9 @@ from __future__ import annotations
 import logging
 from types import ModuleType
 
-from ..extents import Extent, clip, normalize, union
+from ..extents import Extent, clip, intersect, normalize, union
 from . import btrfs, ext, gpt, mbr, ntfs, swap, xfs
-from .model import Damaged, DiskLayout, FilesystemInfo, Partition, whole
+from .model import Damaged, DiskLayout, FilesystemInfo, Overrun, Partition, whole
 from .reader import BlockReader, SubReader, read_at
 
 log = logging.getLogger("openbdr.volume")
@@ -38,6 +38,9 @@ def probe_filesystem(reader: BlockReader, base: int = 0, size: int | None = None
             info = module.analyze(reader, base)
         except OSError:
             raise
+        except Overrun as exc:
+            info = whole(kind, base, size, f"{kind}: {exc}")
+            info.overrun_bytes = exc.needed
         except Damaged as exc:
             info = whole(kind, base, size, f"{kind}: {exc}")
         except Exception as exc:  # a parser bug on odd data must not cost data
@@ -60,11 +63,40 @@ def probe_filesystem(reader: BlockReader, base: int = 0, size: int | None = None
     return merged
 
 
-def _partition_fs(reader: BlockReader, part: Partition, notes: list[str]) -> None:
+def _partition_fs(
+    reader: BlockReader, part: Partition, notes: list[str], others: list[Partition]
+) -> None:
     sub = SubReader(reader, part.start, part.length)
     part.filesystem = probe_filesystem(sub, part.start, sub.size)
+    _look_past_the_end(reader, part, others)
     if part.filesystem.note:
         notes.append(f"partition {part.index}: {part.filesystem.note}")
+
+
+def _look_past_the_end(reader: BlockReader, part: Partition, others: list[Partition]) -> None:
+    """Map a file system that runs past its partition's end, when the disk holds the rest.
+
+    Its blocks beyond the end are still on the disk (usually over the backup GPT, which is
+    copied anyway), so its bitmaps are as good as any; only a tail that reaches past the
+    disk or into another partition keeps the whole-partition answer.
+    """
+    fs = part.filesystem
+    need = fs.overrun_bytes if fs else 0
+    if not fs or need <= part.length or part.start + need > reader.size:
+        return
+    tail = Extent(part.start + part.length, need - part.length)
+    if any(
+        o is not part and not o.container and intersect([tail], [Extent(o.start, o.length)])
+        for o in others
+    ):
+        return
+    wider = probe_filesystem(SubReader(reader, part.start, need), part.start, need)
+    if wider.exact and wider.kind == fs.kind:
+        wider.note = (
+            f"{wider.kind} runs {need - part.length} bytes past the end of its partition; "
+            "mapped over the disk, those blocks are copied too"
+        )
+        part.filesystem = wider
 
 
 def analyze(reader: BlockReader) -> DiskLayout:
@@ -109,7 +141,7 @@ def analyze(reader: BlockReader) -> DiskLayout:
         elif layout.table == "mbr" or table is not None:
             layout.notes.append("the partition table lists no partitions")
     for part in data:
-        _partition_fs(reader, part, layout.notes)
+        _partition_fs(reader, part, layout.notes, data)
         assert part.filesystem is not None
         structures += part.filesystem.used_extents
     layout.valid_extents = clip(normalize(structures), size)

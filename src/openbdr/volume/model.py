@@ -12,6 +12,19 @@ class Damaged(Exception):
     """A file system's structures are impossible; the caller falls back to the whole volume."""
 
 
+class Overrun(Damaged):
+    """The file system claims `needed` bytes, more than its volume holds.
+
+    Not necessarily damage: a file system made on a device larger than its partition (an
+    offset loop device without a size limit) runs into the disk's tail. The caller may look
+    again over more of the disk.
+    """
+
+    def __init__(self, message: str, needed: int) -> None:
+        super().__init__(message)
+        self.needed = needed
+
+
 @dataclass
 class FilesystemInfo:
     """One file system (or a volume that could not be mapped) and the bytes it uses.
@@ -30,6 +43,8 @@ class FilesystemInfo:
     exact: bool = True
     #: finer name within a family, e.g. "ext3" for kind "ext4"
     variant: str | None = None
+    #: bytes the file system claims when that is more than its volume (see `Overrun`)
+    overrun_bytes: int = 0
 
     @property
     def used_bytes(self) -> int:

@@ -13,7 +13,7 @@ import struct
 
 from ..extents import Extent, normalize
 from .bitmap import runs_to_extents, set_runs
-from .model import Damaged, FilesystemInfo
+from .model import Damaged, FilesystemInfo, Overrun
 from .reader import BlockReader, read_at
 
 KIND = "ntfs"
@@ -104,9 +104,10 @@ def analyze(reader: BlockReader, base: int) -> FilesystemInfo:
     if not 512 <= record_size <= 65536 or record_size & (record_size - 1):
         raise Damaged("impossible MFT record size")
     if total_sectors == 0 or total_sectors * bps > reader.size:
-        raise Damaged(
+        raise Overrun(
             f"file system ({total_sectors * bps} bytes) is larger than its volume "
-            f"({reader.size} bytes)"
+            f"({reader.size} bytes)",
+            (total_sectors + 1) * bps,
         )
     clusters = total_sectors * bps // cluster
     # the backup boot sector sits right after the sectors the boot sector counts: a damaged

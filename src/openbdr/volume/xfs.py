@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from ..extents import Extent, normalize, subtract
 from .crc import crc32c
-from .model import Damaged, FilesystemInfo
+from .model import Damaged, FilesystemInfo, Overrun
 from .reader import BlockReader, read_at
 
 KIND = "xfs"
@@ -61,8 +61,9 @@ def _parse_super(sb: bytes, volume_size: int) -> _Super:
     if not (agcount - 1) * agblocks < dblocks <= agcount * agblocks:
         raise Damaged("block count does not match the allocation groups")
     if dblocks * bs > volume_size:
-        raise Damaged(
-            f"file system ({dblocks * bs} bytes) is larger than its volume ({volume_size} bytes)"
+        raise Overrun(
+            f"file system ({dblocks * bs} bytes) is larger than its volume ({volume_size} bytes)",
+            dblocks * bs,
         )
     return _Super(
         bs,
