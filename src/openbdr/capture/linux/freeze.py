@@ -133,7 +133,8 @@ class Freezer:
         if self._dog is not None:
             self._tell(b"thawed\n")
             assert self._dog.stdin is not None and self._dog.stdout is not None
-            self._dog.stdin.close()
+            with contextlib.suppress(BrokenPipeError):  # a watchdog that thawed has exited
+                self._dog.stdin.close()
             out = self._dog.stdout.read()
             self._dog.wait()
             self._dog.stdout.close()
@@ -154,6 +155,16 @@ class Freezer:
         return self.window.expired
 
 
+def _thaw_all(fds: list[int]) -> None:
+    """Thaw, then let go of the mounts at once (an unmount right after must not be busy)."""
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            _thaw(fd)
+    for fd in fds:
+        os.close(fd)
+    fds.clear()
+
+
 def _watchdog(timeout: float, mountpoints: list[str]) -> int:
     """Runs as its own process: thaw at the deadline or when the agent goes away."""
     fds = []
@@ -168,16 +179,12 @@ def _watchdog(timeout: float, mountpoints: list[str]) -> int:
         wait = None if deadline is None else max(0.0, deadline - time.monotonic())
         ready, _, _ = select.select([stdin], [], [], wait)
         if not ready:  # deadline passed while frozen
-            for fd in fds:
-                with contextlib.suppress(OSError):
-                    _thaw(fd)
+            _thaw_all(fds)
             os.write(1, b"expired\n")
             return 0
         data = os.read(stdin.fileno(), 64)
         if not data:  # the agent is gone: never leave a file system frozen
-            for fd in fds:
-                with contextlib.suppress(OSError):
-                    _thaw(fd)
+            _thaw_all(fds)
             return 0
         buf += data
         if b"thawed" in buf:
