@@ -150,7 +150,16 @@ def _capture(d: Path) -> Iterator[Path]:
                 ],
                 capture_output=True,
             )
+            _unmount_when_idle(mnt)
     yield copy
+
+
+def _unmount_when_idle(mnt: Path) -> None:
+    """PostgreSQL's backends may still be exiting: retry until the volume lets go."""
+    deadline = time.monotonic() + 30
+    while subprocess.run(["umount", str(mnt)], capture_output=True).returncode != 0:
+        assert time.monotonic() < deadline, f"{mnt} stays busy"
+        time.sleep(0.2)
 
 
 @pytest.fixture
