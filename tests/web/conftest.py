@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +16,13 @@ from ..control.conftest import ServerProc
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-SHOTS = Path(__file__).resolve().parents[2] / "docs" / "console"
+#: screenshots of every page; `OPENBDR_UPDATE_SCREENSHOTS=1` refreshes the ones docs/console.md
+#: shows, otherwise they go to a temporary directory so a test run leaves the tree clean
+SHOTS = (
+    Path(__file__).resolve().parents[2] / "docs" / "console"
+    if os.environ.get("OPENBDR_UPDATE_SCREENSHOTS") == "1"
+    else Path(tempfile.gettempdir()) / "openbdr-console-screenshots"
+)
 PASSWORDS = {"operator": "operator-pass-1", "viewer": "viewer-pass-1"}
 
 

@@ -3,7 +3,7 @@
 One module, tests in order, sharing the server: log in, add a host backed by the bootable
 fixture disk, enable compression, sync with a live progress bar to 100 %, see the point
 appear, drill it and open the report with its screenshot; a viewer sees no actions. Every
-page's screenshot goes to docs/console/. No browser console errors, no outside assets.
+page's screenshot is saved (to docs/console/ with OPENBDR_UPDATE_SCREENSHOTS=1). No browser console errors, no outside assets.
 """
 
 from __future__ import annotations
