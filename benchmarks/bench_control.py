@@ -234,11 +234,15 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=50)
     ap.add_argument("--load-seconds", type=float, default=60.0)
     ap.add_argument("--workers", type=int, default=6)
+    ap.add_argument("--repo-dir", type=Path, default=Path("/dev/shm"),
+                    help="where the repository goes (tmpfs: measure the control plane, "
+                    "not the disk's fsync latency)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
 
     base = Path(tempfile.mkdtemp(prefix="openbdr-bench-control-"))
     procs: list[subprocess.Popen[bytes]] = []
+    repo: Path | None = None
     try:
         db = start_postgres(base)
         api_data, work_data = base / "api", base / "worker"
@@ -392,6 +396,8 @@ def main() -> None:
             capture_output=True,
         )
         shutil.rmtree(base, ignore_errors=True)
+        if repo is not None:
+            shutil.rmtree(repo, ignore_errors=True)
 
 
 if __name__ == "__main__":

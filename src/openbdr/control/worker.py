@@ -15,7 +15,6 @@ import threading
 import time
 import traceback
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from ..errors import LockedError, OpenBDRError
@@ -243,6 +242,3 @@ def _is_stop(exc: OpenBDRError) -> bool:
 
     return isinstance(exc, SyncStopped | JobStopped)
 
-
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
