@@ -26,7 +26,7 @@ from typing import Any
 
 from ...blocks import BLOCK_SIZE
 from ...errors import SourceError
-from ...extents import Extent, clip
+from ...extents import Extent, clip, from_blocks, to_blocks
 from ..base import ChangeToken, Consistency, DiskSnapshot, Host, Snapshot
 from .devices import BlockDevice, Mount, boot_id, device_of_path, mounts_of, resolve
 from .direct import DirectReader
@@ -363,8 +363,11 @@ class AgentHost(Host):
                 d.tracker.begin(None, 0)
                 layout = analyze(d.reader)
                 d.layout = layout.to_json()
-                d.first_pass = clip(layout.valid_extents, d.size)
-                d.valid_bytes = sum(e.length for e in d.first_pass)
+                valid = clip(layout.valid_extents, d.size)
+                d.valid_bytes = sum(e.length for e in valid)
+                # whole blocks: the point holds each block as read, so a later
+                # trust-but-verify read of an unchanged block compares like with like
+                d.first_pass = from_blocks(to_blocks(valid, d.size), d.size)
                 for note in layout.notes:
                     log.info("%s: %s", d.dev.path, note)
         if fz.expired:
