@@ -183,13 +183,13 @@ class Repository:
         """A point by id, unique id prefix, or `latest`."""
         check_host_name(host)
         if point == "latest":
-            pts = self.points(host)
-            if not pts:
+            newest = self.latest(host)
+            if newest is None:
                 raise RepositoryError(
                     f"host {host!r} has no restore points in {self.url}",
                     "run `openbdr points` to see the hosts",
                 )
-            return pts[-1]
+            return newest
         try:
             return RestorePoint.from_bytes(self.blobs.get(point_key(host, point)))
         except NotFound:
@@ -204,8 +204,20 @@ class Repository:
         )
 
     def latest(self, host: str) -> RestorePoint | None:
-        pts = self.points(host)
-        return pts[-1] if pts else None
+        """The newest point, reading one manifest: ids sort in time order (`new_point_id`)."""
+        keys = sorted(
+            info.key
+            for info in self.blobs.list(f"points/{check_host_name(host)}/")
+            if info.key.endswith(".json")
+        )
+        while keys:
+            try:
+                return RestorePoint.from_bytes(self.blobs.get(keys.pop()))
+            except NotFound:
+                continue  # removed by retention while listing
+            except (ValueError, KeyError, TypeError) as exc:
+                raise CorruptionError(f"manifest of host {host} is unreadable ({exc})") from None
+        return None
 
     # -- checkpoints ---------------------------------------------------------
     def checkpoint_prefix(self, host: str) -> str:
