@@ -11,7 +11,10 @@ from openbdr.control.app import ServerConfig, create_app
 
 
 def make_api(data: Path, database: str) -> tuple[FastAPI, dict[str, str]]:
-    app = create_app(ServerConfig(data, database, workers=0, scheduler=False))
+    # the schemathesis walk creates targets: keep any local repository inside the test's dir
+    app = create_app(
+        ServerConfig(data, database, workers=0, scheduler=False, repository_roots=(data.parent,))
+    )
     admin = (data / "admin.token").read_text().strip()
     tokens = {"admin": admin}
     with TestClient(app) as c:

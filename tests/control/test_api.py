@@ -158,6 +158,29 @@ def test_login_and_errors_are_documented_json(api: tuple[FastAPI, dict[str, str]
         assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
 
 
+def test_target_paths_are_absolute_and_inside_the_roots(
+    api: tuple[FastAPI, dict[str, str], str], tmp_path: Path
+) -> None:
+    """A relative path would land in the server's working directory; roots confine the rest."""
+    app, tokens, _ = api
+    h = {"Authorization": f"Bearer {tokens['admin']}"}
+    data = app.state.services.data_dir
+    with TestClient(app) as c:
+        rel = c.post("/api/v1/targets", headers=h, json={"name": "rel", "url": "repo", "init": True})
+        assert rel.status_code == 422 and "absolute" in rel.text
+        assert not (Path.cwd() / "repo").exists()
+        out = c.post("/api/v1/targets", headers=h,
+                     json={"name": "out", "url": str(tmp_path / "r"), "init": True})
+        assert out.status_code == 400 and "outside the allowed roots" in out.json()["error"]["message"]
+        assert not (tmp_path / "r").exists()
+        inside = c.post("/api/v1/targets", headers=h,
+                        json={"name": "in", "url": str(data / "repos" / "a"), "init": True})
+        assert inside.status_code == 201 and (data / "repos" / "a" / "config").exists()
+        moved = c.patch("/api/v1/targets/in", headers=h, json={"url": "/etc"})
+        assert moved.status_code == 400
+        assert c.delete("/api/v1/targets/in", headers=h).status_code == 204
+
+
 # -- property-based, from the OpenAPI document -----------------------------------------
 def test_openapi_no_server_errors(api: tuple[FastAPI, dict[str, str], str]) -> None:
     """Every operation, bounded examples: no 500, every response as documented."""

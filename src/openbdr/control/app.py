@@ -48,6 +48,8 @@ class ServerConfig:
     lease_ttl: float = 30.0
     refresh_every: float = 300.0
     poll: float = 1.0
+    #: local repositories may only be created or opened below these directories (none: any)
+    repository_roots: tuple[Path, ...] = ()
 
     @property
     def database_url(self) -> str:
@@ -99,6 +101,7 @@ def create_app(config: ServerConfig, svc: Services | None = None) -> FastAPI:
     metrics = Metrics(svc.factory)
     svc.queue.on_finish.append(metrics.job_finished)
     svc.extra["metrics"] = metrics
+    svc.extra["repository_roots"] = tuple(Path(r).resolve() for r in config.repository_roots)
     threads: list[Any] = []
 
     @asynccontextmanager

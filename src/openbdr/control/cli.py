@@ -106,13 +106,17 @@ def server_cmd(
     lease_ttl: Annotated[float, typer.Option(help="Job lease time-to-live, seconds.")] = 30.0,
     scheduler: Annotated[bool, typer.Option(help="Run the scheduler here.")] = True,
     migrate_only: Annotated[bool, typer.Option(help="Upgrade the catalog and exit.")] = False,
+    repository_root: Annotated[list[Path] | None, typer.Option(
+        "--repository-root",
+        help="Allow local repositories only below this directory (repeatable; default: any).",
+    )] = None,
 ) -> None:
     """Start the control plane: API, embedded workers and scheduler (all in one)."""
     from .app import ServerConfig, open_services
     from .server import serve
 
     config = ServerConfig(data, database, workers=workers, scheduler=scheduler, tick=tick,
-                          lease_ttl=lease_ttl)
+                          lease_ttl=lease_ttl, repository_roots=tuple(repository_root or ()))
     if migrate_only:
         open_services(config).engine.dispose()
         out.print(f"catalog {config.database_url.split('@')[-1]} is up to date")

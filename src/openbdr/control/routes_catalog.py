@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Response
@@ -62,8 +63,22 @@ def list_targets(s: DB, _p: Viewer) -> list[dict[str, Any]]:
     return [target_out(t) for t in s.scalars(select(Target).order_by(Target.name))]
 
 
+def _check_root(url: str, svc: Any) -> None:
+    """Keep local repositories inside the directories the server was given (if any)."""
+    roots = svc.extra.get("repository_roots") or ()
+    if not roots or url.startswith("s3://"):
+        return
+    path = Path(url.removeprefix("file://")).resolve()
+    if not any(path.is_relative_to(r) for r in roots):
+        raise ApiError(
+            400, "bad_request", f"repository path {url!r} is outside the allowed roots",
+            "use a directory below " + ", ".join(str(r) for r in roots),
+        )
+
+
 @router.post("/targets", response_model=TargetOut, status_code=201, tags=["targets"])
 def add_target(body: TargetIn, s: DB, p: Admin, svc: Svc) -> dict[str, Any]:
+    _check_root(body.url, svc)
     if body.init:
         s.commit()  # no catalog lock while a (possibly remote) repository is created
         open_target(body.url, body.secrets or {}, init=True).close()
@@ -83,6 +98,7 @@ def get_target(name: str, s: DB, _p: Viewer) -> dict[str, Any]:
 def patch_target(name: str, body: TargetPatch, s: DB, p: Admin, svc: Svc) -> dict[str, Any]:
     t = target_by_name(s, name)
     if body.url is not None:
+        _check_root(body.url, svc)
         t.url = body.url
     if body.secrets is not None:
         t.secrets = svc.box.seal(body.secrets)

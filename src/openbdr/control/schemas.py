@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import Path
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 Role = Literal["viewer", "operator", "admin"]
 NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
@@ -75,9 +75,21 @@ class TokenIn(Strict):
 
 
 # -- targets ----------------------------------------------------------------------
+def _target_url(url: str | None) -> str | None:
+    """A repository URL must not depend on the server's working directory."""
+    if url is None or url.startswith("s3://") or url.startswith("/") or url.startswith("file:///"):
+        return url
+    raise ValueError("must be an absolute directory path or s3://bucket/prefix")
+
+
+TargetUrl = Annotated[str, AfterValidator(_target_url)]
+
+
 class TargetIn(Strict):
     name: str = Name
-    url: str = Field(min_length=1, max_length=1024, description="directory or s3://bucket/prefix")
+    url: TargetUrl = Field(
+        min_length=1, max_length=1024, description="absolute directory path or s3://bucket/prefix"
+    )
     secrets: dict[str, str] | None = Field(
         default=None, description="e.g. AWS_ACCESS_KEY_ID…; encrypted at rest, never returned"
     )
@@ -85,7 +97,7 @@ class TargetIn(Strict):
 
 
 class TargetPatch(Strict):
-    url: str | None = Field(default=None, min_length=1, max_length=1024)
+    url: TargetUrl | None = Field(default=None, min_length=1, max_length=1024)
     secrets: dict[str, str] | None = None
 
 
