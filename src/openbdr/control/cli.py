@@ -237,10 +237,53 @@ def host_show(name: str) -> None:
 
 
 @host_app.command("sync")
-def host_sync(name: str, full: Annotated[bool, typer.Option("--full")] = False) -> None:
+def host_sync(
+    name: str,
+    full: Annotated[bool, typer.Option("--full")] = False,
+    wait: Annotated[bool, typer.Option(
+        "--wait", help="Follow the job with a progress bar until it ends (exit 1 if it fails).")
+    ] = False,
+) -> None:
     """Start a sync now."""
-    j = client().post(f"/hosts/{name}/sync", {"full": full})
+    c = client()
+    j = c.post(f"/hosts/{name}/sync", {"full": full})
     out.print(f"job {j['id']}: sync of {name} {j['state']}")
+    if wait:
+        wait_for_job(c, int(j["id"]))
+
+
+def wait_for_job(c: Any, job_id: int, poll: float = 0.5) -> dict[str, Any]:
+    """Poll a job until it ends, drawing its progress; a failed or cancelled job exits 1."""
+    import time
+
+    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
+
+    from .jobs import FINAL
+
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TaskProgressColumn(),
+                  TextColumn("{task.fields[state]}"), console=Console(stderr=True),
+                  disable=not sys.stderr.isatty()) as bar:
+        task = bar.add_task(f"job {job_id}", total=100.0, state="")
+        while True:
+            j = c.get(f"/jobs/{job_id}")
+            bar.update(task, completed=float(j["progress"].get("percent") or 0), state=j["state"])
+            if j["state"] in FINAL:
+                break
+            time.sleep(poll)
+    if j["state"] != "succeeded":
+        raise OpenBDRError(f"job {job_id} {j['state']}: {j.get('error') or 'no reason given'}",
+                           f"see `openbdr job show {job_id} --logs`")
+    point = (j.get("result") or {}).get("point")
+    if isinstance(point, dict) and point.get("disks"):
+        disks = point["disks"]
+        read = sum(d.get("read_bytes", 0) for d in disks) / 2**20
+        stored = sum(d.get("stored_bytes", 0) for d in disks) / 2**20
+        modes = ",".join(sorted({d.get("mode", "?") for d in disks}))
+        out.print(f"job {job_id} succeeded: restore point {point['id']} ({modes}), read "
+                  f"{read:.1f} MiB, stored {stored:.1f} MiB in {point.get('duration_s', 0):.1f} s")
+    else:
+        out.print(f"job {job_id} succeeded")
+    return dict(j)
 
 
 @host_app.command("remove")
