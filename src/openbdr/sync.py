@@ -52,7 +52,8 @@ class SyncOptions:
     compression: Codec = Codec.NONE
     level: int = 1
     bwlimit: float = 0.0
-    threads: int = field(default_factory=lambda: max(2, os.cpu_count() or 2))
+    #: more threads than cores: a worker waiting on a put or a read leaves a core to another
+    threads: int = field(default_factory=lambda: max(4, os.cpu_count() or 2))
     checkpoint_every: float = 10.0
     full: bool = False
     #: polled at every block; True stops the sync cleanly (checkpoint, then `SyncStopped`)
