@@ -18,7 +18,9 @@ def _job(c: httpx.Client, job_id: int) -> dict[str, Any]:
     return dict(c.get(f"/jobs/{job_id}").json())
 
 
-def _setup(c: httpx.Client, tmp: Path, image: Path, bwlimit: int, rpo: int = 3600) -> None:
+def _setup(
+    c: httpx.Client, tmp: Path, image: Path, bwlimit: int, rpo: int = 3600, enabled: bool = True
+) -> None:
     r = c.post("/targets", json={"name": "dr", "url": str(tmp / "repo"), "init": True})
     assert r.status_code == 201, r.text
     r = c.post("/policies", json={"name": "gold", "rpo_seconds": rpo, "bwlimit": bwlimit})
@@ -26,6 +28,7 @@ def _setup(c: httpx.Client, tmp: Path, image: Path, bwlimit: int, rpo: int = 360
     r = c.post("/hosts", json={
         "name": "web1", "target": "dr", "policy": "gold",
         "source": {"type": "image", "paths": [str(image)], "valid_only": False},
+        "enabled": enabled,
     })
     assert r.status_code == 201, r.text
 
@@ -105,8 +108,8 @@ def test_pause_change_compression_resume(server: ServerProc, tmp_path: Path) -> 
 def test_sigkill_server_mid_sync_resumes(server: ServerProc, tmp_path: Path) -> None:
     image = disk_image(tmp_path)
     c = server.client()
-    _setup(c, tmp_path, image, bwlimit=6 << 20)
-    c.patch("/hosts/web1", json={"enabled": False})  # only the job we start
+    # created disabled: the scheduler must not race the test with a sync of its own
+    _setup(c, tmp_path, image, bwlimit=6 << 20, enabled=False)
     r = c.post("/jobs", json={"kind": "sync", "host": "web1",
                               "params": {"checkpoint_every": 0.5}})
     assert r.status_code == 201, r.text
