@@ -123,10 +123,12 @@ class LiveDisk(DiskSnapshot):
         return got
 
     def moved_blocks(self, blocks: Iterable[int]) -> set[int]:
-        """Of `blocks`, those written since the capture began: reading them now proves nothing
-        about the tracker (the sync engine's trust-but-verify skips them)."""
+        """Of `blocks`, those the capture knows changed: written since it began, or changed
+        before it and deferred to the frozen pass (so not in `extents()`). Reading them now
+        proves nothing about the tracker (the sync engine's trust-but-verify skips them)."""
         moved = self.tracker.peek()
-        return {b for b in blocks if b in moved or b in self.staging}
+        deferred = set(self.deferred)
+        return {b for b in blocks if b in moved or b in self.staging or b in deferred}
 
     @property
     def token(self) -> ChangeToken:
@@ -190,7 +192,14 @@ class LiveSnapshot(Snapshot):
         """Re-copy what changed since the capture began, last under freeze; return it per disk."""
         opts = self.host.options
         for _ in range(opts.max_passes):
-            if sum(d.tracker.peek().count() for d in self.live) <= opts.settle_blocks:
+            dirty = [d.tracker.peek().count() for d in self.live]
+            if sum(dirty) <= opts.settle_blocks:
+                break
+            # what is left fits the frozen copy anyway: a live pass would only read hot
+            # blocks twice (now, and again when they are written once more before freeze)
+            if all(len(d.deferred) + n <= opts.freeze_copy_blocks for d, n in zip(
+                self.live, dirty, strict=True
+            )) and all(not d.first_pass for d in self.live):
                 break
             if self._live_pass() <= opts.settle_blocks:
                 break
