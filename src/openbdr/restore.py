@@ -127,6 +127,18 @@ def restore_disk(
         limit = threads * 4
         with ThreadPoolExecutor(threads, thread_name_prefix="restore") as pool:
             error: BaseException | None = None
+
+            def collect() -> None:
+                """Take one finished block: count it, or keep the first error."""
+                nonlocal pending, error, written, done
+                item = results.get()
+                pending -= 1
+                if isinstance(item, BaseException):
+                    error = error or item
+                else:
+                    written += item
+                    done += item
+
             for i in range(index.count):
                 cid = index[i]
                 span = block_span(i, disk.size)
@@ -137,13 +149,7 @@ def restore_disk(
                     done += span
                     continue
                 while pending >= limit:
-                    item = results.get()
-                    pending -= 1
-                    if isinstance(item, BaseException):
-                        error = error or item
-                    else:
-                        written += item
-                        done += item
+                    collect()
                 if error:
                     break
                 pool.submit(fetch, i, cid)
@@ -151,13 +157,7 @@ def restore_disk(
                 if progress:
                     progress(done, disk.size)
             while pending:
-                item = results.get()
-                pending -= 1
-                if isinstance(item, BaseException):
-                    error = error or item
-                else:
-                    written += item
-                    done += item
+                collect()
             if error:
                 raise error
         os.fsync(fd)
