@@ -23,6 +23,7 @@ from typing import Any
 
 from ..errors import SourceError
 from ..extents import Extent, clip, intersect, normalize
+from ..volume.reader import FileReader
 from .base import ChangeToken, DiskSnapshot, Host, Snapshot
 
 log = logging.getLogger(__name__)
@@ -61,25 +62,6 @@ def data_extents(fd: int, size: int) -> list[Extent]:
     return normalize(out)
 
 
-class FileReader:
-    """Random reads from an open file descriptor (pread releases the GIL)."""
-
-    def __init__(self, fd: int, size: int) -> None:
-        self.fd = fd
-        self.size = size
-
-    def read_into(self, offset: int, buf: bytearray | memoryview) -> int:
-        view = memoryview(buf)
-        want = max(0, min(len(view), self.size - offset))
-        got = 0
-        while got < want:
-            n = os.preadv(self.fd, [view[got:want]], offset + got)
-            if n == 0:
-                break
-            got += n
-        return got
-
-
 class ImageDisk(DiskSnapshot):
     def __init__(self, name: str, path: str, valid_only: bool = True) -> None:
         self.name = name
@@ -107,7 +89,7 @@ class ImageDisk(DiskSnapshot):
             )
         self._stat = st
         self.size = device_size(self.fd)
-        self.reader = FileReader(self.fd, self.size)
+        self.reader = FileReader.from_fd(self.fd, self.size, path)
         if self.size == 0:
             os.close(self.fd)
             raise SourceError(

@@ -64,7 +64,10 @@ class SubReader:
 
 
 class FileReader:
-    """A disk image or block device opened read-only (pread, so it is safe across threads)."""
+    """A disk image or block device opened read-only (pread, so it is safe across threads).
+
+    The one file reader of the project: sources read their disks through it too.
+    """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = os.fspath(path)
@@ -75,6 +78,13 @@ class FileReader:
             os.close(self._fd)
             raise
 
+    @classmethod
+    def from_fd(cls, fd: int, size: int, path: str = "") -> FileReader:
+        """Read through a descriptor the caller opened (and closes)."""
+        self = cls.__new__(cls)
+        self.path, self._fd, self._size = path, fd, size
+        return self
+
     @property
     def size(self) -> int:
         return self._size
@@ -83,7 +93,14 @@ class FileReader:
         if offset < 0 or offset >= self._size:
             return 0
         n = min(len(buf), self._size - offset)
-        return os.preadv(self._fd, [memoryview(buf)[:n]], offset)
+        view = memoryview(buf)[:n]
+        got = 0
+        while got < n:  # a pread may return less than asked (signals, some devices)
+            r = os.preadv(self._fd, [view[got:]], offset + got)
+            if r == 0:
+                break
+            got += r
+        return got
 
     def close(self) -> None:
         if self._fd >= 0:
