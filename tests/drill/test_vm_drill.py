@@ -11,6 +11,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -194,6 +195,19 @@ def test_vm_drill_boots_from_the_repository_and_marks_the_point_verified(
     assert manifest["drill"]["id"] == rep["id"] and manifest["verified_at"]
 
 
+def _failed_drill(
+    tmp_path: Path, img: Path, host: str, drill_env: dict[str, str]
+) -> tuple[str, dict[str, Any]]:
+    """Sync `img` as `host`, drill it with the quick plan; the drill must fail (exit 2)."""
+    repo = _repo_with(tmp_path, img, host)
+    plan = tmp_path / "plan.toml"
+    plan.write_text(QUICK_PLAN)
+    proc = openbdr("drill", "run", "--repo", repo, "--host", host, "--plan", str(plan),
+                   "--json", check=False, env=drill_env, timeout=600)
+    assert proc.returncode == 2, proc.stderr
+    return repo, dict(json.loads(proc.stdout))
+
+
 def test_wiped_boot_sector_fails_before_boot(
     boot_disk: Path, tmp_path: Path, drill_env: dict[str, str]
 ) -> None:
@@ -201,25 +215,7 @@ def test_wiped_boot_sector_fails_before_boot(
     subprocess.run(["cp", "--sparse=always", str(boot_disk), str(img)], check=True)
     with open(img, "r+b") as f:
         f.write(bytes(512))
-    repo = _repo_with(tmp_path, img, "wiped")
-    plan = tmp_path / "plan.toml"
-    plan.write_text(QUICK_PLAN)
-    proc = openbdr(
-        "drill",
-        "run",
-        "--repo",
-        repo,
-        "--host",
-        "wiped",
-        "--plan",
-        str(plan),
-        "--json",
-        check=False,
-        env=drill_env,
-        timeout=600,
-    )
-    assert proc.returncode == 2, proc.stderr
-    rep = json.loads(proc.stdout)
+    repo, rep = _failed_drill(tmp_path, img, "wiped", drill_env)
     assert rep["verdict"] == "failed"
     assert "boot signature" in rep["reason"]
     pts = json.loads(openbdr("points", "--repo", repo, "--host", "wiped", "--json").stdout)
@@ -234,25 +230,7 @@ def test_damaged_superblock_fails_with_the_file_system_named(
     with open(img, "r+b") as f:
         f.seek((1 << 20) + 1024)  # partition 1 at sector 2048; primary superblock at +1024
         f.write(bytes(1024))
-    repo = _repo_with(tmp_path, img, "badsb")
-    plan = tmp_path / "plan.toml"
-    plan.write_text(QUICK_PLAN)
-    proc = openbdr(
-        "drill",
-        "run",
-        "--repo",
-        repo,
-        "--host",
-        "badsb",
-        "--plan",
-        str(plan),
-        "--json",
-        check=False,
-        env=drill_env,
-        timeout=600,
-    )
-    assert proc.returncode == 2, proc.stderr
-    rep = json.loads(proc.stdout)
+    _, rep = _failed_drill(tmp_path, img, "badsb", drill_env)
     assert rep["verdict"] == "failed"
     assert "volume 1" in rep["reason"], rep["reason"]
     bad = [c for c in rep["checks"] if not c["ok"]]
