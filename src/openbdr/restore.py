@@ -22,6 +22,7 @@ from .chunk import ZERO_ID
 from .errors import CorruptionError, OpenBDRError, TargetError
 from .store.manifest import DiskRecord, RestorePoint
 from .store.repository import Repository
+from .writeback import Writeback
 
 
 @dataclass
@@ -34,6 +35,10 @@ class RestoreResult:
 
 
 ProgressFn = Callable[[int, int], None]
+
+#: Fetch-and-decode threads. A restore is bound by the device (reading chunk objects,
+#: writing blocks), not the CPU: more requests in flight than cores keep the queue full.
+THREADS = 8
 
 
 def _looks_empty(fd: int, size: int) -> bool:
@@ -95,13 +100,14 @@ def restore_disk(
     target: str | os.PathLike[str],
     *,
     force: bool = False,
-    threads: int = 4,
+    threads: int = THREADS,
     progress: ProgressFn | None = None,
 ) -> RestoreResult:
     path = Path(target)
     index = repo.get_index(disk.index_key)
     codec = repo.codec()
     fd, is_device, created = _open_target(path, disk.size, force)
+    writeback = Writeback(fd)
     done = 0
     results: queue.Queue[Any] = queue.Queue()
     written = zeros = 0
@@ -138,6 +144,7 @@ def restore_disk(
                 else:
                     written += item
                     done += item
+                    writeback.wrote(item)
 
             for i in range(index.count):
                 cid = index[i]
@@ -145,6 +152,7 @@ def restore_disk(
                 if cid == ZERO_ID:
                     if is_device:
                         os.pwrite(fd, ZERO_BLOCK[:span], i * BLOCK_SIZE)
+                        writeback.wrote(span)
                     zeros += span
                     done += span
                     continue
@@ -185,7 +193,7 @@ def restore(
     *,
     disk: int | None = None,
     force: bool = False,
-    threads: int = 4,
+    threads: int = THREADS,
     progress: ProgressFn | None = None,
 ) -> list[RestoreResult]:
     """One disk to a path, or every disk into a directory as `<name>.img`."""
