@@ -279,6 +279,11 @@ class _DiskSync:
             return []
         changed = set(to_blocks(extents, self.size))
         candidates = [i for i, _ in self.prev.nonzero() if i not in changed]
+        # live sources: blocks written since T0, or known changed but not listed yet
+        moved = getattr(self.disk, "moved_blocks", None)
+        if moved is not None:  # sample only what the source calls unchanged
+            known = moved(candidates)
+            candidates = [i for i in candidates if i not in known]
         bad = []
         buf = bytearray(BLOCK_SIZE)
         k = int(getattr(self.disk, "trust_sample", TRUST_SAMPLE))  # a source may scale it
@@ -287,7 +292,6 @@ class _DiskSync:
             self.disk.read_into(i * BLOCK_SIZE, memoryview(buf)[:span])
             if self.run.codec.chunk_id(memoryview(buf)[:span]) != self.prev[i]:
                 bad.append(i)
-        moved = getattr(self.disk, "moved_blocks", None)  # live sources: written since T0
         return [i for i in bad if i not in moved(bad)] if bad and moved is not None else bad
 
 
@@ -317,6 +321,14 @@ class SyncRun:
         self.disk_syncs: list[_DiskSync] = []
         self.state: dict[str, Any] = {}
         self.lease: Any = None
+        #: seconds spent per phase (snapshot, first pass, settle, commit…): where the time goes
+        self.phases: dict[str, float] = {}
+        self._phase_at = self.started
+
+    def _phase(self, name: str) -> None:
+        now = time.monotonic()
+        self.phases[name] = round(self.phases.get(name, 0.0) + now - self._phase_at, 3)
+        self._phase_at = now
 
     # -- periodic work -----------------------------------------------------------
     def tick(self, current: _DiskSync, force: bool = False) -> None:
@@ -394,7 +406,9 @@ class SyncRun:
             since = ChangeToken.from_json(prev.token) if prev else None
             ckpt = repo.load_checkpoint(host.name)
             self.bad_ids = scrub.damaged_ids(latest)
+            self._phase("prepare")
             with host.snapshot(since) as snap:
+                self._phase("snapshot")
                 point_id = new_point_id(after=latest.id if latest else None)
                 created = datetime.now(UTC).isoformat(timespec="seconds")
                 self.state = {"parent": prev.id if prev else None, "point": point_id}
@@ -432,13 +446,16 @@ class SyncRun:
                         block_span(i, disk.size) for i in to_blocks(extents, disk.size)
                     )
                 self.stored -= self.bad_ids  # adopted from a checkpoint, but scrubbed bad
+                self._phase("plan")
                 try:
                     for ds, extents in plans:
                         self.disk_syncs.append(ds)
                         ds.sync(extents)
                         self.tick(ds, force=False)
+                    self._phase("first pass")
                     self._settle(snap, plans)
                     self._gc_fence(plans)
+                    self._phase("gc fence")
                 except BaseException:
                     try:
                         self.checkpoint()
@@ -470,7 +487,10 @@ class SyncRun:
                 )
                 repo.commit(point)
                 repo.drop_checkpoint(host.name)
-                return point
+                self._phase("commit")
+            self._phase("release")
+            log.info("sync of %s: %s", host.name, self.phases)
+            return point
 
     def _settle(self, snap: Any, plans: list[tuple[_DiskSync, list[Extent]]]) -> None:
         """Live sources (the agent) read the first pass while the disk changes; `settle()`
@@ -480,13 +500,16 @@ class SyncRun:
         if settle is None:
             return
         again = settle()
+        self._phase("settle")
         for ds, extents in plans:
             more = again.get(ds.disk.name) or []
             for i in to_blocks(more, ds.size):
                 ds.done.bits[i >> 3] &= ~(1 << (i & 7))
+                self.total_bytes += block_span(i, ds.size)  # progress stays within 100 %
             if more:
                 ds.sync(more)
                 extents[:] = normalize([*extents, *more])
+        self._phase("staged blocks")
 
     def _gc_fence(self, plans: list[tuple[_DiskSync, list[Extent]]]) -> None:
         """Put again what a concurrent gc deleted after this run wrote it (see gc.py)."""

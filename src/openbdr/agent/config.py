@@ -10,6 +10,11 @@ compression = "zstd"
 freeze_timeout = 10               # the watchdog thaws after this many seconds
 # frozen_hook = "/usr/local/bin/array-snapshot"   # run while file systems are frozen
 
+[control]                         # optional: also pull this host's jobs from a server
+credential = "/etc/openbdr/agent.json"   # written by `openbdr agent enrol --config THIS`
+workers = 1                       # jobs run at once
+poll = 2                          # seconds between polls when idle
+
 [[disk]]
 name = "disk0"
 device = "/dev/sda"
@@ -19,6 +24,7 @@ device = "/dev/sda"
 
 from __future__ import annotations
 
+import logging
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,9 +36,21 @@ from ..chunk import Codec
 from ..errors import OpenBDRError
 from ..store.manifest import check_host_name
 
+log = logging.getLogger(__name__)
+
 
 class ConfigError(OpenBDRError):
     """The agent configuration is missing or wrong."""
+
+
+@dataclass
+class ControlLink:
+    """`[control]`: the daemon also leases its pool's jobs from a control-plane server."""
+
+    #: the credential `agent enrol` wrote (server URL, agent name, pool, secret)
+    credential: Path
+    workers: int = 1
+    poll: float = 2.0
 
 
 @dataclass
@@ -56,6 +74,8 @@ class AgentConfig:
     driver_paths: dict[str, str] = field(default_factory=dict)
     #: per disk name: directory for the driver's COW files (on the disk itself)
     cow_dirs: dict[str, str] = field(default_factory=dict)
+    #: pull jobs from a control-plane server too (None: a standalone agent)
+    control: ControlLink | None = None
 
 
 def _get(raw: dict[str, Any], key: str, kind: type, path: Path, default: Any = None) -> Any:
@@ -71,14 +91,62 @@ def _get(raw: dict[str, Any], key: str, kind: type, path: Path, default: Any = N
     return val
 
 
-def load(path: str | Path) -> AgentConfig:
-    p = Path(path)
+def _read(p: Path) -> dict[str, Any]:
     try:
-        raw = tomllib.loads(p.read_text())
+        return tomllib.loads(p.read_text())
     except FileNotFoundError:
         raise ConfigError(f"agent configuration {p} not found", "pass --config FILE") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{p}: not valid TOML ({exc})") from None
+
+
+def is_credential(path: str | Path) -> bool:
+    """True for a bare control-plane credential (JSON, as `agent enrol` writes it), False
+    for a TOML agent configuration: `agent run` is a job puller only for the former."""
+    try:
+        head = Path(path).read_text().lstrip()[:1]
+    except (FileNotFoundError, IsADirectoryError, UnicodeDecodeError):
+        return str(path).endswith(".json")
+    return head == "{"
+
+
+def credential_path(path: str | Path) -> Path:
+    """Where `agent enrol --config FILE` writes the credential: FILE itself when it is (or
+    will be) a JSON credential; `[control] credential` (or its default) of a TOML one."""
+    p = Path(path)
+    if not p.exists() and p.suffix == ".toml":
+        raise ConfigError(
+            f"agent configuration {p} not found",
+            "write it first (docs/agent.md), or pass --config FILE.json for a proxy",
+        )
+    if is_credential(p) or not p.exists():
+        return p
+    raw = _read(p)
+    return _link(raw.get("control") or {}, raw, p).credential
+
+
+def _control(raw: dict[str, Any], p: Path) -> ControlLink | None:
+    sec = raw.get("control")
+    return None if sec is None else _link(sec, raw, p)
+
+
+def _link(sec: Any, raw: dict[str, Any], p: Path) -> ControlLink:
+    if not isinstance(sec, dict) or set(sec) - {"credential", "workers", "poll"}:
+        raise ConfigError(f"{p}: [control] takes only credential, workers and poll")
+    state_dir = Path(str(raw.get("state_dir", "/var/lib/openbdr-agent")))
+    link = ControlLink(
+        credential=Path(_get(sec, "credential", str, p, str(state_dir / "control.json"))),
+        workers=_get(sec, "workers", int, p, 1),
+        poll=_get(sec, "poll", float, p, 2.0),
+    )
+    if link.workers < 1 or link.poll <= 0:
+        raise ConfigError(f"{p}: [control] needs workers >= 1 and poll > 0")
+    return link
+
+
+def load(path: str | Path) -> AgentConfig:
+    p = Path(path)
+    raw = _read(p)
     host = check_host_name(_get(raw, "host", str, p))
     disks_raw = raw.get("disk")
     if not isinstance(disks_raw, list) or not disks_raw:
@@ -126,10 +194,13 @@ def load(path: str | Path) -> AgentConfig:
     capture = CaptureOptions(
         freeze_timeout=_get(raw, "freeze_timeout", float, p, 10.0),
         max_passes=_get(raw, "max_passes", int, p, 4),
-        settle_blocks=_get(raw, "settle_blocks", int, p, 32),
         freeze_copy_blocks=_get(raw, "freeze_copy_blocks", int, p, 64),
+        stage_blocks=_get(raw, "stage_blocks", int, p, 16384),
+        stage_memory=_get(raw, "stage_memory", int, p, 1024) << 20,
         frozen_hook=raw.get("frozen_hook"),
     )
+    if "settle_blocks" in raw:  # the stop rule of the live passes no longer needs it
+        log.warning("%s: `settle_blocks` is no longer used (see freeze_copy_blocks)", p)
     if not 0.5 <= capture.freeze_timeout <= 120:
         raise ConfigError(f"{p}: `freeze_timeout` must be between 0.5 and 120 seconds")
     try:
@@ -152,4 +223,5 @@ def load(path: str | Path) -> AgentConfig:
         snapshot_driver=driver,
         driver_paths={k: str(v) for k, v in paths.items()},
         cow_dirs=cow_dirs,
+        control=_control(raw, p),
     )

@@ -14,6 +14,7 @@ import json
 import os
 import struct
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,13 @@ class DirtyBitmap:
 
     def add(self, b: int) -> None:
         self.bits[b >> 3] |= 1 << (b & 7)
+
+    def add_all(self, blocks: Iterable[int]) -> None:
+        """Add blocks; those past the end of the disk are ignored."""
+        bits, n = self.bits, self.n
+        for b in blocks:
+            if b < n:
+                bits[b >> 3] |= 1 << (b & 7)
 
     def __contains__(self, b: int) -> bool:
         return 0 <= b < self.n and bool(self.bits[b >> 3] & (1 << (b & 7)))

@@ -1,14 +1,23 @@
 """The agent's source: live disks captured in passes, consistent under a short freeze.
 
-`snapshot(since)` starts a capture at instant T0: for a disk whose tracker knows every
-change since the `since` token, the first pass lists those changed blocks (incremental);
-otherwise it lists the valid data, analysed under a brief freeze so that the file-system
-bitmaps are current (a full pass, or a hash-compare resync). The sync engine copies that
-first pass from the live device. `settle()` then re-copies, into a local staging file, the
-blocks written since T0: a few passes while applications run, and a last one under
-`FIFREEZE` with the tracker's final cut, so the staged blocks plus the unchanged rest are
-the disk at one instant. It returns those blocks; the engine stores them over what it read
-in the first pass. The token names the tracker generation that starts at the final cut.
+`snapshot(since)` starts a capture at instant T0. For a disk whose tracker knows every
+change since the `since` token (incremental), the changed blocks are *pending*: `settle()`
+copies them into a local staging file at device speed, not through the sync engine, so
+the pass is short and few of them are written again before the freeze. Otherwise the first
+pass lists the valid data, analysed under a brief freeze so that the file-system bitmaps
+are current (a full pass, or a hash-compare resync), and the sync engine reads it from the
+live device. `settle()` then re-copies the blocks written since: live passes while
+applications run, and a last one under `FIFREEZE` with the tracker's final cut, so the
+staged blocks plus the unchanged rest are the disk at one instant. It returns the staged
+blocks; the engine stores them (over its first pass). The token names the tracker
+generation that starts at the final cut.
+
+**Each changed block read about once.** A block staged whole is re-copied only in the
+4 KiB pages written since (the tracker keeps page masks during a capture), so a hot block
+that a database rewrites 8 KiB at a time costs a few pages per pass, not 1 MiB. Go to the
+freeze as soon as what it would copy fits `freeze_copy_blocks` MiB; stop the live passes
+when one would copy more than `SHRINK` of the bytes of the previous one (the writes outpace
+the passes: another would re-read the same hot pages).
 """
 
 from __future__ import annotations
@@ -28,15 +37,19 @@ from ...blocks import BLOCK_SIZE
 from ...errors import SourceError
 from ...extents import Extent, clip, from_blocks, to_blocks
 from ..base import ChangeToken, Consistency, DiskSnapshot, Host, Snapshot
+from .bitmap import DirtyBitmap
 from .devices import BlockDevice, Mount, boot_id, device_of_path, mounts_of, resolve
 from .direct import DirectReader
 from .freeze import Freezer, FreezeWindow, syncfs
-from .staging import Staging
-from .tracker import DiskTracker
+from .staging import Staging, memory_budget
+from .tracker import PAGE, DiskTracker
 
 log = logging.getLogger(__name__)
 
 SOURCE = "agent"
+#: a live pass that would copy more than this share of the previous pass's bytes ends the
+#: live passes: they no longer converge
+SHRINK = 0.5
 
 
 @dataclass
@@ -55,13 +68,19 @@ class CaptureOptions:
     freeze_timeout: float = 10.0
     #: at most this many live passes before the final frozen one
     max_passes: int = 4
-    #: stop the live passes once a pass finds at most this many changed blocks
-    settle_blocks: int = 32
     #: attempts at the final pass when the watchdog had to thaw first
     final_attempts: int = 3
-    #: an incremental of at most this many blocks is copied whole under the freeze (each
-    #: block read once, hot ones included); a larger one is read live first
+    #: the frozen pass should copy at most about this many blocks: live passes stop once
+    #: the rest fits (an incremental that fits is copied whole under the freeze)
     freeze_copy_blocks: int = 64
+    #: incrementals up to this many blocks are staged at device speed before the engine
+    #: reads them (when the state directory has twice the room); larger ones are read
+    #: by the engine from the live device
+    stage_blocks: int = 16384
+    #: staged blocks are kept in memory up to this many bytes for the whole host (at most a
+    #: quarter of the memory available at the start of a capture), in the state directory
+    #: beyond
+    stage_memory: int = 1 << 30
     #: a command run while the file systems are frozen (array snapshots, checks)
     frozen_hook: str | None = None
 
@@ -74,7 +93,12 @@ class LiveDisk(DiskSnapshot):
     """One disk of a capture: the live device until `settle`, then device + staged blocks."""
 
     def __init__(
-        self, spec: DiskSpec, dev: BlockDevice, tracker: DiskTracker, staging_dir: Path
+        self,
+        spec: DiskSpec,
+        dev: BlockDevice,
+        tracker: DiskTracker,
+        staging_dir: Path,
+        stage_memory: int = 0,
     ) -> None:
         self.name = spec.name
         self.spec = spec
@@ -83,7 +107,9 @@ class LiveDisk(DiskSnapshot):
         self.tracker = tracker
         self.capture_id = uuid.uuid4().hex
         self.reader = DirectReader(dev.path, dev.size)
-        self.staging = Staging(staging_dir / f"{spec.name}-{self.capture_id}.staging", dev.size)
+        self.staging = Staging(
+            staging_dir / f"{spec.name}-{self.capture_id}.staging", dev.size, stage_memory
+        )
         self.first_pass: list[Extent] = []
         self.valid_bytes = dev.size
         self.layout: dict[str, Any] | None = None
@@ -92,8 +118,10 @@ class LiveDisk(DiskSnapshot):
         self.generation = -1
         self.passes = 1
         self.windows: list[FreezeWindow] = []
-        #: changed blocks left for the final pass under freeze (a small incremental)
-        self.deferred: list[int] = []
+        #: changed blocks since the token, not read yet: the first live pass stages them
+        self.pending: list[int] = []
+        #: bytes each live pass and the frozen one copied (recorded in the token)
+        self.pass_bytes: list[int] = []
         #: trust-but-verify re-reads this many unchanged blocks (set per capture)
         self.trust_sample = 8
 
@@ -124,11 +152,11 @@ class LiveDisk(DiskSnapshot):
 
     def moved_blocks(self, blocks: Iterable[int]) -> set[int]:
         """Of `blocks`, those the capture knows changed: written since it began, or changed
-        before it and deferred to the frozen pass (so not in `extents()`). Reading them now
-        proves nothing about the tracker (the sync engine's trust-but-verify skips them)."""
+        before it and pending (so not in `extents()`). Reading them now proves
+        nothing about the tracker (the sync engine's trust-but-verify skips them)."""
         moved = self.tracker.peek()
-        deferred = set(self.deferred)
-        return {b for b in blocks if b in moved or b in self.staging or b in deferred}
+        known = set(self.pending)
+        return {b for b in blocks if b in moved or b in self.staging or b in known}
 
     @property
     def token(self) -> ChangeToken:
@@ -146,6 +174,7 @@ class LiveDisk(DiskSnapshot):
                 "device": self.dev.path,
                 "capture": {
                     "passes": self.passes,
+                    "pass_bytes": self.pass_bytes,
                     "device_read_bytes": self.reader.bytes_read,
                     "staged_bytes": self.staging.bytes_copied,
                     "freezes": [
@@ -191,24 +220,22 @@ class LiveSnapshot(Snapshot):
     def settle(self) -> dict[str, list[Extent]]:
         """Re-copy what changed since the capture began, last under freeze; return it per disk."""
         opts = self.host.options
+        budget = opts.freeze_copy_blocks * BLOCK_SIZE
+        previous: int | None = None
         for _ in range(opts.max_passes):
-            dirty = [d.tracker.peek().count() for d in self.live]
-            if sum(dirty) <= opts.settle_blocks:
+            cost = sum(self._cost(d, d.tracker.peek()) for d in self.live)
+            if cost <= budget:
                 break
-            # what is left fits the frozen copy anyway: a live pass would only read hot
-            # blocks twice (now, and again when they are written once more before freeze)
-            if all(len(d.deferred) + n <= opts.freeze_copy_blocks for d, n in zip(
-                self.live, dirty, strict=True
-            )) and all(not d.first_pass for d in self.live):
-                break
-            if self._live_pass() <= opts.settle_blocks:
-                break
+            if previous is not None and cost > SHRINK * previous:
+                break  # writes outpace the passes: more would re-read the same hot pages
+            previous = self._live_pass()
+        syncfs(self._mountpoints())  # what is dirty now is flushed outside the freeze
         for attempt in range(opts.final_attempts):
             fz = self._freezer()
             with fz:
                 for d in self.live:
                     changed, d.generation = d.tracker.final_cut()
-                    d.staging.copy(d.reader, sorted({*changed.blocks(), *d.deferred}))
+                    self._copy(d, sorted({*changed.blocks(), *d.pending}))
                 if opts.frozen_hook:
                     self._run_hook(opts.frozen_hook)
             for d in self.live:
@@ -228,16 +255,34 @@ class LiveSnapshot(Snapshot):
             d.settled = True
         return {d.name: clip(d.staging.blocks.extents(), d.size) for d in self.live}
 
+    @staticmethod
+    def _cost(d: LiveDisk, dirty: DirtyBitmap) -> int:
+        """Bytes a pass of `d` would copy now: pending blocks whole, written ones whole or,
+        when staged already, their written pages (masks of the tracker's last peek)."""
+        pages = d.tracker.cut_pages
+        n = len(set(d.pending) - set(dirty.blocks())) * BLOCK_SIZE
+        for b in dirty.blocks():
+            mask = pages.get(b) if b in d.staging else None
+            n += BLOCK_SIZE if mask is None else mask.bit_count() * PAGE
+        return n
+
+    @staticmethod
+    def _copy(d: LiveDisk, blocks: list[int]) -> int:
+        """Stage `blocks` of `d` (pages of the tracker's last cut); returns the bytes read."""
+        before = d.staging.bytes_copied
+        d.staging.copy(d.reader, blocks, d.tracker.cut_pages)
+        d.pending = []
+        copied = d.staging.bytes_copied - before
+        d.pass_bytes.append(copied)
+        return copied
+
     def _live_pass(self) -> int:
-        """One pass without freeze; returns the blocks it copied."""
+        """One pass without freeze; returns the bytes it copied."""
         n = 0
         syncfs(self._mountpoints())
         for d in self.live:
-            changed = d.tracker.pass_cut()
-            blocks = changed.blocks()
-            d.staging.copy(d.reader, blocks)
+            n += self._copy(d, sorted({*d.tracker.pass_cut().blocks(), *d.pending}))
             d.passes += 1
-            n += len(blocks)
         return n
 
     def _run_hook(self, cmd: str) -> None:
@@ -255,6 +300,7 @@ class LiveSnapshot(Snapshot):
 
     def release(self) -> None:
         for d in self.live:
+            d.tracker.end_capture()
             d.close()
 
 
@@ -326,9 +372,14 @@ class AgentHost(Host):
                 ]
             )
             full: list[LiveDisk] = []
+            memory = memory_budget(self.options.stage_memory) // len(self.specs)
             for s in self.specs:
                 d = LiveDisk(
-                    s, self.devices[s.name], self.trackers[s.name], self.state_dir / "staging"
+                    s,
+                    self.devices[s.name],
+                    self.trackers[s.name],
+                    self.state_dir / "staging",
+                    memory,
                 )
                 disks.append(d)
                 tok = (prev.get(s.name) or {}).get("value") or {}
@@ -348,8 +399,12 @@ class AgentHost(Host):
                     n = changed.count()
                     d.valid_bytes = n * BLOCK_SIZE
                     d.trust_sample = max(1, min(8, n // 8))
-                    if n <= self.options.freeze_copy_blocks:
-                        d.deferred = changed.blocks()
+                    opts = self.options
+                    if n <= opts.freeze_copy_blocks or (
+                        n <= opts.stage_blocks
+                        and (n * BLOCK_SIZE <= memory or self._room(2 * n * BLOCK_SIZE))
+                    ):
+                        d.pending = changed.blocks()  # staged by settle(), read once
                     else:
                         d.first_pass = changed.extents()
             if full:
@@ -359,6 +414,10 @@ class AgentHost(Host):
                 d.close()
             raise
         return LiveSnapshot(self, disks)
+
+    def _room(self, nbytes: int) -> bool:
+        st = os.statvfs(self.state_dir / "staging")
+        return st.f_bavail * st.f_frsize >= nbytes
 
     def _analyse(self, disks: list[LiveDisk]) -> None:
         """Valid extents at T0, read under a brief freeze (on-disk bitmaps are current then)."""

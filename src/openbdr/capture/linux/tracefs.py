@@ -3,7 +3,8 @@
 Completion (`block_rq_complete`), not submission, is the event: a write that changes a block
 after we read it completes after that read, so clearing the dirty set before a read and
 marking at completion never misses a change. The kernel filters on the device and on writes
-and discards, so only the events we need reach user space. Markers written to
+and discards, so only the events we need reach user space, and without the context columns
+(task, CPU, time stamp) the lines are half as long. Markers written to
 `trace_marker` come back in order through `trace_pipe`; reading up to one's own marker
 drains every event that completed before it. Lost events (ring overruns, drops) are counted
 by the kernel per CPU and read from `per_cpu/cpu*/stats`.
@@ -17,17 +18,17 @@ import os
 import re
 import select
 import subprocess
-from collections.abc import Iterator
+from collections import Counter
 from pathlib import Path
 
 from ...errors import SourceError
 
 TRACEFS = Path("/sys/kernel/tracing")
 EVENT = "block/block_rq_complete"
-#: one write completion or one of our markers, as `trace_pipe` prints them
-LINE = re.compile(
-    rb"block_rq_complete: \d+,\d+ \S+ \([^)]*\) (\d+) \+ (\d+)|tracing_mark_write: openbdr-cut-(\d+)"
-)
+#: one write completion, as `trace_pipe` prints it: its first sector and length in sectors
+WRITE = re.compile(rb"block_rq_complete: \d+,\d+ \S+ \([^)]*\) (\d+) \+ (\d+)")
+#: one of our markers
+MARKER = re.compile(rb"tracing_mark_write: openbdr-cut-(\d+)")
 
 
 def kernel_dev(major: int, minor: int) -> int:
@@ -73,7 +74,7 @@ class Instance:
                     "run the agent as root",
                 ) from None
         self._write("buffer_size_kb", str(buffer_kb))
-        for opt in ("noirq-info", "norecord-cmd", "overwrite"):
+        for opt in ("noirq-info", "norecord-cmd", "nocontext-info", "overwrite"):
             self._write("trace_options", opt, optional=True)
         ev = self.path / "events" / EVENT
         if not ev.is_dir():
@@ -116,16 +117,18 @@ class Instance:
         if self.fd < 0:
             self.fd = os.open(self.path / "trace_pipe", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
 
-    def read(self, timeout: float) -> bytes:
-        """What the pipe holds now, waiting up to `timeout` s for something; b'' if nothing."""
+    def read(self, timeout: float, limit: int = 4 << 20) -> bytes:
+        """What the pipe holds now (up to `limit` bytes), waiting up to `timeout` s for
+        something; b'' if nothing. The kernel returns at most a page per read(2)."""
         self.open_pipe()
         ready, _, _ = select.select([self.fd], [], [], timeout)
         if not ready:
             return b""
         parts = []
-        while True:
+        got = 0
+        while got < limit:
             try:
-                data = os.read(self.fd, 1 << 20)
+                data = os.read(self.fd, 1 << 16)
             except OSError as exc:
                 if exc.errno in (errno.EAGAIN, errno.EINTR):
                     break
@@ -133,8 +136,7 @@ class Instance:
             if not data:
                 break
             parts.append(data)
-            if len(data) < 1 << 16:
-                break
+            got += len(data)
         return b"".join(parts)
 
     def close(self) -> None:
@@ -156,13 +158,17 @@ class Instance:
             ) from None
 
 
-def parse(data: bytes) -> Iterator[tuple[int, int, int]]:
-    """(sector, sectors, -1) per write completion and (0, 0, n) per marker `openbdr-cut-n`."""
-    for m in LINE.finditer(data):
-        if m.group(3) is not None:
-            yield 0, 0, int(m.group(3))
-        else:
-            yield int(m.group(1)), int(m.group(2)), -1
+def parse(data: bytes) -> tuple[Counter[tuple[int, int]], int]:
+    """Write completions in a chunk of `trace_pipe` text, counted per (first sector, sectors)
+    — a database rewrites the same pages over and over, so a chunk has few distinct ones —
+    and the highest marker number `openbdr-cut-n` in it (-1: none). One regex pass each,
+    no object per line."""
+    raw = Counter(WRITE.findall(data))
+    writes: Counter[tuple[int, int]] = Counter()
+    for (sector, count), k in raw.items():
+        writes[int(sector), int(count)] += k
+    marks = MARKER.findall(data) if b"openbdr-cut-" in data else []
+    return writes, max(map(int, marks), default=-1)
 
 
 def write_filter(kdev: int, first_sector: int | None = None, last_sector: int | None = None) -> str:

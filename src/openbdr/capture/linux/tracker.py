@@ -6,6 +6,10 @@ changes since the last pass cut (what a multi-pass capture re-reads). A cut writ
 and waits until the reader has seen it, so every write that completed before the cut is in
 the set the cut returns. Lost events never pass silently: they make earlier generations
 untrusted, so the next sync is a hash-compare resync.
+
+Cost per write: the reader naps `NAP` seconds between reads, so it wakes a few times a
+second whatever the write rate (not once per event), and parses each chunk with one regex
+pass; a cut wakes it at once.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import threading
 import time
 from pathlib import Path
 
+from ...blocks import BLOCK_SIZE
 from ...errors import SourceError
 from .bitmap import DirtyBitmap, TrackState
 from .devices import BlockDevice, boot_id
@@ -24,6 +29,11 @@ from .tracefs import Instance, kernel_dev, parse, write_filter
 log = logging.getLogger(__name__)
 
 SECTOR = 512
+#: granularity of the page masks kept during a capture (O_DIRECT-aligned)
+PAGE = 4096
+PAGES_PER_BLOCK = BLOCK_SIZE // PAGE
+#: seconds the reader waits between reads (events wait in the kernel's ring meanwhile)
+NAP = 0.1
 
 
 def instance_name(state_dir: Path, dev: BlockDevice) -> str:
@@ -49,6 +59,12 @@ class DiskTracker:
         self.lock = threading.Condition()
         self.state: TrackState | None = None
         self.pass_bits = DirtyBitmap(dev.size)
+        #: while a capture runs: block -> mask of its 4 KiB pages written since the last cut
+        #: (a block staged whole is re-copied page by page, not whole)
+        self.pass_pages: dict[int, int] = {}
+        #: the page masks of the blocks the last cut (or peek) returned
+        self.cut_pages: dict[int, int] = {}
+        self._fine = False
         #: why this run started a new tracking session (None: continued the saved one)
         self.start_reason: str | None = None
         self.events = 0
@@ -57,6 +73,7 @@ class DiskTracker:
         self._seen = 0
         self._rest = b""
         self._stop = threading.Event()
+        self._hurry = threading.Event()
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
 
@@ -121,6 +138,7 @@ class DiskTracker:
 
     def _halt(self) -> None:
         self._stop.set()
+        self._hurry.set()
         if self._thread is not None:
             self._thread.join(10)
             self._thread = None
@@ -144,6 +162,8 @@ class DiskTracker:
                 if now - last_check >= 1.0:
                     last_check = now
                     self._check_lost(cut=False)
+                if self._hurry.wait(NAP):
+                    self._hurry.clear()
         except BaseException as exc:  # surfaced at the next cut
             log.exception("%s: change tracking failed", self.dev.path)
             with self.lock:
@@ -156,20 +176,33 @@ class DiskTracker:
         data = self._rest + data
         cut = data.rfind(b"\n") + 1
         self._rest = data[cut:]
+        writes, marker = parse(data[:cut])
         base = self.dev.start // SECTOR
+        blocks: set[int] = set()
+        pages: dict[int, int] = {}
+        nbytes = 0
+        fine = self._fine
+        for (sector, count), k in writes.items():
+            off = (sector - base) * SECTOR
+            end = off + count * SECTOR
+            nbytes += k * count * SECTOR
+            if end <= 0:  # the filter also passes requests just before a partition
+                continue
+            blocks.update(range(max(0, off) // BLOCK_SIZE, (end - 1) // BLOCK_SIZE + 1))
+            if fine:
+                _mark_pages(pages, max(0, off) // PAGE, (end - 1) // PAGE)
         with self.lock:
             assert self.state is not None and self.state.current is not None
-            cur, pas = self.state.current, self.pass_bits
-            for sector, count, marker in parse(data[:cut]):
-                if marker >= 0:
-                    self._seen = max(self._seen, marker)
-                    continue
-                off = (sector - base) * SECTOR
-                length = count * SECTOR
-                cur.mark(off, length)
-                pas.mark(off, length)
-                self.events += 1
-                self.written_bytes += length
+            self.state.current.add_all(blocks)
+            self.pass_bits.add_all(blocks)
+            if self._fine:
+                mine = self.pass_pages
+                for b, m in pages.items():
+                    mine[b] = mine.get(b, 0) | m
+            self.events += writes.total()
+            self.written_bytes += nbytes
+            if marker >= 0:
+                self._seen = max(self._seen, marker)
             self.lock.notify_all()
 
     def _check_lost(self, cut: bool) -> None:
@@ -192,6 +225,7 @@ class DiskTracker:
             self._marker += 1
             n = self._marker
         self.instance.mark(f"openbdr-cut-{n}")
+        self._hurry.set()
         deadline = time.monotonic() + timeout
         with self.lock:
             while self._seen < n:
@@ -207,21 +241,32 @@ class DiskTracker:
         self._check_lost(cut=True)
 
     def pass_cut(self) -> DirtyBitmap:
-        """Blocks written since the previous cut; starts a new pass set."""
+        """Blocks written since the previous cut (their pages in `cut_pages`); starts a new
+        pass set."""
         self._drain()
         with self.lock:
             out, self.pass_bits = self.pass_bits, DirtyBitmap(self.dev.size)
+            self.cut_pages, self.pass_pages = self.pass_pages, {}
             return out
 
     def final_cut(self) -> tuple[DirtyBitmap, int]:
-        """Like `pass_cut`, and closes the generation; returns the new generation number."""
+        """Like `pass_cut`, and closes the generation (and the capture's page masks);
+        returns the new generation number."""
         self._drain()
         with self.lock:
             assert self.state is not None
             out, self.pass_bits = self.pass_bits, DirtyBitmap(self.dev.size)
+            self.cut_pages, self.pass_pages = self.pass_pages, {}
+            self._fine = False
             gen = self.state.advance()
             self.state.save(self.state_path)
             return out, gen
+
+    def end_capture(self) -> None:
+        """Stop keeping page masks (a capture that ended without its final cut)."""
+        with self.lock:
+            self._fine = False
+            self.pass_pages, self.cut_pages = {}, {}
 
     def begin(self, session: str | None, gen: int) -> tuple[DirtyBitmap | None, str | None]:
         """Start a capture: a new pass set, and the blocks changed since generation `gen`
@@ -231,6 +276,8 @@ class DiskTracker:
             st = self.state
             assert st is not None
             self.pass_bits = DirtyBitmap(self.dev.size)
+            self.pass_pages, self.cut_pages = {}, {}
+            self._fine = True
             if session is None:
                 return None, None
             if session != st.session:
@@ -253,7 +300,19 @@ class DiskTracker:
         return self.state.gen
 
     def peek(self) -> DirtyBitmap:
-        """Blocks written since the last cut, without starting a new pass set."""
+        """Blocks written since the last cut (their pages in `cut_pages`), without starting
+        a new pass set."""
         self._drain()
         with self.lock:
+            self.cut_pages = dict(self.pass_pages)
             return self.pass_bits.copy()
+
+
+def _mark_pages(pages: dict[int, int], first: int, last: int) -> None:
+    """Set pages `first..last` (4 KiB, disk-wide numbers) in per-block masks."""
+    p = first
+    while p <= last:
+        b = p // PAGES_PER_BLOCK
+        hi = min(last, (b + 1) * PAGES_PER_BLOCK - 1)
+        pages[b] = pages.get(b, 0) | (((1 << (hi - p + 1)) - 1) << (p - b * PAGES_PER_BLOCK))
+        p = hi + 1
