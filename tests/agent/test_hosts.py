@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from openbdr.agent.config import ConfigError, load
+from openbdr.agent.config import ConfigError, credential_path, is_credential, load
 from openbdr.agent.hosts import open_host
 from openbdr.capture.linux.cowvol import CowVolHost
 from openbdr.capture.linux.snapdriver import DriverHost
@@ -54,3 +54,26 @@ def test_volumes_drivers_and_tracing(tmp_path: Path) -> None:
 def test_bad_configurations(tmp_path: Path, body: str, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         load(_cfg(tmp_path, body))
+
+
+def test_control_table_and_where_enrol_writes_the_credential(tmp_path: Path) -> None:
+    disk = '[[disk]]\ndevice = "/dev/sda"\n'
+    plain = _cfg(tmp_path, disk)
+    assert load(plain).control is None and not is_credential(plain)
+    # no [control] yet: enrol writes to the default place in the state directory
+    assert credential_path(plain) == Path("/tmp/s/control.json")
+    linked = _cfg(tmp_path, '[control]\ncredential = "/etc/x/cred.json"\nworkers = 2\n' + disk)
+    link = load(linked).control
+    assert link is not None and (link.credential, link.workers, link.poll) == (
+        Path("/etc/x/cred.json"), 2, 2.0)
+    assert credential_path(linked) == Path("/etc/x/cred.json")
+    # a proxy's JSON credential (as before `agent run` read configurations) stays itself
+    cred = tmp_path / "proxy.json"
+    cred.write_text('{"server": "http://x", "credential": "s"}')
+    assert is_credential(cred) and credential_path(cred) == cred
+    assert is_credential(tmp_path / "new.json")
+    assert credential_path(tmp_path / "new.json") == tmp_path / "new.json"
+    with pytest.raises(ConfigError, match="not found"):
+        credential_path(tmp_path / "missing.toml")
+    with pytest.raises(ConfigError, match=r"\[control\] takes only"):
+        load(_cfg(tmp_path, '[control]\nserver = "http://x"\n' + disk))

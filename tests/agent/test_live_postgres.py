@@ -61,7 +61,7 @@ class Live:
     def start_agent(self, cfg: Path) -> None:
         log = open(self.top / "agent.log", "a")  # noqa: SIM115 (kept by the process)
         self.agent = subprocess.Popen(
-            [*OPENBDR, "-v", "agent", "protect", "--config", str(cfg)],
+            [*OPENBDR, "agent", "run", "--config", str(cfg)],
             stdout=log,
             stderr=log,
             text=True,

@@ -1,12 +1,15 @@
-"""`openbdr agent protect|sync|status`: the tracking daemon and how to talk to it.
+"""`openbdr agent …`: the agent daemon, its local requests, enrolment and volumes.
 
-The commands join the `agent` group the control plane registers (`agent enrol`,
-`agent run` — which pulls jobs); `register` adds them to it, or creates the group.
+`agent run --config agent.toml` is the daemon (tracking, syncs on an interval or on
+request, and with `[control]` the pool's jobs from a server); given a bare JSON credential
+instead it only pulls jobs (a sync proxy, as before the two were one command).
 """
 
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -14,32 +17,96 @@ import typer
 from ..errors import OpenBDRError
 
 agent_app = typer.Typer(
-    no_args_is_help=True, help="The Linux agent: live disks, tracked and frozen."
+    no_args_is_help=True,
+    help="The agent: live disks tracked and frozen, and jobs pulled from a server.",
 )
 
+DEFAULT_CONFIG = Path("/etc/openbdr/agent.toml")
+#: where a proxy's credential lived before `agent run` read agent configurations
+LEGACY_CREDENTIAL = Path("/etc/openbdr/agent.json")
+
 ConfigOpt = Annotated[
-    str,
+    Path | None,
     typer.Option(
-        "--config", "-C", help="Agent configuration (TOML).", envvar="OPENBDR_AGENT_CONFIG"
+        "--config",
+        "-C",
+        help=f"Agent configuration (TOML; default {DEFAULT_CONFIG}), or a proxy's JSON "
+        "credential.",
+        envvar="OPENBDR_AGENT_CONFIG",
+        show_default=False,
     ),
 ]
 
 
-def _socket(config: str) -> str:
+def _config(given: Path | None) -> Path:
+    if given is not None:
+        return given
+    if not DEFAULT_CONFIG.exists() and LEGACY_CREDENTIAL.exists():
+        return LEGACY_CREDENTIAL
+    return DEFAULT_CONFIG
+
+
+def _socket(config: Path | None) -> str:
     from .config import load
 
-    return str(load(config).socket)
+    return str(load(_config(config)).socket)
 
 
-def protect(config: ConfigOpt = "/etc/openbdr/agent.toml") -> None:
-    """Track the configured disks and sync them on the interval or on request."""
-    from .config import load
+def run(
+    config: ConfigOpt = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Jobs run at once (default: the control table's).")
+    ] = None,
+    poll: Annotated[
+        float | None, typer.Option(help="Seconds between job polls when idle.")
+    ] = None,
+) -> None:
+    """Track the configured disks, sync on the interval or on request; with a control
+    table, also run this agent's jobs from the server (outbound HTTPS only)."""
+    from ..control import jsonlog
+    from .config import is_credential, load
+
+    path = _config(config)
+    jsonlog.setup()
+    if is_credential(path):
+        from ..control.agent import run as pull_jobs
+
+        pull_jobs(path, workers=workers or 1, poll=poll or 2.0)
+        return
     from .daemon import Agent
 
-    Agent(load(config)).run()
+    cfg = load(path)
+    if cfg.control is not None:
+        cfg.control.workers = workers or cfg.control.workers
+        cfg.control.poll = poll or cfg.control.poll
+    Agent(cfg).run()
 
 
-def sync_now(config: ConfigOpt = "/etc/openbdr/agent.toml") -> None:
+def protect(config: ConfigOpt = None) -> None:
+    """The tracking daemon (old name of `agent run --config agent.toml`)."""
+    run(config, None, None)
+
+
+def enrol(
+    server: Annotated[str, typer.Option("--server", envvar="OPENBDR_SERVER")],
+    token: Annotated[str, typer.Option("--token", help="One-time enrolment token.")],
+    name: Annotated[str, typer.Option("--name", help="This agent's unique name.")],
+    config: ConfigOpt = None,
+) -> None:
+    """Exchange a one-time enrolment token for this agent's own credential (saved 0600 where
+    the configuration's control table says, or in the JSON file given)."""
+    from ..control.agent import enrol as do_enrol
+    from .config import credential_path, is_credential, load
+
+    path = _config(config)
+    cred = credential_path(path)
+    got = do_enrol(server, token, name, cred, verify=os.environ.get("OPENBDR_CA") or True)
+    typer.echo(f"enrolled agent {got['name']} in pool {got['pool']}; credential in {cred}")
+    if not is_credential(path) and load(path).control is None:
+        typer.echo(f"add a [control] table to {path} so that `agent run` pulls jobs", err=True)
+
+
+def sync_now(config: ConfigOpt = None) -> None:
     """Ask the running agent for a sync now; print the result as JSON."""
     from .daemon import request
 
@@ -49,8 +116,8 @@ def sync_now(config: ConfigOpt = "/etc/openbdr/agent.toml") -> None:
         raise OpenBDRError(f"sync failed: {reply.get('error')}")
 
 
-def status(config: ConfigOpt = "/etc/openbdr/agent.toml") -> None:
-    """Show the running agent's trackers and last sync as JSON."""
+def status(config: ConfigOpt = None) -> None:
+    """Show the running agent's trackers, last sync and server link as JSON."""
     from .daemon import request
 
     typer.echo(json.dumps(request(_socket(config), "status", timeout=30), indent=1))
@@ -78,8 +145,6 @@ def volume_create(
     size: Annotated[str, typer.Option("--size", "-s", help="Size, e.g. 20G.")],
 ) -> None:
     """Create a copy-on-write volume (sparse: space is used as blocks are written)."""
-    from pathlib import Path
-
     from ..capture.linux.cowvol import create
 
     typer.echo(json.dumps(create(Path(directory), _size(size))))
@@ -93,8 +158,6 @@ def volume_attach(
     ] = None,
 ) -> None:
     """Start the volume's daemon and a loop device on it; print the loop device."""
-    from pathlib import Path
-
     from ..capture.linux.cowvol import attach
 
     info = attach(Path(directory), Path(mountpoint) if mountpoint else None)
@@ -106,23 +169,17 @@ def volume_detach(
     directory: Annotated[str, typer.Argument(help="The volume's directory.")],
 ) -> None:
     """Remove the loop device and stop the daemon (its state is saved as clean)."""
-    from pathlib import Path
-
     from ..capture.linux.cowvol import detach
 
     detach(Path(directory))
 
 
 def register(app: typer.Typer) -> None:
-    """Add the commands to `app`'s `agent` group (the control plane's, if it made one)."""
-    target = next(
-        (g.typer_instance for g in app.registered_groups if g.name == "agent" and g.typer_instance),
-        None,
-    )
-    if target is None:
-        target = agent_app
-        app.add_typer(agent_app, name="agent")
-    target.command("protect")(protect)
-    target.command("sync")(sync_now)
-    target.command("status")(status)
-    target.add_typer(volume_app, name="volume")
+    """Add the `agent` group to `app`."""
+    app.add_typer(agent_app, name="agent")
+    agent_app.command("run")(run)
+    agent_app.command("protect", hidden=True)(protect)
+    agent_app.command("enrol")(enrol)
+    agent_app.command("sync")(sync_now)
+    agent_app.command("status")(status)
+    agent_app.add_typer(volume_app, name="volume")

@@ -1,11 +1,13 @@
-"""`openbdr agent protect`: tracking between syncs, syncs on an interval or on request.
+"""`openbdr agent run`: tracking between syncs, syncs on an interval or on request.
 
 The daemon starts a change tracker per disk, then serves requests on a Unix socket (one
-JSON line in, one out: `sync`, `status`) and runs a sync every `interval` seconds. Syncs
-never overlap. SIGTERM/SIGINT stop it cleanly: the trackers save their bitmaps as clean
-and leave their tracing instances recording, so a restart continues the same session
-when no event was lost meanwhile. A killed agent cannot say what it missed: its next
-sync is a hash-compare resync.
+JSON line in, one out: `sync`, `status`) and runs a sync every `interval` seconds. With a
+`[control]` table it also leases its pool's jobs from the control-plane server; sync jobs
+of its own host run on the tracked host (source type `agent`), and the server's policy
+then schedules syncs instead of `interval`. Syncs never overlap. SIGTERM/SIGINT stop it
+cleanly: the trackers save their bitmaps as clean and leave their tracing instances
+recording, so a restart continues the same session when no event was lost meanwhile. A
+killed agent cannot say what it missed: its next sync is a hash-compare resync.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any
 from ..errors import OpenBDRError
 from ..store.repository import Repository
 from ..sync import SyncOptions, sync
+from . import control
 from .config import AgentConfig
 from .hosts import AnyHost, open_host
 
@@ -43,6 +46,7 @@ class Agent:
         self.next_at: float | None = None
         self.started = time.time()
         self._server: socketserver.UnixStreamServer | None = None
+        self.puller: Any = None  # control.agent.JobPuller when [control] is configured
 
     # -- syncs ------------------------------------------------------------------------
     def sync(self) -> dict[str, Any]:
@@ -106,6 +110,7 @@ class Agent:
             else round(max(0.0, self.next_at - time.monotonic()), 1),
             "disks": disks,
             "last_sync": self.last,
+            "control": None if self.puller is None else self.puller.describe(),
         }
 
     # -- serving ----------------------------------------------------------------------
@@ -154,11 +159,22 @@ class Agent:
         """Run until SIGTERM/SIGINT."""
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self.stopping.set())
+        link = self.config.control
+        if link is not None:  # a missing credential fails here, before tracking starts
+            from ..control.agent import JobPuller
+
+            self.puller = JobPuller(link.credential, link.workers, link.poll)
         self.host.start()
         try:
             self._serve()
             log.info("agent for host %s up: %s", self.config.host, self.host.describe())
             interval = self.config.interval
+            if self.puller is not None:
+                control.serve(self.host, self.sync_lock)
+                self.puller.start()
+                if interval > 0:
+                    log.info("enrolled: the server's policy schedules syncs, not interval")
+                interval = 0
             self.next_at = time.monotonic() + interval if interval > 0 else None
             while not self.stopping.is_set():
                 if self.next_at is not None and time.monotonic() >= self.next_at:
@@ -166,6 +182,9 @@ class Agent:
                     self.next_at = time.monotonic() + interval
                 self.stopping.wait(0.5)
         finally:
+            if self.puller is not None:  # running jobs stop at a checkpoint, reported
+                self.puller.stop()
+                control.withdraw(self.host.name)
             if self._server is not None:
                 self._server.shutdown()
                 self._server.server_close()
@@ -187,7 +206,7 @@ def request(sock_path: str, cmd: str, timeout: float = 3600.0) -> dict[str, Any]
         s.connect(sock_path)
     except (FileNotFoundError, ConnectionRefusedError):
         raise OpenBDRError(
-            f"no agent listens on {sock_path}", "start it: openbdr agent protect --config FILE"
+            f"no agent listens on {sock_path}", "start it: openbdr agent run --config FILE"
         ) from None
     try:
         s.sendall(json.dumps({"cmd": cmd}).encode() + b"\n")

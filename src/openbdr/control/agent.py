@@ -1,6 +1,7 @@
-"""`openbdr agent`: a remote worker on a protected host or a sync proxy.
+"""The control plane's side of `openbdr agent`: enrolment and pulling jobs over HTTPS.
 
-It enrols once with a one-time token (the credential it receives is saved 0600), then
+Used by `agent run` as a sync proxy (a JSON credential: jobs only) and inside the tracking
+daemon (a TOML configuration with `[control]`: jobs besides tracked disks). It enrols once with a one-time token (the credential it receives is saved 0600), then
 only makes outbound HTTPS calls: lease a job of its pool, heartbeat with progress, and
 report the outcome. If it dies, its lease expires and another agent of the pool (or
 this one, restarted) resumes the job from the sync checkpoint.
@@ -82,17 +83,54 @@ def enrol(server: str, token: str, name: str, config: Path, verify: bool | str =
     return dict(got)
 
 
-def run(config: Path, workers: int = 1, poll: float = 2.0) -> None:
+def load_credential(config: Path) -> dict[str, Any]:
+    """The credential `enrol` saved: server URL, agent name, pool, secret."""
     try:
-        cfg = json.loads(config.read_text())
+        cfg: dict[str, Any] = json.loads(config.read_text())
     except FileNotFoundError:
-        raise OpenBDRError(f"agent configuration {config} does not exist",
+        raise OpenBDRError(f"agent credential {config} does not exist",
                            "enrol first: `openbdr agent enrol --server URL --token TOKEN`") from None
-    load_plugins()
-    client = Client(cfg["server"], cfg["credential"], verify=cfg.get("verify", True))
-    threads = [
-        Worker(HttpBroker(client), f"agent:{cfg['name']}:{i}", poll=poll) for i in range(workers)
-    ]
+    except ValueError:
+        raise OpenBDRError(f"agent credential {config} is not JSON",
+                           "enrol again: `openbdr agent enrol --server URL --token TOKEN`") from None
+    return cfg
+
+
+class JobPuller:
+    """Worker threads that lease this agent's pool's jobs over HTTPS and run them."""
+
+    def __init__(self, config: Path, workers: int = 1, poll: float = 2.0) -> None:
+        self.cfg = load_credential(config)
+        load_plugins()
+        self.client = Client(self.cfg["server"], self.cfg["credential"],
+                             verify=self.cfg.get("verify", True))
+        self.threads = [Worker(HttpBroker(self.client), f"agent:{self.cfg['name']}:{i}",
+                               poll=poll) for i in range(workers)]
+
+    def describe(self) -> dict[str, Any]:
+        return {"server": self.cfg["server"], "name": self.cfg["name"], "pool": self.cfg["pool"],
+                "workers": len(self.threads),
+                "running_jobs": [t.current.spec.id for t in self.threads if t.current]}
+
+    def start(self) -> None:
+        for t in self.threads:
+            t.start()
+        log.info("agent %s (pool %s) polling %s with %d worker(s)", self.cfg["name"],
+                 self.cfg["pool"], self.cfg["server"], len(self.threads))
+
+    def stop(self) -> None:
+        """Stop leasing; running jobs stop at their next checkpoint and are reported."""
+        for t in self.threads:
+            t.stop()
+        for t in self.threads:
+            if t.ident is not None:  # started
+                t.join(timeout=60)
+        self.client.close()
+
+
+def run(config: Path, workers: int = 1, poll: float = 2.0) -> None:
+    """Pull and run jobs until SIGTERM/SIGINT (a proxy: no tracked disks of its own)."""
+    puller = JobPuller(config, workers, poll)
     stop = threading.Event()
 
     def on_signal(_sig: int, _frm: Any) -> None:
@@ -100,13 +138,6 @@ def run(config: Path, workers: int = 1, poll: float = 2.0) -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    for t in threads:
-        t.start()
-    log.info("agent %s (pool %s) polling %s with %d worker(s)", cfg["name"], cfg["pool"],
-             cfg["server"], workers)
+    puller.start()
     stop.wait()
-    for t in threads:
-        t.stop()
-    for t in threads:
-        t.join(timeout=60)
-    client.close()
+    puller.stop()

@@ -1,6 +1,7 @@
-"""`openbdr server|agent|target|host|policy|job|point|alert|user|token`: the control plane.
+"""`openbdr server|target|host|policy|job|point|alert|user|token`: the control plane.
 
-Everything but `server` and `agent run` talks to a server over the API: `--server` /
+(`openbdr agent …`, enrolment and job pulling included, is `agent/cli.py`.) Everything
+but `server` talks to a server over the API: `--server` /
 `OPENBDR_SERVER`, `--token` / `OPENBDR_TOKEN` (or `OPENBDR_TOKEN_FILE`, e.g. the
 server's `<data>/admin.token`), `OPENBDR_CA` for a private certificate authority.
 """
@@ -87,7 +88,6 @@ job_app = _group("Jobs: list, start, pause, resume, cancel.")
 point_app = _group("Restore points known to the server.")
 alert_app = _group("Open alerts.")
 user_app = _group("Users and API tokens (admin).")
-agent_app = typer.Typer(no_args_is_help=True, help="Run a remote agent (protected host or proxy).")
 
 
 # -- server -----------------------------------------------------------------------
@@ -125,39 +125,6 @@ def server_cmd(
     if bool(cert) != bool(key):
         raise OpenBDRError("TLS needs both --cert and --key")
     serve(config, host or "127.0.0.1", int(port), cert, key)
-
-
-# -- agent ------------------------------------------------------------------------
-AgentCfg = Annotated[Path, typer.Option("--config", envvar="OPENBDR_AGENT_CONFIG",
-                                        help="Where the agent keeps its credential.")]
-
-
-@agent_app.command("enrol")
-def agent_enrol(
-    server: Annotated[str, typer.Option("--server", envvar="OPENBDR_SERVER")],
-    token: Annotated[str, typer.Option("--token", help="One-time enrolment token.")],
-    name: Annotated[str, typer.Option("--name", help="This agent's unique name.")],
-    config: AgentCfg = Path("/etc/openbdr/agent.json"),
-) -> None:
-    """Exchange a one-time enrolment token for this agent's own credential."""
-    from .agent import enrol
-
-    got = enrol(server, token, name, config, verify=os.environ.get("OPENBDR_CA") or True)
-    out.print(f"enrolled agent {got['name']} in pool {got['pool']}; credential in {config}")
-
-
-@agent_app.command("run")
-def agent_run(
-    config: AgentCfg = Path("/etc/openbdr/agent.json"),
-    workers: Annotated[int, typer.Option(help="Jobs run at once.")] = 1,
-    poll: Annotated[float, typer.Option(help="Seconds between polls when idle.")] = 2.0,
-) -> None:
-    """Pull and run this agent's jobs until stopped (outbound HTTPS only)."""
-    from . import jsonlog
-    from .agent import run
-
-    jsonlog.setup()
-    run(config, workers=workers, poll=poll)
 
 
 # -- targets ----------------------------------------------------------------------
@@ -455,7 +422,6 @@ def user_token(user: str, name: Annotated[str, typer.Option()] = "cli") -> None:
 def register(app: typer.Typer) -> None:
     """Hook the control-plane commands into `openbdr`."""
     app.command("server")(server_cmd)
-    app.add_typer(agent_app, name="agent")
     app.add_typer(target_app, name="target")
     app.add_typer(host_app, name="host")
     app.add_typer(policy_app, name="policy")

@@ -32,6 +32,7 @@ PLUGINS = [
     "openbdr.drill.control",
     "openbdr.retention.control",
     "openbdr.gc.control",
+    "openbdr.agent.control",
 ]
 
 
