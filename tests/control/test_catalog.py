@@ -14,7 +14,7 @@ from openbdr.control.alerts import open_alert
 from openbdr.control.crypto import SecretBox
 from openbdr.control.db import current_revision, make_engine, migrate, session_factory, transaction
 from openbdr.control.jobs import JobQueue, LeaseLost
-from openbdr.control.models import Alert, Base, Host, Job, Point, Policy, Target, utcnow
+from openbdr.control.models import Alert, Base, Host, Job, JobLog, Point, Policy, Target, utcnow
 from openbdr.control.registry import load_plugins
 from openbdr.control.scheduler import Scheduler, sync_lead
 
@@ -130,3 +130,33 @@ def test_expired_lease_is_requeued_and_old_worker_refused(catalog_url: str,
         assert len(a) == 1 and a[0].kind == "job_failed" and "boom" in a[0].message
         again = open_alert(s, "job_failed", "x", host_id=a[0].host_id)
         assert again.id == a[0].id  # one open alert per kind and host
+
+
+def test_concurrent_workers_lease_different_jobs(catalog_url: str, tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    queue, _ = _catalog(catalog_url, tmp_path)
+    with transaction(queue.factory) as s:
+        t = Target(name="dr", url="/r")
+        s.add(t)
+        s.flush()
+        for i in range(8):
+            h = Host(name=f"h{i}", source={"type": "image", "paths": ["/x"]}, target_id=t.id,
+                     disks=[], enabled=True)
+            s.add(h)
+            s.flush()
+            queue.enqueue(s, "sync", host=h)
+    with ThreadPoolExecutor(8) as pool:
+        specs = list(pool.map(lambda i: queue.lease(f"w{i}", None), range(8)))
+    assert all(specs) and len({sp.id for sp in specs if sp}) == 8
+    assert queue.lease("w9", None) is None
+    # the last progress and logs travel with the outcome
+    first = specs[0]
+    assert first is not None
+    assert queue.finish(first.id, "w0", "succeeded", {}, progress={"percent": 100.0},
+                        logs=[("info", "all done")]) == "succeeded"
+    with queue.factory() as s:
+        job = s.get_one(Job, first.id)
+        assert job.progress == {"percent": 100.0}
+        messages = s.scalars(select(JobLog.message).where(JobLog.job_id == first.id)).all()
+        assert "all done" in messages

@@ -54,8 +54,12 @@ class HttpBroker:
 
     def finish(
         self, job_id: int, worker: str, outcome: str, result: dict[str, Any] | None,
-        error: str | None,
+        error: str | None, progress: dict[str, Any], logs: list[tuple[str, str]],
     ) -> str:
+        """The last progress and logs go in a heartbeat first: the pull API's finish
+        body stays what agents and servers of every version agree on."""
+        if progress or logs:
+            self.heartbeat(job_id, worker, progress, logs)
         try:
             got = self.client.post(f"/agent/jobs/{job_id}/finish",
                                    {"worker": self._suffix(worker), "outcome": outcome,

@@ -134,38 +134,40 @@ class JobQueue:
 
     # -- leasing -----------------------------------------------------------------
     def lease(self, worker: str, pool: str | None, kinds: list[str] | None = None) -> JobSpec | None:
-        """Take the next queued job for this pool (None: the embedded workers)."""
+        """Take the next queued job for this pool (None: the embedded workers).
+
+        One statement picks and takes it: on PostgreSQL the pick skips rows another worker
+        has locked (`FOR UPDATE SKIP LOCKED`), so concurrent workers take different jobs
+        instead of racing for the same one; SQLite runs writers one at a time anyway."""
         now = utcnow()
+        pick = select(Job.id).where(
+            Job.state == "queued",
+            Job.pool.is_(None) if pool is None else Job.pool == pool,
+            or_(Job.not_before.is_(None), Job.not_before <= now),
+        )
+        if kinds is not None:
+            pick = pick.where(Job.kind.in_(kinds))
+        pick = pick.order_by(Job.priority.desc(), Job.id).limit(1).with_for_update(skip_locked=True)
         with transaction(self.factory) as s:
-            q = select(Job.id).where(
-                Job.state == "queued",
-                Job.pool.is_(None) if pool is None else Job.pool == pool,
-                or_(Job.not_before.is_(None), Job.not_before <= now),
-            )
-            if kinds is not None:
-                q = q.where(Job.kind.in_(kinds))
-            candidates = s.scalars(q.order_by(Job.priority.desc(), Job.id).limit(8)).all()
-        for job_id in candidates:
-            with transaction(self.factory) as s:
-                got = s.execute(
-                    update(Job)
-                    .where(Job.id == job_id, Job.state == "queued")
-                    .values(
-                        state="running",
-                        lease_owner=worker,
-                        lease_expires=now + timedelta(seconds=self.lease_ttl),
-                        attempts=Job.attempts + 1,
-                        started=now,
-                        first_started=func.coalesce(Job.first_started, now),
-                        not_before=None,
-                    )
-                ).rowcount
-                if got != 1:
-                    continue
-                job = s.get_one(Job, job_id)
-                s.add(JobLog(job_id=job.id, message=f"leased by {worker} (attempt {job.attempts})"))
-                return self._spec(s, job)
-        return None
+            job_id = s.execute(
+                update(Job)
+                .where(Job.id == pick.scalar_subquery(), Job.state == "queued")
+                .values(
+                    state="running",
+                    lease_owner=worker,
+                    lease_expires=now + timedelta(seconds=self.lease_ttl),
+                    attempts=Job.attempts + 1,
+                    started=now,
+                    first_started=func.coalesce(Job.first_started, now),
+                    not_before=None,
+                )
+                .returning(Job.id)
+            ).scalar()
+            if job_id is None:
+                return None
+            job = s.get_one(Job, job_id)
+            s.add(JobLog(job_id=job.id, message=f"leased by {worker} (attempt {job.attempts})"))
+            return self._spec(s, job)
 
     def _spec(self, s: Session, job: Job) -> JobSpec:
         host = s.get(Host, job.host_id) if job.host_id else None
@@ -221,13 +223,20 @@ class JobQueue:
         result: dict[str, Any] | None = None,
         error: str | None = None,
         retry_after: float = 30.0,
+        progress: dict[str, Any] | None = None,
+        logs: list[tuple[str, str]] | None = None,
     ) -> str:
-        """Record a worker's outcome; returns the job's new state."""
+        """Record a worker's outcome, with its last progress and logs (one transaction
+        instead of a last heartbeat and then this); returns the job's new state."""
         if outcome not in OUTCOMES:
             raise JobError(f"unknown outcome {outcome!r}", f"use one of {', '.join(OUTCOMES)}")
         with transaction(self.factory) as s:
             job = self._owned(s, job_id, worker)
             now = utcnow()
+            if progress:
+                job.progress = progress
+            for level, message in logs or []:
+                s.add(JobLog(job_id=job_id, level=level, message=message[:4000]))
             job.lease_owner = None
             job.lease_expires = None
             if outcome == "stopped":

@@ -50,8 +50,13 @@ def _created(value: str) -> datetime:
     return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
 
 
-def upsert_point(s: Session, host: Host, data: dict[str, Any]) -> Point:
-    row = s.scalar(select(Point).where(Point.host_id == host.id, Point.point_id == data["id"]))
+def upsert_point(s: Session, host: Host, data: dict[str, Any], row: Point | None = None
+                 ) -> Point:
+    """Add or update the row of one reported point (`row`: the existing one, if the
+    caller already has it)."""
+    if row is None:
+        row = s.scalar(select(Point).where(Point.host_id == host.id,
+                                           Point.point_id == data["id"]))
     if row is None:
         row = Point(host_id=host.id, point_id=data["id"])
         s.add(row)
@@ -69,7 +74,6 @@ def upsert_point(s: Session, host: Host, data: dict[str, Any]) -> Point:
     host.disks = [
         {"name": d["name"], "size": d["size"], "layout": d.get("layout")} for d in disks
     ]
-    s.flush()
     return row
 
 
@@ -80,6 +84,8 @@ def refresh_target(
 
     Rows of hosts whose sync finished after `listed` (when the repository was listed)
     are kept: their new point may be missing from the listing only because it is newer.
+    The existing rows are read in one query, not one per listed point: a target holds
+    thousands of points and the scheduler refreshes it every few minutes.
     """
     listed = listed or utcnow()
     recent = set(
@@ -91,22 +97,22 @@ def refresh_target(
         ).all()
     )
     hosts = {h.name: h for h in s.scalars(select(Host).where(Host.target_id == target.id))}
+    rows = {(r.host_id, r.point_id): r for r in s.scalars(
+        select(Point).where(Point.host_id.in_([h.id for h in hosts.values()])))}
     seen: set[tuple[int, str]] = set()
     added = 0
     for p in points:
         host = hosts.get(p.host)
         if host is None:
             continue
-        existing = s.scalar(
-            select(Point.id).where(Point.host_id == host.id, Point.point_id == p.id)
-        )
-        if existing is None:
+        row = rows.get((host.id, p.id))
+        if row is None:
             added += 1
-        upsert_point(s, host, point_json(p))
+        rows[(host.id, p.id)] = upsert_point(s, host, point_json(p), row)
         seen.add((host.id, p.id))
     removed = 0
-    for row in s.scalars(select(Point).where(Point.host_id.in_([h.id for h in hosts.values()]))):
-        if (row.host_id, row.point_id) not in seen and row.host_id not in recent:
+    for key, row in rows.items():
+        if key not in seen and row.host_id not in recent:
             s.delete(row)
             removed += 1
     target.last_refresh = utcnow()

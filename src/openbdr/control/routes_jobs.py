@@ -40,9 +40,13 @@ Svc = Annotated[Services, Depends(services)]
 def job_out(s: Session, j: Job) -> dict[str, Any]:
     host = s.get(Host, j.host_id) if j.host_id else None
     target = s.get(Target, j.target_id) if j.target_id else None
+    return job_dict(j, host.name if host else None, target.name if target else None)
+
+
+def job_dict(j: Job, host: str | None, target: str | None) -> dict[str, Any]:
     return {
-        "id": j.id, "kind": j.kind, "state": j.state, "host": host.name if host else None,
-        "target": target.name if target else None, "pool": j.pool, "params": j.params,
+        "id": j.id, "kind": j.kind, "state": j.state, "host": host,
+        "target": target, "pool": j.pool, "params": j.params,
         "progress": j.progress, "result": j.result, "error": j.error, "attempts": j.attempts,
         "lease_owner": j.lease_owner, "lease_expires": j.lease_expires,
         "created_by": j.created_by, "created": j.created, "started": j.started,
@@ -66,7 +70,9 @@ def list_jobs(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[dict[str, Any]]:
     """Newest first, with live progress (bytes, rate, ETA) of running jobs."""
-    q = select(Job)
+    q = (select(Job, Host.name, Target.name)
+         .join(Host, Host.id == Job.host_id, isouter=True)
+         .join(Target, Target.id == Job.target_id, isouter=True))
     if state == "active":
         q = q.where(Job.state.in_(ACTIVE))
     elif state:
@@ -75,7 +81,7 @@ def list_jobs(
         q = q.where(Job.host_id == host_by_name(s, host).id)
     if kind:
         q = q.where(Job.kind == kind)
-    return [job_out(s, j) for j in s.scalars(q.order_by(Job.id.desc()).limit(limit))]
+    return [job_dict(j, h, t) for j, h, t in s.execute(q.order_by(Job.id.desc()).limit(limit))]
 
 
 @router.post("/jobs", response_model=JobOut, status_code=201, tags=["jobs"])

@@ -4,7 +4,8 @@ Each tick (one leader among server processes, through a `service_locks` lease) i
 re-queues jobs of dead workers, starts a sync early enough that it commits before the
 point ages past the target (lead time from the last sync's duration), opens and
 resolves RPO alerts, starts verification, retention and drills on their own schedules
-when those job kinds are installed, and refreshes the points mirror now and then.
+when those job kinds are installed, and refreshes the points mirror now and then (in a
+thread of its own).
 The work per tick is a handful of grouped queries, whatever the number of hosts.
 """
 
@@ -55,6 +56,7 @@ class Scheduler(threading.Thread):
         self.refresh_every = refresh_every
         self.stopping = threading.Event()
         self._last_refresh: dict[int, float] = {}
+        self._refresher: threading.Thread | None = None
         self.ticks = 0
 
     def run(self) -> None:
@@ -103,8 +105,23 @@ class Scheduler(threading.Thread):
         with transaction(self.factory) as s:
             stats.update(self._protect(s, now))
             stats["periodic"] = self._periodic(s, now)
-        self._refresh(now)
+        self._start_refresh(now)
         return stats
+
+    def _start_refresh(self, now: datetime) -> None:
+        """Re-list the targets in a thread of its own: reading thousands of manifests
+        must not hold up the next ticks (syncs would start late)."""
+        if self._refresher is not None and self._refresher.is_alive():
+            return
+        self._refresher = threading.Thread(target=self._refresh_logged, args=(now,),
+                                           name="scheduler-refresh", daemon=True)
+        self._refresher.start()
+
+    def _refresh_logged(self, now: datetime) -> None:
+        try:
+            self._refresh(now)
+        except Exception as exc:  # the catalog may be restarting: next time
+            log.warning("refreshing the points mirror failed: %s", exc)
 
     def _protect(self, s: Session, now: datetime) -> dict[str, int]:
         latest = dict(
@@ -120,34 +137,37 @@ class Scheduler(threading.Thread):
             ).all()
         )
         synced = breached = 0
+        # columns, not ORM objects: a thousand hosts every tick; a host due for a sync
+        # is loaded whole below
         rows = s.execute(
-            select(Host, Policy)
+            select(Host.id, Host.name, Policy.rpo_seconds, Policy.full_resync_seconds)
             .join(Policy, Policy.id == Host.policy_id)
             .where(Host.enabled.is_(True), Policy.enabled.is_(True))
         ).all()
-        for host, policy in rows:
-            rpo = float(policy.rpo_seconds)
-            last = latest.get(host.id)
+        for host_id, name, rpo_seconds, full_every in rows:
+            rpo = float(rpo_seconds)
+            last = latest.get(host_id)
             age = (now - last).total_seconds() if last else None
             if age is not None and age > rpo:
                 breached += 1
-                if host.id not in open_rpo:
+                if host_id not in open_rpo:
                     alerts.open_alert(
                         s, "rpo_breached",
-                        f"host {host.name}: newest restore point is {age:.0f} s old, "
+                        f"host {name}: newest restore point is {age:.0f} s old, "
                         f"RPO target {rpo:.0f} s",
-                        host_id=host.id, severity="error",
+                        host_id=host_id, severity="error",
                     )
-            elif age is not None and host.id in open_rpo:
-                alerts.resolve(s, "rpo_breached", host.id)
-            if host.id in busy:
+            elif age is not None and host_id in open_rpo:
+                alerts.resolve(s, "rpo_breached", host_id)
+            if host_id in busy:
                 continue
-            lead = sync_lead(rpo, durations.get(host.id, 0.0), self.tick_seconds)
+            lead = sync_lead(rpo, durations.get(host_id, 0.0), self.tick_seconds)
             if age is None or age >= rpo - lead:
                 params: dict[str, Any] = {}
-                if policy.full_resync_seconds and self._full_due(s, host, policy, now):
+                if full_every and self._full_due(s, host_id, float(full_every), now):
                     params["full"] = True
                 try:
+                    host = s.get_one(Host, host_id)
                     self.queue.enqueue(s, "sync", host=host, params=params, priority=10)
                     synced += 1
                 except JobError:
@@ -165,13 +185,12 @@ class Scheduler(threading.Thread):
         )
         return {h: float(d) for h, d in s.execute(q).all()}
 
-    def _full_due(self, s: Session, host: Host, policy: Policy, now: datetime) -> bool:
+    def _full_due(self, s: Session, host_id: int, seconds: float, now: datetime) -> bool:
         last_full = s.scalar(
             select(func.max(Point.created)).where(
-                Point.host_id == host.id, Point.mode.contains("full")
+                Point.host_id == host_id, Point.mode.contains("full")
             )
         )
-        seconds = float(policy.full_resync_seconds or 0)
         return last_full is None or (now - last_full).total_seconds() >= seconds
 
     def _periodic(self, s: Session, now: datetime) -> int:
@@ -183,13 +202,17 @@ class Scheduler(threading.Thread):
             ("drill", lambda p: p.drill_seconds),
         ]
         started = 0
+        schedules = [(kind, every) for kind, every in schedules if kind in KINDS]
+        policies = s.scalars(select(Policy).where(Policy.enabled.is_(True))).all()
+        if not any(every(p) for _, every in schedules for p in policies):
+            return 0  # nothing periodic configured: no need to read every host
         rows = s.execute(
             select(Host, Policy)
             .join(Policy, Policy.id == Host.policy_id)
             .where(Host.enabled.is_(True), Policy.enabled.is_(True))
         ).all()
         for kind, every in schedules:
-            if kind not in KINDS or not any(every(p) for _, p in rows):
+            if not any(every(p) for _, p in rows):
                 continue
             last = dict(
                 s.execute(

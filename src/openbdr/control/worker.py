@@ -38,7 +38,7 @@ class Broker(Protocol):
     ) -> str: ...
     def finish(
         self, job_id: int, worker: str, outcome: str, result: dict[str, Any] | None,
-        error: str | None,
+        error: str | None, progress: dict[str, Any], logs: list[tuple[str, str]],
     ) -> str: ...
 
 
@@ -59,9 +59,10 @@ class LocalBroker:
 
     def finish(
         self, job_id: int, worker: str, outcome: str, result: dict[str, Any] | None,
-        error: str | None,
+        error: str | None, progress: dict[str, Any], logs: list[tuple[str, str]],
     ) -> str:
-        return self.queue.finish(job_id, worker, outcome, result, error)
+        return self.queue.finish(job_id, worker, outcome, result, error, progress=progress,
+                                 logs=logs)
 
 
 @contextlib.contextmanager
@@ -211,9 +212,7 @@ class Worker(threading.Thread):
             return  # someone else owns the job now
         progress, logs = ctx.drain()
         try:
-            if progress or logs:
-                self.broker.heartbeat(spec.id, self.worker_id, progress, logs)
-            self.broker.finish(spec.id, self.worker_id, outcome, result, error)
+            self.broker.finish(spec.id, self.worker_id, outcome, result, error, progress, logs)
         except LeaseLost:
             log.warning("job %s: lease lost before it could finish", spec.id)
         except Exception as exc:
