@@ -132,3 +132,32 @@ def test_sigkill_server_mid_sync_resumes(server: ServerProc, tmp_path: Path) -> 
     assert len(points) == 1 and len(on_disk) == 1
     assert points[0]["read_bytes"] < sum(d["size"] for d in points[0]["disks"])
     _restore_and_compare(c, tmp_path, image, points[0]["id"])
+
+
+def test_several_processes_share_the_port(catalog_url: str, tmp_path: Path) -> None:
+    """`--processes 2`: the API answers, a child process's worker runs the scheduled
+    sync under its own identity, and stopping the server stops every process."""
+    import subprocess
+
+    srv = ServerProc(tmp_path / "data", catalog_url,
+                     ["--processes", "2", "--workers", "1", "--tick", "0.5"])
+    children: set[int] = set()
+    srv.start()
+    try:
+        assert srv.proc is not None
+        image = disk_image(tmp_path, data_mib=4, size_mib=16)
+        c = srv.client()
+        _setup(c, tmp_path, image, bwlimit=0)
+        point = wait_for(lambda: c.get("/points", params={"host": "web1"}).json(),
+                         what="the scheduled sync's point")[0]
+        job = c.get("/jobs", params={"host": "web1", "kind": "sync"}).json()[-1]
+        logs = " ".join(x["message"] for x in c.get(f"/jobs/{job['id']}/logs").json())
+        children = {int(p) for p in subprocess.run(
+            ["pgrep", "-P", str(srv.proc.pid)], capture_output=True, text=True).stdout.split()}
+        leased_by = {pid for pid in children if f".{pid}:0" in logs}
+        assert len(leased_by) == 1, (children, logs)
+        _restore_and_compare(c, tmp_path, image, point["id"])
+    finally:
+        srv.stop()
+    wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in children), timeout=30,
+             what="every process of the server to exit")

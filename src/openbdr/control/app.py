@@ -95,8 +95,13 @@ def open_services(config: ServerConfig) -> Services:
     return svc
 
 
-def create_app(config: ServerConfig, svc: Services | None = None) -> FastAPI:
+def create_app(config: ServerConfig, svc: Services | None = None,
+               process: int | None = None) -> FastAPI:
+    """`process`: one of several server processes (its pid): its workers and scheduler
+    get an identity of their own (`<server id>.<pid>`)."""
     svc = svc or open_services(config)
+    if process is not None:
+        svc.server_id = f"{svc.server_id}.{process}"
     load_plugins()
     metrics = Metrics(svc.factory)
     svc.queue.on_finish.append(metrics.job_finished)

@@ -102,6 +102,9 @@ def server_cmd(
     cert: Annotated[str | None, typer.Option("--cert", help="TLS certificate (PEM).")] = None,
     key: Annotated[str | None, typer.Option("--key", help="TLS private key (PEM).")] = None,
     workers: Annotated[int, typer.Option(help="Embedded workers (0: agents only).")] = 2,
+    processes: Annotated[int, typer.Option(
+        min=1, help="Server processes on the one port (each with --workers workers): "
+        "several cores for the API and the workers.")] = 1,
     tick: Annotated[float, typer.Option(help="Scheduler period, seconds.")] = 5.0,
     lease_ttl: Annotated[float, typer.Option(help="Job lease time-to-live, seconds.")] = 30.0,
     scheduler: Annotated[bool, typer.Option(help="Run the scheduler here.")] = True,
@@ -124,7 +127,7 @@ def server_cmd(
     host, _, port = listen.rpartition(":")
     if bool(cert) != bool(key):
         raise OpenBDRError("TLS needs both --cert and --key")
-    serve(config, host or "127.0.0.1", int(port), cert, key)
+    serve(config, host or "127.0.0.1", int(port), cert, key, processes=processes)
 
 
 # -- targets ----------------------------------------------------------------------
