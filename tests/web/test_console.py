@@ -55,6 +55,7 @@ def test_add_host_enable_compression_and_sync(
     page.get_by_role("link", name="Add host").click()
     page.wait_for_selector("#add-host-form")
     page.get_by_label("Name").fill(HOST)
+    page.get_by_label("Source type").select_option("image")  # other types are installed too
     page.get_by_label("paths").fill(str(boot_disk))
     assert page.get_by_label("valid_only").is_checked()  # file-system-aware by default
     assert not page.locator("#new-compression").is_checked()  # off by default

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import tempfile
 from collections.abc import Iterator
 from datetime import timedelta
@@ -73,6 +74,11 @@ def test_console_is_served_with_a_strict_policy(api: tuple[FastAPI, dict[str, st
         js = c.get("/console/app.js")
         assert js.status_code == 200 and "javascript" in js.headers["content-type"]
         assert "default-src 'self'" in js.headers["content-security-policy"]
+        # every module the page preloads exists (a missing one is a console error)
+        preloads = re.findall(r'rel="modulepreload" href="([^"]+)"', r.text)
+        assert "/console/views/dashboard.js" in preloads
+        for href in preloads:
+            assert c.get(href).status_code == 200, href
         # nothing in the app refers to another origin
         static = Path(__file__).resolve().parents[2] / "src" / "openbdr" / "web" / "static"
         for f in static.rglob("*"):

@@ -1,33 +1,26 @@
-"""Read endpoints the console needs beyond the REST API: one aggregated dashboard call,
-and drill reports read from the repositories (where drills store them).
+"""Drill reports for the console, read from the repositories (where drills store them).
 
 Roles are the REST API's: everything here only reads, so a viewer may call it.
 """
 
 from __future__ import annotations
 
-import json
-from collections import Counter
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import Response
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ..control.apierrors import RESPONSES, ApiError, not_found
 from ..control.auth import DB, Viewer, services
-from ..control.jobs import ACTIVE
-from ..control.models import Alert, Host, Job, Target, utcnow
-from ..control.routes_admin import alert_out
+from ..control.models import Host, Target
 from ..control.routes_catalog import host_by_name
 from ..control.services import Services
-from ..control.status import host_rows
 from ..control.worker import open_target
 from ..drill.report import ReportNotFound, get_artifact, list_reports, load_report
 from ..errors import OpenBDRError
 from ..store.repository import Repository
-from .history import series
 
 router = APIRouter(prefix="/api/v1/console", responses=RESPONSES, include_in_schema=False)
 Svc = Annotated[Services, Depends(services)]
@@ -37,50 +30,6 @@ ARTIFACTS = {"report.html": "text/html; charset=utf-8", "report.json": "applicat
              "screenshot.png": "image/png"}
 
 
-@router.get("/dashboard")
-def dashboard(
-    s: DB, _p: Viewer,
-    hours: Annotated[float, Query(gt=0, le=24 * 90)] = 24.0,
-    limit: Annotated[int, Query(ge=1, le=100000)] = 10000,
-) -> Response:
-    """Every host's state, the header counts, open alerts and the chart series at once.
-
-    Encoded with `json.dumps` directly: FastAPI's generic encoder took longer than the
-    queries for a thousand hosts."""
-    now = utcnow()
-    hosts = list(s.scalars(select(Host).order_by(Host.name).limit(limit)))
-    rows = host_rows(s, hosts, now)
-    by = Counter(r["status"]["protection"] for r in rows)
-    jobs = dict(s.execute(select(Job.state, func.count()).where(Job.state.in_(ACTIVE))
-                          .group_by(Job.state)).all())
-    alerts = s.execute(
-        select(Alert, Host.name).join(Host, Host.id == Alert.host_id, isouter=True)
-        .where(Alert.resolved.is_(None)).order_by(Alert.id.desc()).limit(100)
-    ).all()
-    out = {
-        "now": now,
-        "counts": {
-            "hosts": int(s.scalar(select(func.count()).select_from(Host)) or 0),
-            **{k: by.get(k, 0) for k in ("ok", "warning", "breached", "unprotected",
-                                          "disabled")},
-            "jobs": {k: int(v) for k, v in jobs.items()},
-            "open_alerts": len(alerts),
-            "stored_bytes": sum(r["status"]["stored_bytes"] for r in rows),
-            "read_bytes": sum(r["status"]["read_bytes"] for r in rows),
-        },
-        "hosts": rows,
-        "alerts": [alert_out(a, h) for a, h in alerts],
-        "history": series(s, now, hours=hours),
-    }
-    return Response(json.dumps(out, default=_iso, separators=(",", ":")),
-                    media_type="application/json")
-
-
-def _iso(value: Any) -> str:
-    return value.isoformat() if hasattr(value, "isoformat") else str(value)
-
-
-# -- drill reports ----------------------------------------------------------------
 def _repo_of(s: Session, svc: Services, host: Host) -> Repository:
     t = s.get(Target, host.target_id)
     if t is None:

@@ -3,24 +3,21 @@
 RPO lag at an instant is the age of a host's newest point created before it; the chart
 shows the worst and the median host at evenly spaced instants. Throughput is the bytes
 read and stored by the points committed in each interval, per second.
+
+The database groups the points by interval, so the work grows with hosts × intervals,
+not with the points: a thousand hosts at a 5-minute RPO make 288,000 points a day.
 """
 
 from __future__ import annotations
 
-import bisect
 import statistics
-from collections import defaultdict
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from ..control.models import Host, Point
-
-
-def _ts(dt: datetime) -> float:
-    return dt.timestamp()
 
 
 def series(s: Session, now: datetime, hours: float = 24.0, buckets: int = 48) -> dict[str, Any]:
@@ -33,46 +30,54 @@ def series(s: Session, now: datetime, hours: float = 24.0, buckets: int = 48) ->
         start = first - timedelta(minutes=1)
     span = max((now - start).total_seconds(), 60.0)
     step = span / buckets
-    t0 = _ts(now) - span
+    t0 = now.timestamp() - span
     instants = [t0 + step * (i + 1) for i in range(buckets)]
-    # the newest point of each host before the window, and every point inside it
-    before = (
-        select(Point.host_id, func.max(Point.created))
-        .where(Point.created < start).group_by(Point.host_id)
-    )
-    created: dict[int, list[float]] = defaultdict(list)
-    for host_id, c in s.execute(before).all():
-        created[host_id].append(_ts(c))
+    edges = [datetime.fromtimestamp(t, UTC) for t in instants]
+    # throughput: the points committed in [edge i-1, edge i), summed by the database
+    # (grouped in an outer query: PostgreSQL would not match a CASE with bound parameters
+    # in GROUP BY to the same CASE in the select list)
+    slot = case(*[(Point.created < e, i) for i, e in enumerate(edges[:-1])], else_=buckets - 1)
+    inner = select(slot.label("b"), Point.read_bytes.label("r"), Point.stored_bytes.label("st")
+                   ).where(Point.created >= start).subquery()
     read = [0.0] * buckets
     stored = [0.0] * buckets
-    rows = s.execute(
-        select(Point.host_id, Point.created, Point.read_bytes, Point.stored_bytes)
-        .where(Point.created >= start).order_by(Point.created)
-    ).all()
-    for host_id, c, r, st in rows:
-        t = _ts(c)
-        created[host_id].append(t)
-        i = min(buckets - 1, max(0, int((t - t0) // step)))
-        read[i] += r or 0
-        stored[i] += st or 0
+    for i, r, st in s.execute(
+        select(inner.c.b, func.sum(inner.c.r), func.sum(inner.c.st)).group_by(inner.c.b)
+    ):
+        read[i] = float(r or 0)
+        stored[i] = float(st or 0)
+    # lag: each host's newest point up to each instant (none after the last one)
+    upto = case(*[(Point.created <= e, i) for i, e in enumerate(edges)], else_=buckets)
+    newest: dict[int, list[float | None]] = {}
+    for host_id, c in s.execute(
+        select(Point.host_id, func.max(Point.created)).where(Point.created < start)
+        .group_by(Point.host_id)
+    ):
+        newest.setdefault(host_id, [None] * buckets)[0] = c.timestamp()
+    inner = select(Point.host_id.label("h"), upto.label("b"), Point.created.label("c")
+                   ).where(Point.created >= start).subquery()
+    for host_id, i, c in s.execute(
+        select(inner.c.h, inner.c.b, func.max(inner.c.c)).group_by(inner.c.h, inner.c.b)
+    ):
+        if i < buckets:
+            row = newest.setdefault(host_id, [None] * buckets)
+            row[i] = max(c.timestamp(), row[i] or 0.0)
     enabled = set(s.scalars(select(Host.id).where(Host.enabled.is_(True))))
-    rpo_max: list[float | None] = []
-    rpo_median: list[float | None] = []
-    for t in instants:
-        lags = []
-        for host_id, times in created.items():
-            if host_id not in enabled:
-                continue
-            k = bisect.bisect_right(times, t)
-            if k:
-                lags.append(t - times[k - 1])
-        rpo_max.append(round(max(lags), 1) if lags else None)
-        rpo_median.append(round(statistics.median(lags), 1) if lags else None)
+    lags: list[list[float]] = [[] for _ in range(buckets)]
+    for host_id, row in newest.items():
+        if host_id not in enabled:
+            continue
+        last: float | None = None
+        for i, c in enumerate(row):
+            if c is not None:
+                last = c
+            if last is not None:
+                lags[i].append(instants[i] - last)
     return {
         "t": [round(t, 3) for t in instants],
         "step_seconds": round(step, 3),
-        "rpo_max": rpo_max,
-        "rpo_median": rpo_median,
+        "rpo_max": [round(max(x), 1) if x else None for x in lags],
+        "rpo_median": [round(statistics.median(x), 1) if x else None for x in lags],
         "read_rate": [round(x / step, 1) for x in read],
         "stored_rate": [round(x / step, 1) for x in stored],
     }

@@ -13,7 +13,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.types import Scope
 
-from . import api, events
+from . import api, dashboard, events
 
 STATIC = Path(__file__).parent / "static"
 CSP = ("default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; "
@@ -35,6 +35,7 @@ class ConsoleFiles(StaticFiles):
 
 def install(app: FastAPI) -> None:
     """Mount the console and its endpoints on the control plane's app."""
+    app.include_router(dashboard.router)
     app.include_router(api.router)
     app.include_router(events.router)
     app.mount("/console", ConsoleFiles(directory=STATIC), name="console")

@@ -1,32 +1,30 @@
 // Pieces several views show: protection state, RPO age, last results, job rows.
-import { act, ago, badge, bytes, cell, confirmAction, duration, h, progress, table, when } from "../js/dom.js";
+import { act, ago, badge, bytes, cell, confirmAction, duration, h, html, progress, table, when } from "../js/dom.js";
 import { post } from "../js/api.js";
 
-export function ageVsRpo(status) {
-  const lp = status.last_point;
-  if (!lp) return h("span", { class: "muted" }, "no restore point");
-  const rpo = status.rpo_seconds;
-  const age = lp.age_seconds;
+// Restore-point age against the RPO target (age null: no point yet).
+export function ageVsRpo(age, rpo) {
+  if (age === null || age === undefined) return html`<span class="muted">no restore point</span>`;
   const frac = rpo ? Math.min(1, age / rpo) : 0;
-  return h("div", { class: "age", title: rpo ? `age ${duration(age)} of RPO target ${duration(rpo)}` : "" },
-    h("span", {}, duration(age)),
-    rpo ? h("div", { class: "progress", "aria-hidden": "true" },
-      h("div", { class: `bar${age > rpo ? " over" : ""}`, style: `width:${(frac * 100).toFixed(0)}%` })) : null,
-    rpo ? h("span", { class: "muted" }, `/ ${duration(rpo)}`) : null);
+  const bar = rpo ? html`<div class="progress" aria-hidden="true"><div class="bar${age > rpo ? " over" : ""}" \
+data-width="${(frac * 100).toFixed(0)}"></div></div><span class="muted">/ ${duration(rpo)}</span>` : "";
+  return html`<div class="age" title="${rpo ? `age ${duration(age)} of RPO target ${duration(rpo)}` : ""}">\
+<span>${duration(age)}</span>${bar}</div>`;
 }
 
+// The dashboard's last sync and last drill: {state, at} and a drill's verdict.
 export function jobResult(j) {
-  if (!j) return h("span", { class: "muted" }, "never");
-  return h("span", {}, badge(j.state), " ", h("span", { class: "muted" }, ago(j.finished || j.created)));
+  if (!j) return html`<span class="muted">never</span>`;
+  return html`<span>${badge(j.state)} <span class="muted">${ago(j.at)}</span></span>`;
 }
 
 export function drillVerdict(j) {
-  if (!j) return h("span", { class: "muted" }, "never");
-  const verdict = (j.result && j.result.verdict) || (j.state === "succeeded" ? "passed" : j.state);
-  return h("span", {}, badge(verdict), " ", h("span", { class: "muted" }, ago(j.finished || j.created)));
+  if (!j) return html`<span class="muted">never</span>`;
+  const verdict = j.verdict || (j.state === "succeeded" ? "passed" : j.state);
+  return html`<span>${badge(verdict)} <span class="muted">${ago(j.at)}</span></span>`;
 }
 
-export const hostLink = (name) => h("a", { href: `#/hosts/${encodeURIComponent(name)}` }, name);
+export const hostLink = (name) => html`<a href="#/hosts/${encodeURIComponent(name)}">${name}</a>`;
 
 // Jobs with live progress and (for operators) pause, resume and cancel.
 export function jobsTable(jobs, session, opts = {}) {
@@ -64,6 +62,6 @@ export function jobActions(j) {
 }
 
 export function bytesPair(read, stored) {
-  return h("span", {}, bytes(read), h("span", { class: "muted" }, " read · "), bytes(stored),
-    h("span", { class: "muted" }, " stored"));
+  return html`<span>${bytes(read)}<span class="muted"> read · </span>${bytes(stored)}\
+<span class="muted"> stored</span></span>`;
 }
