@@ -1,21 +1,25 @@
 """Scale benchmark of the control plane (issue 6).
 
     .venv/bin/python benchmarks/bench_control.py [--hosts 1000] [--rpo 300]
-        [--duration 660] [--clients 50] [--json out.json]
+        [--duration 660] [--clients 50] [--client-rate 1] [--worker-nodes 1]
+        [--json out.json]
 
 Starts a throw-away PostgreSQL, one API node (`openbdr server --workers 0
---no-scheduler`) and one worker node (embedded workers + scheduler) on the same
-catalog, adds N hosts backed by a fast synthetic source (2 MiB disks, one changed
-block per snapshot), each with an RPO target, and measures:
+--no-scheduler`) and one or more worker nodes (embedded workers; one of them leads
+the scheduler) on the same catalog, adds N hosts backed by a fast synthetic source
+(2 MiB disks, one changed block per snapshot), each with an RPO target, and measures:
 
 - time until every host has its first restore point, then the largest restore-point
-  age seen over the rest of the run against the target (and breaches);
+  age reached over the rest of the run (from every finished sync, not only samples);
 - API latency (p50/p95/p99) with C concurrent clients reading host pages, host lists,
-  job lists, point lists and the overview;
+  job lists, point lists and the overview: paced (each client R requests/s on a fixed
+  schedule, latency from the scheduled instant), then saturated (back to back:
+  throughput, and latencies that Little's law makes 50 / throughput);
 - peak resident memory of each server process.
 
-The synthetic source is registered through `OPENBDR_PLUGINS=bench_control` (this
-module, importable from the servers with PYTHONPATH=benchmarks).
+docs/benchmarks.md explains the method. The synthetic source is registered through
+`OPENBDR_PLUGINS=bench_control` (this module, importable from the servers with
+PYTHONPATH=benchmarks).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import sys
 import tempfile
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -182,17 +187,24 @@ def start_postgres(base: Path) -> str:
 
 
 def rss_kib(pid: int) -> int:
+    """Resident memory of a process and its children (a server with --processes)."""
+    total = 0
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
-                return int(line.split()[1])
+                total += int(line.split()[1])
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            for child in (task / "children").read_text().split():
+                total += rss_kib(int(child))
     except OSError:
         pass
-    return 0
+    return total
 
 
 def start_server(data: Path, db: str, port: int, extra: list[str], log: Path) -> Any:
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "benchmarks"), "OPENBDR_PLUGINS": "bench_control"}
+    path = os.pathsep.join(p for p in (str(ROOT / "benchmarks"), os.environ.get("PYTHONPATH"))
+                           if p)
+    env = {**os.environ, "PYTHONPATH": path, "OPENBDR_PLUGINS": "bench_control"}
     return subprocess.Popen(
         [
             str(ROOT / ".venv/bin/openbdr"),
@@ -224,6 +236,111 @@ def wait_health(url: str) -> None:
     raise SystemExit(f"server at {url} did not start")
 
 
+def request_for(rnd: random.Random, hosts: int) -> tuple[str, dict[str, Any] | None]:
+    host = f"h{rnd.randrange(hosts):05d}"
+    return rnd.choice([
+        (f"/hosts/{host}", None),
+        ("/hosts", {"limit": 50, "offset": rnd.randrange(hosts)}),
+        ("/jobs", {"limit": 20}),
+        ("/points", {"host": host, "limit": 20}),
+        ("/overview", None),
+    ])
+
+
+def run_clients(url: str, headers: dict[str, str], hosts: int, clients: int,
+                seconds: float, rate: float) -> dict[str, Any]:
+    """`clients` threads for `seconds`. rate > 0: each sends `rate` requests/s on a fixed
+    schedule and a latency counts from the scheduled instant, so a slow server cannot
+    hide its queue by delaying the next request. rate 0: back to back (saturation)."""
+    import httpx
+
+    latencies: list[float] = []
+    errors = [0]
+    stop = time.monotonic() + seconds
+
+    def loop(seed: int) -> None:
+        rnd = random.Random(seed)
+        period = 1.0 / rate if rate > 0 else 0.0
+        due = time.monotonic() + rnd.random() * period
+        with httpx.Client(base_url=url + "/api/v1", headers=headers, timeout=60) as cc:
+            while due < stop:
+                if period:
+                    time.sleep(max(0.0, due - time.monotonic()))
+                start = due if period else time.monotonic()
+                path, params = request_for(rnd, hosts)
+                r = cc.get(path, params=params)
+                latencies.append(time.monotonic() - start)
+                if r.status_code != 200:
+                    errors[0] += 1
+                due = due + period if period else time.monotonic()
+
+    threads = [threading.Thread(target=loop, args=(k,), daemon=True) for k in range(clients)]
+    began = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=seconds + 120)
+    took = time.monotonic() - began
+    lat = sorted(latencies)
+
+    def pct(p: float) -> float | None:
+        return round(lat[min(len(lat) - 1, int(p * len(lat)))] * 1000, 1) if lat else None
+
+    return {
+        "clients": clients, "rate_per_client": rate or None, "seconds": round(took, 1),
+        "requests": len(lat), "errors": errors[0],
+        "throughput_rps": round(len(lat) / took, 1) if took else None,
+        "p50_ms": pct(0.50), "p95_ms": pct(0.95), "p99_ms": pct(0.99),
+        "mean_ms": round(statistics.fmean(lat) * 1000, 1) if lat else None,
+    }
+
+
+def age_sample(db: str, rpo: int) -> dict[str, Any]:
+    """Restore-point ages straight from the catalog (no API request to skew the load)."""
+    import psycopg
+
+    with psycopg.connect(db) as conn:
+        n, worst, breached = conn.execute(
+            "SELECT count(*), max(age), count(*) FILTER (WHERE age > %s) FROM ("
+            " SELECT extract(epoch FROM now() - max(created)) AS age"
+            " FROM points GROUP BY host_id) x", (rpo,)).fetchone() or (0, None, 0)
+    return {"protected": int(n), "max_age": round(float(worst), 1) if worst is not None else None,
+            "breached": int(breached or 0)}
+
+
+def exact_ages(db: str, since: datetime, until: datetime, rpo: int) -> dict[str, Any]:
+    """The largest age each host reached in [since, until], from every finished sync:
+    just before a point lands in the catalog (its job's finish), the host's age is that
+    instant minus the previous point's creation. Sampling would miss these peaks."""
+    import psycopg
+
+    with psycopg.connect(db) as conn:
+        rows = conn.execute(
+            "SELECT host_id, finished, (result::jsonb)->'point'->>'created' FROM jobs"
+            " WHERE kind = 'sync' AND state = 'succeeded' AND result::jsonb ? 'point'"
+            " ORDER BY host_id, finished").fetchall()
+    prev: dict[int, datetime] = {}
+    worst = 0.0
+    late = 0
+    hosts_late: set[int] = set()
+    for host, finished, created in rows:
+        made = datetime.fromisoformat(created)
+        made = made if made.tzinfo else made.replace(tzinfo=UTC)
+        if host in prev and since <= finished <= until:
+            age = (finished - prev[host]).total_seconds()
+            worst = max(worst, age)
+            if age > rpo:
+                late += 1
+                hosts_late.add(host)
+        prev[host] = made
+    for host, made in prev.items():  # each host's age at the end
+        age = (until - made).total_seconds()
+        worst = max(worst, age)
+        if age > rpo:
+            hosts_late.add(host)
+    return {"max_age_s": round(worst, 1), "late_points": late, "hosts_breached": len(hosts_late)}
+
+
 def main() -> None:
     import httpx
 
@@ -232,46 +349,46 @@ def main() -> None:
     ap.add_argument("--rpo", type=int, default=300)
     ap.add_argument("--duration", type=float, default=660.0)
     ap.add_argument("--clients", type=int, default=50)
-    ap.add_argument("--load-seconds", type=float, default=60.0)
-    ap.add_argument("--workers", type=int, default=6)
+    ap.add_argument("--client-rate", type=float, default=1.0,
+                    help="requests/s of each client in the paced phase")
+    ap.add_argument("--load-seconds", type=float, default=60.0,
+                    help="length of each load phase (paced, then saturated)")
+    ap.add_argument("--workers", type=int, default=6, help="embedded workers per worker node")
+    ap.add_argument("--worker-nodes", type=int, default=1,
+                    help="worker server processes on the catalog (one leads the scheduler)")
+    ap.add_argument("--api-processes", type=int, default=1,
+                    help="processes of the API node (`openbdr server --processes`)")
     ap.add_argument("--repo-dir", type=Path, default=Path("/dev/shm"),
                     help="where the repository goes (tmpfs: measure the control plane, "
                     "not the disk's fsync latency)")
+    ap.add_argument("--logs", type=Path, help="keep the servers' logs in this directory")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
 
     base = Path(tempfile.mkdtemp(prefix="openbdr-bench-control-"))
     procs: list[subprocess.Popen[bytes]] = []
-    repo: Path | None = None
+    repo = Path(tempfile.mkdtemp(prefix="openbdr-bench-repo-", dir=args.repo_dir))
     try:
         db = start_postgres(base)
-        api_data, work_data = base / "api", base / "worker"
-        api_port, work_port = free_port(), free_port()
-        procs.append(
-            start_server(
-                api_data, db, api_port, ["--workers", "0", "--no-scheduler"], base / "api.log"
-            )
-        )
+        api_data = base / "api"
+        api_port = free_port()
+        procs.append(start_server(api_data, db, api_port,
+                                  ["--workers", "0", "--no-scheduler",
+                                   "--processes", str(args.api_processes)], base / "api.log"))
         url = f"http://127.0.0.1:{api_port}"
         wait_health(url)
-        work_data.mkdir(mode=0o700)
-        shutil.copy(api_data / "server.key", work_data / "server.key")
-        procs.append(
-            start_server(
-                work_data,
-                db,
-                work_port,
-                ["--workers", str(args.workers), "--tick", "5"],
-                base / "worker.log",
-            )
-        )
-        wait_health(f"http://127.0.0.1:{work_port}")
+        for k in range(args.worker_nodes):
+            work_data, work_port = base / f"worker{k}", free_port()
+            work_data.mkdir(mode=0o700)
+            shutil.copy(api_data / "server.key", work_data / "server.key")
+            procs.append(start_server(work_data, db, work_port,
+                                      ["--workers", str(args.workers), "--tick", "5"],
+                                      base / f"worker{k}.log"))
+            wait_health(f"http://127.0.0.1:{work_port}")
         token = (api_data / "admin.token").read_text().strip()
         h = {"Authorization": f"Bearer {token}"}
         c = httpx.Client(base_url=url + "/api/v1", headers=h, timeout=60)
-        c.post(
-            "/targets", json={"name": "dr", "url": str(base / "repo"), "init": True}
-        ).raise_for_status()
+        c.post("/targets", json={"name": "dr", "url": str(repo), "init": True}).raise_for_status()
         c.post(
             "/policies", json={"name": "p", "rpo_seconds": args.rpo, "compression": "zstd"}
         ).raise_for_status()
@@ -289,93 +406,54 @@ def main() -> None:
         added = time.monotonic() - t0
         print(f"added {args.hosts} hosts in {added:.1f} s", flush=True)
 
-        peak = {"api": 0, "worker": 0}
+        peak: dict[int, int] = {}
         samples: list[dict[str, Any]] = []
         first_all: float | None = None
-        latencies: list[float] = []
-        errors = [0]
-        stop_load = threading.Event()
+        steady_from: datetime | None = None
+        load: dict[str, Any] = {}
+        loader: threading.Thread | None = None
 
-        def client_loop(seed: int) -> None:
-            rnd = random.Random(seed)
-            with httpx.Client(base_url=url + "/api/v1", headers=h, timeout=60) as cc:
-                while not stop_load.is_set():
-                    host = f"h{rnd.randrange(args.hosts):05d}"
-                    path, params = rnd.choice(
-                        [
-                            (f"/hosts/{host}", None),
-                            ("/hosts", {"limit": 50, "offset": rnd.randrange(args.hosts)}),
-                            ("/jobs", {"limit": 20}),
-                            ("/points", {"host": host, "limit": 20}),
-                            ("/overview", None),
-                        ]
-                    )
-                    t = time.perf_counter()
-                    r = cc.get(path, params=params)
-                    latencies.append(time.perf_counter() - t)
-                    if r.status_code != 200:
-                        errors[0] += 1
+        def load_phases() -> None:
+            load["paced"] = run_clients(url, h, args.hosts, args.clients, args.load_seconds,
+                                        args.client_rate)
+            print(json.dumps({"paced": load["paced"]}), flush=True)
+            load["saturated"] = run_clients(url, h, args.hosts, args.clients,
+                                            args.load_seconds, 0.0)
+            print(json.dumps({"saturated": load["saturated"]}), flush=True)
 
-        load_started: float | None = None
-        load_threads: list[threading.Thread] = []
         while time.monotonic() - t0 < args.duration:
             time.sleep(10)
-            peak["api"] = max(peak["api"], rss_kib(procs[0].pid))
-            peak["worker"] = max(peak["worker"], rss_kib(procs[1].pid))
-            hosts = c.get("/hosts", params={"limit": 10000}).json()
-            ages = [
-                hh["status"]["last_point"]["age_seconds"]
-                for hh in hosts
-                if hh["status"]["last_point"]
-            ]
+            for p in procs:
+                peak[p.pid] = max(peak.get(p.pid, 0), rss_kib(p.pid))
             elapsed = time.monotonic() - t0
-            sample = {
-                "t": round(elapsed),
-                "protected": len(ages),
-                "max_age": max(ages) if ages else None,
-                "breached": sum(1 for a in ages if a > args.rpo),
-            }
+            sample = {"t": round(elapsed), **age_sample(db, args.rpo)}
             samples.append(sample)
             print(json.dumps(sample), flush=True)
-            if first_all is None and len(ages) == args.hosts:
+            if first_all is None and sample["protected"] == args.hosts:
                 first_all = elapsed
-            if first_all is not None and load_started is None:
-                load_started = time.monotonic()
-                load_threads = [
-                    threading.Thread(target=client_loop, args=(k,), daemon=True)
-                    for k in range(args.clients)
-                ]
-                for t in load_threads:
-                    t.start()
-            if load_started is not None and time.monotonic() - load_started > args.load_seconds:
-                stop_load.set()
-        stop_load.set()
-        for t in load_threads:
-            t.join(timeout=60)
+                steady_from = datetime.now(UTC)
+                loader = threading.Thread(target=load_phases, daemon=True)
+                loader.start()
+        if loader is not None:
+            loader.join()
+        until = datetime.now(UTC)
         steady = [s for s in samples if first_all is not None and s["t"] > first_all]
-        lat = sorted(latencies)
-
-        def pct(p: float) -> float | None:
-            return round(lat[min(len(lat) - 1, int(p * len(lat)))] * 1000, 1) if lat else None
-
+        rss = [round(peak.get(p.pid, 0) / 1024, 1) for p in procs]
         result = {
             "hosts": args.hosts,
             "rpo_seconds": args.rpo,
             "duration_s": args.duration,
             "workers": args.workers,
+            "worker_nodes": args.worker_nodes,
+            "api_processes": args.api_processes,
             "hosts_added_s": round(added, 1),
             "all_protected_after_s": round(first_all, 1) if first_all else None,
-            "steady_max_age_s": max((s["max_age"] for s in steady), default=None),
-            "steady_breaches": sum(s["breached"] for s in steady),
-            "api_requests": len(lat),
-            "api_errors": errors[0],
-            "clients": args.clients,
-            "api_p50_ms": pct(0.50),
-            "api_p95_ms": pct(0.95),
-            "api_p99_ms": pct(0.99),
-            "api_mean_ms": round(statistics.fmean(lat) * 1000, 1) if lat else None,
-            "api_rss_peak_mib": round(peak["api"] / 1024, 1),
-            "worker_rss_peak_mib": round(peak["worker"] / 1024, 1),
+            "steady_sampled_max_age_s": max((s["max_age"] for s in steady), default=None),
+            "steady_sampled_breaches": sum(s["breached"] for s in steady),
+            "steady": exact_ages(db, steady_from, until, args.rpo) if steady_from else None,
+            **load,
+            "api_rss_peak_mib": rss[0],
+            "worker_rss_peak_mib": rss[1:],
             "jobs": c.get("/overview").json()["jobs"],
         }
         print(json.dumps(result, indent=1))
@@ -395,9 +473,12 @@ def main() -> None:
             ),
             capture_output=True,
         )
+        if args.logs:
+            args.logs.mkdir(parents=True, exist_ok=True)
+            for log in base.glob("*.log"):
+                shutil.copy(log, args.logs / log.name)
         shutil.rmtree(base, ignore_errors=True)
-        if repo is not None:
-            shutil.rmtree(repo, ignore_errors=True)
+        shutil.rmtree(repo, ignore_errors=True)
 
 
 if __name__ == "__main__":
