@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from openbdr.control.db import make_engine, migrate, session_factory, transaction
 from openbdr.control.models import Alert, Host, Job, Point, Policy, Target, utcnow
+from openbdr.control.routes_admin import overview
 from openbdr.control.status import collect, host_rows
 from openbdr.web.dashboard import ORDER, dashboard_row
 from openbdr.web.history import series
@@ -65,6 +66,7 @@ def test_rows_show_each_state_and_the_last_jobs(catalog_url: str, tmp_path: Path
         facts = collect(s, None, now)
         brief = {h.name: dashboard_row(facts, h.id, h.name, h.enabled, h.policy_id)
                  for h in every}
+        counts = overview(s, None)  # type: ignore[arg-type]
     engine.dispose()
     states = {"ok": "ok", "warn": "warning", "late": "breached", "never": "unprotected",
               "off": "disabled"}
@@ -87,6 +89,9 @@ def test_rows_show_each_state_and_the_last_jobs(catalog_url: str, tmp_path: Path
     assert brief["late"]["active_job"]["progress"] == {"percent": 40.0}
     assert brief["late"]["open_alerts"] == 1 and brief["never"]["last_sync"] is None
     assert sorted(brief, key=lambda n: ORDER[brief[n]["protection"]])[0] == "late"
+    # the overview's counts, classified by the database, agree with the rows
+    assert (counts["hosts"], counts["protected"], counts["breached"],
+            counts["unprotected"]) == (5, 2, 1, 1)
 
 
 def test_chart_series_on_both_catalogs(catalog_url: str, tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ from datetime import timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Response
-from sqlalchemy import func, select
+from sqlalchemy import case, false, func, or_, select
 
 from .apierrors import RESPONSES, ApiError, not_found
 from .auth import DB, Admin, Operator, Principal, Viewer, audit, principal, services
@@ -171,29 +171,33 @@ def audit_log(
 # -- overview ---------------------------------------------------------------------
 @router.get("/overview", response_model=OverviewOut, tags=["meta"])
 def overview(s: DB, _p: Viewer) -> dict[str, Any]:
-    """Counts for a dashboard header; `GET /hosts` has each host's state."""
+    """Counts for a dashboard header; `GET /hosts` has each host's state.
+
+    The database classifies the hosts and counts them (a few rows back, not one per host):
+    a host is breached when its newest point is older than now minus its RPO target,
+    one comparison per distinct target."""
     now = utcnow()
-    rows = s.execute(
-        select(Host.id, Host.enabled, Policy.rpo_seconds, Policy.enabled, func.max(Point.created))
-        .join(Policy, Policy.id == Host.policy_id, isouter=True)
-        .join(Point, Point.host_id == Host.id, isouter=True)
-        .group_by(Host.id, Host.enabled, Policy.rpo_seconds, Policy.enabled)
-    ).all()
-    protected = breached = unprotected = 0
-    for _id, enabled, rpo, pol_enabled, newest in rows:
-        if not enabled or pol_enabled is False:
-            continue
-        if newest is None or rpo is None:
-            unprotected += 1
-        elif (now - newest).total_seconds() > rpo:
-            breached += 1
-        else:
-            protected += 1
+    newest = (select(Point.host_id.label("h"), func.max(Point.created).label("c"))
+              .group_by(Point.host_id).subquery())
+    rpos = sorted(set(s.scalars(select(Policy.rpo_seconds).distinct())))
+    late = or_(false(), *[(Policy.rpo_seconds == r) & (newest.c.c < now - timedelta(seconds=r))
+                          for r in rpos])
+    state = case(
+        (or_(Host.enabled.is_(False), Policy.enabled.is_(False)), "disabled"),
+        (or_(newest.c.c.is_(None), Policy.id.is_(None)), "unprotected"),
+        (late, "breached"),
+        else_="protected",
+    )
+    classified = (select(state.label("st")).select_from(Host)
+                  .join(Policy, Policy.id == Host.policy_id, isouter=True)
+                  .join(newest, newest.c.h == Host.id, isouter=True).subquery())
+    by = {st: int(n) for st, n in s.execute(
+        select(classified.c.st, func.count()).group_by(classified.c.st))}
     jobs = dict(s.execute(select(Job.state, func.count()).where(Job.state.in_(ACTIVE))
                           .group_by(Job.state)).all())
     return {
-        "hosts": len(rows), "protected": protected,
-        "breached": breached, "unprotected": unprotected,
+        "hosts": sum(by.values()), "protected": by.get("protected", 0),
+        "breached": by.get("breached", 0), "unprotected": by.get("unprotected", 0),
         "jobs": {k: int(v) for k, v in jobs.items()},
         "open_alerts": int(s.scalar(select(func.count()).select_from(Alert)
                                     .where(Alert.resolved.is_(None))) or 0),
