@@ -241,6 +241,7 @@ class LiveSnapshot(Snapshot):
             for d in self.live:
                 d.windows.append(fz.window)
                 d.passes += 1
+                d.tracker.save()
             if not fz.expired:
                 break
             log.warning("final pass outlived the freeze bound (attempt %d): again", attempt + 1)

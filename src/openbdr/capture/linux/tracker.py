@@ -251,16 +251,21 @@ class DiskTracker:
 
     def final_cut(self) -> tuple[DirtyBitmap, int]:
         """Like `pass_cut`, and closes the generation (and the capture's page masks);
-        returns the new generation number."""
+        returns the new generation number. Call `save` once the file systems thaw."""
         self._drain()
         with self.lock:
             assert self.state is not None
             out, self.pass_bits = self.pass_bits, DirtyBitmap(self.dev.size)
             self.cut_pages, self.pass_pages = self.pass_pages, {}
             self._fine = False
-            gen = self.state.advance()
+            return out, self.state.advance()
+
+    def save(self) -> None:
+        """Persist the state after a final cut: outside the freeze (it fsyncs), and only for
+        clean restarts (a running agent's saved state is unclean anyway)."""
+        with self.lock:
+            assert self.state is not None
             self.state.save(self.state_path)
-            return out, gen
 
     def end_capture(self) -> None:
         """Stop keeping page masks (a capture that ended without its final cut)."""
