@@ -123,23 +123,32 @@ class DirectoryBlobs(Blobs):
         return self._path(key).exists()
 
     def list(self, prefix: str = "") -> Iterator[BlobInfo]:
-        start = self._path(prefix.rstrip("/")) if prefix else self.root
-        top = start if start.is_dir() else start.parent
-        if not top.is_dir():
+        """Keys under `prefix`, walking only the directories that can hold them: a prefix
+        whose directory does not exist lists nothing rather than the whole repository."""
+        head, _, tail = prefix.rpartition("/")
+        top = self._path(head) if head else self.root
+        try:
+            entries = [e for e in os.scandir(top) if e.name.startswith(tail)]
+        except (FileNotFoundError, NotADirectoryError):
             return
-        for dirpath, _dirs, files in os.walk(top):
-            for name in files:
-                if name.startswith(".tmp-"):
-                    continue
-                full = os.path.join(dirpath, name)
-                key = os.path.relpath(full, self.root)
-                if not key.startswith(prefix):
-                    continue
-                try:
-                    st = os.stat(full)
-                except FileNotFoundError:
-                    continue
-                yield BlobInfo(key, st.st_size, st.st_mtime)
+        for entry in entries:
+            if entry.name.startswith(".tmp-"):
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                for dirpath, _dirs, files in os.walk(entry.path):
+                    for name in files:
+                        if not name.startswith(".tmp-"):
+                            yield from self._info(os.path.join(dirpath, name))
+            else:
+                yield from self._info(entry.path)
+
+    def _info(self, full: str) -> Iterator[BlobInfo]:
+        """The key of one file, if it still exists."""
+        try:
+            st = os.stat(full)
+        except FileNotFoundError:
+            return
+        yield BlobInfo(os.path.relpath(full, self.root), st.st_size, st.st_mtime)
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
