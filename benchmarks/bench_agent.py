@@ -50,7 +50,7 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT))
 
 from tests.agent.pg import Cluster
-from tests.agent.tracing import WriteCounter
+from tests.agent.tracing import WriteCounter, thawed
 
 from openbdr.capture.linux.source import AgentHost, CaptureOptions, DiskSpec
 from openbdr.chunk import Codec
@@ -256,10 +256,11 @@ class Bench:
         run = SyncRun(self.repo, self.host, SyncOptions(compression=Codec.ZSTD))
         point = run.run()
         dt = time.monotonic() - t0
-        changed = len(counter.take()) * MIB
         d = point.disks[0]
         cap = (((point.token or {}).get("value") or {}).get("disk0") or {}).get("value", {})
         cap = cap.get("capture", {})
+        # the blocks written up to this capture's final cut (later ones are the next sync's)
+        changed = len(counter.take(until=thawed(cap["freezes"]))) * MIB
         r = SyncResult(
             kind=kind,
             mode=d.mode,

@@ -10,10 +10,21 @@ import os
 import re
 import select
 import threading
+import time
+from datetime import datetime
 from pathlib import Path
 
 ROOT = Path("/sys/kernel/tracing")
-EVENT = re.compile(rb"block_rq_complete: \d+,\d+ (\S+) \([^)]*\) (\d+) \+ (\d+)")
+EVENT = re.compile(
+    rb" (\d+\.\d+): block_rq_complete: \d+,\d+ (\S+) \([^)]*\) (\d+) \+ (\d+)"
+)
+
+
+def thawed(freezes: list[dict[str, object]]) -> float:
+    """When a capture's last freeze ended (its final cut: the end of the writes its point
+    holds), as a `time.time()` value, from the freezes a restore point records."""
+    last = freezes[-1]
+    return datetime.fromisoformat(str(last["at"])).timestamp() + float(str(last["seconds"]))
 
 
 class WriteCounter:
@@ -25,9 +36,12 @@ class WriteCounter:
         ev = self.path / "events/block/block_rq_complete"
         (ev / "filter").write_text(f"dev == {kdev}\n")
         (self.path / "buffer_size_kb").write_text("8192\n")
+        # CLOCK_MONOTONIC timestamps: a window can end at an instant the agent reports
+        (self.path / "trace_clock").write_text("mono\n")
         (ev / "enable").write_text("1\n")
         self.fd = os.open(self.path / "trace_pipe", os.O_RDONLY | os.O_NONBLOCK)
-        self.blocks: set[int] = set()
+        #: (completion time on CLOCK_MONOTONIC, first block, last block) of each write
+        self.writes: list[tuple[float, int, int]] = []
         self.lock = threading.Lock()
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -47,20 +61,24 @@ class WriteCounter:
             rest = data[cut:]
             with self.lock:
                 for m in EVENT.finditer(data[:cut]):
-                    rwbs, sector, count = m.group(1), int(m.group(2)), int(m.group(3))
+                    rwbs, sector, count = m.group(2), int(m.group(3)), int(m.group(4))
                     if b"R" in rwbs or count == 0:
                         continue
                     first = sector * 512 >> 20
                     last = ((sector + count) * 512 - 1) >> 20
-                    self.blocks.update(range(first, last + 1))
+                    self.writes.append((float(m.group(1)), first, last))
 
-    def take(self) -> set[int]:
-        """Blocks written since the last call (after letting the reader catch up)."""
+    def take(self, until: float | None = None) -> set[int]:
+        """Blocks written since the last call, up to the instant `until` (a `time.time()`
+        value, e.g. when a capture's freeze ended) or up to now; later writes stay for the
+        next call. The reader catches up first."""
         (self.path / "trace_marker").write_text("sync\n")
         self.stop.wait(0.5)
+        end = time.monotonic() if until is None else until - time.time() + time.monotonic()
         with self.lock:
-            out, self.blocks = self.blocks, set()
-        return out
+            taken = [w for w in self.writes if w[0] <= end]
+            self.writes = [w for w in self.writes if w[0] > end]
+        return {b for _t, first, last in taken for b in range(first, last + 1)}
 
     def close(self) -> None:
         self.stop.set()

@@ -70,7 +70,10 @@ class Agent:
                         "read_bytes": d.read_bytes,
                         "stored_bytes": d.stored_bytes,
                         "device_read_bytes": cap.get("device_read_bytes"),
+                        "staged_bytes": cap.get("staged_bytes"),
+                        "pass_bytes": cap.get("pass_bytes"),
                         "freeze_s": [f["seconds"] for f in cap.get("freezes", [])],
+                        "freezes": cap.get("freezes", []),
                     }
                 )
             self.last = {
