@@ -191,6 +191,32 @@ def test_full_then_five_incrementals_all_recover(live: Live) -> None:
         live.points.append({"point": reply["point"], "rows": rows})
 
 
+def _assert_same_valid_data(ref: Path, image: Path) -> None:
+    """`image` holds `ref`'s valid data byte for byte, and zeros or `ref`'s bytes elsewhere."""
+    with open(ref, "rb") as f, open(image, "rb") as g:
+        size = os.fstat(f.fileno()).st_size
+        assert os.fstat(g.fileno()).st_size == size
+        valid = analyze(FileReader(str(ref))).valid_extents
+        for ext in valid:
+            f.seek(ext.offset)
+            g.seek(ext.offset)
+            left = min(ext.length, size - ext.offset)
+            while left > 0:
+                n = min(left, 8 * MiB)
+                assert f.read(n) == g.read(n), f"differs in valid data at {ext}"
+                left -= n
+        # outside the valid data a point holds zeros or the device's own bytes
+        for gap in subtract([Extent(0, size)], valid):
+            pos = gap.offset
+            while pos < gap.end:
+                n = min(gap.end - pos, MiB)
+                f.seek(pos)
+                g.seek(pos)
+                a, b = f.read(n), g.read(n)
+                assert a == b or b == bytes(n), f"differs outside valid data at {pos}"
+                pos += n
+
+
 def test_killed_agent_resyncs_to_the_frozen_device(live: Live) -> None:
     cfg = live.config()
     live.start_agent(cfg)
@@ -214,29 +240,32 @@ def test_killed_agent_resyncs_to_the_frozen_device(live: Live) -> None:
 
     image = _restore(live, reply["point"], "resync.img")
     try:
-        with open(ref, "rb") as f, open(image, "rb") as g:
-            size = os.fstat(f.fileno()).st_size
-            assert os.fstat(g.fileno()).st_size == size
-            valid = analyze(FileReader(str(ref))).valid_extents
-            for ext in valid:
-                f.seek(ext.offset)
-                g.seek(ext.offset)
-                left = min(ext.length, size - ext.offset)
-                while left > 0:
-                    n = min(left, 8 * MiB)
-                    assert f.read(n) == g.read(n), f"differs in valid data at {ext}"
-                    left -= n
-            # outside the valid data a point holds zeros or the device's own bytes
-            for gap in subtract([Extent(0, size)], valid):
-                pos = gap.offset
-                while pos < gap.end:
-                    n = min(gap.end - pos, MiB)
-                    f.seek(pos)
-                    g.seek(pos)
-                    a, b = f.read(n), g.read(n)
-                    assert a == b or b == bytes(n), f"differs outside valid data at {pos}"
-                    pos += n
+        _assert_same_valid_data(ref, image)
         run(["e2fsck", "-fn", str(image)])
     finally:
         image.unlink(missing_ok=True)
         ref.unlink(missing_ok=True)
+
+
+def test_incrementals_under_load_are_the_frozen_device(live: Live) -> None:
+    """Blocks stored while they were still being staged, pages copied again after: each
+    incremental restores to exactly what a read of the frozen device gives."""
+    ref = live.top / "frozen.img"
+    hook = f"dd if=$OPENBDR_DEVICES of={ref} bs=1M iflag=direct status=none"
+    cfg = live.config(hook=hook, freeze_timeout=60)
+    live.start_agent(cfg)
+    try:
+        for k in range(2):
+            time.sleep(3)
+            reply = live.sync(cfg)
+            disk = reply["disks"][0]
+            assert disk["mode"] == "incremental", disk
+            image = _restore(live, reply["point"], f"incr{k}.img")
+            try:
+                _assert_same_valid_data(ref, image)
+                run(["e2fsck", "-fn", str(image)])
+            finally:
+                image.unlink(missing_ok=True)
+                ref.unlink(missing_ok=True)
+    finally:
+        live.stop_agent()
