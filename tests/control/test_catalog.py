@@ -36,7 +36,7 @@ def test_upgrade_from_first_revision_keeps_data(catalog_url: str) -> None:
             "attempts, max_attempts, created_by, created) VALUES (1, 'sync', 'queued', 1, '{}', "
             "'{}', '{}', 0, 0, 5, 'me', :t)"), {"t": utcnow()})
     migrate(engine)
-    assert current_revision(engine) == "0002"
+    assert current_revision(engine) == "0003"
     factory = session_factory(engine)
     with factory() as s:
         host = s.scalar(select(Host).where(Host.name == "old"))

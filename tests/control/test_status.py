@@ -58,6 +58,9 @@ def test_rows_show_each_state_and_the_last_jobs(catalog_url: str, tmp_path: Path
                 created=now - timedelta(hours=1), finished=now - timedelta(minutes=30), **base),
             Job(kind="sync", state="running", host_id=hosts["late"].id, result={},
                 created=now, **{**base, "progress": {"percent": 40.0}}),
+            # queued behind the running one: the running one is the host's active job
+            Job(kind="verify", state="queued", host_id=hosts["late"].id, result={},
+                created=now, **base),
             Alert(kind="rpo_breached", host_id=hosts["late"].id, message="late"),
         ])
     with factory() as s:

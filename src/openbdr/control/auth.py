@@ -12,7 +12,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from .apierrors import ApiError
@@ -51,6 +51,13 @@ def session(svc: Annotated[Services, Depends(services)]) -> Iterator[Session]:
 DB = Annotated[Session, Depends(session, scope="function")]
 
 
+# built once: every request authenticates, and building the expressions cost more than
+# running them
+AGENT_BY_CREDENTIAL = select(Agent).where(Agent.credential_hash == bindparam("h"))
+TOKEN_BY_HASH = (select(ApiToken, User).join(User, User.id == ApiToken.user_id)
+                 .where(ApiToken.token_hash == bindparam("h")))
+
+
 def principal(
     s: DB, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 ) -> Principal:
@@ -60,16 +67,13 @@ def principal(
     h = digest(creds.credentials)
     now = utcnow()
     if creds.credentials.startswith("obda_"):
-        agent = s.scalar(select(Agent).where(Agent.credential_hash == h))
+        agent = s.scalar(AGENT_BY_CREDENTIAL, {"h": h})
         if agent is None or agent.disabled:
             raise ApiError(401, "unauthorized", "unknown or disabled agent credential",
                            "enrol the agent again")
         agent.last_seen = now
         return Principal(agent.name, "agent", agent_id=agent.id, pool=agent.pool)
-    row = s.execute(
-        select(ApiToken, User).join(User, User.id == ApiToken.user_id)
-        .where(ApiToken.token_hash == h)
-    ).first()
+    row = s.execute(TOKEN_BY_HASH, {"h": h}).first()
     if row is None:
         raise ApiError(401, "unauthorized", "unknown API token", "ask an admin for a token")
     token, user = row

@@ -13,6 +13,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Index,
     Integer,
     String,
     Text,
@@ -120,6 +121,8 @@ class Host(Base):
 
 class Job(Base):
     __tablename__ = "jobs"
+    #: a host's newest job of a kind (its status) is one index probe
+    __table_args__ = (Index("ix_jobs_host_kind_id", "host_id", "kind", "id"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     kind: Mapped[str] = mapped_column(String(32), index=True)
     #: queued, running, pausing, paused, cancelling, cancelled, succeeded, failed
@@ -158,7 +161,10 @@ class JobLog(Base):
 
 class Point(Base):
     __tablename__ = "points"
-    __table_args__ = (UniqueConstraint("host_id", "point_id"),)
+    __table_args__ = (
+        UniqueConstraint("host_id", "point_id"),
+        Index("ix_points_host_created", "host_id", "created"),  # a host's newest point
+    )
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     host_id: Mapped[int] = mapped_column(ForeignKey("hosts.id", ondelete="CASCADE"), index=True)
     point_id: Mapped[str] = mapped_column(String(64))

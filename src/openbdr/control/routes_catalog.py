@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Response
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -200,8 +200,11 @@ def delete_policy(name: str, s: DB, p: Operator) -> Response:
 
 
 # -- hosts ------------------------------------------------------------------------
+HOST_BY_NAME = select(Host).where(Host.name == bindparam("name"))  # built once: every request
+
+
 def host_by_name(s: Session, name: str) -> Host:
-    h = s.scalar(select(Host).where(Host.name == name))
+    h = s.scalar(HOST_BY_NAME, {"name": name})
     if h is None:
         raise not_found(f"host {name!r}", "list them with GET /api/v1/hosts")
     return h
