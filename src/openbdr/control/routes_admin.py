@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from functools import lru_cache
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Response
-from sqlalchemy import case, false, func, or_, select
+from sqlalchemy import Select, bindparam, case, false, func, or_, select
 
 from .apierrors import RESPONSES, ApiError, not_found
 from .auth import DB, Admin, Operator, Principal, Viewer, audit, principal, services
@@ -176,35 +177,53 @@ def overview(s: DB, _p: Viewer) -> dict[str, Any]:
     The database classifies the hosts and counts them (a few rows back, not one per host):
     a host is breached when its newest point is older than now minus its RPO target,
     one comparison per distinct target."""
+    rpos = tuple(sorted(set(s.scalars(RPOS))))
     now = utcnow()
-    newest = (select(Point.host_id.label("h"), func.max(Point.created).label("c"))
-              .group_by(Point.host_id).subquery())
-    rpos = sorted(set(s.scalars(select(Policy.rpo_seconds).distinct())))
-    late = or_(false(), *[(Policy.rpo_seconds == r) & (newest.c.c < now - timedelta(seconds=r))
-                          for r in rpos])
-    state = case(
-        (or_(Host.enabled.is_(False), Policy.enabled.is_(False)), "disabled"),
-        (or_(newest.c.c.is_(None), Policy.id.is_(None)), "unprotected"),
-        (late, "breached"),
-        else_="protected",
-    )
-    classified = (select(state.label("st")).select_from(Host)
-                  .join(Policy, Policy.id == Host.policy_id, isouter=True)
-                  .join(newest, newest.c.h == Host.id, isouter=True).subquery())
-    by = {st: int(n) for st, n in s.execute(
-        select(classified.c.st, func.count()).group_by(classified.c.st))}
-    jobs = dict(s.execute(select(Job.state, func.count()).where(Job.state.in_(ACTIVE))
-                          .group_by(Job.state)).all())
+    cuts = {f"cut{i}": now - timedelta(seconds=r) for i, r in enumerate(rpos)}
+    by = {st: int(n) for st, n in s.execute(_classify(rpos), cuts)}
+    jobs = dict(s.execute(ACTIVE_JOBS).all())
+    alerts, stored, agents = s.execute(TOTALS).one()
     return {
         "hosts": sum(by.values()), "protected": by.get("protected", 0),
         "breached": by.get("breached", 0), "unprotected": by.get("unprotected", 0),
         "jobs": {k: int(v) for k, v in jobs.items()},
-        "open_alerts": int(s.scalar(select(func.count()).select_from(Alert)
-                                    .where(Alert.resolved.is_(None))) or 0),
-        "stored_bytes": int(s.scalar(select(func.sum(Point.stored_bytes))) or 0),
-        "agents": int(s.scalar(select(func.count()).select_from(Agent)
-                               .where(Agent.disabled.is_(False))) or 0),
+        "open_alerts": int(alerts or 0),
+        "stored_bytes": int(stored or 0),
+        "agents": int(agents or 0),
     }
+
+
+RPOS = select(Policy.rpo_seconds).distinct()
+ACTIVE_JOBS = select(Job.state, func.count()).where(Job.state.in_(ACTIVE)).group_by(Job.state)
+TOTALS = select(
+    select(func.count()).select_from(Alert).where(Alert.resolved.is_(None)).scalar_subquery(),
+    select(func.sum(Point.stored_bytes)).scalar_subquery(),
+    select(func.count()).select_from(Agent).where(Agent.disabled.is_(False)).scalar_subquery(),
+)
+
+
+@lru_cache(maxsize=64)
+def _classify(rpos: tuple[int, ...]) -> Select[Any]:
+    """Hosts counted by state, for these distinct RPO targets (cut-off `:cutN` per target);
+    built once per set of targets."""
+    hosts = select(
+        Host.enabled, Host.policy_id,
+        # one probe of (host_id, created) per host
+        select(func.max(Point.created)).where(Point.host_id == Host.id)
+        .scalar_subquery().label("newest"),
+    ).subquery()
+    newest = hosts.c.newest
+    late = or_(false(), *[(Policy.rpo_seconds == r) & (newest < bindparam(f"cut{i}"))
+                          for i, r in enumerate(rpos)])
+    state = case(
+        (or_(hosts.c.enabled.is_(False), Policy.enabled.is_(False)), "disabled"),
+        (or_(newest.is_(None), Policy.id.is_(None)), "unprotected"),
+        (late, "breached"),
+        else_="protected",
+    )
+    classified = (select(state.label("st")).select_from(hosts)
+                  .join(Policy, Policy.id == hosts.c.policy_id, isouter=True).subquery())
+    return select(classified.c.st, func.count()).group_by(classified.c.st)
 
 
 @router.get("/kinds", response_model=KindsOut, tags=["meta"])
