@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import anyio.to_thread
 from fastapi import Depends, FastAPI
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -47,6 +48,8 @@ class ServerConfig:
     tick: float = 5.0
     lease_ttl: float = 30.0
     refresh_every: float = 300.0
+    #: finished jobs are deleted this many days after they ended (0: kept for ever)
+    keep_jobs_days: float = 7.0
     poll: float = 1.0
     #: local repositories may only be created or opened below these directories (none: any)
     repository_roots: tuple[Path, ...] = ()
@@ -95,6 +98,27 @@ def open_services(config: ServerConfig) -> Services:
     return svc
 
 
+#: requests a server process runs at once (the rest wait their turn in the event loop):
+#: they share one interpreter lock, so more only interleave each other's CPU time and
+#: need more catalog connections, each slow to open
+API_THREADS = 8
+
+
+def _ready_for_requests(svc: Services) -> None:
+    """Bound the request threads and open their catalog connections now: a burst of
+    clients at start-up otherwise waited seconds for 40 threads to open 40 connections."""
+    anyio.to_thread.current_default_thread_limiter().total_tokens = API_THREADS
+    if svc.engine.dialect.name == "sqlite":
+        return  # a file to open, and every transaction would take its write lock
+    conns = []
+    try:
+        for _ in range(API_THREADS):
+            conns.append(svc.engine.connect())  # held, so that the pool opens a new one
+    finally:
+        for c in conns:
+            c.close()
+
+
 def create_app(config: ServerConfig, svc: Services | None = None,
                process: int | None = None) -> FastAPI:
     """`process`: one of several server processes (its pid): its workers and scheduler
@@ -119,9 +143,11 @@ def create_app(config: ServerConfig, svc: Services | None = None,
             threads.append(Worker(LocalBroker(svc.queue), f"{prefix}{i}", poll=config.poll))
         if config.scheduler:
             threads.append(Scheduler(svc.factory, svc.queue, svc.box, svc.server_id,
-                                     tick=config.tick, refresh_every=config.refresh_every))
+                                     tick=config.tick, refresh_every=config.refresh_every,
+                                     keep_jobs=config.keep_jobs_days * 86400))
         for t in threads:
             t.start()
+        _ready_for_requests(svc)
         log.info("server %s ready: %d worker(s), catalog %s", svc.server_id, config.workers,
                  svc.engine.url.render_as_string())
         try:

@@ -108,6 +108,9 @@ def server_cmd(
     tick: Annotated[float, typer.Option(help="Scheduler period, seconds.")] = 5.0,
     lease_ttl: Annotated[float, typer.Option(help="Job lease time-to-live, seconds.")] = 30.0,
     scheduler: Annotated[bool, typer.Option(help="Run the scheduler here.")] = True,
+    keep_jobs_days: Annotated[float, typer.Option(
+        min=0, help="Delete finished jobs and their logs this many days after they ended "
+        "(0: keep them; a host's newest job of each kind always stays).")] = 7.0,
     migrate_only: Annotated[bool, typer.Option(help="Upgrade the catalog and exit.")] = False,
     repository_root: Annotated[list[Path] | None, typer.Option(
         "--repository-root",
@@ -119,7 +122,8 @@ def server_cmd(
     from .server import serve
 
     config = ServerConfig(data, database, workers=workers, scheduler=scheduler, tick=tick,
-                          lease_ttl=lease_ttl, repository_roots=tuple(repository_root or ()))
+                          lease_ttl=lease_ttl, repository_roots=tuple(repository_root or ()),
+                          keep_jobs_days=keep_jobs_days)
     if migrate_only:
         open_services(config).engine.dispose()
         out.print(f"catalog {config.database_url.split('@')[-1]} is up to date")

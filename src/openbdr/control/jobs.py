@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from ..errors import OpenBDRError
 from . import alerts
@@ -318,6 +318,24 @@ class JobQueue:
             for job in expired:
                 n += self._requeue(s, job, f"lease of {job.lease_owner} expired")
         return n
+
+    def prune(self, before: datetime, batch: int = 5000) -> int:
+        """Delete up to `batch` finished jobs (and their logs) that ended before `before`,
+        oldest first; a host's newest finished job of each kind stays (its status shows it).
+        A thousand hosts on a 5-minute RPO finish ~288,000 syncs a day."""
+        with transaction(self.factory) as s:
+            j = aliased(Job)
+            newest = (select(func.max(j.id)).where(j.state.in_(FINAL), j.host_id.is_not(None))
+                      .group_by(j.host_id, j.kind))
+            ids = list(s.scalars(
+                select(Job.id)
+                .where(Job.state.in_(FINAL), Job.finished < before, Job.id.not_in(newest))
+                .order_by(Job.id).limit(batch)
+            ))
+            if ids:  # the database deletes the logs (ON DELETE CASCADE), unlinks alerts
+                s.execute(delete(Job).where(Job.id.in_(ids)),
+                          execution_options={"synchronize_session": False})
+        return len(ids)
 
     def release_owned_by(self, prefix: str) -> int:
         """At start-up: leases of this server's previous (dead) embedded workers."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -37,6 +38,10 @@ def sync_lead(rpo: float, last_duration: float, tick: float) -> float:
     return min(rpo * 0.5, 2.0 * last_duration + max(2.0 * tick, 0.1 * rpo))
 
 
+#: seconds between two prunes of finished jobs, batches per prune, jobs per batch
+PRUNE_EVERY, PRUNE_BATCHES, PRUNE_BATCH = 600.0, 10, 5000
+
+
 class Scheduler(threading.Thread):
     def __init__(
         self,
@@ -46,8 +51,12 @@ class Scheduler(threading.Thread):
         owner: str,
         tick: float = 5.0,
         refresh_every: float = 300.0,
+        keep_jobs: float = 7 * 86400.0,
     ) -> None:
         super().__init__(name="scheduler", daemon=True)
+        #: finished jobs are deleted this many seconds after they ended (0: kept for ever)
+        self.keep_jobs = keep_jobs
+        self._last_prune = 0.0
         self.factory = factory
         self.queue = queue
         self.box = box
@@ -106,7 +115,26 @@ class Scheduler(threading.Thread):
             stats.update(self._protect(s, now))
             stats["periodic"] = self._periodic(s, now)
         self._start_refresh(now)
+        stats["pruned"] = self._prune(now)
         return stats
+
+    def _prune(self, now: datetime) -> int:
+        """Every ten minutes, finished jobs past `keep_jobs`: a few batches per pass, so a
+        long backlog (an upgrade, a changed setting) drains without holding up the ticks."""
+        mono = time.monotonic()
+        if not self.keep_jobs or mono - self._last_prune < PRUNE_EVERY:
+            return 0
+        self._last_prune = mono
+        before = now - timedelta(seconds=self.keep_jobs)
+        n = 0
+        for _ in range(PRUNE_BATCHES):
+            got = self.queue.prune(before)
+            n += got
+            if got < PRUNE_BATCH:
+                break
+        if n:
+            log.info("deleted %d finished job(s) that ended before %s", n, before.isoformat())
+        return n
 
     def _start_refresh(self, now: datetime) -> None:
         """Re-list the targets in a thread of its own: reading thousands of manifests
