@@ -247,40 +247,57 @@ def request_for(rnd: random.Random, hosts: int) -> tuple[str, dict[str, Any] | N
     ])
 
 
+#: seconds of load before the counted phase
+WARMUP = 10.0
+
+
 def run_clients(url: str, headers: dict[str, str], hosts: int, clients: int,
-                seconds: float, rate: float) -> dict[str, Any]:
-    """`clients` threads for `seconds`. rate > 0: each sends `rate` requests/s on a fixed
-    schedule and a latency counts from the scheduled instant, so a slow server cannot
-    hide its queue by delaying the next request. rate 0: back to back (saturation)."""
+                seconds: float, rate: float, warmup: float = WARMUP) -> dict[str, Any]:
+    """`clients` threads for `warmup` + `seconds`; what the first `warmup` seconds send is
+    not counted (each server process's first requests of a kind compile their SQL; a server
+    in service runs warm). rate > 0: each sends `rate` requests/s on a fixed schedule and a
+    latency counts from the scheduled instant, so a slow server cannot hide its queue by
+    delaying the next request. rate 0: back to back (saturation)."""
     import httpx
 
     latencies: list[float] = []
     errors = [0]
-    stop = time.monotonic() + seconds
+    # every client is built and has its connection before the clock starts: building 50
+    # httpx clients (an SSL context each) took the load generator's CPU for seconds, and
+    # that start-up showed as the server's latency
+    ready = threading.Barrier(clients + 1)
+    window: list[float] = []
 
     def loop(seed: int) -> None:
         rnd = random.Random(seed)
         period = 1.0 / rate if rate > 0 else 0.0
-        due = time.monotonic() + rnd.random() * period
         with httpx.Client(base_url=url + "/api/v1", headers=headers, timeout=60) as cc:
+            cc.get("/health")
+            ready.wait()
+            stop = window[1]
+            due = window[0] + rnd.random() * period
             while due < stop:
                 if period:
                     time.sleep(max(0.0, due - time.monotonic()))
                 start = due if period else time.monotonic()
                 path, params = request_for(rnd, hosts)
                 r = cc.get(path, params=params)
-                latencies.append(time.monotonic() - start)
-                if r.status_code != 200:
-                    errors[0] += 1
+                if start >= counted:
+                    latencies.append(time.monotonic() - start)
+                    if r.status_code != 200:
+                        errors[0] += 1
                 due = due + period if period else time.monotonic()
 
     threads = [threading.Thread(target=loop, args=(k,), daemon=True) for k in range(clients)]
-    began = time.monotonic()
     for t in threads:
         t.start()
+    began = time.monotonic()
+    counted = began + warmup
+    window[:] = [began, counted + seconds]
+    ready.wait()
     for t in threads:
-        t.join(timeout=seconds + 120)
-    took = time.monotonic() - began
+        t.join(timeout=warmup + seconds + 120)
+    took = time.monotonic() - counted
     lat = sorted(latencies)
 
     def pct(p: float) -> float | None:
