@@ -281,10 +281,13 @@ def run_clients(url: str, headers: dict[str, str], hosts: int, clients: int,
                     time.sleep(max(0.0, due - time.monotonic()))
                 start = due if period else time.monotonic()
                 path, params = request_for(rnd, hosts)
-                r = cc.get(path, params=params)
+                try:
+                    ok = cc.get(path, params=params).status_code == 200
+                except httpx.HTTPError:  # a timeout counts, with its latency
+                    ok = False
                 if start >= counted:
                     latencies.append(time.monotonic() - start)
-                    if r.status_code != 200:
+                    if not ok:
                         errors[0] += 1
                 due = due + period if period else time.monotonic()
 

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import anyio.to_thread
 from fastapi import Depends, FastAPI
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -98,21 +97,20 @@ def open_services(config: ServerConfig) -> Services:
     return svc
 
 
-#: requests a server process runs at once (the rest wait their turn in the event loop):
-#: they share one interpreter lock, so more only interleave each other's CPU time and
-#: need more catalog connections, each slow to open
-API_THREADS = 8
+#: catalog connections a server process opens at start
+WARM_CONNECTIONS = 8
 
 
 def _ready_for_requests(svc: Services) -> None:
-    """Bound the request threads and open their catalog connections now: a burst of
-    clients at start-up otherwise waited seconds for 40 threads to open 40 connections."""
-    anyio.to_thread.current_default_thread_limiter().total_tokens = API_THREADS
+    """Open catalog connections now: a burst of clients at start-up otherwise waited for
+    each of its threads to open one. (Fewer request threads than the pool's connections
+    deadlocked: a request holds its connection from authentication on while it waits
+    for a thread.)"""
     if svc.engine.dialect.name == "sqlite":
         return  # a file to open, and every transaction would take its write lock
     conns = []
     try:
-        for _ in range(API_THREADS):
+        for _ in range(WARM_CONNECTIONS):
             conns.append(svc.engine.connect())  # held, so that the pool opens a new one
     finally:
         for c in conns:
