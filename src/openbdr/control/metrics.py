@@ -1,19 +1,26 @@
 """Prometheus `/metrics`: read from the catalog at scrape time (any server answers the
-same), plus job durations observed by this process."""
+same), plus the durations of the jobs this server's workers finished: with several
+processes (`--processes`) they share them through files (`PROMETHEUS_MULTIPROC_DIR`), so
+whichever process answers a scrape reports them all."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from .jobs import ACTIVE
 from .models import Host, Job, Point, Policy, utcnow
+
+#: set for the processes of one server: where they share their metrics
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 class CatalogCollector(Collector):
@@ -33,7 +40,10 @@ class CatalogCollector(Collector):
                                      labels=["host"])
         depth = GaugeMetricFamily("openbdr_job_queue_depth", "Jobs by kind and state",
                                   labels=["kind", "state"])
-        failures = CounterMetricFamily("openbdr_job_failures", "Failed jobs", labels=["kind"])
+        # a gauge: finished jobs are pruned after --keep-jobs-days, so the number falls
+        failures = GaugeMetricFamily("openbdr_job_failures",
+                                     "Failed jobs in the catalog (pruned after "
+                                     "--keep-jobs-days)", labels=["kind"])
         with self.factory() as s:
             rows = s.execute(
                 select(Host.name, func.max(Point.created), func.sum(Point.read_bytes),
@@ -65,9 +75,12 @@ class Metrics:
     def __init__(self, factory: sessionmaker[Session]) -> None:
         self.registry = CollectorRegistry()
         self.registry.register(CatalogCollector(factory))
+        shared = bool(os.environ.get(MULTIPROC_ENV))
+        if shared:  # the histogram goes to the files, and the scrape reads every process's
+            MultiProcessCollector(self.registry)
         self.job_seconds = Histogram(
-            "openbdr_job_duration_seconds", "Duration of finished jobs (this server)",
-            ["kind", "state"], registry=self.registry,
+            "openbdr_job_duration_seconds", "Duration of jobs this server finished",
+            ["kind", "state"], registry=None if shared else self.registry,
             buckets=(1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 24 * 3600),
         )
 

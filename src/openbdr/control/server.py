@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from fastapi import FastAPI
 
 from . import jsonlog
 from .app import ServerConfig, create_app, open_services
+from .metrics import MULTIPROC_ENV
 
 log = logging.getLogger(__name__)
 #: how the parent hands its configuration to the processes uvicorn starts
@@ -55,6 +57,11 @@ def serve(
     raw = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()}
     raw["repository_roots"] = [str(r) for r in config.repository_roots]
     os.environ[CONFIG_ENV] = json.dumps({"config": raw, "log_level": log_level})
+    # the processes (spawned: they import prometheus_client afresh) share job metrics here
+    shared = config.data_dir / "metrics"
+    shutil.rmtree(shared, ignore_errors=True)
+    shared.mkdir(mode=0o700)
+    os.environ[MULTIPROC_ENV] = str(shared)
     uvicorn.run("openbdr.control.server:process_app", factory=True, workers=processes, **opts)
 
 
