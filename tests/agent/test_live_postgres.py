@@ -217,6 +217,17 @@ def _assert_same_valid_data(ref: Path, image: Path) -> None:
                 pos += n
 
 
+def _assert_point_is(live: Live, point: str, ref: Path) -> None:
+    """Restored, `point` is the device `ref` (read under the freeze) and a clean ext4."""
+    image = _restore(live, point, "check.img")
+    try:
+        _assert_same_valid_data(ref, image)
+        run(["e2fsck", "-fn", str(image)])
+    finally:
+        image.unlink(missing_ok=True)
+        ref.unlink(missing_ok=True)
+
+
 def test_killed_agent_resyncs_to_the_frozen_device(live: Live) -> None:
     cfg = live.config()
     live.start_agent(cfg)
@@ -238,34 +249,23 @@ def test_killed_agent_resyncs_to_the_frozen_device(live: Live) -> None:
     assert disk["mode"] == "hash-compare", disk
     assert "did not stop cleanly" in (disk["fallback_reason"] or ""), disk
 
-    image = _restore(live, reply["point"], "resync.img")
-    try:
-        _assert_same_valid_data(ref, image)
-        run(["e2fsck", "-fn", str(image)])
-    finally:
-        image.unlink(missing_ok=True)
-        ref.unlink(missing_ok=True)
+    _assert_point_is(live, reply["point"], ref)
 
 
 def test_incrementals_under_load_are_the_frozen_device(live: Live) -> None:
-    """Blocks stored while they were still being staged, pages copied again after: each
-    incremental restores to exactly what a read of the frozen device gives."""
+    """Changed blocks staged while the database writes, their pages written since copied
+    again under the freeze: each incremental restores to exactly what a read of the
+    frozen device gives."""
     ref = live.top / "frozen.img"
     hook = f"dd if=$OPENBDR_DEVICES of={ref} bs=1M iflag=direct status=none"
     cfg = live.config(hook=hook, freeze_timeout=60)
     live.start_agent(cfg)
     try:
-        for k in range(2):
+        for _ in range(2):
             time.sleep(3)
             reply = live.sync(cfg)
             disk = reply["disks"][0]
             assert disk["mode"] == "incremental", disk
-            image = _restore(live, reply["point"], f"incr{k}.img")
-            try:
-                _assert_same_valid_data(ref, image)
-                run(["e2fsck", "-fn", str(image)])
-            finally:
-                image.unlink(missing_ok=True)
-                ref.unlink(missing_ok=True)
+            _assert_point_is(live, reply["point"], ref)
     finally:
         live.stop_agent()
