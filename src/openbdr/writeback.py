@@ -36,8 +36,15 @@ class Writeback:
         if self._since < self.every or not self._enabled:
             return
         self._since = 0
-        if _libc.sync_file_range(self.fd, 0, 0, SYNC_FILE_RANGE_WRITE) != 0:
-            err = ctypes.get_errno()
-            if err not in (errno.ENOSYS, errno.EINVAL, errno.ESPIPE, errno.EOPNOTSUPP):
-                raise OSError(err, f"sync_file_range: {os.strerror(err)}")
-            self._enabled = False  # a file system without it: fsync alone will do
+        self._enabled = start_writeback(self.fd)
+
+
+def start_writeback(fd: int) -> bool:
+    """Ask the kernel to begin writing `fd`'s dirty pages (without waiting); False when the
+    file system cannot (fsync alone will do)."""
+    if _libc.sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE) != 0:
+        err = ctypes.get_errno()
+        if err not in (errno.ENOSYS, errno.EINVAL, errno.ESPIPE, errno.EOPNOTSUPP):
+            raise OSError(err, f"sync_file_range: {os.strerror(err)}")
+        return False
+    return True

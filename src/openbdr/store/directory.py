@@ -2,32 +2,31 @@
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import fcntl
 import os
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ..errors import RepositoryError
+from ..writeback import start_writeback
 from .blobs import BlobInfo, Blobs, NotFound
-
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 class DirectoryBlobs(Blobs):
     """Writes go to a temporary file and are renamed into place (atomic on POSIX).
 
-    Durability is batched: `flush()` fsyncs the files (and their directories) written since
-    the last flush when they are few, and otherwise runs syncfs(2) once, which makes every
-    earlier rename and its data durable in one call instead of thousands of fsyncs. A few
-    fsyncs are preferred for small batches because syncfs also waits for every other
-    writer's dirty data on a shared file system.
+    Durability is batched: `put` starts each file's write-out at once (sync_file_range,
+    no wait), and `flush()` fsyncs the files (and their directories) written since the
+    last flush, several at a time. Not syncfs(2): it also waits for every other writer's
+    dirty data on the file system: under a database's load, an agent's flush of 700
+    small chunks waited 1.2 s for the database's own 700 MB.
     """
 
-    #: above this many unflushed files one syncfs is cheaper than one fsync each
-    FSYNC_BATCH = 64
+    #: fsyncs in flight during a flush (they release the GIL; the journal batches them)
+    FSYNC_THREADS = 8
 
     def __init__(self, path: str | os.PathLike[str], *, create: bool = False) -> None:
         self.root = Path(path).absolute()
@@ -48,6 +47,8 @@ class DirectoryBlobs(Blobs):
         self._made_dirs: set[Path] = set()
         self._unflushed: list[Path] = []  # list.append is atomic under the GIL
         self._new_dirs: list[Path] = []
+        #: the file system takes write-out hints
+        self._writeback = True
 
     def _path(self, key: str) -> Path:
         if key.startswith("/") or ".." in key.split("/"):
@@ -68,6 +69,8 @@ class DirectoryBlobs(Blobs):
                 view = view[os.write(fd, view) :]
             if sync:
                 os.fsync(fd)
+            elif self._writeback:
+                self._writeback = start_writeback(fd)
         except BaseException:
             os.close(fd)
             tmp.unlink(missing_ok=True)
@@ -79,8 +82,7 @@ class DirectoryBlobs(Blobs):
         path = self._path(key)
         tmp = self._write_tmp(path, data, sync=False)
         os.replace(tmp, path)
-        if len(self._unflushed) <= self.FSYNC_BATCH:
-            self._unflushed.append(path)
+        self._unflushed.append(path)
 
     def put_if_absent(self, key: str, data: bytes) -> bool:
         path = self._path(key)
@@ -155,29 +157,26 @@ class DirectoryBlobs(Blobs):
 
     def flush(self) -> None:
         pending, self._unflushed = self._unflushed, []
-        if len(pending) <= self.FSYNC_BATCH:
-            for path in pending:
-                try:
-                    fd = os.open(path, os.O_RDONLY)
-                except FileNotFoundError:
-                    continue  # deleted since (retention, gc): nothing to make durable
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-            dirs = {p.parent for p in pending}
-            for made in self._new_dirs:  # a new directory's own entry lives in its parents
-                dirs.update(d for d in made.parents if d.is_relative_to(self.root))
-            self._new_dirs = []
-            for parent in dirs:
-                self._fsync_dir(parent)
-            return
+        if len(pending) > 1:
+            with ThreadPoolExecutor(self.FSYNC_THREADS, thread_name_prefix="fsync") as pool:
+                list(pool.map(self._fsync_file, pending))
+        elif pending:
+            self._fsync_file(pending[0])
+        dirs = {p.parent for p in pending}
+        for made in self._new_dirs:  # a new directory's own entry lives in its parents
+            dirs.update(d for d in made.parents if d.is_relative_to(self.root))
         self._new_dirs = []
-        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+        for parent in dirs:
+            self._fsync_dir(parent)
+
+    @staticmethod
+    def _fsync_file(path: Path) -> None:
         try:
-            if _libc.syncfs(fd) != 0:
-                err = ctypes.get_errno()
-                raise OSError(err, os.strerror(err), str(self.root))
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            return  # deleted since (retention, gc): nothing to make durable
+        try:
+            os.fsync(fd)
         finally:
             os.close(fd)
 
