@@ -128,7 +128,7 @@ class Scheduler(threading.Thread):
         before = now - timedelta(seconds=self.keep_jobs)
         n = 0
         for _ in range(PRUNE_BATCHES):
-            got = self.queue.prune(before)
+            got = self.queue.prune(before, PRUNE_BATCH)
             n += got
             if got < PRUNE_BATCH:
                 break
