@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import random
 import threading
+import time
 from pathlib import Path
 
 from openbdr.capture.image import open_host
-from openbdr.gc import gc
+from openbdr.gc import CLOCK_SLACK, gc
 from openbdr.retention import Policy, forget
 from openbdr.store.repository import Repository
 from openbdr.sync import SyncOptions, sync
@@ -32,13 +33,18 @@ def test_gc_loop_while_two_hosts_sync(tmp_path: Path) -> None:
     images = {h: tmp_path / f"{h}.img" for h in ("alpha", "beta")}
     errors: list[BaseException] = []
     stop = threading.Event()
-    gc_runs = [0, 0]  # runs, chunks deleted
+    gc_runs = [0, 0]  # runs, chunks deleted while the syncs ran
 
     def syncer(host: str, seed: int) -> None:
         rng = random.Random(seed)
         try:
             repo = Repository.open(url)
-            for _ in range(6):
+            for i in range(6):
+                if i:
+                    # gc spares chunks younger than a live sync's start minus CLOCK_SLACK;
+                    # paced so, a forgotten point's chunks age past that while later syncs
+                    # run, and deletions really race them (unpaced, a fast run deletes none)
+                    time.sleep(CLOCK_SLACK / 2)
                 _write(images[host], rng, 6)
                 sync(repo, open_host(host, [str(images[host])], valid_only=False),
                      SyncOptions(threads=2, checkpoint_every=0.2))
