@@ -31,7 +31,7 @@ from .jobs import JobQueue
 from .metrics import Metrics
 from .models import ApiToken, User
 from .registry import load_plugins
-from .scheduler import Scheduler
+from .scheduler import KEEP_JOBS_DAYS, Scheduler
 from .services import Services
 from .worker import LocalBroker, Worker
 
@@ -48,7 +48,7 @@ class ServerConfig:
     lease_ttl: float = 30.0
     refresh_every: float = 300.0
     #: finished jobs are deleted this many days after they ended (0: kept for ever)
-    keep_jobs_days: float = 7.0
+    keep_jobs_days: float = KEEP_JOBS_DAYS
     poll: float = 1.0
     #: local repositories may only be created or opened below these directories (none: any)
     repository_roots: tuple[Path, ...] = ()

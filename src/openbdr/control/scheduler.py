@@ -40,6 +40,8 @@ def sync_lead(rpo: float, last_duration: float, tick: float) -> float:
 
 #: seconds between two prunes of finished jobs, batches per prune, jobs per batch
 PRUNE_EVERY, PRUNE_BATCHES, PRUNE_BATCH = 600.0, 10, 5000
+#: finished jobs are deleted this many days after they ended, by default
+KEEP_JOBS_DAYS = 7.0
 
 
 class Scheduler(threading.Thread):
@@ -51,7 +53,7 @@ class Scheduler(threading.Thread):
         owner: str,
         tick: float = 5.0,
         refresh_every: float = 300.0,
-        keep_jobs: float = 7 * 86400.0,
+        keep_jobs: float = KEEP_JOBS_DAYS * 86400.0,
     ) -> None:
         super().__init__(name="scheduler", daemon=True)
         #: finished jobs are deleted this many seconds after they ended (0: kept for ever)
