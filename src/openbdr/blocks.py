@@ -27,6 +27,8 @@ def is_zero(buf: bytes | bytearray | memoryview) -> bool:
         owner = buf.obj
         if isinstance(owner, bytes | bytearray) and len(owner) == buf.nbytes:
             buf = owner
+        elif buf[:64].tobytes() != ZERO_BLOCK[: min(64, buf.nbytes)]:
+            return False  # most blocks that are not zero say so at once: spare the copy
         else:
             buf = buf.tobytes()
     n = len(buf)

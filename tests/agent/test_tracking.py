@@ -16,7 +16,8 @@ import pytest
 
 from openbdr.capture.linux.bitmap import TrackState
 from openbdr.capture.linux.devices import resolve
-from openbdr.capture.linux.freeze import FIFREEZE, FITHAW, Freezer
+from openbdr.capture.linux.freeze import Freezer
+from openbdr.capture.linux.freezewatch import FIFREEZE, FITHAW
 from openbdr.capture.linux.tracker import DiskTracker
 
 from ..helpers import loop_device, make_ext4, mounted, run

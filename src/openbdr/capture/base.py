@@ -67,6 +67,11 @@ class DiskSnapshot(abc.ABC):
     def read_into(self, offset: int, buf: bytearray | memoryview) -> int:
         """Read from the frozen disk; beyond `size` nothing is read."""
 
+    def view(self, offset: int, length: int) -> memoryview | None:
+        """The frozen bytes at `offset` without a copy, when the source holds them in memory
+        (None: read them with `read_into`). Valid until the snapshot is released."""
+        return None
+
     @property
     @abc.abstractmethod
     def token(self) -> ChangeToken:

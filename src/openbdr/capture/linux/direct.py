@@ -3,12 +3,14 @@
 A file system writes file data to the device without going through the device's page
 cache, so a buffered read of the device can return a block as it was when first cached.
 Every read of a live disk therefore goes to the device, through an aligned bounce buffer
-(the sync engine's buffers are not page-aligned). Bytes read are counted: incremental syncs
-are judged by how little they read.
+(the sync engine's buffers are not page-aligned); a page-aligned destination (a staging
+map) is read into directly. Bytes read are counted: incremental syncs are judged by how
+little they read.
 """
 
 from __future__ import annotations
 
+import ctypes
 import mmap
 import os
 import threading
@@ -17,6 +19,11 @@ from ...errors import SourceError
 
 ALIGN = 4096
 BOUNCE = 1 << 20
+
+
+def _address(view: memoryview) -> int:
+    """Where a writable buffer starts in memory."""
+    return ctypes.addressof(ctypes.c_char.from_buffer(view))
 
 
 class DirectReader:
@@ -56,6 +63,15 @@ class DirectReader:
         if not self.direct:
             os.posix_fadvise(self.fd, offset, want, os.POSIX_FADV_DONTNEED)
             got = os.preadv(self.fd, [view[:want]], offset)
+            self._add(got)
+            return got
+        if offset % ALIGN == 0 and want % ALIGN == 0 and _address(view) % ALIGN == 0:
+            got = 0
+            while got < want:  # short only at the device's end
+                n = os.preadv(self.fd, [view[got:want]], offset + got)
+                if n <= 0:
+                    break
+                got += n
             self._add(got)
             return got
         bounce = memoryview(self._bounce())

@@ -150,6 +150,12 @@ class LiveDisk(DiskSnapshot):
                 break
         return got
 
+    def view(self, offset: int, length: int) -> memoryview | None:
+        b = offset // BLOCK_SIZE
+        if not self.settled or b not in self.staging or (offset + length - 1) // BLOCK_SIZE != b:
+            return None
+        return self.staging.view(offset, length)
+
     def moved_blocks(self, blocks: Iterable[int]) -> set[int]:
         """Of `blocks`, those the capture knows changed: written since it began, or changed
         before it and pending (so not in `extents()`). Reading them now proves
