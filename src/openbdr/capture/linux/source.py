@@ -25,7 +25,6 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
-import threading
 import time
 import uuid
 from collections.abc import Iterable
@@ -229,8 +228,6 @@ class LiveSnapshot(Snapshot):
         opts = self.host.options
         budget = opts.freeze_copy_blocks * BLOCK_SIZE
         previous: int | None = None
-        flushing = threading.Thread(target=self._flush_devices, name="flush", daemon=True)
-        flushing.start()  # the device's write cache drains while the passes copy
         for _ in range(opts.max_passes):
             cost = sum(self._cost(d, d.tracker.peek()) for d in self.live)
             if cost <= budget:
@@ -238,9 +235,7 @@ class LiveSnapshot(Snapshot):
             if previous is not None and cost > SHRINK * previous:
                 break  # writes outpace the passes: more would re-read the same hot pages
             previous = self._live_pass()
-        flushing.join()
         syncfs(self._mountpoints())  # what is dirty now is flushed outside the freeze
-        self._flush_devices()
         for attempt in range(opts.final_attempts):
             fz = self._freezer()
             with fz:
@@ -266,15 +261,6 @@ class LiveSnapshot(Snapshot):
         for d in self.live:
             d.settled = True
         return {d.name: clip(d.staging.blocks.extents(), d.size) for d in self.live}
-
-    def _flush_devices(self) -> None:
-        """Flush the write caches of the disks about to be frozen. `FIFREEZE` ends with a
-        cache flush too, and on a virtual disk with a host cache (or a loop device over a
-        file) that flush writes out everything written since the last one: hundreds of
-        MB under a database load, ~0.7 s of freeze, unless it was drained just before."""
-        for d in self.live:
-            if d.spec.freeze and d.rw_mounts:
-                os.fsync(d.reader.fd)
 
     @staticmethod
     def _cost(d: LiveDisk, dirty: DirtyBitmap) -> int:
