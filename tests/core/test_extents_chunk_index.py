@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import mmap
 import os
 
 import pytest
@@ -53,6 +54,19 @@ def test_is_zero_on_views_and_short_buffers() -> None:
     buf[-1] = 1
     assert not is_zero(memoryview(buf)) and is_zero(memoryview(buf)[:-1])
     assert block_count(0) == 0 and block_count(1) == 1 and block_count(BLOCK_SIZE + 1) == 2
+
+
+def test_is_zero_on_views_of_mapped_memory() -> None:
+    """Views the engine borrows from a source's map (not bytes-like owners)."""
+    m = mmap.mmap(-1, 2 * BLOCK_SIZE)
+    with memoryview(m) as whole:
+        first, second = whole[:BLOCK_SIZE], whole[BLOCK_SIZE:]
+        assert is_zero(first) and is_zero(second[:100])
+        m[BLOCK_SIZE - 1] = 7  # past the first 64 bytes: found by the full comparison
+        m[BLOCK_SIZE + 3] = 7  # within them: found at once
+        assert not is_zero(first) and not is_zero(second) and is_zero(first[:-1])
+        del first, second
+    m.close()
 
 
 @pytest.mark.parametrize("codec", list(Codec))
