@@ -83,6 +83,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="incrementals up to this many MiB are staged first (0: engine reads)")
     p.add_argument("--stage-memory", type=int, default=d.stage_memory >> 20,
                    help="MiB of staged blocks kept in memory (0: all in the state directory)")
+    p.add_argument("--threads", type=int, default=SyncOptions().threads,
+                   help="sync engine workers (the agent's default)")
     return p.parse_args(argv)
 
 
@@ -253,7 +255,7 @@ class Bench:
         if self.args.cache == "cold":
             DROP_CACHES.write_text("3\n")
         t0 = time.monotonic()
-        run = SyncRun(self.repo, self.host, SyncOptions(compression=Codec.ZSTD))
+        run = SyncRun(self.repo, self.host, SyncOptions(compression=Codec.ZSTD, threads=self.args.threads))
         point = run.run()
         dt = time.monotonic() - t0
         d = point.disks[0]
