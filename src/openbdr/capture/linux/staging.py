@@ -2,10 +2,10 @@
 
 The blocks sit at the disk's own offsets in a sparse file, plus the set of blocks it holds.
 They are needed for one sync only and never need to be durable, so up to a memory budget
-the file is anonymous memory (`memfd`): a repository flush on the same file system then does
-not write them to disk, and the device is read straight into its map (no bounce copy). Past the budget they move to a file in the agent's
-state directory, never on a protected file system (which may be frozen while it is
-written). Either is gone when the snapshot is released. Copies run a few reads at a time:
+the file is anonymous memory (`memfd`): a repository flush on the same file system then
+does not write them to disk, and the device is read straight into its map (no bounce
+copy). Past the budget they move to a file in the agent's state directory, never on a
+protected file system (which may be frozen while it is written). Either is gone when the snapshot is released. Copies run a few reads at a time:
 a device (and a loop device's backing file) serves queued reads faster than one by one.
 A block already staged whole is copied again only in the 4 KiB pages written since (a
 database's 8 KiB writes would otherwise cost 1 MiB re-reads each).
@@ -53,6 +53,12 @@ def memory_budget(limit: int) -> int:
     return 0
 
 
+def _close_map(m: mmap.mmap | None) -> None:
+    if m is not None:
+        with contextlib.suppress(BufferError):  # a view still held: unmapped when freed
+            m.close()
+
+
 class Staging:
     def __init__(self, path: Path, size: int, memory: int = 0) -> None:
         self.path = path
@@ -94,26 +100,31 @@ class Staging:
         self.blocks.add_all(blocks)
 
     def _copy_some(self, src: DirectReader, work: list[tuple[int, int | None]]) -> None:
-        buf = bytearray(BLOCK_SIZE)
-        view = memoryview(buf)
+        # in memory: read into the map at the block's place; in a file: through a buffer
+        mapped = memoryview(self._map) if self._map is not None else None
+        view = memoryview(bytearray(BLOCK_SIZE)) if mapped is None else None
         n = 0
-        for b, mask in work:
-            base, span = b * BLOCK_SIZE, block_span(b, self.size)
-            ranges = [(0, span)] if mask is None else [
-                (first * PAGE, min(count * PAGE, span - first * PAGE))
-                for first, count in page_runs(mask) if first * PAGE < span
-            ]
-            for off, length in ranges:
-                pos = base + off
-                if self._map is not None:
-                    with memoryview(self._map) as whole:
-                        n += src.read_into(pos, whole[pos : pos + length])
-                    continue
-                got = src.read_into(pos, view[:length])
-                os.pwrite(self.fd, view[:got], pos)
-                n += got
-        with self._lock:
-            self.bytes_copied += n
+        try:
+            for b, mask in work:
+                base, span = b * BLOCK_SIZE, block_span(b, self.size)
+                ranges = [(0, span)] if mask is None else [
+                    (first * PAGE, min(count * PAGE, span - first * PAGE))
+                    for first, count in page_runs(mask) if first * PAGE < span
+                ]
+                for off, length in ranges:
+                    pos = base + off
+                    if mapped is not None:
+                        n += src.read_into(pos, mapped[pos : pos + length])
+                        continue
+                    assert view is not None
+                    got = src.read_into(pos, view[:length])
+                    os.pwrite(self.fd, view[:got], pos)
+                    n += got
+        finally:
+            if mapped is not None:
+                mapped.release()
+            with self._lock:
+                self.bytes_copied += n
 
     def _spill(self) -> None:
         """Move the staged blocks from memory to the file (the budget is spent)."""
@@ -134,10 +145,8 @@ class Staging:
         self.memory = 0
 
     def _unmap(self) -> None:
-        if self._map is not None:
-            with contextlib.suppress(BufferError):  # a view still held: unmapped when freed
-                self._map.close()
-            self._map = None
+        held, self._map = self._map, None
+        _close_map(held)
 
     def __contains__(self, b: int) -> bool:
         return b in self.blocks
@@ -163,9 +172,7 @@ class Staging:
         held, self._map = self._map, None
 
         def free() -> None:
-            if held is not None:
-                with contextlib.suppress(BufferError):  # a view still held: freed with it
-                    held.close()
+            _close_map(held)
             os.close(fd)
 
         threading.Thread(target=free, name="staging-free", daemon=True).start()
