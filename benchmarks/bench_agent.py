@@ -83,6 +83,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="incrementals up to this many MiB are staged first (0: engine reads)")
     p.add_argument("--stage-memory", type=int, default=d.stage_memory >> 20,
                    help="MiB of staged blocks kept in memory (0: all in the state directory)")
+    p.add_argument("--stage-keep", type=float, default=d.stage_keep,
+                   help="seconds staging memory is kept for the next sync (0: freed at once)")
     p.add_argument("--threads", type=int, default=SyncOptions().threads,
                    help="sync engine workers (the agent's default)")
     return p.parse_args(argv)
@@ -217,7 +219,8 @@ class Bench:
         opts = CaptureOptions(max_passes=args.max_passes,
                               freeze_copy_blocks=args.freeze_copy_blocks,
                               stage_blocks=args.stage_blocks,
-                              stage_memory=args.stage_memory << 20)
+                              stage_memory=args.stage_memory << 20,
+                              stage_keep=args.stage_keep)
         self.host = AgentHost("bench", [DiskSpec("disk0", dev)], self.state, opts)
 
     def tracking(self, on: bool) -> None:

@@ -197,10 +197,13 @@ def load(path: str | Path) -> AgentConfig:
         freeze_copy_blocks=_get(raw, "freeze_copy_blocks", int, p, 64),
         stage_blocks=_get(raw, "stage_blocks", int, p, 16384),
         stage_memory=_get(raw, "stage_memory", int, p, 1024) << 20,
+        stage_keep=_get(raw, "stage_keep", float, p, 120.0),
         frozen_hook=raw.get("frozen_hook"),
     )
     if "settle_blocks" in raw:  # the stop rule of the live passes no longer needs it
         log.warning("%s: `settle_blocks` is no longer used (see freeze_copy_blocks)", p)
+    if capture.stage_keep < 0:
+        raise ConfigError(f"{p}: `stage_keep` must be >= 0 seconds")
     if not 0.5 <= capture.freeze_timeout <= 120:
         raise ConfigError(f"{p}: `freeze_timeout` must be between 0.5 and 120 seconds")
     try:
