@@ -255,7 +255,8 @@ def test_killed_agent_resyncs_to_the_frozen_device(live: Live) -> None:
 def test_incrementals_under_load_are_the_frozen_device(live: Live) -> None:
     """Changed blocks staged while the database writes, their pages written since copied
     again under the freeze: each incremental restores to exactly what a read of the
-    frozen device gives."""
+    frozen device gives. The second stages into the memory the first one used (kept
+    between syncs)."""
     ref = live.top / "frozen.img"
     hook = f"dd if=$OPENBDR_DEVICES of={ref} bs=1M iflag=direct status=none"
     cfg = live.config(hook=hook, freeze_timeout=60)
