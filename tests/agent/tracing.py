@@ -6,15 +6,18 @@ much an incremental sync reads against how much the workload changed.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import select
-import threading
+import subprocess
+import sys
 import time
 from datetime import datetime
 from pathlib import Path
 
 ROOT = Path("/sys/kernel/tracing")
+REPO = Path(__file__).resolve().parents[2]
 EVENT = re.compile(
     rb" (\d+\.\d+): block_rq_complete: \d+,\d+ (\S+) \([^)]*\) (\d+) \+ (\d+)"
 )
@@ -27,7 +30,52 @@ def thawed(freezes: list[dict[str, object]]) -> float:
     return datetime.fromisoformat(str(last["at"])).timestamp() + float(str(last["seconds"]))
 
 
+def _count(path: str) -> None:
+    """The counting process: parses the instance's events; to each line on stdin (the end
+    of a window on CLOCK_MONOTONIC) answers with the blocks written up to it, one line."""
+    fd = os.open(Path(path) / "trace_pipe", os.O_RDONLY | os.O_NONBLOCK)
+    writes: list[tuple[float, int, int]] = []
+    rest = b""
+
+    def drain() -> None:
+        nonlocal rest
+        while True:
+            try:
+                chunk = os.read(fd, 1 << 20)
+            except BlockingIOError:
+                return
+            if not chunk:
+                return
+            data = rest + chunk
+            cut = data.rfind(b"\n") + 1
+            rest = data[cut:]
+            for m in EVENT.finditer(data[:cut]):
+                rwbs, sector, count = m.group(2), int(m.group(3)), int(m.group(4))
+                if b"R" in rwbs or count == 0:
+                    continue
+                first = sector * 512 >> 20
+                last = ((sector + count) * 512 - 1) >> 20
+                writes.append((float(m.group(1)), first, last))
+
+    while True:
+        ready, _, _ = select.select([fd, sys.stdin], [], [], 0.2)
+        drain()
+        if sys.stdin in ready:
+            line = sys.stdin.readline()
+            if not line:
+                break
+            end = float(line)
+            taken = [w for w in writes if w[0] <= end]
+            writes[:] = [w for w in writes if w[0] > end]
+            blocks = sorted({b for _t, first, last in taken for b in range(first, last + 1)})
+            print(" ".join(map(str, blocks)), flush=True)
+    os.close(fd)
+
+
 class WriteCounter:
+    """Runs in a process of its own: parsing every write of a database under load holds
+    a GIL, and a benchmark must not lend the agent's to it."""
+
     def __init__(self, device: str) -> None:
         st = os.stat(device)
         kdev = (os.major(st.st_rdev) << 20) | os.minor(st.st_rdev)
@@ -39,50 +87,32 @@ class WriteCounter:
         # CLOCK_MONOTONIC timestamps: a window can end at an instant the agent reports
         (self.path / "trace_clock").write_text("mono\n")
         (ev / "enable").write_text("1\n")
-        self.fd = os.open(self.path / "trace_pipe", os.O_RDONLY | os.O_NONBLOCK)
-        #: (completion time on CLOCK_MONOTONIC, first block, last block) of each write
-        self.writes: list[tuple[float, int, int]] = []
-        self.lock = threading.Lock()
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        rest = b""
-        while not self.stop.is_set():
-            r, _, _ = select.select([self.fd], [], [], 0.2)
-            if not r:
-                continue
-            try:
-                data = rest + os.read(self.fd, 1 << 20)
-            except BlockingIOError:
-                continue
-            cut = data.rfind(b"\n") + 1
-            rest = data[cut:]
-            with self.lock:
-                for m in EVENT.finditer(data[:cut]):
-                    rwbs, sector, count = m.group(2), int(m.group(3)), int(m.group(4))
-                    if b"R" in rwbs or count == 0:
-                        continue
-                    first = sector * 512 >> 20
-                    last = ((sector + count) * 512 - 1) >> 20
-                    self.writes.append((float(m.group(1)), first, last))
+        code = f"from tests.agent.tracing import _count; _count({str(self.path)!r})"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", code],
+            cwd=REPO,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
 
     def take(self, until: float | None = None) -> set[int]:
         """Blocks written since the last call, up to the instant `until` (a `time.time()`
         value, e.g. when a capture's freeze ended) or up to now; later writes stay for the
         next call. The reader catches up first."""
         (self.path / "trace_marker").write_text("sync\n")
-        self.stop.wait(0.5)
+        time.sleep(0.5)
         end = time.monotonic() if until is None else until - time.time() + time.monotonic()
-        with self.lock:
-            taken = [w for w in self.writes if w[0] <= end]
-            self.writes = [w for w in self.writes if w[0] > end]
-        return {b for _t, first, last in taken for b in range(first, last + 1)}
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(f"{end!r}\n")
+        self.proc.stdin.flush()
+        return {int(b) for b in self.proc.stdout.readline().split()}
 
     def close(self) -> None:
-        self.stop.set()
-        self.thread.join(5)
-        os.close(self.fd)
+        with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+            self.proc.communicate(timeout=5)  # end of stdin: the process ends
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
         (self.path / "events/block/block_rq_complete/enable").write_text("0\n")
         self.path.rmdir()
