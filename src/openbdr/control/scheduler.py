@@ -58,7 +58,9 @@ class Scheduler(threading.Thread):
         super().__init__(name="scheduler", daemon=True)
         #: finished jobs are deleted this many seconds after they ended (0: kept for ever)
         self.keep_jobs = keep_jobs
-        self._last_prune = 0.0
+        #: monotonic time of the last prune (None: none yet; the clock starts at boot, so
+        #: 0 would hold off the first prune for ten minutes after a reboot)
+        self._last_prune: float | None = None
         self.factory = factory
         self.queue = queue
         self.box = box
@@ -124,7 +126,9 @@ class Scheduler(threading.Thread):
         """Every ten minutes, finished jobs past `keep_jobs`: a few batches per pass, so a
         long backlog (an upgrade, a changed setting) drains without holding up the ticks."""
         mono = time.monotonic()
-        if not self.keep_jobs or mono - self._last_prune < PRUNE_EVERY:
+        if not self.keep_jobs or (
+            self._last_prune is not None and mono - self._last_prune < PRUNE_EVERY
+        ):
             return 0
         self._last_prune = mono
         before = now - timedelta(seconds=self.keep_jobs)
