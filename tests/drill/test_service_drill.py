@@ -70,7 +70,7 @@ def pg_image() -> Iterator[Path]:
 
 
 def _capture(d: Path) -> Iterator[Path]:
-    live = make_ext4(d / "live.img", 192)
+    live = make_ext4(d / "live.img", 320)
     copy = d / "crash.img"
     sock = d / "sock"
     sock.mkdir()
@@ -118,14 +118,16 @@ def _capture(d: Path) -> Iterator[Path]:
                     "-U",
                     "postgres",
                     "-c",
-                    "do $$ begin for i in 1..100000 loop insert into load (pad) "
+                    # bounded (150,000 rows): a time-bounded load filled the volume on a
+                    # fast machine, and recovery then had no room for its WAL
+                    "do $$ begin for i in 1..3000 loop insert into load (pad) "
                     "select md5(g::text) from generate_series(1,50) g; commit; end loop; end $$;",
                 ],
                 env=env,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
-            time.sleep(4)  # rows written since the checkpoint live only in the WAL
+            _wait_for_rows(env, LOAD_ROWS_BEFORE_FREEZE)  # since the checkpoint: WAL only
             run(["fsfreeze", "-f", str(mnt)])
             try:
                 run(["cp", "--sparse=always", str(live), str(copy)])
@@ -152,6 +154,20 @@ def _capture(d: Path) -> Iterator[Path]:
             )
             _unmount_when_idle(mnt)
     yield copy
+
+
+#: committed rows of the load when the volume is frozen (the load goes on to 150,000)
+LOAD_ROWS_BEFORE_FREEZE = 20_000
+
+
+def _wait_for_rows(env: dict[str, str], rows: int) -> None:
+    """Until the load has committed `rows` rows: the copy is then taken mid-load, whatever
+    the machine's speed."""
+    deadline = time.monotonic() + 60
+    query = ["psql", "-X", "-qtA", "-U", "postgres", "-c", "select count(*) from load"]
+    while int(_as_pg(query, env=env).stdout.strip() or 0) < rows:
+        assert time.monotonic() < deadline, f"the load did not commit {rows} rows in 60 s"
+        time.sleep(0.2)
 
 
 def _unmount_when_idle(mnt: Path) -> None:
