@@ -207,6 +207,8 @@ def host_list(json_out: JsonOpt = False) -> None:
 
 @host_app.command("show")
 def host_show(name: str) -> None:
+    """One host as JSON: source, target, policy, protection against its RPO, newest point,
+    last sync and drill, running job, open alerts."""
     out.print_json(json.dumps(client().get(f"/hosts/{name}"), default=str))
 
 
@@ -355,6 +357,7 @@ def job_list(
 
 @job_app.command("show")
 def job_show(job_id: int, logs: Annotated[bool, typer.Option("--logs")] = False) -> None:
+    """One job as JSON (state, progress, result); --logs adds its log lines."""
     c = client()
     out.print_json(json.dumps(c.get(f"/jobs/{job_id}"), default=str))
     if logs:
