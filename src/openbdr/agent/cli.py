@@ -61,8 +61,9 @@ def run(
         float | None, typer.Option(help="Seconds between job polls when idle.")
     ] = None,
 ) -> None:
-    """Track the configured disks, sync on the interval or on request; with a control
-    table, also run this agent's jobs from the server (outbound HTTPS only)."""
+    """Track the configured disks; sync on the interval or on request.
+
+    With a control table, also run this agent's jobs from the server (outbound HTTPS only)."""
     from ..control import jsonlog
     from .config import is_credential, load
 
@@ -93,8 +94,9 @@ def enrol(
     name: Annotated[str, typer.Option("--name", help="This agent's unique name.")],
     config: ConfigOpt = None,
 ) -> None:
-    """Exchange a one-time enrolment token for this agent's own credential (saved 0600 where
-    the configuration's control table says, or in the JSON file given)."""
+    """Exchange a one-time enrolment token for this agent's own credential.
+
+    Saved 0600 where the configuration's control table says, or in the JSON file given."""
     from ..control.agent import enrol as do_enrol
     from .config import credential_path, is_credential, load
 

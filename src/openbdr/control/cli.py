@@ -207,8 +207,9 @@ def host_list(json_out: JsonOpt = False) -> None:
 
 @host_app.command("show")
 def host_show(name: str) -> None:
-    """One host as JSON: source, target, policy, protection against its RPO, newest point,
-    last sync and drill, running job, open alerts."""
+    """One host as JSON: its set-up, protection against its RPO and newest point.
+
+    Also its last sync and drill, running job and open alerts."""
     out.print_json(json.dumps(client().get(f"/hosts/{name}"), default=str))
 
 
