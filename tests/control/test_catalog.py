@@ -35,12 +35,20 @@ def test_upgrade_from_first_revision_keeps_data(catalog_url: str) -> None:
             "INSERT INTO jobs (id, kind, state, host_id, params, progress, result, priority, "
             "attempts, max_attempts, created_by, created) VALUES (1, 'sync', 'queued', 1, '{}', "
             "'{}', '{}', 0, 0, 5, 'me', :t)"), {"t": utcnow()})
+        for k, (read, stored) in enumerate([(7 << 20, 3 << 20), (5 << 20, 1 << 20)]):
+            conn.execute(text(
+                "INSERT INTO points (host_id, point_id, created, consistency, status, size, "
+                "read_bytes, stored_bytes, codec, mode, duration_s, disks, drill) VALUES "
+                "(1, :p, :t, 'crash', 'ok', 0, :r, :s, 'none', 'full', 1.0, '[]', '{}')"),
+                {"p": f"p{k}", "t": utcnow(), "r": read, "s": stored})
     migrate(engine)
-    assert current_revision(engine) == "0003"
+    assert current_revision(engine) == "0004"
     factory = session_factory(engine)
     with factory() as s:
         host = s.scalar(select(Host).where(Host.name == "old"))
         assert host is not None and host.source["paths"] == ["/a"] and host.pool is None
+        # the byte counters start where the sums over the points were
+        assert (host.read_bytes_total, host.stored_bytes_total) == (12 << 20, 4 << 20)
         job = s.get(Job, 1)
         assert job is not None and job.state == "queued" and job.pool is None
     with engine.connect() as conn:  # the migrations build exactly what the models say

@@ -33,6 +33,7 @@ class CatalogCollector(Collector):
                                 "Age of each host's newest restore point", labels=["host"])
         rpo = GaugeMetricFamily("openbdr_rpo_target_seconds", "Each host's RPO target",
                                 labels=["host"])
+        # running totals per host: they do not fall when retention forgets points
         read = CounterMetricFamily("openbdr_bytes_read", "Bytes read from sources by syncs",
                                    labels=["host"])
         stored = CounterMetricFamily("openbdr_bytes_stored",
@@ -46,11 +47,12 @@ class CatalogCollector(Collector):
                                      "--keep-jobs-days)", labels=["kind"])
         with self.factory() as s:
             rows = s.execute(
-                select(Host.name, func.max(Point.created), func.sum(Point.read_bytes),
-                       func.sum(Point.stored_bytes), Policy.rpo_seconds)
+                select(Host.name, func.max(Point.created), Host.read_bytes_total,
+                       Host.stored_bytes_total, Policy.rpo_seconds)
                 .join(Point, Point.host_id == Host.id, isouter=True)
                 .join(Policy, Policy.id == Host.policy_id, isouter=True)
-                .group_by(Host.name, Policy.rpo_seconds)
+                .group_by(Host.name, Host.read_bytes_total, Host.stored_bytes_total,
+                          Policy.rpo_seconds)
             ).all()
             for name, newest, r, st, target in rows:
                 if newest is not None:

@@ -57,6 +57,7 @@ def upsert_point(s: Session, host: Host, data: dict[str, Any], row: Point | None
     if row is None:
         row = s.scalar(select(Point).where(Point.host_id == host.id,
                                            Point.point_id == data["id"]))
+    new = row is None
     if row is None:
         row = Point(host_id=host.id, point_id=data["id"])
         s.add(row)
@@ -71,6 +72,9 @@ def upsert_point(s: Session, host: Host, data: dict[str, Any], row: Point | None
     row.mode = ",".join(sorted({str(d.get("mode", "full")) for d in disks})) or "full"
     row.duration_s = float(data.get("duration_s", 0.0))
     row.disks = disks
+    if new:  # counted once per point, and never taken back (see Host.read_bytes_total)
+        host.read_bytes_total = (host.read_bytes_total or 0) + row.read_bytes
+        host.stored_bytes_total = (host.stored_bytes_total or 0) + row.stored_bytes
     host.disks = [
         {"name": d["name"], "size": d["size"], "layout": d.get("layout")} for d in disks
     ]

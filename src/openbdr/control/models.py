@@ -117,6 +117,10 @@ class Host(Base):
     disks: Mapped[list[Any]] = mapped_column(default=list)
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     created: Mapped[datetime] = mapped_column(default=utcnow)
+    #: bytes read from the sources and bytes of new chunks stored, over every point ever
+    #: reported: Prometheus counters, which must not fall when retention forgets points
+    read_bytes_total: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    stored_bytes_total: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
 class Job(Base):
