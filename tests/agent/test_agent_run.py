@@ -128,6 +128,12 @@ def test_one_daemon_tracks_serves_locally_and_runs_the_servers_jobs(top: Path) -
             assert tree_checksums(rmp) == expected
         known = {p["id"] for p in c.get("/points", params={"host": "lh1"}).json()}
         assert {first["result"]["point"]["id"], pid} <= known  # the server mirrors job points
+        # the pause the sync cost production: its final freeze of the mounted ext4, as the
+        # point's token recorded it
+        mirrored = c.get(f"/points/lh1/{pid}").json()
+        windows = mirrored["disks"][0]["freezes_s"]
+        assert len(windows) == 1 and 0 < windows[0] < 10, mirrored["disks"][0]
+        assert mirrored["freeze_s"] == round(windows[0], 4)
     finally:
         if agent is not None and agent.poll() is None:
             agent.send_signal(signal.SIGTERM)

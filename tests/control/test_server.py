@@ -76,6 +76,7 @@ def test_pause_change_compression_resume(server: ServerProc, tmp_path: Path) -> 
     assert after.get(1, 0) + after.get(2, 0) > 0, after
     points = c.get("/points", params={"host": "web1"}).json()
     assert len(points) == 1 and points[0]["codec"] == "zstd"
+    assert points[0]["freeze_s"] is None  # an image source freezes nothing
     # the resumed run read only what was left (nothing resent)
     assert points[0]["read_bytes"] <= total - done_at_pause + (8 << 20)
     _restore_and_compare(c, tmp_path, image, points[0]["id"])

@@ -17,8 +17,24 @@ from ..store.manifest import RestorePoint
 from .models import Host, Job, Point, Target, utcnow
 
 
+def _freezes(p: RestorePoint) -> dict[str, list[float]]:
+    """Each disk's freeze windows in seconds, as a live source (the agent) recorded them
+    in the point's change token; disks of sources that do not freeze have none."""
+    disks = (p.token or {}).get("value") or {}
+    out: dict[str, list[float]] = {}
+    for name, tok in disks.items():
+        value = tok.get("value") if isinstance(tok, dict) else None
+        capture = value.get("capture") if isinstance(value, dict) else None
+        windows = capture.get("freezes") if isinstance(capture, dict) else None
+        if isinstance(windows, list):
+            out[name] = [float(w.get("seconds", 0.0)) for w in windows if isinstance(w, dict)]
+    return out
+
+
 def point_json(p: RestorePoint) -> dict[str, Any]:
-    """What a worker reports about a committed point (no chunk ids, no token)."""
+    """What a worker reports about a committed point (no chunk ids, no token; the freeze
+    windows the token records are the production pause a sync cost)."""
+    freezes = _freezes(p)
     return {
         "host": p.host,
         "id": p.id,
@@ -39,6 +55,7 @@ def point_json(p: RestorePoint) -> dict[str, Any]:
                 "stored_bytes": d.stored_bytes,
                 "mode": d.mode,
                 "layout": d.layout,
+                "freezes_s": freezes.get(d.name),
             }
             for d in p.disks
         ],

@@ -281,6 +281,13 @@ def sync_now(name: str, s: DB, p: Operator, svc: Svc, body: SyncIn | None = None
 
 
 # -- points -----------------------------------------------------------------------
+def _freeze_s(disks: list[dict[str, Any]]) -> float | None:
+    """Seconds the host's file systems were frozen during the sync (None: not a freezing
+    source). One freeze covers every disk and each disk records it, so the longest sum."""
+    sums = [sum(d["freezes_s"]) for d in disks if isinstance(d.get("freezes_s"), list)]
+    return round(max(sums), 4) if sums else None
+
+
 def point_out(pt: Point, host: str) -> dict[str, Any]:
     return {
         "host": host, "id": pt.point_id, "created": pt.created,
@@ -288,7 +295,7 @@ def point_out(pt: Point, host: str) -> dict[str, Any]:
         "consistency": pt.consistency, "status": pt.status, "size": pt.size,
         "read_bytes": pt.read_bytes, "stored_bytes": pt.stored_bytes, "codec": pt.codec,
         "mode": pt.mode, "duration_s": pt.duration_s, "verified": pt.verified,
-        "disks": pt.disks, "drill": pt.drill,
+        "disks": pt.disks, "drill": pt.drill, "freeze_s": _freeze_s(pt.disks),
     }
 
 

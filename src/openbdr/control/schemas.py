@@ -279,6 +279,8 @@ class PointOut(BaseModel):
     verified: datetime | None
     disks: list[dict[str, Any]]
     drill: dict[str, Any]
+    #: seconds the file systems were frozen for this point (the agent); None: no freeze
+    freeze_s: float | None = None
 
 
 class AlertOut(BaseModel):

@@ -67,6 +67,7 @@ export const rate = (n) => (n === null || n === undefined ? "—" : `${bytes(n)}
 
 export function duration(s) {
   if (s === null || s === undefined || Number.isNaN(s)) return "—";
+  if (Number(s) < 0.9995) return `${Math.max(0, Math.round(Number(s) * 1000))} ms`; // freezes, quick syncs
   s = Math.max(0, Math.round(Number(s)));
   if (s < 60) return `${s} s`;
   if (s < 3600) return `${Math.floor(s / 60)} min ${s % 60 ? `${s % 60} s` : ""}`.trim();

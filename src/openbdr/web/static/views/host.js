@@ -211,10 +211,11 @@ function drawPoints(st) {
     cell("Size", bytes(p.size), true), cell("Read", bytes(p.read_bytes), true),
     cell("Stored", bytes(p.stored_bytes), true), cell("Codec", p.codec),
     cell("Took", duration(p.duration_s), true),
+    cell("Freeze", duration(p.freeze_s), true),
     operate ? cell("Actions", pointActions(st, p)) : null));
   fill(st.parts.points, table([{ label: "Point" }, { label: "Created" }, { label: "Consistency" }, { label: "Status" },
     { label: "Size", num: true }, { label: "Read", num: true }, { label: "Stored", num: true }, { label: "Codec" },
-    { label: "Took", num: true }, ...(operate ? [{ label: "Actions" }] : [])], trs,
+    { label: "Took", num: true }, { label: "Freeze", num: true }, ...(operate ? [{ label: "Actions" }] : [])], trs,
   { empty: `No restore point of ${host.name} yet.`, caption: "Restore points", attrs: { id: "points-table" } }));
 }
 
