@@ -56,7 +56,7 @@ from tests.agent.tracing import WriteCounter, thawed
 from openbdr.capture.linux.source import AgentHost, CaptureOptions, DiskSpec
 from openbdr.chunk import Codec
 from openbdr.store.repository import Repository
-from openbdr.sync import SyncOptions, SyncRun
+from openbdr.sync import SyncOptions, SyncRun, disk_capture
 
 DEFAULT_WORKDIR = ROOT / ".work" / "bench-agent"
 CORPUS = ROOT / ".work" / "bench"
@@ -269,8 +269,7 @@ class Bench:
         point = run.run()
         dt = time.monotonic() - t0
         d = point.disks[0]
-        cap = (((point.token or {}).get("value") or {}).get("disk0") or {}).get("value", {})
-        cap = cap.get("capture", {})
+        cap = disk_capture(point.token, "disk0")
         # the blocks written up to this capture's final cut (later ones are the next sync's)
         changed = len(counter.take(until=thawed(cap["freezes"]))) * MIB
         r = SyncResult(

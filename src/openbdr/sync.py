@@ -564,6 +564,15 @@ def snap_token(disks: list[DiskSnapshot]) -> ChangeToken:
     return ChangeToken(source, {d.name: d.token.to_json() for d in disks})
 
 
+def disk_capture(token: dict[str, Any] | None, disk: str) -> dict[str, Any]:
+    """What a live source recorded of one disk's capture (passes, bytes read, freeze
+    windows) in a point's token, which `snap_token` nests per disk; {} if nothing."""
+    tok = ((token or {}).get("value") or {}).get(disk)
+    value = tok.get("value") if isinstance(tok, dict) else None
+    capture = value.get("capture") if isinstance(value, dict) else None
+    return capture if isinstance(capture, dict) else {}
+
+
 def sync(
     repo: Repository,
     host: Host,

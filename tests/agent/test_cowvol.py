@@ -22,7 +22,7 @@ from openbdr.capture.linux.cowstore import CowStore
 from openbdr.extents import Extent, to_blocks
 from openbdr.restore import restore_disk
 from openbdr.store.repository import Repository
-from openbdr.sync import SyncOptions, sync
+from openbdr.sync import SyncOptions, disk_capture, sync
 from openbdr.volume import FileReader, analyze
 
 from ..helpers import mounted
@@ -219,7 +219,7 @@ def test_live_ext4_points_are_the_snapshot_instant(
             stop.set()
             t.join(30)
             counter.close()
-    freezes = [p.token["value"]["disk0"]["value"]["capture"]["freezes"] for p in points]
+    freezes = [disk_capture(p.token, "disk0")["freezes"] for p in points]
     assert all(len(f) == 1 for f in freezes)
     assert [p.disks[0].mode for p in points] == ["full", "incremental", "incremental"]
     prev_ref: Path | None = None

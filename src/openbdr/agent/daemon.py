@@ -25,7 +25,7 @@ from typing import Any
 
 from ..errors import OpenBDRError
 from ..store.repository import Repository
-from ..sync import SyncOptions, sync
+from ..sync import SyncOptions, disk_capture, sync
 from . import control
 from .config import AgentConfig
 from .hosts import AnyHost, open_host
@@ -58,10 +58,9 @@ class Agent:
                 self.last = {"ok": False, "error": str(exc), "at": _now()}
                 log.error("sync failed: %s", exc)
                 return self.last
-            tok = (point.token or {}).get("value", {})
             disks = []
             for d in point.disks:
-                cap = ((tok.get(d.name) or {}).get("value") or {}).get("capture", {})
+                cap = disk_capture(point.token, d.name)
                 disks.append(
                     {
                         "name": d.name,

@@ -14,27 +14,19 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ..store.manifest import RestorePoint
+from ..sync import disk_capture
 from .models import Host, Job, Point, Target, utcnow
 
 
-def _freezes(p: RestorePoint) -> dict[str, list[float]]:
-    """Each disk's freeze windows in seconds, as a live source (the agent) recorded them
-    in the point's change token; disks of sources that do not freeze have none."""
-    disks = (p.token or {}).get("value") or {}
-    out: dict[str, list[float]] = {}
-    for name, tok in disks.items():
-        value = tok.get("value") if isinstance(tok, dict) else None
-        capture = value.get("capture") if isinstance(value, dict) else None
-        windows = capture.get("freezes") if isinstance(capture, dict) else None
-        if isinstance(windows, list):
-            out[name] = [float(w.get("seconds", 0.0)) for w in windows if isinstance(w, dict)]
-    return out
+def _freeze_windows(capture: dict[str, Any]) -> list[float] | None:
+    """The seconds of each freeze a live source (the agent) recorded; None: it froze nothing."""
+    windows = capture.get("freezes")
+    return [float(w["seconds"]) for w in windows] if isinstance(windows, list) else None
 
 
 def point_json(p: RestorePoint) -> dict[str, Any]:
     """What a worker reports about a committed point (no chunk ids, no token; the freeze
     windows the token records are the production pause a sync cost)."""
-    freezes = _freezes(p)
     return {
         "host": p.host,
         "id": p.id,
@@ -55,7 +47,7 @@ def point_json(p: RestorePoint) -> dict[str, Any]:
                 "stored_bytes": d.stored_bytes,
                 "mode": d.mode,
                 "layout": d.layout,
-                "freezes_s": freezes.get(d.name),
+                "freezes_s": _freeze_windows(disk_capture(p.token, d.name)),
             }
             for d in p.disks
         ],
