@@ -1,10 +1,25 @@
-"""Test disks: ext4 images with compressible, unique-per-block content."""
+"""Test disks: ext4 images with compressible, unique-per-block content; catalog rows."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from sqlalchemy.orm import Session
+
+from openbdr.control.models import Policy, Target
+
 from ..helpers import make_ext4
+
+
+def target_and_policy(s: Session, repo: Path, enabled: bool = True) -> tuple[Target, Policy]:
+    """Target `dr` at `repo` and policy `p` (10-minute RPO, no compression), flushed so
+    their ids are set; a disabled policy starts no syncs."""
+    t = Target(name="dr", url=str(repo))
+    p = Policy(name="p", rpo_seconds=600, compression="none", compression_level=1,
+               bwlimit=0, bandwidth_windows=[], retention={}, drill_plan={}, enabled=enabled)
+    s.add_all([t, p])
+    s.flush()
+    return t, p
 
 
 def compressible_files(top: Path, mib: int, seed: str = "a") -> Path:

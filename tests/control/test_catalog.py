@@ -14,9 +14,11 @@ from openbdr.control.alerts import open_alert
 from openbdr.control.crypto import SecretBox
 from openbdr.control.db import current_revision, make_engine, migrate, session_factory, transaction
 from openbdr.control.jobs import JobQueue, LeaseLost
-from openbdr.control.models import Alert, Base, Host, Job, JobLog, Point, Policy, Target, utcnow
+from openbdr.control.models import Alert, Base, Host, Job, JobLog, Point, Target, utcnow
 from openbdr.control.registry import load_plugins
 from openbdr.control.scheduler import Scheduler, sync_lead
+
+from .data import target_and_policy
 
 
 def test_upgrade_from_first_revision_keeps_data(catalog_url: str) -> None:
@@ -70,11 +72,7 @@ def test_scheduler_keeps_rpo_and_alerts(catalog_url: str, tmp_path: Path) -> Non
     queue, sched = _catalog(catalog_url, tmp_path)
     now = utcnow()
     with transaction(queue.factory) as s:
-        t = Target(name="dr", url=str(tmp_path / "repo"))
-        p = Policy(name="p", rpo_seconds=600, compression="none", compression_level=1,
-                   bwlimit=0, bandwidth_windows=[], retention={}, drill_plan={}, enabled=True)
-        s.add_all([t, p])
-        s.flush()
+        t, p = target_and_policy(s, tmp_path / "repo")
         for name, age in (("fresh", 60), ("due", 560), ("late", 900), ("never", None)):
             h = Host(name=name, source={"type": "image", "paths": ["/x"]}, target_id=t.id,
                      policy_id=p.id, disks=[], enabled=True)

@@ -12,8 +12,10 @@ from sqlalchemy import func, select
 from openbdr.control.crypto import SecretBox
 from openbdr.control.db import make_engine, migrate, session_factory, transaction
 from openbdr.control.jobs import JobQueue
-from openbdr.control.models import Alert, Host, Job, JobLog, Policy, Target, utcnow
+from openbdr.control.models import Alert, Host, Job, JobLog, utcnow
 from openbdr.control.scheduler import Scheduler
+
+from .data import target_and_policy
 
 
 def test_old_finished_jobs_go_newest_per_host_and_kind_stay(
@@ -25,11 +27,7 @@ def test_old_finished_jobs_go_newest_per_host_and_kind_stay(
     now = utcnow()
     old, recent = now - timedelta(days=30), now - timedelta(hours=1)
     with transaction(factory) as s:
-        t = Target(name="dr", url=str(tmp_path / "repo"))
-        p = Policy(name="p", rpo_seconds=600, compression="none", compression_level=1,
-                   bwlimit=0, bandwidth_windows=[], retention={}, drill_plan={}, enabled=False)  # no syncs to start
-        s.add_all([t, p])
-        s.flush()
+        t, p = target_and_policy(s, tmp_path / "repo", enabled=False)  # no syncs to start
         a, b = (Host(name=n, source={"type": "image", "paths": ["/x"]}, target_id=t.id,
                      policy_id=p.id, disks=[], enabled=True) for n in ("a", "b"))
         s.add_all([a, b])

@@ -12,8 +12,10 @@ from prometheus_client import generate_latest
 from openbdr.control.db import make_engine, migrate, session_factory, transaction
 from openbdr.control.metrics import Metrics
 from openbdr.control.mirror import refresh_target
-from openbdr.control.models import Host, Policy, Target
+from openbdr.control.models import Host, Target
 from openbdr.store.manifest import DiskRecord, RestorePoint
+
+from .data import target_and_policy
 
 MiB = 1 << 20
 
@@ -44,11 +46,7 @@ def test_byte_counters_do_not_fall_when_retention_forgets_points(
     factory = session_factory(engine)
     metrics = Metrics(factory)
     with transaction(factory) as s:
-        t = Target(name="dr", url=str(tmp_path / "repo"))
-        p = Policy(name="p", rpo_seconds=600, compression="none", compression_level=1,
-                   bwlimit=0, bandwidth_windows=[], retention={}, drill_plan={}, enabled=False)
-        s.add_all([t, p])
-        s.flush()
+        t, p = target_and_policy(s, tmp_path / "repo", enabled=False)  # no syncs to start
         s.add(Host(name="web1", source={"type": "image", "paths": ["/x"]}, target_id=t.id,
                    policy_id=p.id, disks=[], enabled=True))
     a, b, c = _point("a", 40 * MiB, 20 * MiB), _point("b", 6 * MiB, 2 * MiB), \

@@ -11,11 +11,13 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from openbdr.control.db import make_engine, migrate, session_factory, transaction
-from openbdr.control.models import Alert, Host, Job, Point, Policy, Target, utcnow
+from openbdr.control.models import Alert, Host, Job, Point, Target, utcnow
 from openbdr.control.routes_admin import overview
 from openbdr.control.status import collect, host_rows
 from openbdr.web.dashboard import ORDER, dashboard_row
 from openbdr.web.history import series
+
+from .data import target_and_policy
 
 
 def _catalog(url: str) -> tuple[Engine, sessionmaker[Session]]:
@@ -28,11 +30,7 @@ def test_rows_show_each_state_and_the_last_jobs(catalog_url: str, tmp_path: Path
     engine, factory = _catalog(catalog_url)
     now = utcnow()
     with transaction(factory) as s:
-        t = Target(name="dr", url=str(tmp_path / "repo"))
-        p = Policy(name="p", rpo_seconds=600, compression="none", compression_level=1,
-                   bwlimit=0, bandwidth_windows=[], retention={}, drill_plan={}, enabled=True)
-        s.add_all([t, p])
-        s.flush()
+        t, p = target_and_policy(s, tmp_path / "repo")
         ages = {"ok": 60, "warn": 500, "late": 900, "never": None, "off": 60}
         hosts = {}
         for name, age in ages.items():
