@@ -26,7 +26,7 @@ from typing import Any
 
 from . import gc, scrub
 from .blocks import BLOCK_SIZE, ZERO_BLOCK, block_count, block_span, is_zero
-from .capture.base import ChangeToken, DiskSnapshot, Host
+from .capture.base import ChangeToken, DiskSnapshot, Host, Snapshot
 from .chunk import ZERO_ID, ChunkCodec, Codec
 from .errors import LockedError, OpenBDRError, SourceError
 from .extents import Extent, normalize, to_blocks, total
@@ -43,8 +43,6 @@ DEDUP_SET_LIMIT = 1 << 18
 #: ids stored in this run kept for dedup across positions; past this the set starts over
 #: (a missed dedup only costs an idempotent re-put), so memory does not grow with the disk
 STORED_SET_LIMIT = 1 << 16
-#: unchanged blocks re-read per disk to check a change tracker's word
-TRUST_SAMPLE = 8
 
 
 @dataclass
@@ -221,7 +219,8 @@ class _DiskSync:
 
     def sync(self, extents: list[Extent]) -> None:
         run = self.run
-        self.record.valid_bytes = int(getattr(self.disk, "valid_bytes", total(extents)))
+        valid = self.disk.valid_bytes
+        self.record.valid_bytes = int(total(extents) if valid is None else valid)
         results: queue.Queue[Any] = queue.Queue()
         free = [bytearray(BLOCK_SIZE) for _ in range(run.options.threads * 2 + 2)]
         in_flight = 0
@@ -287,19 +286,17 @@ class _DiskSync:
         changed = set(to_blocks(extents, self.size))
         candidates = [i for i, _ in self.prev.nonzero() if i not in changed]
         # live sources: blocks written since T0, or known changed but not listed yet
-        moved = getattr(self.disk, "moved_blocks", None)
-        if moved is not None:  # sample only what the source calls unchanged
-            known = moved(candidates)
-            candidates = [i for i in candidates if i not in known]
+        known = self.disk.moved_blocks(candidates)  # sample only what it calls unchanged
+        candidates = [i for i in candidates if i not in known]
         bad = []
         buf = bytearray(BLOCK_SIZE)
-        k = int(getattr(self.disk, "trust_sample", TRUST_SAMPLE))  # a source may scale it
+        k = self.disk.trust_sample
         for i in random.sample(candidates, min(k, len(candidates))):
             span = block_span(i, self.size)
             self.disk.read_into(i * BLOCK_SIZE, memoryview(buf)[:span])
             if self.run.codec.chunk_id(memoryview(buf)[:span]) != self.prev[i]:
                 bad.append(i)
-        return [i for i in bad if i not in moved(bad)] if bad and moved is not None else bad
+        return [i for i in bad if i not in self.disk.moved_blocks(bad)] if bad else bad
 
 
 class SyncRun:
@@ -477,8 +474,7 @@ class SyncRun:
                     key = index_key(point_id, ds.no)
                     repo.put_index(key, ds.index)
                     ds.record.index_key = key
-                    layout = getattr(ds.disk, "layout", None)
-                    ds.record.layout = layout if isinstance(layout, dict) else None
+                    ds.record.layout = ds.disk.layout
                     disks.append(ds.record)
                 point = RestorePoint(
                     host=host.name,
@@ -488,7 +484,7 @@ class SyncRun:
                     disks=disks,
                     parent=prev.id if prev else None,
                     token=ChangeToken.to_json(snap_token(snap.disks)),
-                    source=getattr(host, "describe", lambda: type(host).__name__)(),
+                    source=host.describe(),
                     codec=self.options.compression.name.lower(),
                     duration_s=round(time.monotonic() - self.started, 3),
                 )
@@ -499,14 +495,13 @@ class SyncRun:
             log.info("sync of %s: %s", host.name, self.phases)
             return point
 
-    def _settle(self, snap: Any, plans: list[tuple[_DiskSync, list[Extent]]]) -> None:
+    def _settle(self, snap: Snapshot, plans: list[tuple[_DiskSync, list[Extent]]]) -> None:
         """Live sources (the agent) read the first pass while the disk changes; `settle()`
         re-copies what changed meanwhile, last under freeze, and lists it: stored over the
         first pass, it makes the point one instant. Sources without it are frozen already."""
-        settle = getattr(snap, "settle", None)
-        if settle is None:
+        again = snap.settle()
+        if not again:
             return
-        again = settle()
         self._phase("settle")
         for ds, extents in plans:
             more = again.get(ds.disk.name) or []

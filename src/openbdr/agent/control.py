@@ -13,7 +13,7 @@ import threading
 from typing import Any
 
 from ..capture.base import ChangeToken, Host, Snapshot
-from ..control.registry import SourceType, register_source
+from ..capture.registry import SourceType, register_source
 from ..errors import SourceError
 
 #: host name -> the tracked host of the daemon running in this process

@@ -9,7 +9,7 @@ valid data (a full pass, or a hash-compare pass against the previous restore poi
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -17,6 +17,9 @@ from typing import Any, Literal, Protocol
 from ..extents import Extent
 
 Consistency = Literal["application", "filesystem", "crash"]
+
+#: unchanged blocks re-read per disk, by default, to check a change tracker's word
+TRUST_SAMPLE = 8
 
 
 class BlockReader(Protocol):
@@ -58,10 +61,30 @@ class DiskSnapshot(abc.ABC):
     incremental: bool = False
     #: why a requested incremental fell back to a full pass (None if it did not)
     fallback_reason: str | None = None
+    #: bytes of valid data on the disk (None: the total of a full pass's `extents()`)
+    valid_bytes: int | None = None
+    #: partition table and file systems found (`volume.DiskLayout.to_json()`), for the point
+    layout: dict[str, Any] | None = None
+    #: unchanged blocks that trust-but-verify re-reads (a source may scale it to the disk)
+    trust_sample: int = TRUST_SAMPLE
 
     @abc.abstractmethod
     def extents(self) -> Iterable[Extent]:
-        """Changed extents (incremental) or valid extents (full), sorted and merged."""
+        """Changed extents (incremental) or valid extents (full), sorted and merged.
+
+        In an incremental, the bytes of a touched 1 MiB block that no extent covers are
+        unchanged: the engine takes them from the previous restore point, so a source with
+        a finer granularity (EBS 512 KiB, byte extents) need not read the whole block."""
+
+    def zero_extents(self) -> Iterable[Extent]:
+        """Extents known to be zero or discarded now (RBD `exists=False`, unallocated
+        EBS/CBT ranges), sorted and merged: recorded as zero without being read."""
+        return ()
+
+    def moved_blocks(self, blocks: Iterable[int]) -> set[int]:
+        """Of `blocks`, those a live capture knows changed although `extents()` does not
+        list them yet: trust-but-verify must not count them as the tracker's misses."""
+        return set()
 
     @abc.abstractmethod
     def read_into(self, offset: int, buf: bytearray | memoryview) -> int:
@@ -94,6 +117,18 @@ class Snapshot(AbstractContextManager["Snapshot"]):
     def release(self) -> None:
         """Release the platform snapshot; a no-op for sources that hold none."""
 
+    def settle(self) -> dict[str, list[Extent]]:
+        """Called after the engine's first pass. A live source (the agent) re-copies what
+        changed meanwhile, last under freeze, and returns those extents per disk name: the
+        engine stores them over the first pass. Frozen sources have nothing to settle."""
+        return {}
+
+    def committed(self) -> None:
+        """Called once the restore point of this snapshot is committed: an agentless source
+        keeps this platform snapshot as the base of the next change list and deletes the
+        previous one. `release()` follows either way; without this call it must drop the
+        new snapshot and keep the old base (the point does not exist)."""
+
 
 class Host(abc.ABC):
     """A protected machine as seen through one source."""
@@ -104,6 +139,6 @@ class Host(abc.ABC):
     def snapshot(self, since: ChangeToken | None) -> Snapshot:
         """Freeze all disks; `since` is the token of the previous restore point, if any."""
 
-
-def iter_disks(snapshot: Snapshot) -> Iterator[tuple[int, DiskSnapshot]]:
-    return enumerate(snapshot.disks)
+    def describe(self) -> str:
+        """What the point records as its source (type and location, no secrets)."""
+        return type(self).__name__

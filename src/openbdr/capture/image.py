@@ -25,6 +25,7 @@ from ..errors import SourceError
 from ..extents import Extent, clip, intersect, normalize
 from ..volume.reader import FileReader
 from .base import ChangeToken, DiskSnapshot, Host, Snapshot
+from .registry import SourceType, register_source
 
 log = logging.getLogger(__name__)
 
@@ -186,3 +187,29 @@ class ImageHost(Host):
 
 def open_host(name: str, paths: list[str], valid_only: bool = True) -> ImageHost:
     return ImageHost(name, paths, valid_only)
+
+
+def _validate(spec: dict[str, Any]) -> None:
+    paths = spec.get("paths")
+    if not isinstance(paths, list) or not paths or not all(isinstance(p, str) and p for p in paths):
+        raise SourceError(
+            "source type image needs `paths`: a list of disk image or block device paths",
+            'e.g. {"type": "image", "paths": ["/var/lib/images/web1.img"]}',
+        )
+
+
+def _open(name: str, spec: dict[str, Any]) -> ImageHost:
+    _validate(spec)
+    return open_host(name, list(spec["paths"]), valid_only=bool(spec.get("valid_only", True)))
+
+
+register_source(
+    SourceType(
+        "image",
+        _open,
+        _validate,
+        "raw disk images or block devices readable where the job runs",
+        {"paths": "list of paths", "valid_only": "bool: only blocks file systems use"},
+        parse=lambda arg: {"type": "image", "paths": [p for p in arg.split(",") if p]},
+    )
+)

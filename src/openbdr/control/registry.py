@@ -11,11 +11,12 @@ import importlib
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
 
-from ..capture.base import Host
+from ..capture import registry as capture_registry
+from ..capture.registry import SOURCES, SourceType
 from ..errors import OpenBDRError
 
 if TYPE_CHECKING:
@@ -34,6 +35,8 @@ PLUGINS = [
     "openbdr.gc.control",
     "openbdr.agent.control",
 ]
+
+__all__ = ["KINDS", "SOURCES", "JobKind", "SourceType", "UnknownKind", "kind", "source_type"]
 
 
 class UnknownKind(OpenBDRError):
@@ -54,27 +57,12 @@ class JobKind:
     description: str = ""
 
 
-@dataclass
-class SourceType:
-    name: str
-    open: Callable[[str, dict[str, Any]], Host]
-    #: checks a specification when a host is added; raises OpenBDRError
-    validate: Callable[[dict[str, Any]], None] = lambda spec: None
-    description: str = ""
-    fields: dict[str, str] = field(default_factory=dict)
-
-
 KINDS: dict[str, JobKind] = {}
-SOURCES: dict[str, SourceType] = {}
 _loaded = False
 
 
 def register_kind(kind: JobKind) -> None:
     KINDS[kind.name] = kind
-
-
-def register_source(source: SourceType) -> None:
-    SOURCES[source.name] = source
 
 
 def load_plugins() -> None:
@@ -110,11 +98,6 @@ def kind(name: str) -> JobKind:
 
 
 def source_type(spec: dict[str, Any]) -> SourceType:
+    """The source type of a host's spec, once the plug-ins have registered theirs."""
     load_plugins()
-    name = str(spec.get("type", ""))
-    try:
-        return SOURCES[name]
-    except KeyError:
-        raise UnknownKind(
-            f"unknown source type {name!r}", f"use one of: {', '.join(sorted(SOURCES))}"
-        ) from None
+    return capture_registry.source_type(spec)

@@ -1,4 +1,4 @@
-"""The built-in job kinds (sync, restore, verify) and source type (image).
+"""The built-in job kinds (sync, restore, verify).
 
 Each runner works from its `JobContext` alone, so it runs the same in the server and
 in a remote agent; the `on_success` hooks run in the server and update the catalog.
@@ -13,16 +13,15 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from ..capture.image import open_host
 from ..chunk import Codec
-from ..errors import OpenBDRError, SourceError
+from ..errors import OpenBDRError
 from ..restore import restore
 from ..sync import Progress, SyncOptions, sync
 from ..verify import verify
 from . import alerts
 from .mirror import point_json, upsert_point
 from .models import Host, Job, Point, utcnow
-from .registry import JobKind, SourceType, register_kind, register_source
+from .registry import JobKind, register_kind
 from .worker import JobContext, JobStopped
 
 
@@ -185,31 +184,6 @@ def verify_done(s: Session, job: Job, result: dict[str, Any]) -> None:
             point.verified = now
 
 
-# -- sources --------------------------------------------------------------------------
-def _validate_image(spec: dict[str, Any]) -> None:
-    paths = spec.get("paths")
-    if not isinstance(paths, list) or not paths or not all(isinstance(p, str) and p
-                                                           for p in paths):
-        raise SourceError(
-            "source type image needs `paths`: a list of disk image or block device paths",
-            'e.g. {"type": "image", "paths": ["/var/lib/images/web1.img"]}',
-        )
-
-
-def _open_image(name: str, spec: dict[str, Any]) -> Any:
-    _validate_image(spec)
-    return open_host(name, list(spec["paths"]), valid_only=bool(spec.get("valid_only", True)))
-
-
-register_source(
-    SourceType(
-        "image",
-        _open_image,
-        _validate_image,
-        "raw disk images or block devices readable where the job runs",
-        {"paths": "list of paths", "valid_only": "bool: only blocks file systems use"},
-    )
-)
 register_kind(JobKind("sync", run_sync, exclusive=True, on_success=sync_done,
                       description="copy the host's disks to a new restore point"))
 register_kind(JobKind("restore", run_restore,
