@@ -15,6 +15,7 @@ from typing import Any
 from ..capture.base import ChangeToken, Host, Snapshot
 from ..capture.registry import SourceType, register_source
 from ..errors import SourceError
+from ..extents import Extent
 
 #: host name -> the tracked host of the daemon running in this process
 _LIVE: dict[str, Host] = {}
@@ -29,8 +30,11 @@ class _HeldSnapshot(Snapshot):
         self.disks = inner.disks
         self.consistency = inner.consistency
 
-    def __getattr__(self, name: str) -> Any:  # optional hooks (settle) of the inner source
-        return getattr(self.inner, name)
+    def settle(self) -> dict[str, list[Extent]]:
+        return self.inner.settle()
+
+    def committed(self) -> None:
+        self.inner.committed()
 
     def release(self) -> None:
         try:
@@ -56,8 +60,7 @@ class Serialized(Host):
             raise
 
     def describe(self) -> str:
-        describe = getattr(self.host, "describe", None)
-        return str(describe()) if describe is not None else type(self.host).__name__
+        return self.host.describe()
 
 
 def serve(host: Host, lock: threading.Lock) -> None:
