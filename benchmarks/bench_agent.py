@@ -55,7 +55,7 @@ from tests.agent.tracing import WriteCounter, thawed
 
 from openbdr.capture.linux.source import AgentHost, CaptureOptions, DiskSpec
 from openbdr.chunk import Codec
-from openbdr.store.repository import Repository
+from openbdr.store.objects.repository import Repository
 from openbdr.sync import SyncOptions, SyncRun, disk_capture
 
 DEFAULT_WORKDIR = ROOT / ".work" / "bench-agent"

@@ -106,7 +106,7 @@ def repo_init(
     ] = False,
 ) -> None:
     """Create an empty repository."""
-    from .store.repository import Repository
+    from .store.objects.repository import Repository
 
     r = Repository.init(repo, encrypt=encrypt)
     out.print(f"created repository {r.id} at {r.url}")
@@ -136,7 +136,7 @@ def sync_cmd(
     """Sync disks to a new restore point (full first, then only what differs)."""
     from .capture.image import open_host
     from .store.manifest import check_host_name
-    from .store.repository import Repository
+    from .store.objects.repository import Repository
     from .sync import SyncOptions, sync
     from .throttle import parse_rate
 
@@ -180,7 +180,7 @@ def points(
     json_out: JsonOpt = False,
 ) -> None:
     """List restore points."""
-    from .store.repository import Repository
+    from .store.objects.repository import Repository
 
     pts = Repository.open(repo).points(host)
     rows = [p.summary() for p in pts]
@@ -220,7 +220,7 @@ def restore(
 ) -> None:
     """Write a restore point's disks to files or block devices."""
     from .restore import restore as do_restore
-    from .store.repository import Repository
+    from .store.objects.repository import Repository
 
     r = Repository.open(repo)
     p = r.point(host, point)
@@ -249,8 +249,8 @@ def verify(
     json_out: JsonOpt = False,
 ) -> None:
     """Check that restore points are complete (and, with --deep, intact)."""
-    from .store.repository import Repository
-    from .verify import verify as do_verify
+    from .store.objects.repository import Repository
+    from .store.objects.verify import verify as do_verify
 
     r = Repository.open(repo)
     with _bar(transient=True) as bar:
@@ -316,8 +316,8 @@ NewPassOpt = Annotated[
 
 def _unlocked(repo: str) -> tuple[Any, str]:
     """An encrypted repository and the key slot its passphrase opened."""
-    from .store import keys
-    from .store.repository import Repository
+    from .store.objects import keys
+    from .store.objects.repository import Repository
 
     r = Repository.open(repo)
     if r.keys is None:
@@ -327,7 +327,7 @@ def _unlocked(repo: str) -> tuple[Any, str]:
 
 
 def _new_passphrase(path: str | None) -> str:
-    from .store import keys
+    from .store.objects import keys
 
     if path:
         os.environ["OPENBDR_NEW_PASSWORD_FILE"] = path
@@ -337,7 +337,7 @@ def _new_passphrase(path: str | None) -> str:
 @key_app.command("list")
 def key_list(repo: RepoOpt) -> None:
     """List key slots (the one your passphrase opens is marked)."""
-    from .store import keys
+    from .store.objects import keys
 
     r, mine = _unlocked(repo)
     for s in keys.slots(r.raw_blobs):
@@ -348,7 +348,7 @@ def key_list(repo: RepoOpt) -> None:
 @key_app.command("add")
 def key_add(repo: RepoOpt, new_password_file: NewPassOpt = None) -> None:
     """Add a passphrase (a new key slot wrapping the same master key)."""
-    from .store import keys
+    from .store.objects import keys
 
     r, _ = _unlocked(repo)
     slot = keys.add_slot(r.raw_blobs, r.id, r.keys, _new_passphrase(new_password_file))
@@ -358,7 +358,7 @@ def key_add(repo: RepoOpt, new_password_file: NewPassOpt = None) -> None:
 @key_app.command("remove")
 def key_remove(repo: RepoOpt, slot: Annotated[str, typer.Argument(help="Slot id.")]) -> None:
     """Remove a key slot (never the last one)."""
-    from .store import keys
+    from .store.objects import keys
 
     r, _ = _unlocked(repo)
     keys.remove_slot(r.raw_blobs, slot)
@@ -368,7 +368,7 @@ def key_remove(repo: RepoOpt, slot: Annotated[str, typer.Argument(help="Slot id.
 @key_app.command("rotate-passphrase")
 def key_rotate(repo: RepoOpt, new_password_file: NewPassOpt = None) -> None:
     """Replace the passphrase you opened with by a new one (data is not re-encrypted)."""
-    from .store import keys
+    from .store.objects import keys
 
     r, old = _unlocked(repo)
     slot = keys.add_slot(r.raw_blobs, r.id, r.keys, _new_passphrase(new_password_file))
@@ -389,9 +389,9 @@ def forget(
     json_out: JsonOpt = False,
 ) -> None:
     """Remove restore points a retention policy does not keep (per host; chunks go at gc)."""
-    from .retention import Policy
-    from .retention import forget as do_forget
-    from .store.repository import Repository
+    from .store.objects.repository import Repository
+    from .store.retention import Policy
+    from .store.retention import forget as do_forget
 
     policy = Policy(keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly)
     decisions = do_forget(Repository.open(repo), policy, host, dry_run=dry_run)
@@ -419,8 +419,8 @@ def protect(
     off: Annotated[bool, typer.Option("--off", help="Remove the protection.")] = False,
 ) -> None:
     """Keep a restore point whatever the retention policy says (or stop keeping it)."""
-    from .gc import maintenance_lease
-    from .store.repository import Repository
+    from .store.objects.gc import maintenance_lease
+    from .store.objects.repository import Repository
 
     r = Repository.open(repo)
     with maintenance_lease(r):
@@ -440,8 +440,8 @@ def gc_cmd(
     json_out: JsonOpt = False,
 ) -> None:
     """Delete chunks no restore point, checkpoint or running sync references."""
-    from .gc import gc as do_gc
-    from .store.repository import Repository
+    from .store.objects.gc import gc as do_gc
+    from .store.objects.repository import Repository
 
     if margin < 0:
         raise OpenBDRError(f"bad --margin {margin}", "give 0 or more seconds")

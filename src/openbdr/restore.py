@@ -21,7 +21,7 @@ from .capture.image import device_size
 from .chunk import ZERO_ID
 from .errors import CorruptionError, OpenBDRError, TargetError
 from .store.manifest import DiskRecord, RestorePoint
-from .store.repository import Repository
+from .store.objects.repository import Repository
 from .writeback import Writeback
 
 

@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from . import gc, scrub
 from .blocks import BLOCK_SIZE, ZERO_BLOCK, block_count, block_span, is_zero
 from .capture.base import ChangeToken, DiskSnapshot, Host, Snapshot
 from .chunk import ZERO_ID, ChunkCodec, Codec
@@ -32,7 +31,8 @@ from .errors import LockedError, OpenBDRError, SourceError
 from .extents import Extent, normalize, to_blocks, total
 from .store.index import DiskIndex
 from .store.manifest import DiskRecord, RestorePoint, index_key, new_point_id
-from .store.repository import Repository
+from .store.objects import gc, scrub
+from .store.objects.repository import Repository
 from .throttle import TokenBucket
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ from openbdr.capture.linux import cowvol
 from openbdr.capture.linux.cowstore import CowStore
 from openbdr.extents import Extent, to_blocks
 from openbdr.restore import restore_disk
-from openbdr.store.repository import Repository
+from openbdr.store.objects.repository import Repository
 from openbdr.sync import SyncOptions, disk_capture, sync
 from openbdr.volume import FileReader, analyze
 

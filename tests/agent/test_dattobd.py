@@ -26,7 +26,7 @@ from openbdr.errors import SourceError
 from openbdr.extents import Extent
 from openbdr.restore import restore_disk
 from openbdr.store.manifest import RestorePoint
-from openbdr.store.repository import Repository
+from openbdr.store.objects.repository import Repository
 from openbdr.sync import SyncOptions, sync
 
 from ..helpers import loop_device, make_ext4, mounted

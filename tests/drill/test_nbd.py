@@ -10,7 +10,7 @@ import pytest
 
 from openbdr.drill.export import serve_point
 from openbdr.drill.image import CowImage, PointImage
-from openbdr.store.repository import Repository
+from openbdr.store.objects.repository import Repository
 
 from ..helpers import openbdr, run, sha256
 

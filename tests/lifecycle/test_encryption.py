@@ -10,8 +10,8 @@ import pytest
 
 from openbdr.errors import OpenBDRError
 from openbdr.restore import restore
-from openbdr.store.repository import Repository
-from openbdr.verify import verify
+from openbdr.store.objects.repository import Repository
+from openbdr.store.objects.verify import verify
 
 from ..helpers import openbdr, sha256
 

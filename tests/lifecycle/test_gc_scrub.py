@@ -9,11 +9,11 @@ import time
 from pathlib import Path
 
 from openbdr.capture.image import open_host
-from openbdr.gc import CLOCK_SLACK, gc
-from openbdr.retention import Policy, forget
-from openbdr.store.repository import Repository
+from openbdr.store.objects.gc import CLOCK_SLACK, gc
+from openbdr.store.objects.repository import Repository
+from openbdr.store.objects.verify import verify
+from openbdr.store.retention import Policy, forget
 from openbdr.sync import SyncOptions, sync
-from openbdr.verify import verify
 
 from ..helpers import openbdr, sha256
 

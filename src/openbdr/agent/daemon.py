@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ..errors import OpenBDRError
-from ..store.repository import Repository
+from ..store.objects.repository import Repository
 from ..sync import SyncOptions, disk_capture, sync
 from . import control
 from .config import AgentConfig

@@ -16,8 +16,8 @@ from sqlalchemy.orm import Session
 from ..chunk import Codec
 from ..errors import OpenBDRError
 from ..restore import restore
+from ..store.objects.verify import verify
 from ..sync import Progress, SyncOptions, sync
-from ..verify import verify
 from . import alerts
 from .mirror import point_json, upsert_point
 from .models import Host, Job, Point, utcnow

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from typing import Any, Protocol
 
 from ..errors import LockedError, OpenBDRError
-from ..store.repository import Repository
+from ..store.objects.repository import Repository
 from .jobs import JobQueue, JobSpec, LeaseLost
 from .registry import kind as job_kind
 from .registry import load_plugins, source_type

@@ -57,7 +57,7 @@ def run_cmd(
     json_out: JsonOpt = False,
 ) -> None:
     """Drill a restore point; exit 0 only when every check and probe passed."""
-    from ..store.repository import Repository
+    from ..store.objects.repository import Repository
     from .plan import load_plan
     from .runner import DrillOptions, run_drill
 
@@ -97,7 +97,7 @@ def report_cmd(
     json_out: JsonOpt = False,
 ) -> None:
     """Show a stored drill report (needs only the repository)."""
-    from ..store.repository import Repository
+    from ..store.objects.repository import Repository
     from .report import find_report, get_artifact, load_report
 
     r = Repository.open(repo)
@@ -136,7 +136,7 @@ def list_cmd(
     json_out: JsonOpt = False,
 ) -> None:
     """List stored drill reports, oldest first."""
-    from ..store.repository import Repository
+    from ..store.objects.repository import Repository
     from .report import list_reports, load_report
 
     r = Repository.open(repo)
@@ -198,7 +198,7 @@ def serve_cmd(
     ] = False,
 ) -> None:
     """Instant access: serve a point's disks over NBD until interrupted."""
-    from ..store.repository import Repository
+    from ..store.objects.repository import Repository
     from .image import CowImage, Image, PointImage
     from .nbd import NbdServer
 
@@ -226,7 +226,7 @@ def mount_cmd(
     ] = None,
 ) -> None:
     """Read-only file access to a restore point, until interrupted (Ctrl-C unmounts)."""
-    from ..store.repository import Repository
+    from ..store.objects.repository import Repository
     from .mount import mount_point
 
     r = Repository.open(repo)

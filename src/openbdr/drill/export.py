@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from ..store.manifest import RestorePoint
-from ..store.repository import Repository
+from ..store.objects.repository import Repository
 from .image import CowImage, Image, PointImage
 from .nbd import NbdServer
 

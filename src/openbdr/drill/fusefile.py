@@ -119,7 +119,7 @@ def serve(images: dict[str, Image], mountpoint: str, writable: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..store.repository import Repository
+    from ..store.objects.repository import Repository
 
     ap = argparse.ArgumentParser(prog="python -m openbdr.drill.fusefile")
     ap.add_argument("repo")

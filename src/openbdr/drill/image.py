@@ -18,7 +18,7 @@ from ..blocks import BLOCK_SIZE, ZERO_BLOCK, block_span
 from ..chunk import ZERO_ID
 from ..errors import CorruptionError, OpenBDRError
 from ..store.manifest import DiskRecord, RestorePoint
-from ..store.repository import Repository
+from ..store.objects.repository import Repository
 
 
 class Image(Protocol):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..errors import OpenBDRError
 from ..store.manifest import RestorePoint
-from ..store.repository import Repository
+from ..store.objects.repository import Repository
 from .checks import mount_volume
 from .image import PointImage, find_disk
 from .resources import Resources

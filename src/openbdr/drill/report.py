@@ -17,7 +17,7 @@ from typing import Any
 
 from ..errors import OpenBDRError
 from ..store.blobs import NotFound
-from ..store.repository import Repository
+from ..store.objects.repository import Repository
 
 RTO_DEFINITION = (
     "Seconds from the start of `drill run` (before the disks are exported) until the first "

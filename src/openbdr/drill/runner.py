@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..errors import OpenBDRError
 from ..store.manifest import RestorePoint, new_point_id
-from ..store.repository import Repository
+from ..store.objects.repository import Repository
 from .accel import choose_accel
 from .checks import Check, boot_signature, fsck_volume, mount_volume
 from .export import serve_point

@@ -20,7 +20,7 @@ from ..control.services import Services
 from ..control.worker import open_target
 from ..drill.report import ReportNotFound, get_artifact, list_reports, load_report
 from ..errors import OpenBDRError
-from ..store.repository import Repository
+from ..store.objects.repository import Repository
 
 router = APIRouter(prefix="/api/v1/console", responses=RESPONSES, include_in_schema=False)
 Svc = Annotated[Services, Depends(services)]

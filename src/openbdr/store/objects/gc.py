@@ -25,11 +25,11 @@ import logging
 import time
 from dataclasses import dataclass
 
-from .chunk import ID_SIZE, ZERO_ID, chunk_id_from_key, chunk_key
-from .errors import CorruptionError, LockedError
-from .store.blobs import NotFound
-from .store.lease import Lease
-from .store.repository import Repository
+from ...chunk import ID_SIZE, ZERO_ID, chunk_id_from_key, chunk_key
+from ...errors import CorruptionError, LockedError
+from ..blobs import NotFound
+from .lease import Lease
+from .repository import Repository
 
 log = logging.getLogger(__name__)
 

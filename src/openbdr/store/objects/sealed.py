@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from ..chunk import Cipher
-from .blobs import BlobInfo, Blobs, NotFound
+from ...chunk import Cipher
+from ..blobs import BlobInfo, Blobs, NotFound
 from .crypto import open_object, seal_object
 
 SEALED_PREFIXES = ("points/", "indexes/", "checkpoints/", "scrub/", "gc/")

@@ -12,12 +12,12 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from ...blocks import BLOCK_SIZE
+from ...chunk import chunk_id_from_key
+from ...errors import CorruptionError, OpenBDRError
+from ..manifest import RestorePoint
 from . import scrub
-from .blocks import BLOCK_SIZE
-from .chunk import chunk_id_from_key
-from .errors import CorruptionError, OpenBDRError
-from .store.manifest import RestorePoint
-from .store.repository import Repository
+from .repository import Repository
 
 
 @dataclass

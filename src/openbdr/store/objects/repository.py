@@ -19,15 +19,15 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from ..blocks import BLOCK_SIZE
-from ..chunk import ChunkCodec, Codec, Encoded, chunk_key
-from ..errors import CorruptionError, RepositoryError
-from .blobs import Blobs, NotFound, open_blobs
+from ...blocks import BLOCK_SIZE
+from ...chunk import ChunkCodec, Codec, Encoded, chunk_key
+from ...errors import CorruptionError, RepositoryError
+from ..blobs import Blobs, NotFound, open_blobs
+from ..index import DiskIndex
+from ..manifest import RestorePoint, check_host_name, point_key
 from .crypto import AeadCipher, RepoKeys
-from .index import DiskIndex
 from .keys import encrypted_config, open_keys, read_passphrase
 from .lease import Lease
-from .manifest import RestorePoint, check_host_name, point_key
 from .sealed import SealedBlobs
 
 FORMAT = "openbdr-repository"

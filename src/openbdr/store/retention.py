@@ -13,10 +13,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from .errors import OpenBDRError
-from .gc import maintenance_lease
-from .store.manifest import RestorePoint
-from .store.repository import Repository
+from ..errors import OpenBDRError
+from .manifest import RestorePoint
+from .objects.gc import maintenance_lease
+from .objects.repository import Repository
 
 BUCKETS: dict[str, Callable[[datetime], str]] = {
     "hourly": lambda t: t.strftime("%Y-%m-%dT%H"),
