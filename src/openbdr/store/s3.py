@@ -43,6 +43,7 @@ class S3Blobs(Blobs):
             raise RepositoryError(f"bad S3 repository URL {url!r}", "write s3://bucket/prefix")
         self.url = url
         self.concurrency = max_connections
+        self.sorted_listing = True  # ListObjectsV2 returns keys in UTF-8 binary order
         self.bucket = parsed.netloc
         self.prefix = parsed.path.strip("/")
         if self.prefix:
@@ -104,24 +105,15 @@ class S3Blobs(Blobs):
     def _key(self, key: str) -> str:
         return self.prefix + key
 
+    def is_transient(self, exc: BaseException) -> bool:
+        return is_transient(exc)
+
     def _call(self, op: str, read: bool = False, **kwargs: Any) -> Any:
-        """One S3 operation, retried on transient errors; `read` also reads the body."""
-
-        def once() -> Any:
-            res = getattr(self.client, op)(Bucket=self.bucket, **kwargs)
-            if read:
-                res["Data"] = res["Body"].read()
-            return res
-
-        try:
-            return with_retries(once, f"S3 {op} {kwargs.get('Key', '')}")
-        except Exception as exc:
-            if not is_transient(exc):
-                raise
-            raise RepositoryError(
-                f"S3 endpoint {self.endpoint or 'AWS'} stopped answering during {op}: {exc}",
-                "check the S3 service; a sync resumes from its checkpoint when run again",
-            ) from None
+        """One S3 operation (retries wrap the store: `RetryingBlobs`); `read` reads the body."""
+        res = getattr(self.client, op)(Bucket=self.bucket, **kwargs)
+        if read:
+            res["Data"] = res["Body"].read()
+        return res
 
     @staticmethod
     def _code(exc: botocore.exceptions.ClientError) -> str:

@@ -413,4 +413,4 @@ def _init(url: str, *, passphrase: str | None = None, encrypt: bool = False) -> 
     return ObjectTarget(Repository.init(url, encrypt=encrypt, passphrase=passphrase))
 
 
-register_target_kind(TargetKind(("", "file", "s3"), _open, _init))
+register_target_kind(TargetKind(("", "file", "s3", "memory"), _open, _init))
