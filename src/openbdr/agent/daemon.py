@@ -23,10 +23,10 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+from ..capture.linux import served
 from ..errors import OpenBDRError
 from ..store.target import open_target
 from ..sync import SyncOptions, disk_capture, sync
-from . import control
 from .config import AgentConfig
 from .hosts import AnyHost, open_host
 
@@ -172,7 +172,7 @@ class Agent:
             log.info("agent for host %s up: %s", self.config.host, self.host.describe())
             interval = self.config.interval
             if self.puller is not None:
-                control.serve(self.host, self.sync_lock)
+                served.serve(self.host, self.sync_lock)
                 self.puller.start()
                 if interval > 0:
                     log.info("enrolled: the server's policy schedules syncs, not interval")
@@ -186,7 +186,7 @@ class Agent:
         finally:
             if self.puller is not None:  # running jobs stop at a checkpoint, reported
                 self.puller.stop()
-                control.withdraw(self.host.name)
+                served.withdraw(self.host.name)
             if self._server is not None:
                 self._server.shutdown()
                 self._server.server_close()
