@@ -180,19 +180,4 @@ class ChunkCodec:
         raise ValueError(f"unknown codec {codec}")
 
 
-def chunk_key(chunk_id: bytes) -> str:
-    """Object key of a chunk: `chunks/ab/<hex id>` (fan-out by the first byte)."""
-    h = chunk_id.hex()
-    return f"chunks/{h[:2]}/{h}"
-
-
-def chunk_id_from_key(key: str) -> bytes | None:
-    name = key.rsplit("/", 1)[-1]
-    try:
-        raw = bytes.fromhex(name)
-    except ValueError:
-        return None
-    return raw if len(raw) == ID_SIZE else None
-
-
 Hasher = Callable[[bytes], bytes]

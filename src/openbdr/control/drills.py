@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ..drill.plan import DEFAULT_PLAN, Plan, parse_plan, plan_from_mapping
+from ..drill.report import prefix
 from ..drill.runner import Drill, DrillOptions
 from ..errors import OpenBDRError
 from . import alerts
@@ -65,7 +66,7 @@ def run_drill_job(ctx: JobContext) -> dict[str, Any]:
         "rto_first_s": rep.rto_first_s,
         "rto_all_s": rep.rto_all_s,
         "finished": rep.finished,
-        "report": f"drills/{rep.host}/{rep.id}/report.json",
+        "report": prefix(rep.host, rep.id) + "report.json",
     }
 
 

@@ -21,8 +21,9 @@ from typing import Any
 from ...errors import OpenBDRError, RepositoryError
 from ..blobs import Blobs, NotFound
 from .crypto import RepoKeys, ScryptParams, unwrap, wrap
+from .layout import KEYS
 
-PREFIX = "keys/"
+PREFIX = KEYS
 
 
 class PassphraseError(OpenBDRError):

@@ -21,13 +21,22 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ...blocks import BLOCK_SIZE
-from ...chunk import ChunkCodec, Codec, Encoded, chunk_key
+from ...chunk import ChunkCodec, Codec, Encoded
 from ...errors import CorruptionError, RepositoryError
 from ..blobs import Blobs, NotFound, open_blobs
 from ..index import DiskIndex
-from ..manifest import RestorePoint, check_host_name, point_key
+from ..manifest import RestorePoint, check_host_name
 from .crypto import AeadCipher, RepoKeys
 from .keys import encrypted_config, open_keys, read_passphrase
+from .layout import (
+    CONFIG,
+    KEYS,
+    POINTS,
+    checkpoint_prefix,
+    chunk_key,
+    host_points,
+    point_key,
+)
 from .lease import Lease
 from .sealed import SealedBlobs
 
@@ -57,7 +66,7 @@ class Repository:
     @classmethod
     def init(cls, url: str, *, encrypt: bool = False, passphrase: str | None = None) -> Repository:
         blobs = open_blobs(url, create=True)
-        if blobs.exists("config"):
+        if blobs.exists(CONFIG):
             raise RepositoryError(
                 f"{blobs.url} is already an OpenBDR repository", "use it as it is"
             )
@@ -78,7 +87,7 @@ class Repository:
         keys = None
         if encrypt:
             keys = encrypted_config(blobs, config, passphrase or read_passphrase(confirm=True))
-        if not blobs.put_if_absent("config", json.dumps(config, indent=1).encode()):
+        if not blobs.put_if_absent(CONFIG, json.dumps(config, indent=1).encode()):
             raise RepositoryError(f"{blobs.url} was initialised concurrently", "use it as it is")
         return cls(blobs, config, keys)
 
@@ -86,7 +95,7 @@ class Repository:
     def open(cls, url: str, *, passphrase: str | None = None) -> Repository:
         blobs = open_blobs(url)
         try:
-            raw = blobs.get("config")
+            raw = blobs.get(CONFIG)
         except NotFound:
             raise RepositoryError(
                 f"{url} is not an OpenBDR repository (no config object)",
@@ -108,7 +117,7 @@ class Repository:
             )
         if config.get("encryption"):
             return cls(blobs, config, open_keys(blobs, config, passphrase))
-        if "hash_key" not in config or any(True for _ in blobs.list("keys/")):
+        if "hash_key" not in config or any(True for _ in blobs.list(KEYS)):
             raise RepositoryError(
                 f"{url}: config is damaged (no hash key, or key slots but no encryption)",
                 "restore the config object from a copy",
@@ -161,19 +170,19 @@ class Repository:
     def commit(self, point: RestorePoint) -> None:
         """Make a restore point exist: everything it names must already be durable."""
         self.blobs.flush()
-        self.blobs.put(point.key, point.to_bytes())
+        self.blobs.put(point_key(point.host, point.id), point.to_bytes())
         self.blobs.flush()
 
     def update_point(self, point: RestorePoint) -> None:
-        self.blobs.put(point.key, point.to_bytes())
+        self.blobs.put(point_key(point.host, point.id), point.to_bytes())
         self.blobs.flush()
 
     def hosts(self) -> list[str]:
-        return sorted({info.key.split("/")[1] for info in self.blobs.list("points/")})
+        return sorted({info.key.split("/")[1] for info in self.blobs.list(POINTS)})
 
     def points(self, host: str | None = None) -> list[RestorePoint]:
         """Committed restore points, oldest first."""
-        prefix = f"points/{check_host_name(host)}/" if host else "points/"
+        prefix = host_points(check_host_name(host)) if host else POINTS
         out = []
         for info in self.blobs.list(prefix):
             if not info.key.endswith(".json"):
@@ -214,7 +223,7 @@ class Repository:
         """The newest point, reading one manifest: ids sort in time order (`new_point_id`)."""
         keys = sorted(
             info.key
-            for info in self.blobs.list(f"points/{check_host_name(host)}/")
+            for info in self.blobs.list(host_points(check_host_name(host)))
             if info.key.endswith(".json")
         )
         while keys:
@@ -228,7 +237,7 @@ class Repository:
 
     # -- checkpoints ---------------------------------------------------------
     def checkpoint_prefix(self, host: str) -> str:
-        return f"checkpoints/{host}/"
+        return checkpoint_prefix(host)
 
     def load_checkpoint(self, host: str) -> dict[str, Any] | None:
         try:
