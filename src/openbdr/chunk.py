@@ -19,7 +19,6 @@ from __future__ import annotations
 import struct
 import threading
 import zlib
-from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -180,4 +179,3 @@ class ChunkCodec:
         raise ValueError(f"unknown codec {codec}")
 
 
-Hasher = Callable[[bytes], bytes]

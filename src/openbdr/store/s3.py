@@ -62,9 +62,6 @@ class S3Blobs(Blobs):
         )
         self._check(create)
 
-    def _where(self) -> str:
-        return f"{self.url} at {self.endpoint or 'AWS'}"
-
     def _check(self, create: bool) -> None:
         try:
             with_retries(

@@ -16,7 +16,7 @@ import copy
 import json
 import secrets
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -153,10 +153,6 @@ class Repository:
         except NotFound:
             raise CorruptionError(f"chunk {cid.hex()} is missing from {self.url}") from None
 
-    def has_chunk(self, cid: bytes) -> bool:
-        return self.blobs.exists(chunk_key(cid))
-
-    # -- indexes -------------------------------------------------------------
     def put_index(self, key: str, index: DiskIndex) -> None:
         self.blobs.put(key, index.to_bytes())
 
@@ -269,10 +265,3 @@ class Repository:
     # -- leases --------------------------------------------------------------
     def host_lease(self, host: str, ttl: float = 60.0) -> Lease:
         return Lease(self.blobs, f"host-{check_host_name(host)}", f"a sync of host {host}", ttl)
-
-    def iter_indexes(
-        self, points: list[RestorePoint]
-    ) -> Iterator[tuple[RestorePoint, int, DiskIndex]]:
-        for p in points:
-            for d in p.disks:
-                yield p, d.index, self.get_index(d.index_key)
