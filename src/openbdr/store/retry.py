@@ -19,7 +19,7 @@ from typing import TypeVar
 import botocore.exceptions
 import urllib3.exceptions
 
-from ..errors import RepositoryError
+from ..errors import UnreachableError
 from .blobs import BlobInfo, BlobsWrapper
 
 log = logging.getLogger(__name__)
@@ -110,7 +110,7 @@ class RetryingBlobs(BlobsWrapper):
     def _gave_up(self, what: str, exc: Exception) -> Exception:
         if not self.inner.is_transient(exc):
             return exc
-        return RepositoryError(
+        return UnreachableError(
             f"{self.url} stopped answering during {what}: {exc}",
             "check the storage service; a sync resumes from its checkpoint when run again",
         )

@@ -16,7 +16,7 @@ import boto3
 import botocore.exceptions
 from botocore.config import Config
 
-from ..errors import RepositoryError
+from ..errors import AuthError, RepositoryError, UnreachableError
 from .blobs import BlobInfo, Blobs, NotFound
 from .retry import deadline_seconds, is_transient, with_retries
 
@@ -70,7 +70,7 @@ class S3Blobs(Blobs):
                 deadline=min(30.0, deadline_seconds()),
             )
         except _UNREACHABLE as exc:
-            raise RepositoryError(
+            raise UnreachableError(
                 f"cannot reach S3 endpoint {self.endpoint or 'AWS'}: {exc}",
                 "check AWS_ENDPOINT_URL_S3 and the network",
             ) from None
@@ -89,13 +89,13 @@ class S3Blobs(Blobs):
                     f"create it with `openbdr repo init {self.url}`",
                 ) from None
             if code in ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
-                raise RepositoryError(
+                raise AuthError(
                     f"S3 denied access to bucket {self.bucket!r} ({code})",
                     "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY",
                 ) from None
             raise RepositoryError(f"S3 error on bucket {self.bucket!r}: {exc}") from None
         except botocore.exceptions.NoCredentialsError:
-            raise RepositoryError(
+            raise AuthError(
                 "no S3 credentials found", "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
             ) from None
 

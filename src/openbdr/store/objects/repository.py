@@ -105,7 +105,7 @@ class Repository:
             config = json.loads(raw)
             fmt, version = config.get("format"), config.get("version")
         except (ValueError, AttributeError):
-            raise RepositoryError(
+            raise CorruptionError(
                 f"{url}: config is not valid JSON", "restore it from a copy"
             ) from None
         if fmt != FORMAT:
@@ -118,14 +118,14 @@ class Repository:
         if config.get("encryption"):
             return cls(blobs, config, open_keys(blobs, config, passphrase))
         if "hash_key" not in config or any(True for _ in blobs.list(KEYS)):
-            raise RepositoryError(
+            raise CorruptionError(
                 f"{url}: config is damaged (no hash key, or key slots but no encryption)",
                 "restore the config object from a copy",
             )
         try:
             return cls(blobs, config)
         except (KeyError, ValueError, TypeError):
-            raise RepositoryError(f"{url}: config is damaged", "restore it from a copy") from None
+            raise CorruptionError(f"{url}: config is damaged", "restore it from a copy") from None
 
     def wrapped(self, wrap: Callable[[Blobs], Blobs]) -> Repository:
         """The same repository with its store behind a wrapper (a bandwidth limit)."""
