@@ -9,6 +9,7 @@ always valid. Every such fallback leaves a note and a log line.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from types import ModuleType
 
 from ..extents import Extent, clip, intersect, normalize, union
@@ -64,8 +65,15 @@ def probe_filesystem(reader: BlockReader, base: int = 0, size: int | None = None
 
 
 def _partition_fs(
-    reader: BlockReader, part: Partition, notes: list[str], others: list[Partition]
+    reader: BlockReader,
+    part: Partition,
+    notes: list[str],
+    others: list[Partition],
+    known: Mapping[int, FilesystemInfo],
 ) -> None:
+    if part.start in known:
+        part.filesystem = known[part.start]
+        return
     sub = SubReader(reader, part.start, part.length)
     part.filesystem = probe_filesystem(sub, part.start, sub.size)
     _look_past_the_end(reader, part, others)
@@ -99,8 +107,14 @@ def _look_past_the_end(reader: BlockReader, part: Partition, others: list[Partit
         part.filesystem = wider
 
 
-def analyze(reader: BlockReader) -> DiskLayout:
-    """Parse the disk behind `reader`; only the reader's I/O errors escape."""
+def analyze(reader: BlockReader, known: Mapping[int, FilesystemInfo] | None = None) -> DiskLayout:
+    """Parse the disk behind `reader`; only the reader's I/O errors escape.
+
+    `known`: file systems whose allocation the caller already has, by the byte offset where
+    they start (a mounted file system's map from the kernel, `volume.fsmap`): they are not
+    parsed, since a live log may contradict their on-disk structures.
+    """
+    known = known or {}
     size = reader.size
     layout = DiskLayout(size=size, table="none")
     structures: list[Extent] = []
@@ -127,6 +141,8 @@ def analyze(reader: BlockReader) -> DiskLayout:
             layout.partitions.append(
                 Partition(e.number, e.start, e.length, e.type_name, container=container)
             )
+    elif 0 in known:
+        layout.filesystem = known[0]
     else:
         layout.filesystem = probe_filesystem(reader, 0, size)
         if layout.filesystem.note:
@@ -141,7 +157,7 @@ def analyze(reader: BlockReader) -> DiskLayout:
         elif layout.table == "mbr" or table is not None:
             layout.notes.append("the partition table lists no partitions")
     for part in data:
-        _partition_fs(reader, part, layout.notes, data)
+        _partition_fs(reader, part, layout.notes, data, known)
         assert part.filesystem is not None
         structures += part.filesystem.used_extents
     layout.valid_extents = clip(normalize(structures), size)

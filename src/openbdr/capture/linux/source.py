@@ -36,9 +36,11 @@ from typing import Any
 from ...blocks import BLOCK_SIZE
 from ...errors import SourceError
 from ...extents import Extent, clip, from_blocks, to_blocks
+from ...volume import fsmap
+from ...volume.model import FilesystemInfo
 from ..base import ChangeToken, Consistency, DiskSnapshot, Host, Snapshot
 from .bitmap import DirtyBitmap
-from .devices import BlockDevice, Mount, boot_id, device_of_path, mounts_of, resolve
+from .devices import BlockDevice, Mount, boot_id, device_of_path, mounts_of, resolve, span_on_disk
 from .direct import DirectReader
 from .freeze import Freezer, FreezeWindow, syncfs
 from .staging import Staging, StagingMemory, memory_budget
@@ -315,6 +317,31 @@ class LiveSnapshot(Snapshot):
             d.close()
 
 
+def kernel_maps(dev: BlockDevice, mounts: list[Mount]) -> dict[int, FilesystemInfo]:
+    """The allocation of each file system mounted from `dev` (or its partitions) as the
+    kernel has it, by its start on `dev`. File systems without GETFSMAP are left out
+    (their on-disk structures are parsed, as for unmounted ones)."""
+    out: dict[int, FilesystemInfo] = {}
+    for m in mounts:
+        start, length = span_on_disk(m.major, m.minor)
+        base = 0 if (m.major, m.minor) == (dev.major, dev.minor) else start - dev.start
+        if base < 0 or base + length > dev.size:
+            continue
+        try:
+            used = fsmap.used_extents(m.mountpoint, m.major, m.minor, length, base)
+        except OSError as exc:
+            log.info("%s: no kernel allocation map (%s): on-disk structures", m.mountpoint, exc)
+            continue
+        out[base] = FilesystemInfo(
+            kind="ext4" if m.fstype in ("ext2", "ext3", "ext4") else m.fstype,
+            total_bytes=length,
+            used_extents=used,
+            variant=m.fstype if m.fstype.startswith("ext") else None,
+            mapped_by="kernel",
+        )
+    return out
+
+
 class AgentHost(Host):
     """A host protected by the agent: trackers run from `start()` to `stop()`."""
 
@@ -449,7 +476,9 @@ class AgentHost(Host):
         return st.f_bavail * st.f_frsize >= nbytes
 
     def _analyse(self, disks: list[LiveDisk]) -> None:
-        """Valid extents at T0, read under a brief freeze (on-disk bitmaps are current then)."""
+        """Valid extents at T0, found under a brief freeze: mounted file systems by the
+        kernel's allocation map (`volume.fsmap`: a live log may contradict what is on
+        disk), unmounted ones by their on-disk structures."""
         from ...volume import analyze
 
         mps = [m.mountpoint for d in disks if d.spec.freeze for m in d.rw_mounts]
@@ -458,8 +487,13 @@ class AgentHost(Host):
         with fz:
             for d in disks:
                 d.tracker.begin(None, 0)
-                layout = analyze(d.reader)
+                layout = analyze(d.reader, kernel_maps(d.dev, d.mounts))
                 d.layout = layout.to_json()
+                why = layout.fallbacks()
+                if why:
+                    d.fallback_reason = "; ".join(
+                        filter(None, [d.fallback_reason, "valid data: " + "; ".join(why)])
+                    )
                 valid = clip(layout.valid_extents, d.size)
                 d.valid_bytes = sum(e.length for e in valid)
                 # whole blocks: the point holds each block as read, so a later
