@@ -222,6 +222,9 @@ class _DiskSync:
     def sync(self, extents: list[Extent]) -> None:
         run = self.run
         self.record.valid_bytes = int(getattr(self.disk, "valid_bytes", total(extents)))
+        why = self.disk.fallback_reason  # a source may learn it while listing (valid data)
+        if why and why not in (self.record.fallback_reason or ""):
+            self.record.fallback_reason = "; ".join(filter(None, [self.record.fallback_reason, why]))
         results: queue.Queue[Any] = queue.Queue()
         free = [bytearray(BLOCK_SIZE) for _ in range(run.options.threads * 2 + 2)]
         in_flight = 0

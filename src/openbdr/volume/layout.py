@@ -141,10 +141,8 @@ def analyze(reader: BlockReader, known: Mapping[int, FilesystemInfo] | None = No
             layout.partitions.append(
                 Partition(e.number, e.start, e.length, e.type_name, container=container)
             )
-    elif 0 in known:
-        layout.filesystem = known[0]
     else:
-        layout.filesystem = probe_filesystem(reader, 0, size)
+        layout.filesystem = known[0] if 0 in known else probe_filesystem(reader, 0, size)
         if layout.filesystem.note:
             layout.notes.append(f"whole disk: {layout.filesystem.note}")
         structures += layout.filesystem.used_extents

@@ -112,6 +112,11 @@ class DiskLayout:
     def valid_bytes(self) -> int:
         return total(self.valid_extents)
 
+    def filesystems(self) -> list[FilesystemInfo]:
+        """The whole-disk file system and those of the partitions."""
+        out = [self.filesystem] if self.filesystem is not None else []
+        return out + [p.filesystem for p in self.partitions if p.filesystem is not None]
+
     def fallbacks(self) -> list[str]:
         """Why valid data fell back to more than the file systems use: recognised file
         systems kept whole (a log to replay, damaged structures), or an unusable table.

@@ -37,8 +37,9 @@ from ...blocks import BLOCK_SIZE
 from ...errors import SourceError
 from ...extents import Extent, clip, from_blocks, to_blocks
 from ...volume import fsmap
-from ...volume.model import FilesystemInfo
+from ...volume.model import DiskLayout, FilesystemInfo
 from ..base import ChangeToken, Consistency, DiskSnapshot, Host, Snapshot
+from ..replay import analyze_replayed, needs_replay
 from .bitmap import DirtyBitmap
 from .devices import BlockDevice, Mount, boot_id, device_of_path, mounts_of, resolve, span_on_disk
 from .direct import DirectReader
@@ -317,16 +318,23 @@ class LiveSnapshot(Snapshot):
             d.close()
 
 
+def mount_spans(dev: BlockDevice, mounts: list[Mount]) -> list[tuple[Mount, int, int]]:
+    """Each mount of `dev` (or of its partitions) with its (start, length) on `dev`."""
+    out = []
+    for m in mounts:
+        start, length = span_on_disk(m.major, m.minor)
+        base = 0 if (m.major, m.minor) == (dev.major, dev.minor) else start - dev.start
+        if base >= 0 and base + length <= dev.size:
+            out.append((m, base, length))
+    return out
+
+
 def kernel_maps(dev: BlockDevice, mounts: list[Mount]) -> dict[int, FilesystemInfo]:
     """The allocation of each file system mounted from `dev` (or its partitions) as the
     kernel has it, by its start on `dev`. File systems without GETFSMAP are left out
     (their on-disk structures are parsed, as for unmounted ones)."""
     out: dict[int, FilesystemInfo] = {}
-    for m in mounts:
-        start, length = span_on_disk(m.major, m.minor)
-        base = 0 if (m.major, m.minor) == (dev.major, dev.minor) else start - dev.start
-        if base < 0 or base + length > dev.size:
-            continue
+    for m, base, length in mount_spans(dev, mounts):
         try:
             used = fsmap.used_extents(m.mountpoint, m.major, m.minor, length, base)
         except OSError as exc:
@@ -484,31 +492,37 @@ class AgentHost(Host):
         mps = [m.mountpoint for d in disks if d.spec.freeze for m in d.rw_mounts]
         fz = Freezer(mps, self.options.freeze_timeout)
         t0 = time.monotonic()
+        found: list[tuple[LiveDisk, dict[int, FilesystemInfo], DiskLayout]] = []
         with fz:
             for d in disks:
                 d.tracker.begin(None, 0)
-                layout = analyze(d.reader, kernel_maps(d.dev, d.mounts))
-                d.layout = layout.to_json()
-                why = layout.fallbacks()
-                if why:
-                    d.fallback_reason = "; ".join(
-                        filter(None, [d.fallback_reason, "valid data: " + "; ".join(why)])
-                    )
-                valid = clip(layout.valid_extents, d.size)
-                d.valid_bytes = sum(e.length for e in valid)
-                # whole blocks: the point holds each block as read, so a later
-                # trust-but-verify read of an unchanged block compares like with like
-                d.first_pass = from_blocks(to_blocks(valid, d.size), d.size)
-                for note in layout.notes:
-                    log.info("%s: %s", d.dev.path, note)
+                known = kernel_maps(d.dev, d.mounts)
+                found.append((d, known, analyze(d.reader, known)))
         if fz.expired:
             raise SourceError(
                 f"host {self.name}: analysing the file systems outlived the freeze bound",
                 "raise freeze_timeout in the agent configuration",
             )
-        for d in disks:
+        for d, known, layout in found:
             if mps:
                 d.windows.append(fz.window)
+            if any(needs_replay(fs) for fs in layout.filesystems()):
+                # unmounted volumes do not change: replayed after the thaw
+                mounted = {base for _m, base, _n in mount_spans(d.dev, d.mounts)}
+                layout = analyze_replayed(d.reader, d.dev.path, known, skip=mounted)
+            d.layout = layout.to_json()
+            valid = clip(layout.valid_extents, d.size)
+            d.valid_bytes = sum(e.length for e in valid)
+            # whole blocks: the point holds each block as read, so a later
+            # trust-but-verify read of an unchanged block compares like with like
+            d.first_pass = from_blocks(to_blocks(valid, d.size), d.size)
+            why = layout.fallbacks()
+            if why:
+                d.fallback_reason = "; ".join(
+                    filter(None, [d.fallback_reason, "valid data: " + "; ".join(why)])
+                )
+            for note in layout.notes:
+                log.info("%s: %s", d.dev.path, note)
         log.info("valid data analysed in %.3f s", time.monotonic() - t0)
 
     def describe(self) -> str:
