@@ -107,6 +107,20 @@ def _look_past_the_end(reader: BlockReader, part: Partition, others: list[Partit
         part.filesystem = wider
 
 
+def _fs_before_stray_backup(reader: BlockReader, sector0: bytes) -> FilesystemInfo | None:
+    """A device that starts with a file system and ends with a backup GPT header that is
+    not its own (a partition attached with `losetup -o` and no size limit runs on to the
+    end of the disk and its backup header): the file system, when its superblock fits the
+    device and maps exactly. A real partition table needs its primary header (damaged or
+    not) or a protective MBR; a consistent backup was already taken by `parse_gpt`."""
+    if mbr.is_protective(sector0) or gpt.has_primary_signature(reader):
+        return None
+    if not gpt.has_gpt_signature(reader):
+        return None
+    fs = probe_filesystem(reader, 0, reader.size)
+    return fs if fs.kind is not None and fs.exact else None
+
+
 def analyze(reader: BlockReader, known: Mapping[int, FilesystemInfo] | None = None) -> DiskLayout:
     """Parse the disk behind `reader`; only the reader's I/O errors escape.
 
@@ -128,6 +142,14 @@ def analyze(reader: BlockReader, known: Mapping[int, FilesystemInfo] | None = No
             layout.partitions.append(
                 Partition(e.number, e.start, e.length, e.type_name, name=e.name)
             )
+    elif (fs := _fs_before_stray_backup(reader, sector0)) is not None:
+        layout.filesystem = fs
+        layout.notes.append(
+            f"a backup GPT header at the end is not this device's (no primary, and it names "
+            f"another place); the {fs.kind} file system at its start fits it and wins"
+        )
+        structures += fs.used_extents
+        structures.append(Extent(size - size % 512 - 512, 512))  # the stray header itself
     elif gpt.has_gpt_signature(reader) or mbr.is_protective(sector0):
         layout.table = "gpt"
         layout.notes.append("GPT present but neither header is usable; keeping the whole disk")
