@@ -406,6 +406,33 @@ class AgentHost(Host):
             memory.close()
         self._memory.clear()
 
+    def unprotect(self, name: str) -> list[str]:
+        """Stop tracking disk `name` for good and remove what the agent made for it: its
+        tracefs instance (which would otherwise keep recording), saved tracking state and
+        staging files. Works whether or not the trackers run. Returns what was removed."""
+        spec = next((s for s in self.specs if s.name == name), None)
+        if spec is None:
+            have = ", ".join(s.name for s in self.specs) or "none"
+            raise SourceError(f"host {self.name} has no disk {name!r}", f"its disks: {have}")
+        tracker = self.trackers.pop(name, None)
+        if tracker is None:
+            tracker = DiskTracker(self.devices.get(name) or resolve(spec.device), self.state_dir)
+        removed = []
+        if tracker.instance.exists():
+            removed.append(f"tracefs instance {tracker.instance.path}")
+        if tracker.state_path.exists():
+            removed.append(f"tracking state {tracker.state_path}")
+        tracker.release()
+        for f in sorted((self.state_dir / "staging").glob(f"{name}-*.staging")):
+            f.unlink(missing_ok=True)
+            removed.append(f"staging file {f}")
+        memory = self._memory.pop(name, None)
+        if memory is not None:
+            memory.close()
+        self.specs = [s for s in self.specs if s.name != name]
+        self.devices.pop(name, None)
+        return removed
+
     def _staging_memory(self, name: str, budget: int) -> StagingMemory | None:
         """The disk's staging memory of the last capture while it is kept (its size was
         within the budget when made; the budget now counts its pages as taken), else new
