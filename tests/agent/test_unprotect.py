@@ -21,8 +21,8 @@ from openbdr.capture.linux.devices import resolve
 from openbdr.capture.linux.tracker import instance_name
 from openbdr.volume.fsmap import free_extents
 
-from ..helpers import OPENBDR, loop_device, make_ext4, mounted, openbdr
 from ..control.conftest import wait_for
+from ..helpers import OPENBDR, loop_device, make_ext4, mounted, openbdr
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
