@@ -194,6 +194,9 @@ def sync_cmd(
         f"{_size(rec['size'])}, valid {_size(valid)}, read {_size(read)}, "
         f"stored {_size(stored)} in {point.duration_s:.1f} s ({rec['mode']})"
     )
+    for d in point.disks:
+        if d.fallback_reason:
+            out.print(f"  {d.name}: {d.mode}; fallback: {d.fallback_reason}")
 
 
 @app.command()
@@ -202,12 +205,19 @@ def points(
     host: Annotated[str | None, typer.Option("--host", "-H")] = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """List restore points."""
+    """List restore points (with --json, per disk: bytes valid, read, zero and stored, the
+    freeze windows and why a pass fell back, as `disk_stats`)."""
     from .store.target import open_target
 
     pts = open_target(repo).points(host)
     rows = [p.summary() for p in pts]
     if json_out:
+        from .control.mirror import point_json
+
+        for row, p in zip(rows, pts, strict=True):
+            row["disk_stats"] = [
+                {k: v for k, v in d.items() if k != "layout"} for d in point_json(p)["disks"]
+            ]
         out.print_json(json.dumps(rows))
         return
     table = Table(

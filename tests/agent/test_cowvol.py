@@ -224,6 +224,10 @@ def test_live_ext4_points_are_the_snapshot_instant(
     freezes = [disk_capture(p.token, "disk0")["freezes"] for p in points]
     assert all(len(f) == 1 for f in freezes)
     assert [p.disks[0].mode for p in points] == ["full", "incremental", "incremental"]
+    # the mounted file system of the full pass was mapped by the kernel under the freeze
+    layout = points[0].disks[0].layout or {}
+    assert (layout.get("filesystem") or {}).get("mapped_by") == "kernel", layout
+    assert points[0].disks[0].fallback_reason is None
     prev_ref: Path | None = None
     for i, p in enumerate(points):
         ref = refs / f"ref{i}"
