@@ -11,7 +11,7 @@
     gc/intents/<stamp>.{ids,json}   chunk ids a gc run is deleting, and its progress
     drills/<host>/<drill>/…         drill reports (`Target.meta`, kept by drill/report.py)
 
-docs/ARCHITECTURE.md gives each object's bytes.
+docs/format.md gives each object's bytes.
 """
 
 from __future__ import annotations
