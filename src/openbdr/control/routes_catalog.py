@@ -222,7 +222,15 @@ def list_hosts(
 
 
 @router.post("/hosts", response_model=HostOut, status_code=201, tags=["hosts"])
-def add_host(body: HostIn, s: DB, p: Operator) -> dict[str, Any]:
+def add_host(body: HostIn, s: DB, p: Operator, svc: Svc) -> dict[str, Any]:
+    """A host with a `source`, or a VM of a platform (`platform` and `vm`)."""
+    if body.platform is not None or body.vm is not None:
+        from .routes_platforms import add_platform_host
+
+        return add_platform_host(body, s, p, svc)
+    if body.source is None:
+        raise ApiError(422, "invalid", f"host {body.name}: no source",
+                       'give a source ({"type": …}), or a platform and a VM')
     source_type(body.source).validate(body.source)
     target = target_by_name(s, body.target)
     policy = policy_by_name(s, body.policy) if body.policy else None
@@ -246,6 +254,9 @@ def patch_host(name: str, body: HostPatch, s: DB, p: Operator) -> dict[str, Any]
     h = host_by_name(s, name)
     changed = body.model_dump(exclude_unset=True)
     if body.source is not None:
+        if h.platform_id is not None:
+            raise ApiError(400, "bad_request", f"host {name} is a VM of a platform: its "
+                           "source is the platform's", "remove the host and add it again")
         source_type(body.source).validate(body.source)
         h.source = body.source
     if body.target is not None:
