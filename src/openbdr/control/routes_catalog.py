@@ -16,6 +16,7 @@ from .mirror import refresh_target
 from .models import Host, Job, Point, Policy, Target, utcnow
 from .registry import source_type
 from .schemas import (
+    ErrorBody,
     HostIn,
     HostOut,
     HostPatch,
@@ -221,7 +222,9 @@ def list_hosts(
     return host_rows(s, hosts)
 
 
-@router.post("/hosts", response_model=HostOut, status_code=201, tags=["hosts"])
+@router.post("/hosts", response_model=HostOut, status_code=201, tags=["hosts"],
+             responses={502: {"model": ErrorBody, "description": "discovering the VM failed"},
+                        504: {"model": ErrorBody, "description": "discovering the VM timed out"}})
 def add_host(body: HostIn, s: DB, p: Operator, svc: Svc) -> dict[str, Any]:
     """A host with a `source`, or a VM of a platform (`platform` and `vm`)."""
     if body.platform is not None or body.vm is not None:

@@ -21,6 +21,7 @@ from .platforms import VMNotFound, find_vm, host_name_for, unsupported
 from .routes_catalog import _unique, policy_by_name, target_by_name
 from .schemas import (
     DiscoverOut,
+    ErrorBody,
     HostIn,
     HostOut,
     PlatformIn,
@@ -37,6 +38,11 @@ Svc = Annotated[Services, Depends(services)]
 #: seconds the API waits for a platform job by default (a proxy polls every few seconds)
 WAIT = 60.0
 Timeout = Annotated[float, Query(ge=1, le=600, description="seconds to wait for the job")]
+#: a platform job that failed on its worker (502) or that nobody finished in time (504)
+WAITED = {
+    502: {"model": ErrorBody, "description": "the platform job failed on its worker"},
+    504: {"model": ErrorBody, "description": "no proxy (or worker) finished the job in time"},
+}
 
 
 def platform_by_name(s: Session, name: str) -> Platform:
@@ -176,7 +182,8 @@ def _give_up(svc: Services, jid: int) -> None:
             svc.queue.cancel(s, j)
 
 
-@router.post("/platforms/{name}/test", response_model=PlatformTestOut, tags=["platforms"])
+@router.post("/platforms/{name}/test", response_model=PlatformTestOut, tags=["platforms"],
+             responses=WAITED)
 def test_platform(name: str, s: DB, p: Operator, svc: Svc, timeout: Timeout = WAIT
                   ) -> dict[str, Any]:
     """Reach the endpoint with the stored credentials, from where its jobs run (a proxy of
@@ -192,7 +199,8 @@ def _vms_out(s: Session, row: Platform, vms: list[dict[str, Any]]) -> list[dict[
     return [{**vm, "host": protected.get(vm.get("id"))} for vm in vms]
 
 
-@router.post("/platforms/{name}/discover", response_model=DiscoverOut, tags=["platforms"])
+@router.post("/platforms/{name}/discover", response_model=DiscoverOut, tags=["platforms"],
+             responses=WAITED)
 def discover(name: str, s: DB, p: Operator, svc: Svc, timeout: Timeout = WAIT
              ) -> dict[str, Any]:
     """List the platform's VMs with their disks and power state (and which host protects
@@ -273,7 +281,7 @@ def add_platform_host(body: HostIn, s: Session, p: Principal, svc: Services) -> 
 
 
 @router.post("/platforms/{name}/protect", response_model=list[HostOut], status_code=201,
-             tags=["platforms"])
+             tags=["platforms"], responses=WAITED)
 def protect(name: str, body: ProtectIn, s: DB, p: Operator, svc: Svc) -> list[dict[str, Any]]:
     """Protect several discovered VMs at once, one host each (named after the VM unless
     `names` says otherwise), with one target and policy; all or none."""
