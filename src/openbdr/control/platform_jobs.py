@@ -28,7 +28,9 @@ def _refusal(exc: OpenBDRError) -> dict[str, Any]:
 def _connect(ctx: JobContext) -> Any:
     p = ctx.spec.platform
     if not p:
-        raise OpenBDRError(f"job {ctx.spec.id}: its platform no longer exists")
+        raise OpenBDRError(f"{ctx.spec.kind} job {ctx.spec.id} names no platform (or it was "
+                           "removed)", "start it with POST /api/v1/platforms/{name}/"
+                           + ctx.spec.kind.removeprefix("platform-"))
     ctx.log(f"{ctx.spec.kind} of {p['type']} platform {p['name']} at {p['endpoint']}")
     return open_platform(p["type"], p["endpoint"], p.get("credentials") or {},
                          p.get("options") or {})
@@ -79,6 +81,8 @@ def discover_done(s: Session, job: Job, result: dict[str, Any]) -> None:
     if p is not None and result.get("ok"):
         p.last_discovery = utcnow()
         p.vms = list(result.get("vms") or [])
+        # the platform row keeps the list; the job only its size (thousands of VMs)
+        job.result = {"ok": True, "vm_count": len(p.vms)}
 
 
 register_kind(JobKind(TEST, run_test, needs_host=False, on_success=test_done,

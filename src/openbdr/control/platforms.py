@@ -11,6 +11,7 @@ discovery jobs, go to the platform's proxy pool (None: the server's embedded wor
 from __future__ import annotations
 
 import importlib
+import logging
 import re
 from typing import Any
 
@@ -21,6 +22,8 @@ from ..errors import OpenBDRError
 from . import alerts
 from .crypto import SecretBox
 from .models import Host, Job, Platform
+
+log = logging.getLogger(__name__)
 
 #: alerts an operator must act on
 VM_MISSING = "vm_missing"
@@ -34,7 +37,10 @@ class VMNotFound(OpenBDRError):
 def platform_types() -> dict[str, capture_platform.PlatformType]:
     """Every installed platform type (the built-in modules and the plug-ins' ones)."""
     for module in capture_platform.BUILTIN:
-        importlib.import_module(module)
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:  # its SDK is not installed here: the others still show
+            log.warning("platform module %s cannot be imported: %s", module, exc)
     return dict(capture_platform.PLATFORMS)
 
 

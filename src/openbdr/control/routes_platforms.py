@@ -10,14 +10,13 @@ from fastapi import APIRouter, Depends, Query, Response
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from ..capture.platform import PlatformError, platform_type
 from .apierrors import RESPONSES, ApiError, not_found
 from .auth import DB, Admin, Operator, Principal, Viewer, audit, services
 from .db import transaction
 from .jobs import FINAL
 from .models import Host, Job, Platform, utcnow
 from .platform_jobs import DISCOVER, TEST
-from .platforms import VMNotFound, find_vm, host_name_for, unsupported
+from .platforms import VMNotFound, find_vm, host_name_for, platform_types, unsupported
 from .routes_catalog import _unique, policy_by_name, target_by_name
 from .schemas import (
     DiscoverOut,
@@ -62,10 +61,10 @@ def platform_out(s: Session, p: Platform) -> dict[str, Any]:
 
 
 def _check_type(name: str) -> None:
-    try:
-        platform_type(name)
-    except PlatformError as exc:
-        raise ApiError(400, "bad_request", exc.what, exc.hint) from None
+    types = platform_types()
+    if name not in types:
+        raise ApiError(400, "bad_request", f"unknown platform type {name!r}",
+                       f"use one of: {', '.join(sorted(types)) or '(none installed)'}")
 
 
 @router.get("/platforms", response_model=list[PlatformOut], tags=["platforms"])
@@ -206,10 +205,10 @@ def discover(name: str, s: DB, p: Operator, svc: Svc, timeout: Timeout = WAIT
     """List the platform's VMs with their disks and power state (and which host protects
     each); the catalog keeps the list (`GET /platforms/{name}/vms`)."""
     row = platform_by_name(s, name)
-    jid, result = run_platform_job(s, svc, row, DISCOVER, p, timeout)
+    jid, _ = run_platform_job(s, svc, row, DISCOVER, p, timeout)
     row = platform_by_name(s, name)
     return {"platform": name, "discovered": row.last_discovery or utcnow(), "job": jid,
-            "vms": _vms_out(s, row, list(result.get("vms") or []))}
+            "vms": _vms_out(s, row, list(row.vms or []))}
 
 
 @router.get("/platforms/{name}/vms", response_model=DiscoverOut, tags=["platforms"])
