@@ -183,6 +183,9 @@ def test_platform_discovery_protection_sync_and_errors(psrv: ServerProc, tmp_pat
                                "target": "dr"})
     assert r.status_code == 400 and r.json()["error"]["code"] == "unknown_vm"
     assert c.get("/hosts/ghost").status_code == 404
+    r = c.post("/hosts", json={"name": "ghost", "target": "dr",
+                               "source": {"type": "fakevirt", "vm": "vm-200"}})
+    assert r.status_code == 400 and "is a platform's" in r.json()["error"]["message"]
 
     # the credentials: sealed in the catalog, in no API answer, not in the database file
     text = _catalog_text(c)

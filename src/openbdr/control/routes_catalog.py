@@ -14,6 +14,7 @@ from .apierrors import RESPONSES, ApiError, not_found
 from .auth import DB, Admin, Operator, Viewer, audit, services
 from .mirror import refresh_target
 from .models import Host, Job, Point, Policy, Target, utcnow
+from .platforms import platform_types
 from .registry import source_type
 from .schemas import (
     ErrorBody,
@@ -234,6 +235,11 @@ def add_host(body: HostIn, s: DB, p: Operator, svc: Svc) -> dict[str, Any]:
     if body.source is None:
         raise ApiError(422, "invalid", f"host {body.name}: no source",
                        'give a source ({"type": …}), or a platform and a VM')
+    if str(body.source.get("type")) in platform_types():
+        raise ApiError(400, "bad_request", f"host {body.name}: source type "
+                       f"{body.source.get('type')!r} is a platform's",
+                       "add the platform (POST /platforms), then the host with `platform` and "
+                       "`vm` (openbdr host add NAME --platform P --vm VM)")
     source_type(body.source).validate(body.source)
     target = target_by_name(s, body.target)
     policy = policy_by_name(s, body.policy) if body.policy else None
