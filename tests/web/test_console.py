@@ -156,7 +156,7 @@ def test_drill_and_its_report_with_screenshot(
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     reports = wait_for(lambda: _reports(server), timeout=900, every=2, what="a drill report")
     rep = reports[0]
-    assert rep["verdict"] == "passed" and rep["point"] == state["point"]
+    assert rep["verdict"] == "passed" and rep["point"] == state["point"], rep
 
     tab.go("#/drills", "table.drills")
     link = page.get_by_role("link", name=rep["id"])
