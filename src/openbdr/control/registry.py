@@ -31,10 +31,9 @@ log = logging.getLogger(__name__)
 PLUGINS = [
     "openbdr.control.runners",
     "openbdr.control.platform_jobs",
-    "openbdr.drill.control",
+    "openbdr.control.drills",
     "openbdr.retention.control",
     "openbdr.gc.control",
-    "openbdr.agent.control",
 ]
 
 __all__ = ["KINDS", "SOURCES", "JobKind", "SourceType", "UnknownKind", "kind", "source_type"]

@@ -23,7 +23,7 @@ from ...throttle import TokenBucket
 from ..blobs import NotFound
 from ..index import DiskIndex
 from ..limited import LimitedBlobs
-from ..manifest import DiskRecord, RestorePoint, index_key
+from ..manifest import DiskRecord, RestorePoint
 from ..target import (
     DiskWriter,
     GCReport,
@@ -39,6 +39,7 @@ from ..target import (
 )
 from . import gc, scrub
 from .gc import maintenance_lease
+from .layout import index_key, point_key
 from .repository import Repository
 from .verify import verify
 
@@ -375,12 +376,13 @@ class ObjectTarget(Target):
             return
         with maintenance_lease(self.repo):
             for p in points:
+                key = point_key(p.host, p.id)
                 try:
-                    if RestorePoint.from_bytes(self.repo.blobs.get(p.key)).protected:
+                    if RestorePoint.from_bytes(self.repo.blobs.get(key)).protected:
                         continue  # protected since retention decided
                 except NotFound:
                     continue
-                self.repo.blobs.delete(p.key)
+                self.repo.blobs.delete(key)
                 self.repo.blobs.flush()
                 for disk in p.disks:
                     self.repo.blobs.delete(disk.index_key)
@@ -413,4 +415,4 @@ def _init(url: str, *, passphrase: str | None = None, encrypt: bool = False) -> 
     return ObjectTarget(Repository.init(url, encrypt=encrypt, passphrase=passphrase))
 
 
-register_target_kind(TargetKind(("", "file", "s3"), _open, _init))
+register_target_kind(TargetKind(("", "file", "s3", "memory"), _open, _init))

@@ -12,11 +12,11 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from ...blocks import BLOCK_SIZE
-from ...chunk import chunk_id_from_key
 from ...errors import CorruptionError, OpenBDRError
 from ..manifest import RestorePoint
 from ..target import Problem, VerifyReport
 from . import scrub
+from .layout import CHUNKS, chunk_id_from_key
 from .repository import Repository
 
 ProgressFn = Callable[[int, int], None]
@@ -54,7 +54,7 @@ def verify(
             for i, cid in index.nonzero():
                 users[cid].append((p, d.index, i * BLOCK_SIZE))
     report.chunks_referenced = len(users)
-    present = {cid for cid in (chunk_id_from_key(b.key) for b in repo.blobs.list("chunks/")) if cid}
+    present = {cid for cid in (chunk_id_from_key(b.key) for b in repo.blobs.list(CHUNKS)) if cid}
     bad: dict[bytes, str] = {}
     good: set[bytes] = set()
     for cid, where in users.items():
