@@ -159,6 +159,8 @@ def test_platform_discovery_protection_sync_and_errors(psrv: ServerProc, tmp_pat
     assert bad.stderr.strip().count("\n") == 0
     r = c.post("/platforms", json={"name": "x1", "type": "nosuch", "endpoint": endpoint})
     assert r.status_code == 400 and r.json()["error"]["code"] == "bad_request"
+    r = c.post("/jobs", json={"kind": "platform-test", "params": {"platform_id": 1}})
+    assert r.status_code == 400 and "POST /api/v1/platforms/{name}/test" in r.text
 
     cli(psrv, "platform", "add", "kvm-bad", "--type", "fakevirt", "--endpoint", endpoint,
         "--credential", "user=root", "--credential", "password=Bad-pw-77")
