@@ -71,7 +71,7 @@ def build(where: Path) -> Pristine:
             code, out, err = openbdr("sync", "-r", str(repo), "-H", host, "-c", "zstd",
                                      "--all-data", "--json", str(img))
             assert code == 0, err
-            expected[(host, json.loads(out)["point"])] = img.read_bytes()
+            expected[(host, json.loads(out)["id"])] = img.read_bytes()
     # gc intents: h3's only point forgotten, its chunks collected
     assert openbdr("forget", "-r", str(repo), "-H", "h3", "--keep-last", "0",
                    "--keep-daily", "0")[0] != 0  # a policy that keeps nothing is refused
@@ -228,7 +228,7 @@ def trial(p: Pristine, where: Path, kind: str, rng: random.Random, t: Tally) -> 
     # points: every point that does not depend on the damage is listed
     code, out, _ = check(openbdr, t, what, "points", "-r", r, "--json", ok={0, 3})
     if kind != "config":
-        listed = {(row["host"], row["point"]) for row in json.loads(out)} if code == 0 else set()
+        listed = {(row["host"], row["id"]) for row in json.loads(out)} if code == 0 else set()
         lost = safe - listed
         if lost:
             t.violations.append(f"{what}: points does not list {sorted(lost)}")
@@ -249,7 +249,7 @@ def trial(p: Pristine, where: Path, kind: str, rng: random.Random, t: Tally) -> 
     stop = {0, 3} if kind == "config" else {0}
     code, out, _ = check(openbdr, t, what, "sync", "-r", r, "-H", "h1", "--all-data", "--json",
                          str(img), ok=stop)
-    new = json.loads(out)["point"] if code == 0 else None
+    new = json.loads(out)["id"] if code == 0 else None
     fresh = img.read_bytes()
     img.write_bytes(saved)
     check(openbdr, t, what, "forget", "-r", r, "--keep-last", "10", ok=stop)

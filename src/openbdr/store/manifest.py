@@ -164,7 +164,7 @@ class RestorePoint:
     def summary(self) -> dict[str, Any]:
         return {
             "host": self.host,
-            "point": self.id,
+            "id": self.id,
             "created": self.created,
             "consistency": self.consistency,
             "status": self.status,
