@@ -256,6 +256,19 @@ def trial(p: Pristine, where: Path, kind: str, rng: random.Random, t: Tally) -> 
     # gc deletes nothing while an index a point needs is unreadable: it says so (exit 3)
     check(openbdr, t, what, "gc", "-r", r, "--margin", "0",
           ok={0, 3} if kind in ("config", "index") else {0})
+    if kind == "manifest":  # repair rebuilds a manifest from the point's intact indexes
+        code, _, err = check(openbdr, t, what, "repo", "repair", "-r", r, ok={0, 3})
+        if how not in ("delete", "version") and code != 0:
+            t.violations.append(f"{what}: repo repair could not: {err.strip()[-200:]}")
+        if how not in ("delete", "version"):
+            todo_first = [(k, v) for k, v in p.expected.items() if k in deps]
+            for (host, point), want in todo_first:
+                out_img = where / "repaired.img"
+                out_img.unlink(missing_ok=True)
+                code, _, err = openbdr("restore", "-r", r, "-H", host, "-p", point,
+                                       "--to", str(out_img))
+                if code != 0 or out_img.read_bytes() != want:
+                    t.violations.append(f"{what}: repaired {point} does not restore: {err[-200:]}")
     # nothing that did not depend on the damage was lost, gc included
     todo = [(k, v) for k, v in sorted(p.expected.items()) if k in safe]
     if new and not (kind == "chunk" and _uses(repo, new, rel)):  # dedup may reuse the chunk
