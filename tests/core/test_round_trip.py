@@ -103,7 +103,7 @@ def test_disk_that_grows_and_shrinks(tmp_path: Path) -> None:
 
     points = json.loads(openbdr("points", "-r", repo, "--json").stdout)
     for p, want in zip(points, versions, strict=True):
-        out = tmp_path / f"{p['point']}.img"
+        out = tmp_path / f"{p['id']}.img"
         openbdr("restore", "-r", repo, "-H", "h", "-p", p["id"], "--to", str(out))
         assert sha256(out) == want
     openbdr("verify", "-r", repo, "--deep")

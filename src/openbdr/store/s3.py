@@ -42,7 +42,7 @@ class S3Blobs(Blobs):
         if parsed.scheme != "s3" or not parsed.netloc:
             raise RepositoryError(f"bad S3 repository URL {url!r}", "write s3://bucket/prefix")
         self.url = url
-        self.concurrency = max_connections
+        self.concurrency = self.put_concurrency = max_connections
         self.sorted_listing = True  # ListObjectsV2 returns keys in UTF-8 binary order
         self.bucket = parsed.netloc
         self.prefix = parsed.path.strip("/")

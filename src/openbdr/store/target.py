@@ -100,6 +100,8 @@ class SyncSession(AbstractContextManager["SyncSession"]):
     latest: RestorePoint | None
     #: the point the sync builds on (None for a full sync)
     parent: RestorePoint | None
+    #: puts in flight this target wants from the pipeline (0: the pipeline's default)
+    concurrency: int = 0
 
     @abc.abstractmethod
     def chunk_id(self, block: memoryview) -> bytes:

@@ -150,6 +150,7 @@ class ObjectSession(SyncSession):
         self.codec: ChunkCodec = repo.codec(options.compression, options.level)
         self.lease = repo.host_lease(host)
         self.stored: set[bytes] = set()
+        self.concurrency = repo.blobs.put_concurrency
         self.writers: list[ObjectDiskWriter] = []
         self.latest = None
         self.parent = None
