@@ -27,6 +27,7 @@ from .chunk import Codec
 from .control.cli import register as register_control
 from .drill.cli import drill_app, mount_cmd
 from .errors import OpenBDRError
+from .gateway.cli import gateway_app
 
 app = typer.Typer(
     name="openbdr",
@@ -37,6 +38,7 @@ app = typer.Typer(
 repo_app = typer.Typer(no_args_is_help=True, help="Create and inspect repositories.")
 app.add_typer(repo_app, name="repo")
 app.add_typer(drill_app, name="drill")
+app.add_typer(gateway_app, name="gateway")
 app.command("mount")(mount_cmd)
 register_control(app)
 register_agent(app)  # after the control plane: joins its `agent` group
@@ -306,7 +308,9 @@ def inspect(
         out.print(render_text(layout), highlight=False, markup=False)
 
 
-key_app = typer.Typer(no_args_is_help=True, help="Passphrases (key slots) of an encrypted repository.")
+key_app = typer.Typer(
+    no_args_is_help=True, help="Passphrases (key slots) of an encrypted repository."
+)
 repo_app.add_typer(key_app, name="key")
 NewPassOpt = Annotated[
     str | None,
@@ -396,8 +400,13 @@ def forget(
     policy = Policy(keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly)
     decisions = do_forget(Repository.open(repo), policy, host, dry_run=dry_run)
     rows = [
-        {"host": d.point.host, "point": d.point.id, "created": d.point.created,
-         "keep": d.keep, "reasons": d.reasons}
+        {
+            "host": d.point.host,
+            "point": d.point.id,
+            "created": d.point.created,
+            "keep": d.keep,
+            "reasons": d.reasons,
+        }
         for d in decisions
     ]
     if json_out:

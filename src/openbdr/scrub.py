@@ -56,7 +56,9 @@ def save_state(
     repo.blobs.flush()
 
 
-def pick(state: Mapping[bytes, int], ids: list[bytes], sample: float, seed: int | None) -> list[bytes]:
+def pick(
+    state: Mapping[bytes, int], ids: list[bytes], sample: float, seed: int | None
+) -> list[bytes]:
     """The `sample` percent of `ids` verified longest ago (random among equals)."""
     if not ids:
         return []
@@ -101,8 +103,13 @@ def mark(
     for cid, reason in bad.items():
         for p, disk, off in users.get(cid, []):
             new.setdefault(p.key, []).append(
-                {"disk": disk, "offset": off, "block": off // BLOCK_SIZE, "chunk": cid.hex(),
-                 "reason": reason}
+                {
+                    "disk": disk,
+                    "offset": off,
+                    "block": off // BLOCK_SIZE,
+                    "chunk": cid.hex(),
+                    "reason": reason,
+                }
             )
     touched = [p for p in points if p.key in new or p.damaged]
     if not touched:
@@ -120,7 +127,8 @@ def mark(
     try:
         for p in touched:
             keep = [
-                d for d in p.damaged
+                d
+                for d in p.damaged
                 if bytes.fromhex(str(d["chunk"])) not in good
                 and bytes.fromhex(str(d["chunk"])) not in bad
             ]

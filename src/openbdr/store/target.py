@@ -150,12 +150,17 @@ class PointReader(abc.ABC):
         """Block `i` (short at the end of an odd-sized disk); `CorruptionError` naming the
         point, disk, block and stored object when it is missing or damaged."""
 
-    def read_blocks(self, blocks: Iterable[int], in_flight: int = 32) -> Iterator[
-        tuple[int, bytes]
-    ]:
+    def read_blocks(
+        self, blocks: Iterable[int], in_flight: int = 32
+    ) -> Iterator[tuple[int, bytes]]:
         """Many blocks with up to `in_flight` reads at once, in completion order."""
         for i in blocks:
             yield i, self.read_block(i)
+
+    def direct_source(self) -> dict[str, Any] | None:
+        """A QEMU `-blockdev` spec that reads this disk in place (an RBD snapshot), so a
+        drill boots it without a copy; None: read it through `read_block`."""
+        return None
 
     def close(self) -> None:  # noqa: B027 - readers without resources hold nothing
         """Release what the reader holds."""
@@ -281,7 +286,7 @@ class TargetKind:
 
 
 #: modules that register target kinds when imported; object mode handles every other URL
-_MODULES = ["openbdr.store.objects.target"]
+_MODULES = ["openbdr.store.objects.target", "openbdr.store.block.target"]
 _KINDS: list[TargetKind] = []
 
 

@@ -153,7 +153,9 @@ class FileVolume(Volume):
             fd = os.open(path / "data.raw", os.O_RDWR | os.O_CREAT, 0o600)
             os.ftruncate(fd, size)
             os.close(fd)
-            _atomic_write(state_path, json.dumps({"size": size, "snapshots": [], "next": 1}).encode())
+            _atomic_write(
+                state_path, json.dumps({"size": size, "snapshots": [], "next": 1}).encode()
+            )
             _fsync_dir(path.parent)
         self.state: dict[str, Any] = json.loads(state_path.read_bytes())
         self.fd = os.open(path / "data.raw", os.O_RDWR)
