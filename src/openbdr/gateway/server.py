@@ -29,7 +29,7 @@ from ..store.block.volumes import VolumeFull
 from ..store.block.wire import API, WireError
 from ..store.manifest import RestorePoint
 from .auth import Agent, AuthError, Forbidden, Tokens
-from .site import BadBlock, Missing, Site, UnknownError
+from .site import BadBlock, LeaseHeld, Missing, Site, UnknownError
 from .tls import self_signed
 
 log = logging.getLogger(__name__)
@@ -93,7 +93,10 @@ class _Handler(BaseHTTPRequestHandler):
             status = next((s for cls, s in STATUS if isinstance(exc, cls)), 500)
             if status == 500:
                 log.exception("gateway: %s %s", method, parts.path)
-            msg = json.dumps({"error": str(exc), "kind": type(exc).__name__}).encode()
+            doc: dict[str, Any] = {"error": str(exc), "kind": type(exc).__name__}
+            if isinstance(exc, LeaseHeld):
+                doc["holder"] = exc.holder
+            msg = json.dumps(doc).encode()
             self._send(status, msg)
             return
         if isinstance(out, bytes | bytearray):
@@ -186,7 +189,8 @@ def _routes(site: Site) -> list[Route]:
 
     def begin(h: _Handler, a: Agent, b: bytes, q: dict[str, str], host: str) -> Any:
         a.check_host(host)
-        return site.begin(host, _lease(h), _json(b).get("parent"))
+        d = _json(b)
+        return site.begin(host, _lease(h), d.get("parent"), d.get("owner"), d.get("takeover"))
 
     def end(h: _Handler, a: Agent, b: bytes, q: dict[str, str], host: str) -> Any:
         a.check_host(host)

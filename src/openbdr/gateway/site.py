@@ -51,6 +51,14 @@ GROUP = 64
 LEASE_TTL = 60.0
 
 
+class LeaseHeld(LockedError):
+    """Another sync holds the host's lease; `holder` says who (for a same-machine takeover)."""
+
+    def __init__(self, what: str, hint: str, holder: dict[str, Any]) -> None:
+        super().__init__(what, hint)
+        self.holder = holder
+
+
 class UnknownError(OpenBDRError):
     """A host, disk, point or session the gateway does not know (HTTP 404)."""
 
@@ -120,7 +128,7 @@ class Site:
         self.meta = DirectoryBlobs(self.root / "meta", create=True)
         self.volumes = open_store(volumes)
         self._lock = threading.RLock()
-        self._leases: dict[str, tuple[str, float]] = {}
+        self._leases: dict[str, tuple[str, float, dict[str, Any] | None]] = {}
         self._vols: dict[str, VolState] = {}
         self._sessions: dict[str, dict[str, Any]] = {}
         self._count_lock = threading.Lock()
@@ -137,18 +145,30 @@ class Site:
         self.volumes.close()
 
     # -- leases ----------------------------------------------------------------
-    def lease(self, host: str, token: str) -> None:
-        """Take or renew the host's lease for `token` (one sync per host)."""
+    def lease(
+        self,
+        host: str,
+        token: str,
+        owner: dict[str, Any] | None = None,
+        takeover: str | None = None,
+    ) -> None:
+        """Take or renew the host's lease for `token` (one sync per host). A sender whose
+        holder died on its own machine (it checks the pid) takes over by naming the dead
+        holder's token in `takeover`."""
         check_host_name(host)
         now = time.monotonic()
         with self._lock:
             cur = self._leases.get(host)
-            if cur is not None and cur[0] != token and cur[1] > now:
-                raise LockedError(
-                    f"a sync of host {host} is already running on the gateway",
+            if cur is not None and cur[0] != token and cur[1] > now and cur[0] != takeover:
+                held = cur[2] or {}
+                raise LeaseHeld(
+                    f"a sync of host {host} is already running on the gateway "
+                    f"(pid {held.get('pid')} on {held.get('hostname')})",
                     f"wait for it to finish; a dead sync's lease expires within {LEASE_TTL:.0f} s",
+                    holder={"token": cur[0], "owner": held},
                 )
-            self._leases[host] = (token, now + LEASE_TTL)
+            keep = owner if owner is not None else (cur[2] if cur and cur[0] == token else None)
+            self._leases[host] = (token, now + LEASE_TTL, keep)
 
     def release(self, host: str, token: str) -> None:
         with self._lock:
@@ -241,8 +261,15 @@ class Site:
         self.state.put(f"sessions/{host}.json", json.dumps(self._session(host)).encode())
         self.state.flush()
 
-    def begin(self, host: str, token: str, parent: str | None) -> dict[str, Any]:
-        self.lease(host, token)
+    def begin(
+        self,
+        host: str,
+        token: str,
+        parent: str | None,
+        owner: dict[str, Any] | None = None,
+        takeover: str | None = None,
+    ) -> dict[str, Any]:
+        self.lease(host, token, owner, takeover)
         with self._lock:
             s = self._session(host)
             s["parent"] = parent

@@ -42,6 +42,15 @@ class GatewayUnreachable(GatewayError):
 
 
 def _error(status: int, body: bytes, what: str) -> OpenBDRError:
+    exc = _make_error(status, body, what)
+    try:
+        exc.detail = json.loads(body)  # type: ignore[attr-defined]
+    except ValueError:
+        exc.detail = {}  # type: ignore[attr-defined]
+    return exc
+
+
+def _make_error(status: int, body: bytes, what: str) -> OpenBDRError:
     try:
         msg = str(json.loads(body)["error"])
     except (ValueError, KeyError, TypeError):

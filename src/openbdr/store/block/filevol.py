@@ -188,12 +188,14 @@ class FileVolume(Volume):
 
     def _protect(self, offset: int, length: int) -> None:
         """Journal (durably) the pre-image of every block this write overwrites."""
-        j = self._open_journal()
-        if j is None or length <= 0:
+        if length <= 0 or not self.state["snapshots"]:
             return
         first, last = offset // BLOCK_SIZE, (offset + length - 1) // BLOCK_SIZE
         need = 0
-        with self._lock:
+        with self._lock:  # one journal object per file: its map and end are the truth
+            j = self._open_journal()
+            if j is None:
+                return
             high = self._high_block()
             for b in range(first, min(last + 1, high)):
                 end = self._jend.get(b)

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import os
+import socket
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -22,10 +24,11 @@ from typing import Any
 
 from ...blocks import BLOCK_SIZE, block_count, block_span
 from ...chunk import ZERO_ID, ChunkCodec
-from ...errors import CorruptionError
+from ...errors import CorruptionError, LockedError
 from ...throttle import TokenBucket
 from ..blobs import BlobInfo, Blobs, NotFound
 from ..index import DiskIndex
+from ..lease import _boot_id, _pid_alive, _pid_start
 from ..manifest import DiskRecord, RestorePoint
 from ..target import (
     DiskWriter,
@@ -180,7 +183,7 @@ class BlockSession(SyncSession):
         self.parent = None if options.full else self.latest
         self.codec = ChunkCodec(target.hash_key, options.compression, options.level)
         self.bucket = TokenBucket(options.bwlimit) if options.bwlimit > 0 else None
-        got = self.call("POST", "begin", {"parent": self.parent.id if self.parent else None})
+        got = self._begin()
         self.ckpt: dict[str, Any] | None = got.get("checkpoint")
         self.writers: dict[int, BlockDiskWriter] = {}
         self._stopped: str | None = None
@@ -188,13 +191,32 @@ class BlockSession(SyncSession):
         self._beat = threading.Thread(target=self._heartbeat, name="gateway-lease", daemon=True)
         self._beat.start()
 
+    def _begin(self) -> dict[str, Any]:
+        """Take the host's lease; a holder that died on this machine is taken over (as the
+        object repository's lease does)."""
+        pid = os.getpid()
+        owner = {
+            "hostname": socket.gethostname(),
+            "boot_id": _boot_id(),
+            "pid": pid,
+            "pid_start": _pid_start(pid),
+        }
+        body = {"parent": self.parent.id if self.parent else None, "owner": owner}
+        try:
+            return dict(self.call("POST", "begin", body))
+        except LockedError as exc:
+            holder = getattr(exc, "detail", {}).get("holder") or {}
+            held = holder.get("owner") or {}
+            same = held.get("hostname") == owner["hostname"] and held.get("boot_id") == _boot_id()
+            if not same or _pid_alive(int(held.get("pid") or 0), str(held.get("pid_start"))):
+                raise
+            return dict(self.call("POST", "begin", dict(body, takeover=holder.get("token"))))
+
     def call(self, method: str, what: str, body: Any = None, raw: bool = False) -> Any:
         path = f"{API}/sync/{self.host}/{what}"
         return self.client.call(method, path, body, lease=self.lease, raw=raw)
 
     def _heartbeat(self) -> None:
-        from ...errors import LockedError
-
         while not self._halt.wait(self.HEARTBEAT):
             try:
                 self.call("POST", "renew", {})
