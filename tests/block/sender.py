@@ -20,5 +20,6 @@ if __name__ == "__main__":
         [Path(i) for i in images],
         WriteOptions(compression=Codec.ZSTD),
         checkpoint_every=4,
+        on_block=lambda n: print(n, flush=True),  # the test kills at a block count
     )
-    print(p.id, flush=True)
+    print("committed", p.id, flush=True)

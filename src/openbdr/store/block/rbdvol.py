@@ -183,7 +183,16 @@ class RbdStore(VolumeStore):
                 if size is None:
                     raise VolumeError(f"volume {name} does not exist in pool {self.pool}")
                 try:
-                    rbd.RBD().create(self.ioctx, self.prefix + name, size, old_format=False)
+                    # layering only: the gateway is the one writer of a volume (the host's
+                    # lease); exclusive-lock would make a restarted gateway wait for a
+                    # killed one's lock to be broken before its first write
+                    rbd.RBD().create(
+                        self.ioctx,
+                        self.prefix + name,
+                        size,
+                        old_format=False,
+                        features=rbd.RBD_FEATURE_LAYERING,
+                    )
                 except Exception as exc:
                     raise _err(exc, f"volume {name}") from None
             vol = self._open[name] = RbdVolume(self, name)
