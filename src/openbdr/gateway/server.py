@@ -15,6 +15,7 @@ import base64
 import json
 import logging
 import re
+import socket
 import ssl
 import threading
 from collections.abc import Callable
@@ -55,6 +56,12 @@ Route = tuple[str, re.Pattern[str], Callable[..., Any]]
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: GatewayServer
+
+    def setup(self) -> None:
+        super().setup()
+        # a response is headers then body: without NODELAY the body waits for the
+        # client's delayed ACK (40 ms a block)
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s " + format, self.address_string(), *args)

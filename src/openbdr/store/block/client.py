@@ -12,6 +12,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import socket
 import ssl
 import threading
 import time
@@ -109,6 +110,8 @@ class GatewayClient:
                 c = http.client.HTTPSConnection(self.host, self.port, context=self.ctx, timeout=600)
             else:
                 c = http.client.HTTPConnection(self.host, self.port, timeout=600)
+            c.connect()
+            c.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._local.conn = c
         return c
 
