@@ -160,3 +160,32 @@ def test_wrong_credentials_are_refused(gateway: GatewayProc) -> None:
     # an untrusted certificate is an error too, not a silent downgrade
     with pytest.raises(GatewayAuthError, match="TLS certificate is not trusted"):
         BlockTarget(f"gateway://127.0.0.1:{gateway.port}?retry=1", token=other)
+
+
+@pytest.mark.root
+def test_gateway_disk_full_keeps_the_earlier_point(tmp_path: Path) -> None:
+    """Local volumes on a small file system fill up mid-sync: the sync fails with a clear
+    error, the earlier point stays whole, and once there is room the sync completes."""
+    vols = tmp_path / "small"
+    vols.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40M", "tmpfs", str(vols)], check=True)
+    g = None
+    try:
+        g = GatewayProc(tmp_path / "gw", f"file://{vols}")
+        img = ext4_image(tmp_path / "disk.img", 48, seed=8)  # about 16 MiB of data
+        target = BlockTarget(g.url)
+        p1 = drive(target, "full1", [img])
+        first = img.read_bytes()
+        ext4_write(img, "big.bin", os.urandom(30 << 20))  # new blocks + their pre-images
+        with pytest.raises(OpenBDRError, match="no space left on the gateway"):
+            drive(target, "full1", [img])
+        assert [p.id for p in target.points("full1")] == [p1.id]
+        assert read_back(target, p1) == first
+        subprocess.run(["mount", "-o", "remount,size=160M", str(vols)], check=True)
+        p2 = drive(target, "full1", [img])
+        assert read_back(target, p2) == img.read_bytes()
+        assert read_back(target, p1) == first
+    finally:
+        if g is not None:
+            g.stop()
+        subprocess.run(["umount", "-l", str(vols)], check=False)

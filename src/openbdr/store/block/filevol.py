@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import json
 import os
 import struct
@@ -75,8 +76,6 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 
 def _no_space(exc: OSError, what: str) -> Exception:
-    import errno
-
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return VolumeFull(f"{what}: no space left on the gateway's volume store", "free space")
     return VolumeError(f"{what}: {exc.strerror}")
@@ -116,7 +115,10 @@ class _Journal:
         zero = is_zero(pre)
         payload = b"" if zero else pre
         rec = REC.pack(MAGIC, ZERO_FLAG if zero else 0, block, len(payload), zlib.crc32(payload))
-        os.pwrite(self.fd, rec + payload, self.end)
+        buf = rec + payload
+        if os.pwrite(self.fd, buf, self.end) != len(buf):  # a full disk writes short
+            os.ftruncate(self.fd, self.end)
+            raise OSError(errno.ENOSPC, "short write to the undo journal")
         self.map[block] = (self.end + REC.size, len(payload), zero)
         self.end += REC.size + len(payload)
         return self.end
@@ -236,7 +238,8 @@ class FileVolume(Volume):
             raise VolumeError(f"volume {self.name}: write past its end ({offset}+{len(data)})")
         try:
             self._protect(offset, len(data))
-            os.pwrite(self.fd, data, offset)
+            if os.pwrite(self.fd, data, offset) != len(data):
+                raise OSError(errno.ENOSPC, "short write")
         except OSError as exc:
             raise _no_space(exc, f"volume {self.name}") from None
 
