@@ -216,7 +216,7 @@ def _routes(site: Site) -> list[Route]:
             no, name, size = int(d["no"]), str(d["name"]), int(d["size"])
         except (KeyError, TypeError, ValueError):
             raise WireError("a disk needs no, name and size") from None
-        return site.open_disk(host, _lease(h), no, name, size)
+        return site.open_disk(host, _lease(h), no, name, size, bool(d.get("resume", True)))
 
     def block(h: _Handler, a: Agent, b: bytes, q: dict[str, str], host: str) -> Any:
         a.check_host(host)

@@ -93,7 +93,7 @@ class VolState:
     suspect: bool
     #: the volume existed without state: nothing it holds is known
     unknown_all: bool = False
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    lock: threading.RLock = field(default_factory=threading.RLock)
 
     def have(self, i: int) -> bytes:
         got = self.dirty.get(i)
@@ -225,20 +225,23 @@ class Site:
         vs = self._vols.get(sd["volume"])
         return vs if vs is not None else self._vol_state(sd["volume"], host, int(sd["size"]))
 
-    def _save_vol(self, vs: VolState, dirty: bool = False) -> None:
-        if dirty:
-            items = sorted(vs.dirty.items())
-            data = b"".join(i.to_bytes(8, "little") + cid for i, cid in items)
-            self.state.put(f"vols/{vs.name}.dirty", data)
-        doc = {
-            "host": vs.host,
-            "base_snap": vs.base_snap,
-            "base_index": vs.base_key,
-            "touched": sorted(vs.touched),
-            "unknown_all": vs.unknown_all,
-        }
-        self.state.put(f"vols/{vs.name}.json", json.dumps(doc).encode())
-        self.state.flush()
+    def _save_vol(self, vs: VolState, dirty: dict[int, bytes] | None = None) -> None:
+        """Persist the volume's state (and `dirty`, a copy taken before the flush that made
+        those blocks durable). Under the volume's lock: a group added by a writer is never
+        overwritten by an older list."""
+        with vs.lock:
+            if dirty is not None:
+                data = b"".join(i.to_bytes(8, "little") + cid for i, cid in sorted(dirty.items()))
+                self.state.put(f"vols/{vs.name}.dirty", data)
+            doc = {
+                "host": vs.host,
+                "base_snap": vs.base_snap,
+                "base_index": vs.base_key,
+                "touched": sorted(vs.touched),
+                "unknown_all": vs.unknown_all,
+            }
+            self.state.put(f"vols/{vs.name}.json", json.dumps(doc).encode())
+            self.state.flush()
 
     def _index(self, key: str) -> DiskIndex:
         try:
@@ -280,7 +283,11 @@ class Site:
                 "latest": json.loads(latest.to_bytes()) if latest else None,
             }
 
-    def open_disk(self, host: str, token: str, no: int, name: str, size: int) -> dict[str, Any]:
+    def open_disk(
+        self, host: str, token: str, no: int, name: str, size: int, resume: bool = True
+    ) -> dict[str, Any]:
+        """Open the disk's volume for the sync; `resume` False: the sender starts the disk
+        over, so the counters of an abandoned session do not count for this point."""
         self.lease(host, token)
         if size <= 0:
             raise BadBlock(f"disk {no} ({name}) of host {host}: size {size} is not positive")
@@ -298,9 +305,9 @@ class Site:
                 for i in {block_count(old) - 1, block_count(size) - 1}:
                     if 0 <= i < block_count(size):
                         vs.dirty[i] = UNKNOWN_ID  # a short last block changed length
-                self._save_vol(vs, dirty=True)
+                self._save_vol(vs, vs.dirty.copy())
             prev = s["disks"].get(str(no))
-            if prev is None or prev["volume"] != vname or prev["size"] != size:
+            if prev is None or prev["volume"] != vname or prev["size"] != size or not resume:
                 s["disks"][str(no)] = {
                     "name": name,
                     "size": size,
@@ -374,10 +381,11 @@ class Site:
         with self._lock:
             s = self._session(host)
             vols = [self._vs(host, d) for d in s["disks"].values()]
+            copies = [(vs, vs.dirty.copy()) for vs in vols]  # before the flush makes them true
             for vs in vols:
                 vs.vol.flush()
-            for vs in vols:
-                self._save_vol(vs, dirty=True)
+            for vs, dirty in copies:
+                self._save_vol(vs, dirty)
             s["checkpoint"] = state
             self._save_session(host)
 
@@ -473,7 +481,7 @@ class Site:
                     vs.vol.snapshot(point.id)
                     vs.base_snap, vs.base_key, vs.base = point.id, key, want
                     vs.dirty, vs.touched, vs.suspect, vs.unknown_all = {}, set(), False, False
-                    self._save_vol(vs, dirty=True)
+                    self._save_vol(vs, vs.dirty.copy())
                 d.index_key = key
                 d.stored_bytes = int(sd["wire"])
                 d.written_bytes = int(sd["written"])

@@ -232,7 +232,6 @@ class BlockSession(SyncSession):
     def disk(
         self, no: int, name: str, size: int, fingerprint: dict[str, Any], mode: Mode
     ) -> DiskWriter:
-        self.call("POST", "disk", {"no": no, "name": name, "size": size})
         prev = None
         if self.parent is not None:
             for d in self.parent.disks:
@@ -251,6 +250,7 @@ class BlockSession(SyncSession):
                     n = block_count(size)
                     if len(index) == n * 32 and len(done) == (n + 7) // 8:
                         resume = (bytes(index), bytes(done))
+        self.call("POST", "disk", {"no": no, "name": name, "size": size, "resume": bool(resume)})
         w = BlockDiskWriter(self, no, name, size, fingerprint, mode, prev, resume)
         self.writers[no] = w
         return w
