@@ -308,9 +308,7 @@ def inspect(
         out.print(render_text(layout), highlight=False, markup=False)
 
 
-key_app = typer.Typer(
-    no_args_is_help=True, help="Passphrases (key slots) of an encrypted repository."
-)
+key_app = typer.Typer(no_args_is_help=True, help="Passphrases (key slots) of an encrypted repository.")
 repo_app.add_typer(key_app, name="key")
 NewPassOpt = Annotated[
     str | None,
@@ -400,13 +398,8 @@ def forget(
     policy = Policy(keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly)
     decisions = do_forget(Repository.open(repo), policy, host, dry_run=dry_run)
     rows = [
-        {
-            "host": d.point.host,
-            "point": d.point.id,
-            "created": d.point.created,
-            "keep": d.keep,
-            "reasons": d.reasons,
-        }
+        {"host": d.point.host, "point": d.point.id, "created": d.point.created,
+         "keep": d.keep, "reasons": d.reasons}
         for d in decisions
     ]
     if json_out:

@@ -56,9 +56,7 @@ def save_state(
     repo.blobs.flush()
 
 
-def pick(
-    state: Mapping[bytes, int], ids: list[bytes], sample: float, seed: int | None
-) -> list[bytes]:
+def pick(state: Mapping[bytes, int], ids: list[bytes], sample: float, seed: int | None) -> list[bytes]:
     """The `sample` percent of `ids` verified longest ago (random among equals)."""
     if not ids:
         return []
@@ -103,13 +101,8 @@ def mark(
     for cid, reason in bad.items():
         for p, disk, off in users.get(cid, []):
             new.setdefault(p.key, []).append(
-                {
-                    "disk": disk,
-                    "offset": off,
-                    "block": off // BLOCK_SIZE,
-                    "chunk": cid.hex(),
-                    "reason": reason,
-                }
+                {"disk": disk, "offset": off, "block": off // BLOCK_SIZE, "chunk": cid.hex(),
+                 "reason": reason}
             )
     touched = [p for p in points if p.key in new or p.damaged]
     if not touched:
@@ -127,8 +120,7 @@ def mark(
     try:
         for p in touched:
             keep = [
-                d
-                for d in p.damaged
+                d for d in p.damaged
                 if bytes.fromhex(str(d["chunk"])) not in good
                 and bytes.fromhex(str(d["chunk"])) not in bad
             ]

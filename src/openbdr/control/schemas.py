@@ -165,9 +165,7 @@ class HostIn(Strict):
     target: str = Name
     policy: str | None = Field(default=None, pattern=NAME, max_length=128)
     pool: str | None = Field(
-        default=None,
-        pattern=NAME,
-        max_length=128,
+        default=None, pattern=NAME, max_length=128,
         description="agents of this pool run the host's jobs; none = the server itself",
     )
     enabled: bool = True

@@ -37,14 +37,8 @@ class Broker(Protocol):
         self, job_id: int, worker: str, progress: dict[str, Any], logs: list[tuple[str, str]]
     ) -> str: ...
     def finish(
-        self,
-        job_id: int,
-        worker: str,
-        outcome: str,
-        result: dict[str, Any] | None,
-        error: str | None,
-        progress: dict[str, Any],
-        logs: list[tuple[str, str]],
+        self, job_id: int, worker: str, outcome: str, result: dict[str, Any] | None,
+        error: str | None, progress: dict[str, Any], logs: list[tuple[str, str]],
     ) -> str: ...
 
 
@@ -64,18 +58,11 @@ class LocalBroker:
         return self.queue.heartbeat(job_id, worker, progress, logs)
 
     def finish(
-        self,
-        job_id: int,
-        worker: str,
-        outcome: str,
-        result: dict[str, Any] | None,
-        error: str | None,
-        progress: dict[str, Any],
-        logs: list[tuple[str, str]],
+        self, job_id: int, worker: str, outcome: str, result: dict[str, Any] | None,
+        error: str | None, progress: dict[str, Any], logs: list[tuple[str, str]],
     ) -> str:
-        return self.queue.finish(
-            job_id, worker, outcome, result, error, progress=progress, logs=logs
-        )
+        return self.queue.finish(job_id, worker, outcome, result, error, progress=progress,
+                                 logs=logs)
 
 
 @contextlib.contextmanager
@@ -218,9 +205,8 @@ class Worker(threading.Thread):
         finally:
             done.set()
             beat.join()
-        log.info(
-            "job %s (%s) %s in %.1f s", spec.id, spec.kind, outcome, time.monotonic() - started
-        )
+        log.info("job %s (%s) %s in %.1f s", spec.id, spec.kind, outcome,
+                 time.monotonic() - started)
         if ctx.stop_reason == "lease lost":
             self.current = None
             return  # someone else owns the job now
@@ -254,3 +240,4 @@ def _is_stop(exc: OpenBDRError) -> bool:
     from ..sync import SyncStopped
 
     return isinstance(exc, SyncStopped | JobStopped)
+

@@ -150,9 +150,9 @@ class PointReader(abc.ABC):
         """Block `i` (short at the end of an odd-sized disk); `CorruptionError` naming the
         point, disk, block and stored object when it is missing or damaged."""
 
-    def read_blocks(
-        self, blocks: Iterable[int], in_flight: int = 32
-    ) -> Iterator[tuple[int, bytes]]:
+    def read_blocks(self, blocks: Iterable[int], in_flight: int = 32) -> Iterator[
+        tuple[int, bytes]
+    ]:
         """Many blocks with up to `in_flight` reads at once, in completion order."""
         for i in blocks:
             yield i, self.read_block(i)
