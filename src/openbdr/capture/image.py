@@ -117,10 +117,15 @@ class ImageDisk(DiskSnapshot):
         if not self.valid_only:
             self.valid_bytes = sum(e.length for e in present)
             return present
-        from ..volume import analyze
+        from .replay import analyze_replayed
 
-        layout = analyze(self.reader)
+        layout = analyze_replayed(self.reader, self.path)
         self.layout = layout.to_json()
+        why = layout.fallbacks()
+        if why:
+            self.fallback_reason = "; ".join(
+                filter(None, [self.fallback_reason, "valid data: " + "; ".join(why)])
+            )
         for note in layout.notes:
             log.info("%s: %s", self.path, note)
         valid = intersect(present, clip(layout.valid_extents, self.size))

@@ -30,10 +30,9 @@ log = logging.getLogger(__name__)
 #: modules that register job kinds or sources when they exist (others' packages)
 PLUGINS = [
     "openbdr.control.runners",
-    "openbdr.drill.control",
+    "openbdr.control.drills",
     "openbdr.retention.control",
     "openbdr.gc.control",
-    "openbdr.agent.control",
 ]
 
 __all__ = ["KINDS", "SOURCES", "JobKind", "SourceType", "UnknownKind", "kind", "source_type"]

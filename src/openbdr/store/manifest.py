@@ -87,10 +87,6 @@ class RestorePoint:
     #: the last drill of this point: {"id", "verdict", "finished"} (drill/ reports)
     drill: dict[str, Any] | None = None
 
-    @property
-    def key(self) -> str:
-        return point_key(self.host, self.id)
-
     def to_bytes(self) -> bytes:
         return json.dumps(asdict(self), indent=1, sort_keys=True).encode()
 
@@ -112,11 +108,3 @@ class RestorePoint:
             "stored_bytes": sum(d.stored_bytes for d in self.disks),
             "mode": ",".join(sorted({d.mode for d in self.disks})),
         }
-
-
-def point_key(host: str, point: str) -> str:
-    return f"points/{host}/{point}.json"
-
-
-def index_key(point: str, disk: int) -> str:
-    return f"indexes/{point}/{disk}"

@@ -23,17 +23,28 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
 
-from .chunk import ID_SIZE, ZERO_ID, chunk_id_from_key, chunk_key
-from .errors import CorruptionError, LockedError
-from .store.blobs import NotFound
-from .store.lease import Lease
-from .store.repository import Repository
+from ...chunk import ID_SIZE, ZERO_ID
+from ...errors import CorruptionError, LockedError
+from ..blobs import NotFound
+from ..target import GCReport
+from .layout import (
+    CHECKPOINTS,
+    CHUNKS,
+    GC_INTENTS,
+    HOST_LOCKS,
+    INDEXES,
+    chunk_id_from_key,
+    chunk_key,
+    lock_key,
+    point_key,
+)
+from .lease import Lease
+from .repository import Repository
 
 log = logging.getLogger(__name__)
 
-INTENTS = "gc/intents/"
+INTENTS = GC_INTENTS
 #: allowed disagreement between this machine's clock and the store's object times
 CLOCK_SLACK = 5.0
 #: finished intents are kept this long (a sync older than this is long gone)
@@ -51,7 +62,7 @@ def _split_ids(data: bytes) -> set[bytes]:
 
 def live_sync_leases(repo: Repository, now: float) -> list[dict[str, object]]:
     out = []
-    for info in list(repo.blobs.list("locks/host-")):
+    for info in list(repo.blobs.list(HOST_LOCKS)):
         try:
             held = json.loads(repo.blobs.get(info.key))
         except (NotFound, ValueError):
@@ -64,7 +75,7 @@ def live_sync_leases(repo: Repository, now: float) -> list[dict[str, object]]:
 def referenced(repo: Repository) -> set[bytes]:
     """Every chunk id a checkpoint or a committed point names (checkpoints first)."""
     ids: set[bytes] = set()
-    for info in list(repo.blobs.list("checkpoints/")):
+    for info in list(repo.blobs.list(CHECKPOINTS)):
         if info.key.endswith(".index"):
             try:
                 ids |= _split_ids(repo.blobs.get(info.key))
@@ -75,24 +86,13 @@ def referenced(repo: Repository) -> set[bytes]:
             try:
                 ids |= repo.get_index(d.index_key).unique_ids()
             except CorruptionError:
-                if repo.blobs.exists(p.key):
+                if repo.blobs.exists(point_key(p.host, p.id)):
                     raise CorruptionError(
                         f"cannot read index {d.index_key} of {p.host} point {p.id}",
                         "gc stopped without deleting anything; run `openbdr verify`",
                     ) from None
     ids.discard(ZERO_ID)
     return ids
-
-
-@dataclass
-class GCReport:
-    chunks: int = 0
-    referenced: int = 0
-    deleted: int = 0
-    deleted_bytes: int = 0
-    young: int = 0
-    indexes_deleted: int = 0
-    dry_run: bool = False
 
 
 def gc(
@@ -104,7 +104,7 @@ def gc(
     with maintenance_lease(repo, ttl) as lease:
         start = time.time()
         listed = {}
-        for info in repo.blobs.list("chunks/"):
+        for info in repo.blobs.list(CHUNKS):
             cid = chunk_id_from_key(info.key)
             if cid is not None:
                 listed[cid] = info
@@ -148,7 +148,7 @@ def _orphan_indexes(repo: Repository, older_than: float) -> int:
     """Indexes whose point was forgotten (or never committed) and are old enough."""
     live = {d.index_key for p in repo.points() for d in p.disks}
     n = 0
-    for info in list(repo.blobs.list("indexes/")):
+    for info in list(repo.blobs.list(INDEXES)):
         if info.key not in live and info.mtime < older_than:
             repo.blobs.delete(info.key)
             n += 1
@@ -198,7 +198,7 @@ def _finished(repo: Repository, name: str, token: str) -> bool:
     except (NotFound, ValueError):
         return True
     try:
-        held = json.loads(repo.blobs.get("locks/maintenance.json"))
+        held = json.loads(repo.blobs.get(lock_key("maintenance")))
     except (NotFound, ValueError):
         return True  # the gc died: nothing deletes any more
     return held.get("token") != token or float(held.get("expires", 0)) < time.time()

@@ -12,22 +12,32 @@ Everything a restore or a verify needs is here; the catalog DB only mirrors it.
 
 from __future__ import annotations
 
+import copy
 import json
 import secrets
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from ..blocks import BLOCK_SIZE
-from ..chunk import ChunkCodec, Codec, Encoded, chunk_key
-from ..errors import CorruptionError, RepositoryError
-from .blobs import Blobs, NotFound, open_blobs
+from ...blocks import BLOCK_SIZE
+from ...chunk import ChunkCodec, Codec, Encoded
+from ...errors import CorruptionError, RepositoryError
+from ..blobs import Blobs, NotFound, open_blobs
+from ..index import DiskIndex
+from ..manifest import RestorePoint, check_host_name
 from .crypto import AeadCipher, RepoKeys
-from .index import DiskIndex
 from .keys import encrypted_config, open_keys, read_passphrase
+from .layout import (
+    CONFIG,
+    KEYS,
+    POINTS,
+    checkpoint_prefix,
+    chunk_key,
+    host_points,
+    point_key,
+)
 from .lease import Lease
-from .manifest import RestorePoint, check_host_name, point_key
 from .sealed import SealedBlobs
 
 FORMAT = "openbdr-repository"
@@ -56,7 +66,7 @@ class Repository:
     @classmethod
     def init(cls, url: str, *, encrypt: bool = False, passphrase: str | None = None) -> Repository:
         blobs = open_blobs(url, create=True)
-        if blobs.exists("config"):
+        if blobs.exists(CONFIG):
             raise RepositoryError(
                 f"{blobs.url} is already an OpenBDR repository", "use it as it is"
             )
@@ -77,7 +87,7 @@ class Repository:
         keys = None
         if encrypt:
             keys = encrypted_config(blobs, config, passphrase or read_passphrase(confirm=True))
-        if not blobs.put_if_absent("config", json.dumps(config, indent=1).encode()):
+        if not blobs.put_if_absent(CONFIG, json.dumps(config, indent=1).encode()):
             raise RepositoryError(f"{blobs.url} was initialised concurrently", "use it as it is")
         return cls(blobs, config, keys)
 
@@ -85,7 +95,7 @@ class Repository:
     def open(cls, url: str, *, passphrase: str | None = None) -> Repository:
         blobs = open_blobs(url)
         try:
-            raw = blobs.get("config")
+            raw = blobs.get(CONFIG)
         except NotFound:
             raise RepositoryError(
                 f"{url} is not an OpenBDR repository (no config object)",
@@ -95,7 +105,7 @@ class Repository:
             config = json.loads(raw)
             fmt, version = config.get("format"), config.get("version")
         except (ValueError, AttributeError):
-            raise RepositoryError(
+            raise CorruptionError(
                 f"{url}: config is not valid JSON", "restore it from a copy"
             ) from None
         if fmt != FORMAT:
@@ -107,15 +117,21 @@ class Repository:
             )
         if config.get("encryption"):
             return cls(blobs, config, open_keys(blobs, config, passphrase))
-        if "hash_key" not in config or any(True for _ in blobs.list("keys/")):
-            raise RepositoryError(
+        if "hash_key" not in config or any(True for _ in blobs.list(KEYS)):
+            raise CorruptionError(
                 f"{url}: config is damaged (no hash key, or key slots but no encryption)",
                 "restore the config object from a copy",
             )
         try:
             return cls(blobs, config)
         except (KeyError, ValueError, TypeError):
-            raise RepositoryError(f"{url}: config is damaged", "restore it from a copy") from None
+            raise CorruptionError(f"{url}: config is damaged", "restore it from a copy") from None
+
+    def wrapped(self, wrap: Callable[[Blobs], Blobs]) -> Repository:
+        """The same repository with its store behind a wrapper (a bandwidth limit)."""
+        other = copy.copy(self)
+        other.blobs = wrap(self.blobs)
+        return other
 
     @property
     def url(self) -> str:
@@ -137,10 +153,6 @@ class Repository:
         except NotFound:
             raise CorruptionError(f"chunk {cid.hex()} is missing from {self.url}") from None
 
-    def has_chunk(self, cid: bytes) -> bool:
-        return self.blobs.exists(chunk_key(cid))
-
-    # -- indexes -------------------------------------------------------------
     def put_index(self, key: str, index: DiskIndex) -> None:
         self.blobs.put(key, index.to_bytes())
 
@@ -154,19 +166,19 @@ class Repository:
     def commit(self, point: RestorePoint) -> None:
         """Make a restore point exist: everything it names must already be durable."""
         self.blobs.flush()
-        self.blobs.put(point.key, point.to_bytes())
+        self.blobs.put(point_key(point.host, point.id), point.to_bytes())
         self.blobs.flush()
 
     def update_point(self, point: RestorePoint) -> None:
-        self.blobs.put(point.key, point.to_bytes())
+        self.blobs.put(point_key(point.host, point.id), point.to_bytes())
         self.blobs.flush()
 
     def hosts(self) -> list[str]:
-        return sorted({info.key.split("/")[1] for info in self.blobs.list("points/")})
+        return sorted({info.key.split("/")[1] for info in self.blobs.list(POINTS)})
 
     def points(self, host: str | None = None) -> list[RestorePoint]:
         """Committed restore points, oldest first."""
-        prefix = f"points/{check_host_name(host)}/" if host else "points/"
+        prefix = host_points(check_host_name(host)) if host else POINTS
         out = []
         for info in self.blobs.list(prefix):
             if not info.key.endswith(".json"):
@@ -207,7 +219,7 @@ class Repository:
         """The newest point, reading one manifest: ids sort in time order (`new_point_id`)."""
         keys = sorted(
             info.key
-            for info in self.blobs.list(f"points/{check_host_name(host)}/")
+            for info in self.blobs.list(host_points(check_host_name(host)))
             if info.key.endswith(".json")
         )
         while keys:
@@ -221,7 +233,7 @@ class Repository:
 
     # -- checkpoints ---------------------------------------------------------
     def checkpoint_prefix(self, host: str) -> str:
-        return f"checkpoints/{host}/"
+        return checkpoint_prefix(host)
 
     def load_checkpoint(self, host: str) -> dict[str, Any] | None:
         try:
@@ -253,10 +265,3 @@ class Repository:
     # -- leases --------------------------------------------------------------
     def host_lease(self, host: str, ttl: float = 60.0) -> Lease:
         return Lease(self.blobs, f"host-{check_host_name(host)}", f"a sync of host {host}", ttl)
-
-    def iter_indexes(
-        self, points: list[RestorePoint]
-    ) -> Iterator[tuple[RestorePoint, int, DiskIndex]]:
-        for p in points:
-            for d in p.disks:
-                yield p, d.index, self.get_index(d.index_key)

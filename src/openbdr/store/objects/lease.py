@@ -15,8 +15,9 @@ import time
 import uuid
 from typing import Any
 
-from ..errors import LockedError
-from .blobs import Blobs, NotFound
+from ...errors import LockedError
+from ..blobs import Blobs, NotFound
+from .layout import lock_key
 
 
 def _boot_id() -> str:
@@ -47,7 +48,7 @@ def _pid_start(pid: int) -> str:
 class Lease:
     def __init__(self, blobs: Blobs, name: str, purpose: str, ttl: float = 60.0) -> None:
         self.blobs = blobs
-        self.key = f"locks/{name}.json"
+        self.key = lock_key(name)
         self.name = name
         self.purpose = purpose
         self.ttl = ttl
