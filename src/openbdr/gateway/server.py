@@ -262,7 +262,11 @@ def _routes(site: Site) -> list[Route]:
 
     def gc(h: _Handler, a: Agent, b: bytes, q: dict[str, str]) -> Any:
         _all_hosts(a)
-        return site.gc().__dict__
+        return site.gc(bool(_json(b).get("dry_run"))).__dict__
+
+    def protect(h: _Handler, a: Agent, b: bytes, q: dict[str, str], host: str, point: str) -> Any:
+        a.check_host(host)
+        return json.loads(site.protect(host, point, bool(_json(b).get("on", True))).to_bytes())
 
     def vols(h: _Handler, a: Agent, b: bytes, q: dict[str, str]) -> Any:
         _all_hosts(a)
@@ -302,6 +306,7 @@ def _routes(site: Site) -> list[Route]:
         ("GET", f"{API}/points/{H}/{P}", point),
         ("PUT", f"{API}/points/{H}/{P}", update),
         ("POST", f"{API}/forget/{H}", forget),
+        ("POST", f"{API}/protect/{H}/{P}", protect),
         ("GET", f"{API}/index/{H}/{P}/{D}", index),
         ("GET", f"{API}/read/{H}/{P}/{D}/(?P<block>\\d+)", read),
         ("GET", f"{API}/direct/{H}/{P}/{D}", direct),

@@ -43,7 +43,7 @@ from ..store.block.volumes import Volume, VolumeError, open_store
 from ..store.block.wire import UNKNOWN_ID, unpack_block
 from ..store.directory import DirectoryBlobs
 from ..store.index import DiskIndex
-from ..store.manifest import RestorePoint, check_host_name, index_key, point_key
+from ..store.manifest import RestorePoint, check_host_name
 from ..store.target import GCReport, Problem, VerifyReport
 
 #: blocks per group of the persisted "written since the snapshot" record
@@ -69,6 +69,15 @@ class BadBlock(OpenBDRError):
 
 class Missing(OpenBDRError):
     """The point names blocks the gateway never received (HTTP 409)."""
+
+
+def point_key(host: str, point: str) -> str:
+    """The gateway's record of a point (the object repository's layout, its own copy)."""
+    return f"points/{host}/{point}.json"
+
+
+def index_key(point: str, disk: int) -> str:
+    return f"indexes/{point}/{disk}"
 
 
 def volume_name(host: str, disk: str) -> str:
@@ -453,7 +462,7 @@ class Site:
             raise BadBlock(f"point {point.id} is of host {point.host}, not {host}")
         with self._lock:
             try:  # a retried commit whose first answer was lost
-                return RestorePoint.from_bytes(self.state.get(point.key))
+                return RestorePoint.from_bytes(self.state.get(point_key(point.host, point.id)))
             except NotFound:
                 pass
             s = self._session(host)
@@ -485,7 +494,7 @@ class Site:
                 d.index_key = key
                 d.stored_bytes = int(sd["wire"])
                 d.written_bytes = int(sd["written"])
-            self.state.put(point.key, point.to_bytes())  # the commit
+            self.state.put(point_key(point.host, point.id), point.to_bytes())  # the commit
             self.state.flush()
             for info in list(self.state.list(f"sessions/{host}/")):
                 self.state.delete(info.key)
@@ -545,7 +554,7 @@ class Site:
         old = self.point(point.host, point.id)
         if [d.index_key for d in old.disks] != [d.index_key for d in point.disks]:
             raise BadBlock(f"point {point.id}: an update may not change its disks")
-        self.state.put(point.key, point.to_bytes())
+        self.state.put(point_key(point.host, point.id), point.to_bytes())
         self.state.flush()
 
     def index(self, host: str, point: str, disk: int) -> bytes:
@@ -591,6 +600,8 @@ class Site:
 
     # -- maintenance ----------------------------------------------------------------------
     def forget(self, host: str, ids: list[str]) -> None:
+        """Remove these points' records (retention decided); their snapshots and indexes go
+        at the next gc. A protected point stays; the base of a running sync is refused."""
         with self._lock:
             s = self._session(host) if self._leased(host) else {"parent": None}
             for pid in ids:
@@ -599,36 +610,20 @@ class Site:
                         f"point {pid} of host {host} is the base of a running sync",
                         "forget it after the sync",
                     )
-            bases = {vs.base_key for vs in self._vols.values()}
             for pid in ids:
                 try:
                     p = self.point(host, pid)
                 except UnknownError:
                     continue
-                self.state.delete(p.key)  # the point ceases to exist first
-                self.state.flush()
-                for d in p.disks:
-                    try:
-                        vol = self.volumes.open(volume_name(host, d.name))
-                    except VolumeError:
-                        continue
-                    vol.delete_snapshot(p.id)
-                    if d.index_key not in bases and not self._is_base(d.index_key):
-                        self.state.delete(d.index_key)
+                if not p.protected:  # protected after retention decided: it stays
+                    self.state.delete(point_key(p.host, p.id))
+            self.state.flush()
 
-    def _is_base(self, key: str) -> bool:
-        for info in self.state.list("vols/"):
-            if info.key.endswith(".json"):
-                try:
-                    if json.loads(self.state.get(info.key)).get("base_index") == key:
-                        return True
-                except NotFound:
-                    continue
-        return False
-
-    def gc(self) -> GCReport:
-        t0 = time.monotonic()
-        rep = GCReport()
+    def gc(self, dry_run: bool = False) -> GCReport:
+        """Delete snapshots no point names (a commit killed between its snapshot and its
+        record), volumes no point or open sync needs, and unreferenced indexes. Hosts with
+        a running sync are left alone (counted as `young`)."""
+        rep = GCReport(dry_run=dry_run)
         with self._lock:
             pts = self.points()
             leased = {h for h in {*self.hosts(), *self._leases} if self._leased(h)}
@@ -641,39 +636,54 @@ class Site:
                 if info.key.count("/") == 1 and info.key.endswith(".json"):
                     for d in json.loads(self.state.get(info.key))["disks"].values():
                         open_vols.add(d["volume"])
+            owners: dict[str, str] = {}
+            bases: set[str] = set()
+            for info in self.state.list("vols/"):
+                if info.key.endswith(".json"):
+                    doc = json.loads(self.state.get(info.key))
+                    owners[info.key[len("vols/") : -len(".json")]] = doc.get("host", "")
+                    if doc.get("base_index"):
+                        bases.add(doc["base_index"])
             for name in self.volumes.names():
-                host = name.split("--", 1)[0]
-                if host in leased:
+                rep.chunks += 1
+                if owners.get(name, name.split("--", 1)[0]) in leased:
+                    rep.young += 1
                     continue
                 if name not in wanted and name not in open_vols:
-                    vs = self._vols.pop(name, None)
-                    self.volumes.delete(name)
-                    self.state.delete(f"vols/{name}.json")
-                    self.state.delete(f"vols/{name}.dirty")
                     rep.deleted += 1
-                    del vs
+                    if not dry_run:
+                        self._vols.pop(name, None)
+                        self.volumes.delete(name)
+                        self.state.delete(f"vols/{name}.json")
+                        self.state.delete(f"vols/{name}.dirty")
                     continue
                 vol = self.volumes.open(name)
                 for snap in vol.snapshots():
                     if snap.name in wanted.get(name, set()):
                         rep.referenced += 1
-                    else:  # a commit killed between its snapshot and its record
-                        vol.delete_snapshot(snap.name)
+                    else:
                         rep.deleted += 1
-            keep = {d.index_key for p in pts for d in p.disks}
-            for info in self.state.list("vols/"):
-                if info.key.endswith(".json"):
-                    keep.add(json.loads(self.state.get(info.key)).get("base_index"))
+                        if not dry_run:
+                            vol.delete_snapshot(snap.name)
+            keep = {d.index_key for p in pts for d in p.disks} | bases
             for info in list(self.state.list("indexes/")):
                 point = info.key.split("/")[1]
                 if info.key not in keep and not any(
                     point == p.id and p.host in leased for p in pts
                 ):
-                    self.state.delete(info.key)
-                    rep.orphan_indexes += 1
+                    rep.indexes_deleted += 1
+                    if not dry_run:
+                        self.state.delete(info.key)
             self.state.flush()
-        rep.seconds = round(time.monotonic() - t0, 3)
         return rep
+
+    def protect(self, host: str, ref: str, on: bool) -> RestorePoint:
+        with self._lock:
+            p = self.point(host, ref)
+            p.protected = on
+            self.state.put(point_key(p.host, p.id), p.to_bytes())
+            self.state.flush()
+            return p
 
     def verify(self, host: str | None, deep: bool, sample: float) -> VerifyReport:
         rep = VerifyReport()

@@ -28,11 +28,10 @@ from ...errors import CorruptionError, LockedError
 from ...throttle import TokenBucket
 from ..blobs import BlobInfo, Blobs, NotFound
 from ..index import DiskIndex
-from ..lease import _boot_id, _pid_alive, _pid_start
 from ..manifest import DiskRecord, RestorePoint
+from ..objects.lease import _boot_id, _pid_alive, _pid_start
 from ..target import (
     DiskWriter,
-    ForgetReport,
     GCReport,
     Mode,
     PointReader,
@@ -48,7 +47,7 @@ from ..target import (
 from .client import GatewayClient, GatewayError
 from .wire import API, pack_block
 
-__all__ = ["BlockTarget", "ForgetReport"]
+__all__ = ["BlockTarget"]
 
 
 class GatewayBlobs(Blobs):
@@ -322,8 +321,9 @@ class BlockPointReader(PointReader):
         return bytes(data)
 
     def read_blocks(
-        self, blocks: Iterable[int], in_flight: int = 32
+        self, blocks: Iterable[int], in_flight: int | None = None
     ) -> Iterator[tuple[int, bytes]]:
+        in_flight = in_flight or self.in_flight
         with ThreadPoolExecutor(max(1, min(in_flight, 8))) as pool:
             pending: set[Future[tuple[int, bytes]]] = set()
             for i in blocks:
@@ -409,8 +409,15 @@ class BlockTarget(Target):
             progress(rep.chunks_checked, rep.chunks_referenced)
         return rep
 
-    def gc(self, margin: float | None = None) -> GCReport:
-        return GCReport(**self.client.call("POST", f"{API}/gc", {}))
+    def gc(self, *, margin: float | None = None, dry_run: bool = False) -> GCReport:
+        """Snapshots and volumes no point names (the gateway leaves hosts with a running
+        sync alone, so no margin is needed); `chunks` counts volumes, `referenced` the
+        snapshots kept."""
+        return GCReport(**self.client.call("POST", f"{API}/gc", {"dry_run": dry_run}))
+
+    def protect(self, host: str, ref: str, on: bool) -> RestorePoint:
+        got = self.client.call("POST", f"{API}/protect/{host}/{ref}", {"on": on})
+        return RestorePoint.from_bytes(_dumps(got))
 
     def volumes(self) -> list[dict[str, Any]]:
         """Every volume of the gateway with its snapshots (for the console)."""
