@@ -347,7 +347,7 @@ class BlockTarget(Target):
         info = self.client.call("GET", f"{API}/info")
         self.info = info
         self.hash_key = bytes.fromhex(info["hash_key"])
-        self.url = self.client.url
+        self.url = url  # with its query: a helper process (drill FUSE) reopens it by URL
         self.meta = GatewayBlobs(self.client)
 
     def begin(self, host: str, options: WriteOptions) -> SyncSession:
