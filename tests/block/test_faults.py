@@ -132,6 +132,7 @@ def test_bad_blocks_are_rejected_and_nothing_is_written(
     store.close()
 
 
+@pytest.mark.parametrize("backend_url", ["file"], indirect=True)  # backend-blind
 def test_wrong_credentials_are_refused(gateway: GatewayProc) -> None:
     url = gateway.url.split("&token_file=")[0] + "&retry=1"
     with pytest.raises(GatewayAuthError, match="does not know this credential"):
