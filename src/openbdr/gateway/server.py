@@ -22,7 +22,7 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from ..errors import CorruptionError, LockedError, OpenBDRError
 from ..store.blobs import NotFound
@@ -92,7 +92,8 @@ class _Handler(BaseHTTPRequestHandler):
                 match = rx.fullmatch(parts.path)
                 if m == method and match:
                     q = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-                    out = fn(self, agent, body, q, **match.groupdict())
+                    args = {k: unquote(v) for k, v in match.groupdict().items()}
+                    out = fn(self, agent, body, q, **args)
                     break
             else:
                 raise UnknownError(f"no such API: {method} {parts.path}")
@@ -148,7 +149,7 @@ def _all_hosts(agent: Agent) -> None:
 
 def _routes(site: Site) -> list[Route]:
     H = r"(?P<host>[A-Za-z0-9][A-Za-z0-9._-]{0,127})"
-    P = r"(?P<point>[A-Za-z0-9._-]+)"
+    P = r"(?P<point>[^/]+)"  # unknown ids are the site's to name
     D = r"(?P<disk>\d+)"
 
     def info(h: _Handler, a: Agent, b: bytes, q: dict[str, str]) -> Any:

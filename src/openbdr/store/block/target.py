@@ -21,6 +21,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
+from urllib.parse import quote
 
 from ...blocks import BLOCK_SIZE, block_count, block_span
 from ...chunk import ZERO_ID, ChunkCodec
@@ -367,6 +368,7 @@ class BlockTarget(Target):
         return pts[-1] if pts else None
 
     def point(self, host: str, ref: str) -> RestorePoint:
+        host, ref = quote(host, safe=""), quote(ref, safe="")
         return RestorePoint.from_bytes(
             _dumps(self.client.call("GET", f"{API}/points/{host}/{ref}"))
         )
