@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_block.py [--workdir DIR] [--json out.json]
                                                [--only object,gw-file,gw-rbd,qemu-img,rbd-import]
-                                               [--cache cold|warm]
+                                               [--cache cold|warm] [--runs DIR]
 
 On the shared 8 GiB corpus (../shared/bench: disk.img, then disk2.img after a busy day),
 for every contender a full sync of disk.img and an incremental one of disk2.img, zstd on:
@@ -203,9 +203,9 @@ def _sync_rows(
 
 def run(args: argparse.Namespace) -> list[Row]:
     work: Path = args.workdir
-    corpus = ensure_corpus(work / "corpus")
+    corpus = ensure_corpus(work)  # the same corpus directory as bench_core.py
     images = [corpus.disk, corpus.disk2]
-    runs = work / "block-runs"
+    runs = args.runs or work / "block-runs"
     shutil.rmtree(runs, ignore_errors=True)
     runs.mkdir(parents=True)
     cache = Cache(args.cache)
@@ -304,6 +304,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path)
     ap.add_argument("--only", default=",".join(CONTENDERS))
     ap.add_argument("--cache", choices=("cold", "warm"), default="cold")
+    ap.add_argument("--runs", type=Path, help="where repositories and volumes go")
     args = ap.parse_args()
     args.workdir = args.workdir.resolve()
     rows = run(args)

@@ -36,6 +36,7 @@ from .tls import self_signed
 log = logging.getLogger(__name__)
 
 MAX_BODY = 4 << 20
+MAX_INDEX = 64 << 20
 STATUS: list[tuple[type[BaseException], int]] = [
     (AuthError, 401),
     (Forbidden, 403),
@@ -75,13 +76,20 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _body(self) -> bytes:
         n = int(self.headers.get("Content-Length") or 0)
-        if n > MAX_BODY:
-            raise WireError(f"request body of {n} bytes is too large (at most {MAX_BODY})")
+        # a block frame is at most 1 MiB and its header; a checkpoint's index is 32 bytes
+        # a block (64 MiB: a 2 TiB disk)
+        limit = MAX_INDEX if "/blob/" in self.path else MAX_BODY
+        if n > limit:
+            self.close_connection = True
+            raise WireError(f"request body of {n} bytes is too large (at most {limit})")
         return self.rfile.read(n) if n else b""
 
     def _dispatch(self, method: str) -> None:
         try:
             body = self._body()
+        except WireError as exc:
+            self._send(400, json.dumps({"error": str(exc), "kind": "WireError"}).encode())
+            return
         except (OSError, ValueError):
             self.close_connection = True
             return
