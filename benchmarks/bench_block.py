@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/bench_block.py [--workdir DIR] [--json out.json]
                                                [--only object,gw-file,gw-rbd,qemu-img,rbd-import]
                                                [--cache cold|warm] [--runs DIR]
+                                               [--ceph-env FILE]
 
 On the shared 8 GiB corpus (../shared/bench: disk.img, then disk2.img after a busy day),
 for every contender a full sync of disk.img and an incremental one of disk2.img, zstd on:
@@ -36,7 +37,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 from corpus import ROOT, ensure_corpus
 from measure import BenchError, Cache, Usage, run_measured
@@ -127,33 +127,30 @@ class Gateway:
 
 
 @contextmanager
-def ceph_cluster(where: Path) -> Iterator[dict[str, str]]:
+def ceph_cluster(where: Path, env_file: Path | None = None) -> Iterator[dict[str, str]]:
+    """The Ceph fixture started in `where`, or a running one's env file (left running)."""
+    if env_file is not None:
+        yield _env(env_file)
+        return
     d = where / "ceph"
     env = {"CEPH_FIXTURE_OSD_SIZE": "24G", **os.environ}
     proc = subprocess.run([str(CEPH), "start", str(d)], capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise BenchError(f"Ceph fixture failed: {proc.stderr[-2000:]}")
-    values: dict[str, str] = {}
-    for line in Path(proc.stdout.strip()).read_text().splitlines():
-        line = line.removeprefix("export ").strip()
-        if "=" in line and not line.startswith("#"):
-            k, v = line.split("=", 1)
-            values[k] = v.strip("'\"")
     try:
-        yield values
+        yield _env(Path(proc.stdout.strip()))
     finally:
         subprocess.run([str(CEPH), "stop", str(d)], capture_output=True)
 
 
-def _points(repo: str, env: dict[str, str]) -> list[dict[str, Any]]:
-    out = subprocess.run(
-        [OPENBDR, "points", "--repo", repo, "--host", HOST, "--json"],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **env},
-        check=True,
-    )
-    return list(json.loads(out.stdout))
+def _env(path: Path) -> dict[str, str]:
+    values: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        line = line.removeprefix("export ").strip()
+        if "=" in line and not line.startswith("#"):
+            k, v = line.split("=", 1)
+            values[k] = v.strip("'\"")
+    return values
 
 
 def _read_back_equal(url: str, image: Path) -> str:
@@ -181,10 +178,11 @@ def _sync_rows(
     for phase, img in zip(("full", "incremental"), images, strict=False):
         cache.prepare([img])
         cpu0 = gw.cpu() if gw else 0.0
-        cmd = [OPENBDR, "sync", "--repo", repo, "--host", HOST, "--compress", "zstd", str(img)]
-        u: Usage = run_measured(cmd, log / f"{name}-{phase}.log", env=env)
+        cmd = [OPENBDR, "sync", "--repo", repo, "--host", HOST, "--compress", "zstd", "--json"]
+        out = log / f"{name}-{phase}.log"
+        u: Usage = run_measured([*cmd, str(img)], out, env=env)
         cpu1 = gw.cpu() if gw else 0.0
-        disks = _points(repo, env)[-1]["disks"]
+        disks = json.loads(out.read_text())["disks"]
         row = Row(
             name,
             phase,
@@ -248,7 +246,7 @@ def run(args: argparse.Namespace) -> list[Row]:
         )
         out.unlink()
     if only & {"gw-rbd", "rbd-import"}:
-        with ceph_cluster(runs) as env:
+        with ceph_cluster(runs, args.ceph_env) as env:
             os.environ.update(env)
             pool = env.get("RBD_POOL", "rbd")
             if "gw-rbd" in only:
@@ -258,10 +256,21 @@ def run(args: argparse.Namespace) -> list[Row]:
                     rows += _sync_rows("gw-rbd", gw.url, images, cache, runs, gw)
                 finally:
                     gw.stop()
+                    from openbdr.store.block.volumes import open_store
+
+                    store = open_store(vols)
+                    for name in store.names():  # the cluster may be a reused one
+                        store.delete(name)
+                    store.close()
             if "rbd-import" in only:
                 cache.prepare([corpus.disk])
                 cmd = ["rbd", "import", "--no-progress", str(corpus.disk), f"{pool}/bench-import"]
                 u = run_measured(cmd, runs / "rbd-import.log", env=env)
+                subprocess.run(
+                    ["rbd", "rm", "--no-progress", f"{pool}/bench-import"],
+                    capture_output=True,
+                    env={**os.environ, **env},
+                )
                 rows.append(
                     Row(
                         "rbd import",
@@ -305,6 +314,7 @@ def main() -> None:
     ap.add_argument("--only", default=",".join(CONTENDERS))
     ap.add_argument("--cache", choices=("cold", "warm"), default="cold")
     ap.add_argument("--runs", type=Path, help="where repositories and volumes go")
+    ap.add_argument("--ceph-env", type=Path, help="a running Ceph fixture's env file")
     args = ap.parse_args()
     args.workdir = args.workdir.resolve()
     rows = run(args)
