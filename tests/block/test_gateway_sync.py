@@ -111,3 +111,21 @@ def test_an_abandoned_sync_never_leaks_into_the_next_point(
         assert p.disks[0].written_bytes == 0  # nothing travelled: all known
         assert read_back(target, p) == first
     assert read_back(target, p1) == first
+
+
+def test_a_disk_that_shrinks_and_grows_again(gateway: GatewayProc, tmp_path: Path) -> None:
+    """Odd sizes, a shrink and a regrowth: each point reads back its own size and bytes, and
+    the regrown tail is zeros where the source is (not what the volume held before)."""
+    img = tmp_path / "raw.img"
+    target = BlockTarget(gateway.url)
+    states = []
+    for size in (8 * BLOCK_SIZE + 512, 5 * BLOCK_SIZE + 4096, 9 * BLOCK_SIZE):
+        data = bytearray(os.urandom(size))
+        data[6 * BLOCK_SIZE :] = bytes(len(data) - 6 * BLOCK_SIZE) if size > 6 * BLOCK_SIZE else b""
+        img.write_bytes(bytes(data[:size]))
+        p = drive(target, "resize1", [img])
+        assert p.disks[0].size == size
+        states.append((p, img.read_bytes()))
+    for p, want in states:
+        assert read_back(target, p) == want, p.id
+    assert target.verify("resize1", deep=True).ok

@@ -303,14 +303,16 @@ class Site:
         vname = volume_name(host, name)
         with self._lock:
             s = self._session(host)
-            for k, d in s["disks"].items():
-                if d["volume"] == vname and int(k) != no:
-                    raise BadBlock(f"host {host}: disks {k} and {no} are both named {name}")
+            for k in [k for k, d in s["disks"].items() if d["volume"] == vname and int(k) != no]:
+                del s["disks"][k]  # an abandoned session numbered the disks otherwise
             vs = self._vol_state(vname, host, size)
             if vs.vol.size != size:
                 old = vs.vol.size
                 vs.vol.resize(size)
                 vs.base = vs.base.resized(size)
+                keep = min(block_count(old), block_count(size))
+                for i in [i for i in vs.dirty if i >= keep]:
+                    del vs.dirty[i]  # cut off (a grown disk reads zeros there again)
                 for i in {block_count(old) - 1, block_count(size) - 1}:
                     if 0 <= i < block_count(size):
                         vs.dirty[i] = UNKNOWN_ID  # a short last block changed length
