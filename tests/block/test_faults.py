@@ -190,3 +190,35 @@ def test_gateway_disk_full_keeps_the_earlier_point(tmp_path: Path) -> None:
         if g is not None:
             g.stop()
         subprocess.run(["umount", "-l", str(vols)], check=False)
+
+
+@pytest.mark.parametrize("backend_url", ["file"], indirect=True)  # backend-blind
+def test_meta_objects_need_a_site_wide_credential(gateway: GatewayProc) -> None:
+    """Drill reports of every host live in the target's meta store: an agent limited to its
+    own hosts may not read or write them."""
+    site = BlockTarget(gateway.url)
+    site.meta.put("drills/web9/d1/report.json", b"{}")
+    assert site.meta.get("drills/web9/d1/report.json") == b"{}"
+    assert [i.key for i in site.meta.list("drills/")] == ["drills/web9/d1/report.json"]
+    limited = subprocess.run(
+        [
+            str(ROOT / ".venv/bin/openbdr"),
+            "gateway",
+            "token",
+            "add",
+            "--root",
+            str(gateway.root),
+            "agent-3",
+            "--hosts",
+            "web9",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    agent = BlockTarget(gateway.url.split("&token_file=")[0], token=limited)
+    with pytest.raises(GatewayAuthError, match="site-wide"):
+        agent.meta.get("drills/web9/d1/report.json")
+    with pytest.raises(GatewayAuthError, match="site-wide"):
+        agent.meta.put("drills/web9/d1/report.json", b"forged")
+    assert site.meta.get("drills/web9/d1/report.json") == b"{}"

@@ -282,21 +282,26 @@ def _routes(site: Site) -> list[Route]:
         return list(site.volumes_report())
 
     def meta_list(h: _Handler, a: Agent, b: bytes, q: dict[str, str]) -> Any:
+        _all_hosts(a)  # drill reports of every host: site-wide credentials only
         return [i.__dict__ for i in site.meta.list(q.get("prefix", ""))]
 
     def meta_get(h: _Handler, a: Agent, b: bytes, q: dict[str, str], key: str) -> Any:
+        _all_hosts(a)  # drill reports of every host: site-wide credentials only
         return site.meta.get(key)
 
     def meta_put(h: _Handler, a: Agent, b: bytes, q: dict[str, str], key: str) -> Any:
+        _all_hosts(a)  # drill reports of every host: site-wide credentials only
         site.meta.put(key, b)
         site.meta.flush()
         return {}
 
     def meta_delete(h: _Handler, a: Agent, b: bytes, q: dict[str, str], key: str) -> Any:
+        _all_hosts(a)  # drill reports of every host: site-wide credentials only
         site.meta.delete(key)
         return {}
 
     def meta_cas(h: _Handler, a: Agent, b: bytes, q: dict[str, str], key: str) -> Any:
+        _all_hosts(a)  # drill reports of every host: site-wide credentials only
         d = _json(b)
         data = base64.b64decode(d["data"])
         if d.get("expected") is None:

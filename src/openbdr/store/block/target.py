@@ -45,7 +45,7 @@ from ..target import (
     WriteOptions,
     register_target_kind,
 )
-from .client import GatewayClient, GatewayError
+from .client import GatewayAuthError, GatewayClient, GatewayError
 from .wire import API, pack_block
 
 __all__ = ["BlockTarget"]
@@ -77,6 +77,8 @@ class GatewayBlobs(Blobs):
     def get(self, key: str) -> bytes:
         try:
             return bytes(self.client.call("GET", f"{API}/meta/{key}", raw=True))
+        except GatewayAuthError:
+            raise
         except GatewayError as exc:
             raise NotFound(f"{key} not found on {self.client.url}") from exc
 
