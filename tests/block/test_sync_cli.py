@@ -1,5 +1,6 @@
 """The real pipeline into a gateway: `openbdr sync --repo gateway://…` full and incremental,
-`openbdr restore` of each point byte-identical, `openbdr verify`, a SIGKILLed sync resumed."""
+the sending process SIGKILLed at 10 moments and resumed, `openbdr restore` of each point
+byte-identical, `openbdr verify`."""
 
 from __future__ import annotations
 
@@ -11,7 +12,10 @@ import subprocess
 import time
 from pathlib import Path
 
+from openbdr.store.block.target import BlockTarget
+
 from .conftest import OPENBDR, GatewayProc
+from .driver import read_back
 from .images import ext4_image, ext4_write
 
 
@@ -28,31 +32,39 @@ def test_openbdr_sync_restore_verify_through_a_gateway(
     url = gateway.url
     _obdr("sync", "--repo", url, "--host", "cli1", "-c", "zstd", str(img))
     v1 = img.read_bytes()
-    ext4_write(img, "day2.bin", random.Random(3).randbytes(20 << 20))
-    # a sync killed mid-way, then run again: it resumes from the gateway's checkpoint
-    proc = subprocess.Popen(
-        [
-            str(OPENBDR),
-            "sync",
-            "--repo",
-            url,
-            "--host",
-            "cli1",
-            "-c",
-            "lz4",
-            "--bwlimit",
-            "4M",
-            "--checkpoint-interval",
-            "0.5",
-            str(img),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    time.sleep(3)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    _obdr("sync", "--repo", url, "--host", "cli1", "-c", "lz4", str(img))
+    ext4_write(img, "day2.bin", random.Random(3).randbytes(40 << 20))
+    target = BlockTarget(url)
+    [p1] = target.points("cli1")
+    # the sending process SIGKILLed at 10 moments; each run resumes from the checkpoint
+    # the last one left on the gateway (slowed to 3 MiB/s so that every kill lands mid-sync)
+    rnd = random.Random(5)
+    cmd = [
+        str(OPENBDR),
+        "sync",
+        "--repo",
+        url,
+        "--host",
+        "cli1",
+        "-c",
+        "lz4",
+        "--bwlimit",
+        "3M",
+        "--checkpoint-interval",
+        "0.3",
+        str(img),
+    ]
+    for _ in range(10):
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        time.sleep(rnd.uniform(1.5, 3.0))
+        assert proc.poll() is None, "the sync finished before its kill"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        assert [p.id for p in target.points("cli1")] == [p1.id]
+        assert read_back(target, p1) == v1
+    last = json.loads(
+        _obdr("sync", "--repo", url, "--host", "cli1", "-c", "lz4", "--json", str(img))
+    )["disks"][0]
+    assert last["read_bytes"] < last["valid_bytes"], "the last run resumed: it skipped done blocks"
     points = [p["point"] for p in json.loads(_obdr("points", "--repo", url, "--json"))]
     assert len(points) == 2
     for pid, want in zip(sorted(points), (v1, img.read_bytes()), strict=True):
