@@ -228,7 +228,7 @@ def points(
     for r in rows:
         table.add_row(
             r["host"],
-            r["point"],
+            r["id"],
             r["created"],
             r["consistency"],
             r["status"],
@@ -324,19 +324,29 @@ def inspect(
     source: Annotated[str, typer.Argument(help="Disk image or block device.")],
     json_out: JsonOpt = False,
 ) -> None:
-    """Show a disk's partitions, file systems and used bytes."""
+    """Show a disk's partitions, file systems and used bytes, and what a sync reads."""
     from .capture.image import ImageDisk
-    from .volume import analyze, render_text
+    from .volume import render_text
 
     disk = ImageDisk("disk0", source, valid_only=True)
     try:
-        layout = analyze(disk.reader)
+        list(disk.extents())  # exactly what a full sync reads: valid data, holes left out
+        layout = disk.analysis
+        reads = disk.valid_bytes
     finally:
         disk.close()
     if json_out:
-        out.print_json(json.dumps(layout.to_json()))
-    else:
+        out.print_json(json.dumps({**(disk.layout or {}), "sync_valid_bytes": reads}))
+        return
+    if layout is not None:
         out.print(render_text(layout), highlight=False, markup=False)
+    out.print(
+        f"a full sync reads {_size(reads or 0)} ({reads} bytes: the valid data above that "
+        "is not a hole in the image; `sync` reports it as valid)",
+        highlight=False,
+    )
+    if disk.fallback_reason:
+        out.print(f"note: {disk.fallback_reason}", highlight=False, markup=False)
 
 
 key_app = typer.Typer(no_args_is_help=True, help="Passphrases (key slots) of an encrypted repository.")
@@ -429,7 +439,7 @@ def forget(
     policy = Policy(keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly)
     decisions = do_forget(open_target(repo), policy, host, dry_run=dry_run)
     rows = [
-        {"host": d.point.host, "point": d.point.id, "created": d.point.created,
+        {"host": d.point.host, "id": d.point.id, "created": d.point.created,
          "keep": d.keep, "reasons": d.reasons}
         for d in decisions
     ]

@@ -30,11 +30,9 @@ CHECKPOINTS = "checkpoints/"
 SCRUB_STATE = "scrub/state"
 GC_INTENTS = "gc/intents/"
 #: metadata sealed under the repository key when it is encrypted (chunks carry their own
-#: AEAD; config, keys/ and locks/ must be readable without, or before, the passphrase)
-SEALED = (POINTS, INDEXES, CHECKPOINTS, "scrub/", "gc/")
-
-__all__ = ["DRILLS"]
-
+#: AEAD; config, keys/ and locks/ must be readable without, or before, the passphrase);
+#: drill reports too: they hold console and log tails of the protected machines
+SEALED = (POINTS, INDEXES, CHECKPOINTS, "scrub/", "gc/", DRILLS)
 
 def chunk_key(chunk_id: bytes) -> str:
     """`chunks/ab/<hex id>`: fanned out by the first byte."""

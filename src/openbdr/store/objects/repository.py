@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import secrets
 import uuid
 from collections.abc import Callable
@@ -25,10 +26,11 @@ from ...chunk import ChunkCodec, Codec, Encoded
 from ...errors import CorruptionError, RepositoryError
 from ..blobs import Blobs, NotFound, open_blobs
 from ..index import DiskIndex
-from ..manifest import RestorePoint, check_host_name
+from ..manifest import DiskRecord, RestorePoint, check_host_name
 from .crypto import AeadCipher, RepoKeys
 from .keys import encrypted_config, open_keys, read_passphrase
 from .layout import (
+    CHUNKS,
     CONFIG,
     KEYS,
     POINTS,
@@ -39,6 +41,8 @@ from .layout import (
 )
 from .lease import Lease
 from .sealed import SealedBlobs
+
+log = logging.getLogger(__name__)
 
 FORMAT = "openbdr-repository"
 VERSION = 1
@@ -97,6 +101,11 @@ class Repository:
         try:
             raw = blobs.get(CONFIG)
         except NotFound:
+            if _has_repository_objects(blobs):
+                raise CorruptionError(
+                    f"{url}: the config object is missing, but points and chunks are there",
+                    "restore the config object from a copy",
+                ) from None
             raise RepositoryError(
                 f"{url} is not an OpenBDR repository (no config object)",
                 f"check the path, or create one with `openbdr repo init {url}`",
@@ -109,7 +118,15 @@ class Repository:
                 f"{url}: config is not valid JSON", "restore it from a copy"
             ) from None
         if fmt != FORMAT:
+            if _has_repository_objects(blobs):
+                raise CorruptionError(
+                    f"{url}: config is damaged (format {fmt!r})", "restore it from a copy"
+                )
             raise RepositoryError(f"{url} is not an OpenBDR repository (format {fmt!r})")
+        if not isinstance(version, int) or version < VERSION:
+            raise CorruptionError(
+                f"{url}: config is damaged (version {version!r})", "restore it from a copy"
+            )
         if version != VERSION:
             raise RepositoryError(
                 f"{url} has repository format version {version}; this OpenBDR reads {VERSION}",
@@ -153,6 +170,20 @@ class Repository:
         except NotFound:
             raise CorruptionError(f"chunk {cid.hex()} is missing from {self.url}") from None
 
+    def checked_index(self, point: RestorePoint, disk: DiskRecord) -> DiskIndex:
+        """A point's disk index, checked against what the manifest recorded of it."""
+        where = f"{point.host} point {point.id} disk {disk.index}"
+        index = self.get_index(disk.index_key)
+        if disk.index_blake3 is not None and index.digest() != disk.index_blake3:
+            raise CorruptionError(
+                f"{where}: index {disk.index_key} is not the one the point was committed with"
+            )
+        if index.size != disk.size or index.block_size != disk.block_size:
+            raise CorruptionError(f"{where}: index {disk.index_key} does not match the manifest")
+        if index.block_size != BLOCK_SIZE:
+            raise CorruptionError(f"{where}: block size {index.block_size} is not {BLOCK_SIZE}")
+        return index
+
     def put_index(self, key: str, index: DiskIndex) -> None:
         self.blobs.put(key, index.to_bytes())
 
@@ -170,29 +201,48 @@ class Repository:
         self.blobs.flush()
 
     def update_point(self, point: RestorePoint) -> None:
+        if point.unreadable:
+            raise CorruptionError(point.unreadable, "the point cannot be changed until repaired")
         self.blobs.put(point_key(point.host, point.id), point.to_bytes())
         self.blobs.flush()
 
     def hosts(self) -> list[str]:
         return sorted({info.key.split("/")[1] for info in self.blobs.list(POINTS)})
 
+    def read_point(self, key: str) -> RestorePoint:
+        """The manifest at `key`, checked against where it is stored; `CorruptionError`
+        (naming it) when it cannot be read, `NotFound` when it is gone."""
+        host, name = key.split("/")[1:3]
+        try:
+            return RestorePoint.from_bytes(
+                self.blobs.get(key), host=host, point=name.removesuffix(".json")
+            )
+        except NotFound:
+            raise
+        except CorruptionError as exc:  # a sealed manifest that fails its authentication
+            raise CorruptionError(f"manifest {key} is damaged ({exc.what})") from None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CorruptionError(f"manifest {key} is damaged ({exc})") from None
+
+    def _listed(self, prefix: str) -> list[str]:
+        return sorted(i.key for i in self.blobs.list(prefix) if i.key.endswith(".json"))
+
     def points(self, host: str | None = None) -> list[RestorePoint]:
-        """Committed restore points, oldest first."""
+        """Committed restore points, oldest first; one whose manifest cannot be read is a
+        stand-in with status `damaged` and the reason, so it damages nothing else."""
         prefix = host_points(check_host_name(host)) if host else POINTS
         out = []
-        for info in self.blobs.list(prefix):
-            if not info.key.endswith(".json"):
-                continue
+        for key in self._listed(prefix):
             try:
-                out.append(RestorePoint.from_bytes(self.blobs.get(info.key)))
+                out.append(self.read_point(key))
             except NotFound:
                 continue  # removed by retention while listing
-            except (ValueError, KeyError, TypeError) as exc:
-                raise CorruptionError(f"manifest {info.key} is unreadable ({exc})") from None
+            except CorruptionError as exc:
+                out.append(damaged_point(key, exc.what))
         return sorted(out, key=lambda p: (p.host, p.id))
 
     def point(self, host: str, point: str) -> RestorePoint:
-        """A point by id, unique id prefix, or `latest`."""
+        """A point by id, unique id prefix, or `latest` (the newest readable one)."""
         check_host_name(host)
         if point == "latest":
             newest = self.latest(host)
@@ -203,11 +253,13 @@ class Repository:
                 )
             return newest
         try:
-            return RestorePoint.from_bytes(self.blobs.get(point_key(host, point)))
+            return self.read_point(point_key(host, point))
         except NotFound:
             pass
         matches = [p for p in self.points(host) if p.id.startswith(point)]
         if len(matches) == 1:
+            if matches[0].unreadable:
+                raise CorruptionError(matches[0].unreadable)
             return matches[0]
         raise RepositoryError(
             f"host {host!r} has no restore point {point!r} in {self.url}"
@@ -216,19 +268,18 @@ class Repository:
         )
 
     def latest(self, host: str) -> RestorePoint | None:
-        """The newest point, reading one manifest: ids sort in time order (`new_point_id`)."""
-        keys = sorted(
-            info.key
-            for info in self.blobs.list(host_points(check_host_name(host)))
-            if info.key.endswith(".json")
-        )
+        """The newest readable point, reading one manifest when it is intact: ids sort in
+        time order (`new_point_id`). A damaged newer one is passed over (and logged), so
+        the next sync builds on the newest point it can trust."""
+        keys = self._listed(host_points(check_host_name(host)))
         while keys:
+            key = keys.pop()
             try:
-                return RestorePoint.from_bytes(self.blobs.get(keys.pop()))
+                return self.read_point(key)
             except NotFound:
                 continue  # removed by retention while listing
-            except (ValueError, KeyError, TypeError) as exc:
-                raise CorruptionError(f"manifest of host {host} is unreadable ({exc})") from None
+            except CorruptionError as exc:
+                log.warning("%s; passing over it", exc.what)
         return None
 
     # -- checkpoints ---------------------------------------------------------
@@ -236,12 +287,12 @@ class Repository:
         return checkpoint_prefix(host)
 
     def load_checkpoint(self, host: str) -> dict[str, Any] | None:
+        """An unfinished sync's state; a damaged one is not resumed from (None)."""
         try:
-            return dict(json.loads(self.blobs.get(self.checkpoint_prefix(host) + "state.json")))
-        except NotFound:
+            state = json.loads(self.blobs.get(self.checkpoint_prefix(host) + "state.json"))
+        except (NotFound, ValueError, CorruptionError):
             return None
-        except ValueError:
-            return None
+        return state if isinstance(state, dict) else None
 
     def save_checkpoint(self, host: str, state: dict[str, Any], blobs: dict[str, bytes]) -> None:
         """Durable before returning: the chunks it names were flushed by the caller."""
@@ -255,7 +306,7 @@ class Repository:
     def get_checkpoint_blob(self, host: str, name: str) -> bytes | None:
         try:
             return self.blobs.get(self.checkpoint_prefix(host) + name)
-        except NotFound:
+        except (NotFound, CorruptionError):
             return None
 
     def drop_checkpoint(self, host: str) -> None:
@@ -265,3 +316,20 @@ class Repository:
     # -- leases --------------------------------------------------------------
     def host_lease(self, host: str, ttl: float = 60.0) -> Lease:
         return Lease(self.blobs, f"host-{check_host_name(host)}", f"a sync of host {host}", ttl)
+
+
+def damaged_point(key: str, reason: str) -> RestorePoint:
+    """The stand-in of a point whose manifest cannot be read: listed, never used."""
+    host, name = key.split("/")[1:3]
+    pid = name.removesuffix(".json")
+    try:
+        created = datetime.strptime(pid.split("-")[0], "%Y%m%dT%H%M%S.%fZ").replace(tzinfo=UTC)
+        when = created.isoformat(timespec="seconds")
+    except ValueError:
+        when = ""
+    return RestorePoint(host, pid, when, "crash", [], status="damaged", unreadable=reason)
+
+
+def _has_repository_objects(blobs: Blobs) -> bool:
+    """Points or chunks: the store was a repository, so a bad config is damage."""
+    return any(True for prefix in (POINTS, CHUNKS) for _ in blobs.list(prefix))

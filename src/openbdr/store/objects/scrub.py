@@ -105,7 +105,9 @@ def mark(
                 {"disk": disk, "offset": off, "block": off // BLOCK_SIZE, "chunk": cid.hex(),
                  "reason": reason}
             )
-    touched = [p for p in points if point_key(p.host, p.id) in new or p.damaged]
+    touched = [
+        p for p in points if not p.unreadable and (point_key(p.host, p.id) in new or p.damaged)
+    ]
     if not touched:
         return []
     deadline = time.monotonic() + wait
