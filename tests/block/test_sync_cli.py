@@ -67,7 +67,7 @@ def test_openbdr_sync_restore_verify_through_a_gateway(
         _obdr("sync", "--repo", url, "--host", "cli1", "-c", "lz4", "--json", str(img))
     )["disks"][0]
     assert last["read_bytes"] < last["valid_bytes"], "the last run resumed: it skipped done blocks"
-    points = [p["point"] for p in json.loads(_obdr("points", "--repo", url, "--json"))]
+    points = [p["id"] for p in json.loads(_obdr("points", "--repo", url, "--json"))]
     assert len(points) == 2
     for pid, want in zip(sorted(points), (v1, img.read_bytes()), strict=True):
         out = tmp_path / f"{pid}.img"

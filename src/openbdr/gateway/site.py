@@ -494,6 +494,7 @@ class Site:
                     vs.dirty, vs.touched, vs.suspect, vs.unknown_all = {}, set(), False, False
                     self._save_vol(vs, vs.dirty.copy())
                 d.index_key = key
+                d.index_blake3 = self._index(key).digest()  # a swapped index is refused
                 d.stored_bytes = int(sd["wire"])
                 d.written_bytes = int(sd["written"])
             self.state.put(point_key(point.host, point.id), point.to_bytes())  # the commit
@@ -559,10 +560,20 @@ class Site:
         self.state.put(point_key(point.host, point.id), point.to_bytes())
         self.state.flush()
 
+    def _checked(self, p: RestorePoint, d: Any) -> DiskIndex:
+        idx = self._index(d.index_key)
+        if d.index_blake3 is not None and idx.digest() != d.index_blake3:
+            raise CorruptionError(
+                f"{p.host} point {p.id} disk {d.index}: index {d.index_key} is not the one "
+                "the point was committed with"
+            )
+        if idx.size != d.size:
+            raise CorruptionError(f"{p.host} point {p.id} disk {d.index}: index size mismatch")
+        return idx
+
     def index(self, host: str, point: str, disk: int) -> bytes:
         p = self.point(host, point)
-        d = self._disk(p, disk)
-        return self.state.get(d.index_key)
+        return self._checked(p, self._disk(p, disk)).to_bytes()
 
     @staticmethod
     def _disk(p: RestorePoint, disk: int) -> Any:
@@ -693,7 +704,7 @@ class Site:
             rep.points += 1
             for d in p.disks:
                 try:
-                    idx = self._index(d.index_key)
+                    idx = self._checked(p, d)
                     vol = self._volume_of(p, d.index)
                     snaps = {s.name: s for s in vol.snapshots()}
                 except CorruptionError as exc:

@@ -380,7 +380,11 @@ class BlockTarget(Target):
 
     def index(self, point: RestorePoint, disk: DiskRecord) -> DiskIndex:
         raw = self.client.call("GET", f"{API}/index/{point.host}/{point.id}/{disk.index}", raw=True)
-        return DiskIndex.from_bytes(raw, where=f"{point.host} point {point.id} disk {disk.index}")
+        where = f"{point.host} point {point.id} disk {disk.index}"
+        index = DiskIndex.from_bytes(raw, where=where)
+        if disk.index_blake3 is not None and index.digest() != disk.index_blake3:
+            raise CorruptionError(f"{where}: the gateway's index is not the one committed")
+        return index
 
     def reader(self, point: RestorePoint, disk: DiskRecord) -> PointReader:
         return BlockPointReader(self, point, disk)
