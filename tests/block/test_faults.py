@@ -222,3 +222,23 @@ def test_meta_objects_need_a_site_wide_credential(gateway: GatewayProc) -> None:
     with pytest.raises(GatewayAuthError, match="site-wide"):
         agent.meta.put("drills/web9/d1/report.json", b"forged")
     assert site.meta.get("drills/web9/d1/report.json") == b"{}"
+
+
+@pytest.mark.parametrize("backend_url", ["file"], indirect=True)  # backend-blind
+def test_a_swapped_index_is_refused(gateway: GatewayProc, tmp_path: Path) -> None:
+    """Each point records its index's BLAKE3: an index swapped with another point's is
+    refused by the reader and reported by verify, never used to read wrong bytes."""
+    img = ext4_image(tmp_path / "disk.img", 16, seed=14)
+    target = BlockTarget(gateway.url)
+    p1 = drive(target, "sw1", [img])
+    ext4_write(img, "x.bin", os.urandom(2 << 20))
+    p2 = drive(target, "sw1", [img])
+    state = gateway.root / "state"
+    a, b = state / p1.disks[0].index_key, state / p2.disks[0].index_key
+    da, db = a.read_bytes(), b.read_bytes()
+    a.write_bytes(db)
+    b.write_bytes(da)
+    with pytest.raises(CorruptionError, match="is not the one the point was committed with"):
+        read_back(target, p1)
+    rep = target.verify("sw1")
+    assert len(rep.problems) == 2 and "committed with" in str(rep.problems[0])
