@@ -28,6 +28,7 @@ from .chunk import Codec
 from .control.cli import register as register_control
 from .drill.cli import drill_app, mount_cmd
 from .errors import ExitCode, OpenBDRError
+from .gateway.cli import gateway_app
 
 app = typer.Typer(
     name="openbdr",
@@ -39,6 +40,7 @@ app = typer.Typer(
 repo_app = typer.Typer(no_args_is_help=True, help="Create and inspect repositories.")
 app.add_typer(repo_app, name="repo")
 app.add_typer(drill_app, name="drill")
+app.add_typer(gateway_app, name="gateway")
 app.command("mount")(mount_cmd)
 register_control(app)
 register_agent(app)  # after the control plane: joins its `agent` group

@@ -95,8 +95,10 @@ class DiskRecord:
     read_bytes: int = 0
     #: bytes of read blocks that were all zero
     zero_bytes: int = 0
-    #: bytes of new chunk objects written (after compression)
+    #: bytes of new chunk objects written (after compression); block mode: bytes on the wire
     stored_bytes: int = 0
+    #: block mode: bytes the gateway wrote into the volume (decompressed); 0 in object mode
+    written_bytes: int = 0
     new_chunks: int = 0
     #: blocks whose content matched what the repository already held
     reused_blocks: int = 0

@@ -164,6 +164,11 @@ class PointReader(abc.ABC):
         for i in blocks:
             yield i, self.read_block(i)
 
+    def direct_source(self) -> dict[str, Any] | None:
+        """A QEMU `-blockdev` spec that reads this disk in place (an RBD snapshot), so a
+        drill boots it without a copy; None: read it through `read_block`."""
+        return None
+
     def close(self) -> None:  # noqa: B027 - readers without resources hold nothing
         """Release what the reader holds."""
 
@@ -288,7 +293,7 @@ class TargetKind:
 
 
 #: modules that register target kinds when imported; object mode handles every other URL
-_MODULES = ["openbdr.store.objects.target"]
+_MODULES = ["openbdr.store.objects.target", "openbdr.store.block.target"]
 _KINDS: list[TargetKind] = []
 
 
