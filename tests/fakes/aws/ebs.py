@@ -61,7 +61,11 @@ class EbsApi:
         self.block_token_ttl = 7 * 86400.0
         #: (snapshot id, block index) -> how many more reads return a flipped byte
         self.corrupt: dict[tuple[str, int], int] = {}
+        #: the next N GetSnapshotBlock answers, whatever the block, carry a flipped byte
+        self.corrupt_next = 0
         self.corrupt_served = 0
+        #: ValidationExceptions served for expired or invalid tokens, by Reason
+        self.refused: dict[str, int] = {}
         #: access key -> denied IAM actions ("ebs:GetSnapshotBlock", "kms:Decrypt", …)
         self.denied: dict[str, set[str]] = {}
         self._changed_cache: dict[tuple[str, str], list[int]] = {}
@@ -253,6 +257,10 @@ class EbsApi:
             left = self.corrupt.get((snap.id, index), 0)
             if left > 0:
                 self.corrupt[(snap.id, index)] = left - 1
+            elif self.corrupt_next > 0:
+                self.corrupt_next -= 1
+                left = 1
+            if left > 0:
                 self.corrupt_served += 1
         if left > 0:  # a bit flipped on the way: the checksum still names the true data
             data = bytes([data[0] ^ 0x55]) + data[1:]

@@ -103,6 +103,8 @@ class Pager:
 
     def __init__(self) -> None:
         self.key = secrets.token_hex(8)
+        #: at most this many items per page whatever MaxResults says (EC2 may return fewer)
+        self.cap = 0
 
     def page(
         self, items: list[Any], params: dict[str, str], lo: int, hi: int, ids_given: bool
@@ -131,7 +133,7 @@ class Pager:
                 start = int(data["p"])
             except Exception:
                 raise Ec2Error("InvalidParameterValue", "Invalid value for nextToken") from None
-        end = start + size
+        end = start + (min(size, self.cap) if self.cap else size)
         nxt = None
         if end < len(items):
             nxt = base64.b64encode(json.dumps({"k": self.key, "p": end}).encode()).decode()

@@ -226,28 +226,25 @@ class Account:
         size = vol.size_gib * GIB
         written = 0
         fd = os.open(vol.path, os.O_RDONLY)
-        out = None
         try:
-            out = open(pack, "wb")
-            for start, end in data_ranges(fd, min(size, os.fstat(fd).st_size)):
-                for idx in range(start // BLOCK, -(-end // BLOCK)):
-                    if idx in blocks:
-                        continue
-                    data = os.pread(fd, BLOCK, idx * BLOCK)
-                    if len(data) < BLOCK:
-                        data += bytes(BLOCK - len(data))
-                    sha = hashlib.sha256(data).digest()
-                    old = prev.blocks.get(idx) if prev is not None else None
-                    if old is not None and old.sha == sha:
-                        blocks[idx] = old
-                        continue
-                    out.write(data)
-                    blocks[idx] = Loc(pack, written, sha)
-                    written += BLOCK
+            with open(pack, "wb") as out:
+                for start, end in data_ranges(fd, min(size, os.fstat(fd).st_size)):
+                    for idx in range(start // BLOCK, -(-end // BLOCK)):
+                        if idx in blocks:
+                            continue
+                        data = os.pread(fd, BLOCK, idx * BLOCK)
+                        if len(data) < BLOCK:
+                            data += bytes(BLOCK - len(data))
+                        sha = hashlib.sha256(data).digest()
+                        old = prev.blocks.get(idx) if prev is not None else None
+                        if old is not None and old.sha == sha:
+                            blocks[idx] = old
+                            continue
+                        out.write(data)
+                        blocks[idx] = Loc(pack, written, sha)
+                        written += BLOCK
         finally:
             os.close(fd)
-            if out is not None:
-                out.close()
         now = self.now()
         snap = Snap(
             snap_id,
