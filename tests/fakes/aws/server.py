@@ -224,6 +224,9 @@ class _Handler(BaseHTTPRequestHandler):
                 with fake._rng_lock:
                     fake._in_flight -= 1
         except EbsError as exc:
+            if exc.reason:
+                with fake._rng_lock:
+                    fake.ebs.refused[exc.reason] = fake.ebs.refused.get(exc.reason, 0) + 1
             self._send(
                 exc.status,
                 exc.body(),
