@@ -150,13 +150,13 @@ class EbsApi:
         if raw is None:
             return 10000
         n = int(raw)
-        if not 100 <= n <= 10000:
+        if n > 10000:
             raise validation(
                 f"1 validation error detected: Value '{n}' at 'maxResults' failed to satisfy "
-                "constraint: Member must have value between 100 and 10000",
+                "constraint: Member must have value less than or equal to 10000",
                 "INVALID_PARAMETER_VALUE",
             )
-        return n
+        return max(n, 100)  # FAQ: under 100, "the API will return at least 100 results"
 
     def _page(
         self, indexes: list[int], key: str, query: dict[str, str], nblocks: int
