@@ -11,6 +11,7 @@ returned.
 from __future__ import annotations
 
 import base64
+import bisect
 import hashlib
 import logging
 import threading
@@ -149,8 +150,11 @@ class BlockReader:
         self._lock = threading.Lock()
         self._lookup_lock = threading.Lock()
         self._ahead: OrderedDict[int, Future[bytes]] = OrderedDict()
-        self._plan: Iterator[int] = iter(())
-        self._plan_head = -1
+        #: the extents the engine reads next, in order, and the next block to fetch ahead
+        self._plan: list[Extent] = []
+        self._starts: list[int] = []
+        self._next = 0
+        self._ei = 0
         self.window = aws.in_flight + 16
         self.checksum_failures = 0
 
@@ -158,29 +162,35 @@ class BlockReader:
     def learn(
         self, entries: Iterable[Entry], complete_from: int | None = None, to: int | None = None
     ) -> None:
+        """Keep the tokens of a listing; [complete_from, to) is then known in full (a block
+        of it without a token is absent), unless the token cap dropped some."""
+        dropped = False
         with self._lock:
             for e in entries:
                 if e.token is None:
                     self.zero.add(e.index)
-                elif len(self.tok.tokens) < TOKEN_CAP:
+                elif len(self.tok.tokens) < TOKEN_CAP or e.index in self.tok.tokens:
                     self.tok.tokens[e.index] = e.token
-            if complete_from is not None and to is not None:
+                else:
+                    dropped = True
+            if complete_from is not None and to is not None and not dropped:
                 self.tok.known.append((complete_from, to))
                 del self.tok.known[:-16]
 
     def plan(self, extents: Iterable[Extent]) -> None:
         """The blocks the engine is about to read, in order: fetched ahead."""
-
-        def indexes() -> Iterator[int]:
-            for e in extents:
-                yield from range(e.offset // EBS_BLOCK, -(-e.end // EBS_BLOCK))
-
         with self._lock:
             for f in self._ahead.values():
                 f.cancel()
             self._ahead.clear()
-        self._plan = indexes()
-        self._plan_head = -1
+        self._plan = list(extents)
+        self._starts = [e.offset for e in self._plan]
+        self._next = 0
+        self._ei = 0
+
+    def _planned(self, i: int) -> bool:
+        k = bisect.bisect_right(self._starts, i * EBS_BLOCK) - 1
+        return k >= 0 and i * EBS_BLOCK < self._plan[k].end
 
     # -- reads ---------------------------------------------------------------------------------
     def read_into(self, offset: int, buf: memoryview) -> int:
@@ -196,30 +206,37 @@ class BlockReader:
         return n
 
     def block(self, i: int) -> bytes:
-        self._fill(i)
+        """Block `i`: from the blocks fetched ahead when the engine reads along the plan;
+        fetched now otherwise (trust-but-verify samples, the engine's own re-reads)."""
+        if not self._planned(i):
+            return self.fetch(i)
+        self._next = max(self._next, i)
+        self._fill()
         with self._lock:
             fut = self._ahead.pop(i, None)
-            stale = [k for k in self._ahead if k < i]
-            for k in stale:
+            for k in [k for k in self._ahead if k < i]:  # skipped (a resumed sync's done blocks)
                 self._ahead.pop(k).cancel()
+        self._fill()
         if fut is not None:
             return fut.result()
         return self.fetch(i)
 
-    def _fill(self, i: int) -> None:
+    def _fill(self) -> None:
+        """Keep `window` planned blocks after the engine's position in flight or ready."""
+        plan = self._plan
         while True:
             with self._lock:
-                if len(self._ahead) >= self.window and self._plan_head >= i:
+                if len(self._ahead) >= self.window:
                     return
-            nxt = next(self._plan, None)
-            if nxt is None:
+            while self._ei < len(plan) and plan[self._ei].end <= self._next * EBS_BLOCK:
+                self._ei += 1
+            if self._ei == len(plan):
                 return
-            self._plan_head = nxt
-            if nxt < i:
-                continue
-            fut = self.pool.submit(self.fetch, nxt)
+            b = max(self._next, plan[self._ei].offset // EBS_BLOCK)
+            self._next = b + 1
+            fut = self.pool.submit(self.fetch, b)
             with self._lock:
-                self._ahead[nxt] = fut
+                self._ahead[b] = fut
 
     def close(self) -> None:
         with self._lock:
@@ -277,8 +294,9 @@ class BlockReader:
                     "%s: block token refused (%s): looking it up again", what, error_reason(exc)
                 )
                 with self._lock:
-                    self.tok.tokens.pop(i, None)
-                    self.tok.known.clear()
+                    if self.tok.tokens.get(i) == tok:  # not refreshed by another thread yet
+                        del self.tok.tokens[i]
+                        self.tok.known.clear()
                 tok = self._token(i)
                 if tok is None:
                     return bytes(EBS_BLOCK)
@@ -293,8 +311,6 @@ class BlockReader:
             algo = r.get("ChecksumAlgorithm") or "SHA256"
             good = base64.b64encode(hashlib.sha256(data).digest()).decode()
             if len(data) == length == EBS_BLOCK and algo == "SHA256" and checksum == good:
-                with self._lock:
-                    self.tok.tokens.pop(i, None)
                 return data
             bad += 1
             with self._lock:
