@@ -53,3 +53,20 @@ def test_source_spec_is_validated_and_region_endpoint_form(fake: FakeAWS) -> Non
     assert plat.discover() == []
     with pytest.raises(PlatformError, match="no VM"):
         plat.vm("nothing")
+
+
+def test_an_assumed_role_is_used_and_its_denials_named(fake: FakeAWS, tmp_path: Path) -> None:
+    from .conftest import run_sync, spec
+
+    acc = fake.account
+    inst = acc.add_instance([acc.add_volume(image(tmp_path / "v.img", [(0, MIB)]))])
+    role = "arn:aws:iam::123456789012:role/openbdr-sync"
+    fake.roles[role] = {"ec2:CreateSnapshots"}
+    s = spec(fake, inst.id, sts_endpoint_url=fake.url)
+    s["platform"]["credentials"]["role_arn"] = role
+    from openbdr.capture.registry import open_source
+
+    host = open_source("web1", s)
+    with pytest.raises(PlatformError, match="grant ec2:CreateSnapshots"):
+        run_sync(tmp_path / "repo", host)  # type: ignore[arg-type]
+    assert any(k.startswith("ASIA") for k in fake.callers)  # the role's keys made the calls

@@ -53,6 +53,10 @@ class FakeAWS:
         self.keys: dict[str, str] = {ACCESS_KEY: SECRET_KEY}
         self.verify_signatures = True
         self.hooks: list[Any] = []
+        #: role ARN -> IAM actions its temporary keys may not use (STS AssumeRole)
+        self.roles: dict[str, set[str]] = {}
+        #: access keys that called since start (tests check the role's keys were used)
+        self.callers: Counter[str] = Counter()
         self.calls: Counter[str] = Counter()
         self.throttled: Counter[str] = Counter()
         self._rng = random.Random(seed)
@@ -93,6 +97,27 @@ class FakeAWS:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    def assume_role(self, params: dict[str, str]) -> bytes:
+        """STS AssumeRole: temporary keys that carry the role's denied actions."""
+        import secrets
+        from datetime import UTC, datetime, timedelta
+
+        arn = params.get("RoleArn", "")
+        key = "ASIA" + secrets.token_hex(8).upper()
+        secret = secrets.token_hex(20)
+        self.keys[key] = secret
+        self.ebs.denied[key] = set(self.roles.get(arn, set()))
+        exp = (datetime.now(UTC) + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return (
+            '<AssumeRoleResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">'
+            f"<AssumeRoleResult><Credentials><AccessKeyId>{key}</AccessKeyId>"
+            f"<SecretAccessKey>{secret}</SecretAccessKey><SessionToken>{secrets.token_hex(32)}"
+            f"</SessionToken><Expiration>{exp}</Expiration></Credentials><AssumedRoleUser>"
+            f"<Arn>{arn}/{params.get('RoleSessionName', '')}</Arn><AssumedRoleId>AROAFAKE:x"
+            "</AssumedRoleId></AssumedRoleUser></AssumeRoleResult><ResponseMetadata>"
+            "<RequestId>fake</RequestId></ResponseMetadata></AssumeRoleResponse>"
+        ).encode()
 
     def credentials(self) -> dict[str, str]:
         return {"access_key_id": ACCESS_KEY, "secret_access_key": SECRET_KEY}
@@ -166,7 +191,10 @@ class _Handler(BaseHTTPRequestHandler):
         action = params.get("Action", "?")
         fake.calls["ec2:" + action] += 1
         xml = {"Content-Type": "text/xml;charset=UTF-8"}
-        if self._access_key(body, "ec2") is None:
+        akey = self._access_key(body, "ec2")
+        if akey is not None:
+            fake.callers[akey] += 1
+        if akey is None:
             self._send(
                 401,
                 error_xml(
@@ -177,6 +205,13 @@ class _Handler(BaseHTTPRequestHandler):
             return
         for hook in list(fake.hooks):
             hook("ec2:" + action, params)
+        if action == "AssumeRole":
+            self._send(200, fake.assume_role(params), xml)
+            return
+        if f"ec2:{action}" in fake.ebs.denied.get(akey, set()):
+            msg = f"You are not authorized to perform this operation. (ec2:{action})"
+            self._send(403, error_xml("UnauthorizedOperation", msg), xml)
+            return
         if fake._roll(fake.ec2_throttle_rate):
             fake.throttled["ec2:" + action] += 1
             self._send(503, error_xml("RequestLimitExceeded", "Request limit exceeded."), xml)
