@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import shutil
+import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -10,7 +15,7 @@ import pytest
 from openbdr.capture.platform import PlatformError
 
 from ..fakes.aws import ACCESS_KEY, BLOCK, GIB, FakeAWS
-from ..helpers import make_ext4
+from ..helpers import make_ext4, openbdr
 from .conftest import assert_point_is, discard, image, open_host, run_sync, write
 
 MIB = 1 << 20
@@ -20,19 +25,30 @@ def live(fake: FakeAWS) -> set[str]:
     return {s.id for s in fake.account.live_snapshots()}
 
 
+QUICK_PLAN = """
+[drill]
+memory = 512
+network = "none"
+
+[[probe]]
+type = "console"
+pattern = "OPENBDR-GUEST-READY"
+timeout = 300
+"""
+
+
 @pytest.mark.root
+@pytest.mark.slow
 def test_full_and_three_incrementals_through_throttling_and_latency(
-    fake: FakeAWS, bootable: Path, tmp_path: Path
+    fake: FakeAWS, bootable: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Root volume from the bootable fixture, an encrypted ext4 data volume; 10 % of EBS
     requests throttled, 20 ms per request. Each point equals the snapshot, incrementals
-    read only the changed 512 KiB halves, and only the newest snapshot set is kept."""
+    read only the changed 512 KiB halves, only the newest snapshot set is kept, and the
+    last point boots in a VM drill."""
     fake.latency = 0.02
     fake.throttle_rate = 0.10
     root = tmp_path / "root.img"
-    root.write_bytes(b"")  # the fixture copied sparsely below
-    import subprocess
-
     subprocess.run(["cp", "--sparse=always", str(bootable), str(root)], check=True)
     content = tmp_path / "content"
     content.mkdir()
@@ -78,6 +94,33 @@ def test_full_and_three_incrementals_through_throttling_and_latency(
         assert len(now) == 2 and not now & before  # the previous set went after the commit
     assert sum(fake.throttled.values()) > 0
     assert host.aws.retries["RequestThrottledException"] > 0
+
+    # the last point (three incrementals on top of the full) boots from the repository
+    scope = tempfile.mkdtemp(prefix="oba-")  # short: unix socket paths stay under 108 bytes
+    plan = tmp_path / "plan.toml"
+    plan.write_text(QUICK_PLAN)
+    env = {**os.environ, "TMPDIR": scope, "OPENBDR_STATE_DIR": str(tmp_path / "state")}
+    try:
+        out = openbdr(
+            "drill",
+            "run",
+            "--repo",
+            str(repo),
+            "--host",
+            "web1",
+            "--point",
+            p.id,
+            "--plan",
+            str(plan),
+            "--json",
+            env=env,
+            timeout=900,
+        )
+    finally:
+        shutil.rmtree(scope, ignore_errors=True)
+    rep = json.loads(out.stdout)
+    assert rep["verdict"] == "passed", rep
+    assert "marker=aws-point" in rep["console_tail"]
 
 
 def test_paging_with_empty_pages_and_an_expired_next_token(fake: FakeAWS, tmp_path: Path) -> None:
