@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import re
 import resource
@@ -171,22 +172,35 @@ def timed_sync(repo: Path, host: AwsHost, full: bool = False) -> dict[str, Any]:
         return snap
 
     host.snapshot = snapshot  # type: ignore[method-assign]
+    phases: dict[str, float] = {}
+
+    class Phases(logging.Handler):  # the engine logs where the time went, per phase
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.msg == "sync of %s: %s" and isinstance(record.args, tuple):
+                phases.update(record.args[1])
+
+    handler = Phases()
+    logging.getLogger("openbdr.sync").addHandler(handler)
+    logging.getLogger("openbdr.sync").setLevel(logging.INFO)
     r = Repository.open(str(repo)) if (repo / "config").exists() else Repository.init(str(repo))
     before = dict(host.aws.calls)
     t = time.monotonic()
     point = sync(r, host, SyncOptions(full=full))
     wall = time.monotonic() - t
     host.snapshot = orig  # type: ignore[method-assign]
+    logging.getLogger("openbdr.sync").removeHandler(handler)
     calls = {k: v - before.get(k, 0) for k, v in host.aws.calls.items() if v - before.get(k, 0)}
     disk = point.disks[0]
     snap = seen["snap"]
-    read_wall = wall - seen["snapshot_s"]
+    # the engine's first pass: listing done, blocks read, hashed and stored
+    read_wall = phases.get("first pass") or (wall - seen["snapshot_s"])
     return {
         "mode": disk.mode,
         "read_bytes": disk.read_bytes,
         "wall_s": round(wall, 2),
         "snapshot_s": round(seen["snapshot_s"], 2),
         "read_mb_s": round(disk.read_bytes / read_wall / 1e6, 1),
+        "phases": phases,
         "listed_blocks": snap.disks[0].listed_blocks,
         "calls": calls,
         "retries": dict(host.aws.retries),
