@@ -36,8 +36,12 @@ TOKEN_CAP = 1 << 18
 CHECKSUM_RETRIES = 5
 
 
+#: restarts of one listing after expired NextTokens before giving up
+MAX_RESTARTS = 20
+
+
 class PageTokenExpired(Exception):
-    pass
+    """The listing's NextToken is no longer valid (60 min): list again from an index."""
 
 
 @dataclass
@@ -60,6 +64,7 @@ def list_blocks(
     after the first page reaching `until` when given (a lookup, not a full listing)."""
     token: str | None = None
     nxt = start
+    restarts = 0
     while True:
         kw: dict[str, object] = {"MaxResults": max_results}
         if token:
@@ -84,6 +89,12 @@ def list_blocks(
                     for b in page.get("ChangedBlocks", [])
                 ]
         except PageTokenExpired:
+            restarts += 1
+            if restarts > MAX_RESTARTS:
+                raise PlatformError(
+                    f"EBS listing of {snapshot}: NextToken expired {restarts} times",
+                    "the listing is too slow for the token lifetime; check the network",
+                ) from None
             log.info(
                 "%s: the listing's NextToken expired: listing again from block %d", snapshot, nxt
             )
@@ -103,25 +114,10 @@ def list_blocks(
 def _list_call(aws: Aws, op: str, what: str, **kw: object) -> dict:
     try:
         return aws.call(aws.ebs, op, what, give_back=("INVALID_PAGE_TOKEN",), **kw)
-    except ClientError:
+    except ClientError as exc:
         if "NextToken" in kw:
             raise PageTokenExpired() from None
-        raise
-
-
-def runs(indexes: Iterable[int], unit: int = EBS_BLOCK) -> list[Extent]:
-    """Sorted block indexes as merged byte extents."""
-    out: list[Extent] = []
-    start = prev = -2
-    for i in indexes:
-        if i != prev + 1:
-            if start >= 0:
-                out.append(Extent(start * unit, (prev - start + 1) * unit))
-            start = i
-        prev = i
-    if start >= 0:
-        out.append(Extent(start * unit, (prev - start + 1) * unit))
-    return out
+        raise aws.translate(exc, op, what) from None
 
 
 @dataclass
@@ -146,7 +142,6 @@ class BlockReader:
         self.nblocks = nblocks
         self.pool = pool
         self.tok = Tokens()
-        self.zero: set[int] = set()
         self._lock = threading.Lock()
         self._lookup_lock = threading.Lock()
         self._ahead: OrderedDict[int, Future[bytes]] = OrderedDict()
@@ -167,9 +162,9 @@ class BlockReader:
         dropped = False
         with self._lock:
             for e in entries:
-                if e.token is None:
-                    self.zero.add(e.index)
-                elif len(self.tok.tokens) < TOKEN_CAP or e.index in self.tok.tokens:
+                if e.token is None:  # gone (a changed list): a lookup says so if read
+                    continue
+                if len(self.tok.tokens) < TOKEN_CAP or e.index in self.tok.tokens:
                     self.tok.tokens[e.index] = e.token
                 else:
                     dropped = True
@@ -247,8 +242,6 @@ class BlockReader:
     def _token(self, i: int) -> str | None:
         """The block's token, or None when the block is absent (zeros)."""
         with self._lock:
-            if i in self.zero:
-                return None
             tok = self.tok.tokens.get(i)
             if tok is not None:
                 return tok

@@ -26,7 +26,7 @@ from typing import Any
 from ...extents import Extent, from_blocks, to_blocks
 from ..base import ChangeToken, DiskSnapshot, Host, Snapshot
 from ..platform import PlatformError
-from .blocks import EBS_BLOCK, TOKEN_CAP, BlockReader, list_blocks, runs
+from .blocks import EBS_BLOCK, TOKEN_CAP, BlockReader, list_blocks
 from .client import Aws
 
 log = logging.getLogger(__name__)
@@ -83,22 +83,26 @@ class EbsDisk(DiskSnapshot):
     def extents(self) -> list[Extent]:
         if self._listed is not None:
             return self._listed
-        present: list[int] = []
-        removed: list[int] = []
-        pages = 0
+        listed: list[Extent] = []  # merged as pages come: memory follows the extents
+        zero: list[Extent] = []
+        present = removed = pages = 0
         for entries in list_blocks(self.aws, self.snapshot_id, self.base):
             pages += 1
             self.reader.learn(entries)
             for e in entries:
-                (present if e.token is not None else removed).append(e.index)
+                if e.token is not None:
+                    present += 1
+                    _append(listed, e.index)
+                else:  # gone from the volume (TRIM): recorded zero, unread
+                    removed += 1
+                    _append(zero, e.index)
         nblocks = self.size // EBS_BLOCK
         if self.base is None:
-            if len(present) < TOKEN_CAP:  # the whole snapshot is known: the rest is absent
+            if present < TOKEN_CAP:  # the whole snapshot is known: the rest is absent
                 self.reader.learn([], 0, nblocks)
-            self.valid_bytes = len(present) * EBS_BLOCK
-        self.listed_blocks = len(present) + len(removed)
-        listed = runs(present)  # removed blocks are zero_extents(): recorded zero, unread
-        self._zero = runs(removed)
+            self.valid_bytes = present * EBS_BLOCK
+        self.listed_blocks = present + removed
+        self._zero = zero
         if self.incremental and not PARTIAL_BLOCKS:
             listed = from_blocks(to_blocks(listed, self.size), self.size)
         log.info(
@@ -106,7 +110,7 @@ class EbsDisk(DiskSnapshot):
             self.name,
             self.snapshot_id,
             self.listed_blocks,
-            len(removed),
+            removed,
             pages,
             f", changed since {self.base}" if self.base else "",
         )
@@ -373,6 +377,15 @@ class AwsHost(Host):
         if int(p.get("size", size)) != size:
             return None, f"volume {vid} was resized from {p.get('size')} to {size} bytes: full pass"
         return str(p["snapshot"]), None
+
+
+def _append(extents: list[Extent], index: int) -> None:
+    """Add 512 KiB block `index` (in increasing order) to merged extents."""
+    off = index * EBS_BLOCK
+    if extents and extents[-1].end == off:
+        extents[-1] = Extent(extents[-1].offset, extents[-1].length + EBS_BLOCK)
+    else:
+        extents.append(Extent(off, EBS_BLOCK))
 
 
 def _previous(since: ChangeToken | None) -> dict[str, dict[str, Any]] | None:
