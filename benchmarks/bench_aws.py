@@ -158,7 +158,7 @@ def open_host(fake: Fake, in_flight: int) -> AwsHost:
 
 def timed_sync(repo: Path, host: AwsHost, full: bool = False) -> dict[str, Any]:
     """One sync; the time to create and complete the snapshot is kept apart."""
-    from openbdr.store.repository import Repository
+    from openbdr.store.target import init_target, open_target
     from openbdr.sync import SyncOptions, sync
 
     seen: dict[str, Any] = {}
@@ -182,7 +182,7 @@ def timed_sync(repo: Path, host: AwsHost, full: bool = False) -> dict[str, Any]:
     handler = Phases()
     logging.getLogger("openbdr.sync").addHandler(handler)
     logging.getLogger("openbdr.sync").setLevel(logging.INFO)
-    r = Repository.open(str(repo)) if (repo / "config").exists() else Repository.init(str(repo))
+    r = open_target(str(repo)) if (repo / "config").exists() else init_target(str(repo))
     before = dict(host.aws.calls)
     t = time.monotonic()
     point = sync(r, host, SyncOptions(full=full))

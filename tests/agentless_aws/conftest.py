@@ -14,7 +14,7 @@ import pytest
 from openbdr.capture.aws import AwsHost
 from openbdr.capture.registry import open_source
 from openbdr.store.manifest import RestorePoint
-from openbdr.store.repository import Repository
+from openbdr.store.target import init_target, open_target
 from openbdr.sync import SyncOptions, sync
 
 from ..fakes.aws import BLOCK, GIB, FakeAWS
@@ -93,8 +93,8 @@ def open_host(fake: FakeAWS, instance: str, name: str = "web1", **options: Any) 
 
 def run_sync(repo: Path, host: AwsHost) -> RestorePoint:
     """One sync through the engine into an object repository at `repo`."""
-    r = Repository.open(str(repo)) if (repo / "config").exists() else Repository.init(str(repo))
-    return sync(r, host, SyncOptions(threads=4))
+    target = open_target(str(repo)) if (repo / "config").exists() else init_target(str(repo))
+    return sync(target, host, SyncOptions(threads=4))
 
 
 def same_bytes(a: Path, b: Path) -> bool:
