@@ -105,6 +105,8 @@ def same_bytes(a: Path, b: Path) -> bool:
 
     size = a.stat().st_size
     with open(a, "rb") as fa, open(b, "rb") as fb:
+        os.fsync(fa.fileno())  # SEEK_DATA misses dirty pages over unwritten extents
+        os.fsync(fb.fileno())
         ranges = sorted(data_ranges(fa.fileno(), size) + data_ranges(fb.fileno(), size))
         for start, end in ranges:
             pos = start

@@ -10,6 +10,9 @@ appended to the snapshot's own pack file. So a snapshot costs one read of the vo
 write of what changed (copy-on-write by content), and the SHA-256 is at hand for the
 `x-amz-Checksum` header. "Present" blocks are those the file has allocated: a block
 punched out (discard) is absent from later snapshots, as a never-written EBS block is.
+An allocated block of zeros that the previous snapshot did not hold counts as never
+written (SEEK_DATA reports unwritten extents as data once their pages are cached, so the
+allocation alone would change between two looks at an unchanged file).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 BLOCK = 512 * 1024
+ZERO = bytes(BLOCK)
 GIB = 1 << 30
 OWNER = "123456789012"
 
@@ -227,6 +231,8 @@ class Account:
         written = 0
         fd = os.open(vol.path, os.O_RDONLY)
         try:
+            # written-back first: SEEK_DATA misses dirty pages over unwritten extents
+            os.fsync(fd)
             with open(pack, "wb") as out:
                 for start, end in data_ranges(fd, min(size, os.fstat(fd).st_size)):
                     for idx in range(start // BLOCK, -(-end // BLOCK)):
@@ -235,8 +241,12 @@ class Account:
                         data = os.pread(fd, BLOCK, idx * BLOCK)
                         if len(data) < BLOCK:
                             data += bytes(BLOCK - len(data))
-                        sha = hashlib.sha256(data).digest()
                         old = prev.blocks.get(idx) if prev is not None else None
+                        if old is None and data == ZERO:
+                            # never written: file systems report unwritten (fallocated)
+                            # extents as data once their pages are cached
+                            continue
+                        sha = hashlib.sha256(data).digest()
                         if old is not None and old.sha == sha:
                             blocks[idx] = old
                             continue
