@@ -29,6 +29,7 @@ QUICK_PLAN = """
 [drill]
 memory = 512
 network = "none"
+accel = "tcg"  # this host's nested /dev/kvm passes the drill's probe but not a BIOS boot
 
 [[probe]]
 type = "console"
