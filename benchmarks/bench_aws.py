@@ -248,10 +248,11 @@ def main(argv: list[str]) -> int:
     run = a.workdir / "run"
     shutil.rmtree(run, ignore_errors=True)
     run.mkdir(parents=True)
-    vol = run / "volume.img"  # the fake extends its backing file to whole GiB: use a copy
-    subprocess.run(["cp", "--sparse=always", str(disk), str(vol)], check=True)
-    vol2 = run / "volume2.img"
-    subprocess.run(["cp", "--sparse=always", str(disk2), str(vol2)], check=True)
+    vol, vol2 = disk, disk2
+    if disk.stat().st_size % GIB or disk2.stat().st_size % GIB:  # the fake would extend them
+        vol, vol2 = run / "volume.img", run / "volume2.img"
+        subprocess.run(["cp", "--sparse=always", str(disk), str(vol)], check=True)
+        subprocess.run(["cp", "--sparse=always", str(disk2), str(vol2)], check=True)
     fake = Fake(run / "fake", vol, a.latency)
     out: dict[str, Any] = {"latency_s": a.latency, "volume": str(disk), "bare": [], "full": []}
     try:

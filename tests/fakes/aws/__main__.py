@@ -22,10 +22,12 @@ def main() -> int:
     p.add_argument("images", nargs="+", type=Path)
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--latency", type=float, default=0.0)
+    p.add_argument("--immutable", action="store_true", help="snapshots point into the images")
     a = p.parse_args()
     fake = FakeAWS(a.workdir).start(a.port)
     fake.latency = a.latency
     fake.account.completion_delay = 0.5
+    fake.account.immutable_backing = a.immutable
     vols = [fake.account.add_volume(i) for i in a.images]
     inst = fake.account.add_instance(vols, name="bench")
     print(
