@@ -290,6 +290,7 @@ class EbsApi:
             pack=acc.workdir / f"w-{secrets.token_hex(6)}.pack",
         )
         snap.pack.touch()  # type: ignore[union-attr]
+        snap.ready.set()
         parent = doc.get("ParentSnapshotId")
         if parent:
             base = self._snapshot(parent, akey, "StartSnapshot")

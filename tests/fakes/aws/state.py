@@ -84,6 +84,8 @@ class Snap:
     blocks: dict[int, Loc] = field(default_factory=dict)
     pack: Path | None = None
     deleted: bool = False
+    #: set once the frozen blocks are all known (at once, unless frozen in the background)
+    ready: threading.Event = field(default_factory=threading.Event)
 
 
 STATE_CODES = {"pending": 0, "running": 16, "stopping": 64, "stopped": 80, "terminated": 48}
@@ -212,7 +214,8 @@ class Account:
             return [s for s in self.snapshots.values() if not s.deleted]
 
     def state_of(self, snap: Snap) -> str:
-        return "completed" if self.now() >= snap.complete_at else "pending"
+        done = snap.ready.is_set() and self.now() >= snap.complete_at
+        return "completed" if done else "pending"
 
     def progress_of(self, snap: Snap) -> int:
         if self.state_of(snap) == "completed":
@@ -225,18 +228,42 @@ class Account:
         return max(mine, key=lambda s: s.started) if mine else None
 
     def snapshot_volume(self, vol: Volume, description: str, tags: dict[str, str]) -> Snap:
-        """Freeze the volume now (the caller holds the instance's I/O still: one instant)."""
+        """Freeze the volume now (the caller holds the instance's I/O still: one instant).
+        An immutable backing is frozen in the background (the snapshot stays `pending`
+        until then), as large EBS snapshots take time to complete."""
+        now = self.now()
         snap_id = _new_id("snap")
-        pack = self.workdir / f"{snap_id}.pack"
+        snap = Snap(
+            snap_id,
+            vol.id,
+            vol.size_gib,
+            started=now,
+            complete_at=now + self.completion_delay,
+            description=description,
+            tags=dict(tags),
+            encrypted=vol.encrypted,
+            kms_key_id=vol.kms_key_id,
+            pack=self.workdir / f"{snap_id}.pack",
+        )
         prev = self._previous(vol.id)
+        with self.lock:
+            self.snapshots[snap.id] = snap
+        if self.immutable_backing:
+            threading.Thread(target=self._freeze, args=(snap, vol.path, prev), daemon=True).start()
+        else:
+            self._freeze(snap, vol.path, prev)
+        return snap
+
+    def _freeze(self, snap: Snap, path: Path, prev: Snap | None) -> None:
+        assert snap.pack is not None
         blocks: dict[int, Loc] = {}
-        size = vol.size_gib * GIB
+        size = snap.volume_size_gib * GIB
         written = 0
-        fd = os.open(vol.path, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY)
         try:
             # written-back first: SEEK_DATA misses dirty pages over unwritten extents
             os.fsync(fd)
-            with open(pack, "wb") as out:
+            with open(snap.pack, "wb") as out:
                 for start, end in data_ranges(fd, min(size, os.fstat(fd).st_size)):
                     for idx in range(start // BLOCK, -(-end // BLOCK)):
                         if idx in blocks:
@@ -254,30 +281,16 @@ class Account:
                             blocks[idx] = old
                             continue
                         if self.immutable_backing:
-                            blocks[idx] = Loc(vol.path, idx * BLOCK, sha)
+                            blocks[idx] = Loc(path, idx * BLOCK, sha)
                             continue
                         out.write(data)
-                        blocks[idx] = Loc(pack, written, sha)
+                        blocks[idx] = Loc(snap.pack, written, sha)
                         written += BLOCK
         finally:
             os.close(fd)
-        now = self.now()
-        snap = Snap(
-            snap_id,
-            vol.id,
-            vol.size_gib,
-            started=now,
-            complete_at=now + self.completion_delay,
-            description=description,
-            tags=dict(tags),
-            encrypted=vol.encrypted,
-            kms_key_id=vol.kms_key_id,
-            blocks=blocks,
-            pack=pack,
-        )
-        with self.lock:
-            self.snapshots[snap.id] = snap
-        return snap
+        snap.blocks = blocks
+        snap.complete_at = max(snap.complete_at, self.now())
+        snap.ready.set()
 
     def delete_snapshot(self, snap_id: str) -> None:
         with self.lock:
