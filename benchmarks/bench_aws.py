@@ -207,6 +207,32 @@ def timed_sync(repo: Path, host: AwsHost, full: bool = False) -> dict[str, Any]:
     }
 
 
+def source_alone(fake: Fake, in_flight: int) -> dict[str, Any]:
+    """The source read as the engine reads it (1 MiB buffers, in order, one consumer
+    thread) with nothing stored: what the source itself sustains."""
+    host = open_host(fake, in_flight)
+    with host.snapshot(None) as snap:
+        disk = snap.disks[0]
+        extents = disk.extents()
+        buf = bytearray(MIB)
+        n = 0
+        t = time.monotonic()
+        for e in extents:
+            pos = e.offset
+            while pos < e.end:
+                k = min(MIB - pos % MIB, e.end - pos)
+                disk.read_into(pos, memoryview(buf)[:k])
+                n += k
+                pos += k
+        wall = time.monotonic() - t
+    return {
+        "in_flight": in_flight,
+        "bytes": n,
+        "wall_s": round(wall, 2),
+        "mb_s": round(n / wall / 1e6, 1),
+    }
+
+
 def synthetic(where: Path, gib: int) -> tuple[Path, Path]:
     """A `gib` GiB volume half full of random data, and a copy with ~2 % of it rewritten."""
     where.mkdir(parents=True, exist_ok=True)
@@ -234,6 +260,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--bare", default="8,16,32,64", help="in-flight levels of the bare loop")
     p.add_argument("--sync", default="16,64", help="in-flight levels of the full sync")
     p.add_argument("--bare-blocks", type=int, default=4096, help="blocks per bare loop")
+    p.add_argument("--source", default="64", help="in-flight levels of the source read alone")
+    p.add_argument("--no-sync", action="store_true", help="skip the syncs (bare and source only)")
     p.add_argument("--json", type=Path)
     p.add_argument("--doc", type=Path, help="rewrite the aws results part of this document")
     a = p.parse_args(argv)
@@ -254,13 +282,23 @@ def main(argv: list[str]) -> int:
         subprocess.run(["cp", "--sparse=always", str(disk), str(vol)], check=True)
         subprocess.run(["cp", "--sparse=always", str(disk2), str(vol2)], check=True)
     fake = Fake(run / "fake", vol, a.latency)
-    out: dict[str, Any] = {"latency_s": a.latency, "volume": str(disk), "bare": [], "full": []}
+    out: dict[str, Any] = {
+        "latency_s": a.latency,
+        "volume": str(disk),
+        "bare": [],
+        "full": [],
+        "source": [],
+    }
     try:
         for n in [int(x) for x in a.bare.split(",") if x]:
             r = bare_loop(fake, n, a.bare_blocks)
             print("bare", r, flush=True)
             out["bare"].append(r)
-        levels = [int(x) for x in a.sync.split(",") if x]
+        for n in [int(x) for x in a.source.split(",") if x]:
+            r = source_alone(fake, n)
+            print("source alone", r, flush=True)
+            out["source"].append(r)
+        levels = [] if a.no_sync else [int(x) for x in a.sync.split(",") if x]
         for n in levels:
             repo = run / f"repo-{n}"
             host = open_host(fake, n)
@@ -275,6 +313,8 @@ def main(argv: list[str]) -> int:
             out["full"].append(again)
             if n != levels[-1]:  # the next level's first sync removes its snapshots by tag
                 shutil.rmtree(repo)
+        if not levels:
+            return _finish(out, a)
         fake.cmd(cmd="backing", volume=fake.info["volumes"][0], path=str(vol2))
         inc = timed_sync(run / f"repo-{levels[-1]}", host)
         ebs = sum(inc["calls"].get(k, 0) for k in EBS_CALLS)
@@ -291,10 +331,16 @@ def main(argv: list[str]) -> int:
         out["incremental"] = inc
     finally:
         fake.close()
+    return _finish(out, a)
+
+
+def _finish(out: dict[str, Any], a: argparse.Namespace) -> int:
     out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
     bare64 = next((b["mb_s"] for b in out["bare"] if b["in_flight"] == 64), None)
-    full64 = next((f["read_mb_s"] for f in out["full"] if f["in_flight"] == 64), None)
+    full64 = next((f["first_read_mb_s"] for f in out["full"] if f["in_flight"] == 64), None)
+    src64 = next((f["mb_s"] for f in out["source"] if f["in_flight"] == 64), None)
     out["ratio_64"] = round(full64 / bare64, 2) if bare64 and full64 else None
+    out["ratio_source_64"] = round(src64 / bare64, 2) if bare64 and src64 else None
     md = markdown(out)
     print(md)
     if a.json:
@@ -318,20 +364,25 @@ def markdown(out: dict[str, Any]) -> str:
         f"Latency {out['latency_s'] * 1000:.0f} ms per request, fake on loopback in its own process; "
         f"peak RSS of the syncing process {out['peak_rss_mib']} MiB.",
         "",
-        "| in flight | bare GetSnapshotBlock loop MB/s | full sync read MB/s (chunks stored already) | first full sync MB/s (storing) |",
-        "|---|---|---|---|",
+        "| in flight | bare GetSnapshotBlock loop MB/s | source alone MB/s | first full sync MB/s | full sync again MB/s |",
+        "|---|---|---|---|---|",
     ]
     full = {f["in_flight"]: f for f in out["full"]}
+    alone = {f["in_flight"]: f for f in out["source"]}
     for b in out["bare"]:
         f = full.get(b["in_flight"])
-        fs = f"{f['read_mb_s']} ({f['read_bytes'] / GIB:.2f} GiB)" if f else "—"
+        src = alone.get(b["in_flight"])
+        again = f"{f['read_mb_s']} ({f['read_bytes'] / GIB:.2f} GiB)" if f else "—"
         first = f["first_read_mb_s"] if f else "—"
-        lines.append(f"| {b['in_flight']} | {b['mb_s']} | {fs} | {first} |")
+        lines.append(
+            f"| {b['in_flight']} | {b['mb_s']} | {src['mb_s'] if src else '—'} | {first} | {again} |"
+        )
     inc = out.get("incremental")
     if inc:
         lines += [
             "",
-            f"Ratio at 64 in flight: **{out['ratio_64']}** (target ≥ 0.8).",
+            f"Ratio at 64 in flight, first full sync / bare loop: **{out['ratio_64']}** "
+            f"(target ≥ 0.8); source alone / bare loop: **{out['ratio_source_64']}**.",
             "",
             f"Incremental ({inc['mode']}): {inc['changed_blocks']} changed 512 KiB blocks, "
             f"{inc['pages']} ListChangedBlocks pages, **{inc['ebs_calls']} EBS calls** "

@@ -325,7 +325,7 @@ class AwsHost(Host):
             self.delete_quietly(sid)
         if leftovers:
             log.warning(
-                "%s: removed snapshots of earlier runs that never committed: %s",
+                "%s: removed our snapshots that the previous point does not name (runs that never committed, or a --full sync): %s",
                 self.name,
                 leftovers,
             )
