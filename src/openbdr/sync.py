@@ -130,7 +130,8 @@ class _DiskSync:
         self.writer = writer
         self.size = disk.size
         self.record = writer.record
-        self.record.fallback_reason = disk.fallback_reason
+        reasons = [writer.record.fallback_reason, disk.fallback_reason]
+        self.record.fallback_reason = "; ".join(r for r in reasons if r) or None
         self.zeros: list[Extent] = []
         self._parent: PointReader | None = None
 
@@ -428,8 +429,10 @@ class SyncRun:
         source = normalize(disk.extents())
         extents = normalize([*source, *session.repair_extents(disk.name, disk.size)])
         ds = _DiskSync(self, no, disk, writer)
-        if mode == "incremental":
+        if writer.mode == "incremental":
             ds.zeros = normalize(disk.zero_extents())
+        elif mode == "incremental":  # the target cannot build on the parent: all of it
+            extents = [Extent(0, disk.size)]
         valid = disk.valid_bytes
         ds.record.valid_bytes = int(total(source) if valid is None else valid)
         bad = ds.trust_but_verify(extents)

@@ -114,8 +114,8 @@ class Drill:
             if self.plan.fsck:
                 for v in vols:
                     if v.fstype:
-                        self.say(f"fsck -n {d.name} volume {v.number} ({v.fstype})")
-                        self.checks.append(fsck_volume(res, fuse / d.name, d.name, v))
+                        self.say(f"replay and fsck -n {d.name} volume {v.number} ({v.fstype})")
+                        self.checks.append(fsck_volume(res, fuse / d.name, d.name, v, work))
         self.mark("fsck")
         wanted = {p.volume or "" for p in file_probes}
         for key in sorted(wanted):

@@ -31,6 +31,9 @@ from ..extents import Extent
 from .blobs import Blobs
 from .manifest import DiskRecord, RestorePoint
 
+#: where drill reports live in a target's `meta` store: drills/<host>/<drill id>/…
+DRILLS = "drills/"
+
 #: full: no earlier point of this disk; incremental: the source lists changes and the
 #: rest is the parent's; hash-compare: every valid block read, only differing ones stored
 Mode = Literal["full", "incremental", "hash-compare"]
@@ -212,7 +215,7 @@ class Target(abc.ABC):
     """Where a host's restore points live: an object repository or a block-mode site."""
 
     url: str
-    #: small metadata objects that belong with the points (drill reports, scrub state)
+    #: small metadata objects that belong with the points: drill reports under `DRILLS`
     meta: Blobs
 
     @abc.abstractmethod
