@@ -29,23 +29,35 @@ def test_instance_protected_through_the_server(fake: FakeAWS, tmp_path: Path) ->
     acc = fake.account
     v = acc.add_volume(vol)
     acc.add_instance([v], name="web", tags={"env": "prod"})
-    srv = ServerProc(tmp_path / "data", f"sqlite:///{tmp_path / 'catalog.db'}",
-                     ["--tick", "0.5", "--lease-ttl", "4", "--workers", "1", "--no-scheduler"])
+    srv = ServerProc(
+        tmp_path / "data",
+        f"sqlite:///{tmp_path / 'catalog.db'}",
+        ["--tick", "0.5", "--lease-ttl", "4", "--workers", "1", "--no-scheduler"],
+    )
     srv.start()
     try:
         c = srv.client()
-        assert c.post("/targets", json={"name": "dr", "url": str(tmp_path / "repo"),
-                                        "init": True}).status_code == 201
-        r = c.post("/platforms", json={
-            "name": "prod", "type": "aws", "endpoint": acc.region,
-            "credentials": fake.credentials(),
-            "options": {"endpoint_url": fake.url, "poll_interval": 0.05}})
+        assert (
+            c.post(
+                "/targets", json={"name": "dr", "url": str(tmp_path / "repo"), "init": True}
+            ).status_code
+            == 201
+        )
+        r = c.post(
+            "/platforms",
+            json={
+                "name": "prod",
+                "type": "aws",
+                "endpoint": acc.region,
+                "credentials": fake.credentials(),
+                "options": {"endpoint_url": fake.url, "poll_interval": 0.05},
+            },
+        )
         assert r.status_code == 201, r.text
         assert c.post("/platforms/prod/test").status_code == 200
         vms = c.post("/platforms/prod/discover").json()["vms"]
         assert [(x["name"], [d["name"] for d in x["disks"]]) for x in vms] == [("web", [v.id])]
-        r = c.post("/hosts", json={"name": "web1", "platform": "prod", "vm": "web",
-                                   "target": "dr"})
+        r = c.post("/hosts", json={"name": "web1", "platform": "prod", "vm": "web", "target": "dr"})
         assert r.status_code == 201, r.text
         for _ in range(2):
             r = c.post("/hosts/web1/sync", json={})
@@ -58,8 +70,9 @@ def test_instance_protected_through_the_server(fake: FakeAWS, tmp_path: Path) ->
         snap = acc.live_snapshots()[0]  # the volume moved on since: compare with the snapshot
         frozen = acc.image_of(snap.id, tmp_path / "frozen.img")
         out = tmp_path / "restored.img"
-        r = c.post("/jobs", json={"kind": "restore", "host": "web1",
-                                  "params": {"to": str(out), "disk": 0}})
+        r = c.post(
+            "/jobs", json={"kind": "restore", "host": "web1", "params": {"to": str(out), "disk": 0}}
+        )
         assert _finish(c, r.json()["id"])["state"] == "succeeded"
         assert same_bytes(out, frozen)
         text = str(c.get("/platforms/prod").json()) + str(c.get("/hosts/web1").json())
