@@ -117,6 +117,33 @@ def repo_init(
     out.print(f"created repository {r.id} at {r.url}")
 
 
+@repo_app.command("repair")
+def repo_repair(
+    repo: RepoOpt,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only say what would be done.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Rebuild damaged manifests from their indexes; remove bookkeeping nobody can read."""
+    from .store.objects.repair import repair
+    from .store.objects.repository import Repository
+
+    rep = repair(Repository.open(repo), dry_run=dry_run)
+    if json_out:
+        out.print_json(json.dumps(vars(rep)))
+    else:
+        verb = "would rebuild" if dry_run else "rebuilt"
+        for line in rep.rebuilt:
+            out.print(f"{verb} {line}", highlight=False, markup=False)
+        for line in rep.removed:
+            out.print(f"{'would remove' if dry_run else 'removed'} {line}", highlight=False)
+        for line in rep.failed:
+            err.print(f"cannot repair {line}", highlight=False, markup=False, soft_wrap=True)
+        if not (rep.rebuilt or rep.removed or rep.failed):
+            out.print("nothing to repair (damaged chunks: run `openbdr verify --deep`)")
+    if rep.failed:
+        raise typer.Exit(ExitCode.DAMAGED)
+
+
 @app.command("sync")
 def sync_cmd(
     repo: RepoOpt,
@@ -447,7 +474,7 @@ def forget(
     for row in rows:
         verdict = "keep  " if row["keep"] else ("would forget" if dry_run else "forget")
         why = ",".join(row["reasons"])
-        out.print(f"{verdict} {row['host']} {row['point']} {row['created']} {why}", highlight=False)
+        out.print(f"{verdict} {row['host']} {row['id']} {row['created']} {why}", highlight=False)
     gone = sum(not r["keep"] for r in rows)
     out.print(f"{len(rows) - gone} kept, {gone} {'to forget' if dry_run else 'forgotten'}")
 

@@ -42,6 +42,7 @@ def new_point_id(after: str | None = None, now: datetime | None = None) -> str:
 
 #: the newest manifest format this code reads
 FORMAT = 1
+NEWER = "newer than this OpenBDR reads"
 
 
 def _fields(cls: type, raw: object, skip: frozenset[str] | set[str] = frozenset()) -> dict[str, Any]:
@@ -146,7 +147,7 @@ class RestorePoint:
             raise ValueError(f"not a JSON object but {type(raw).__name__}")
         fmt = raw.get("format", 1)
         if not isinstance(fmt, int) or fmt > FORMAT:
-            raise ValueError(f"format version {fmt!r}: newer than this OpenBDR reads ({FORMAT})")
+            raise ValueError(f"format version {fmt!r}: {NEWER} ({FORMAT})")
         out = cls(**_fields(cls, raw, skip={"disks", "unreadable"}), disks=[])
         disks = raw.get("disks")
         if not isinstance(disks, list):

@@ -144,13 +144,19 @@ class S3Blobs(Blobs):
             raise
         if obj["Data"] != expected:
             return False
-        try:
-            self._call("put_object", Key=self._key(key), Body=data, IfMatch=obj["ETag"])
-        except botocore.exceptions.ClientError as exc:
-            if self._code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
-                return self._is_ours(key, data)
-            raise
-        return True
+        etag = str(obj["ETag"])
+        # RFC 9110 quotes entity tags, and AWS compares them so; Ceph RGW 16 compares the
+        # bare value and answers 412 to a quoted one: the bare form is tried next
+        for tag in dict.fromkeys([etag, etag.strip('"')]):
+            try:
+                self._call("put_object", Key=self._key(key), Body=data, IfMatch=tag)
+                return True
+            except botocore.exceptions.ClientError as exc:
+                if self._code(exc) not in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+                    raise
+                if self._is_ours(key, data):
+                    return True
+        return False
 
     def get(self, key: str) -> bytes:
         try:
