@@ -70,3 +70,20 @@ def test_an_assumed_role_is_used_and_its_denials_named(fake: FakeAWS, tmp_path: 
     with pytest.raises(PlatformError, match="grant ec2:CreateSnapshots"):
         run_sync(tmp_path / "repo", host)  # type: ignore[arg-type]
     assert any(k.startswith("ASIA") for k in fake.callers)  # the role's keys made the calls
+
+
+def test_a_terminated_or_deleted_instance_is_an_unknown_vm(fake: FakeAWS, tmp_path: Path) -> None:
+    from openbdr.capture.platform import UnknownVM
+
+    from .conftest import open_host
+
+    acc = fake.account
+    inst = acc.add_instance([acc.add_volume(image(tmp_path / "v.img", [(0, MIB)]))])
+    host = open_host(fake, inst.id)
+    inst.state = "terminated"
+    with pytest.raises(UnknownVM, match="terminated or deleted"):
+        host.snapshot(None)
+    del acc.instances[inst.id]
+    with pytest.raises(UnknownVM):
+        host.snapshot(None)
+    assert acc.live_snapshots() == []

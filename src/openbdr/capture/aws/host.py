@@ -25,7 +25,7 @@ from typing import Any
 
 from ...extents import Extent, from_blocks, to_blocks
 from ..base import ChangeToken, DiskSnapshot, Host, Snapshot
-from ..platform import PlatformError
+from ..platform import PlatformError, UnknownVM
 from .blocks import EBS_BLOCK, TOKEN_CAP, BlockReader, list_blocks
 from .client import Aws
 
@@ -204,17 +204,30 @@ class AwsHost(Host):
 
     # -- EC2 -----------------------------------------------------------------------------
     def instance(self) -> dict[str, Any]:
-        r = self.aws.call(
-            self.aws.ec2,
-            "describe_instances",
-            f"instance {self.instance_id}",
-            InstanceIds=[self.instance_id],
+        """The instance now; `UnknownVM` when it was deleted or terminated (the control
+        plane raises its VM-missing alert on that)."""
+        gone = UnknownVM(
+            f"no VM {self.instance_id!r} on aws platform {self.aws.region} (terminated or deleted)",
+            "remove the host, or add it again with the instance's new id",
         )
+        try:
+            r = self.aws.call(
+                self.aws.ec2,
+                "describe_instances",
+                f"instance {self.instance_id}",
+                InstanceIds=[self.instance_id],
+            )
+        except PlatformError as exc:
+            if "InvalidInstanceID" in str(exc) or "does not exist" in str(exc):
+                raise gone from None
+            raise
         for res in r.get("Reservations", []):
             for inst in res.get("Instances", []):
                 if inst["InstanceId"] == self.instance_id:
+                    if inst.get("State", {}).get("Name") in ("terminated", "shutting-down"):
+                        raise gone
                     return dict(inst)
-        raise PlatformError(f"aws {self.aws.region}: no instance {self.instance_id}")
+        raise gone
 
     def volumes(self, inst: dict[str, Any]) -> dict[str, dict[str, Any]]:
         """EBS volumes attached to the instance, root first then by device name."""
