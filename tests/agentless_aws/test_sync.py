@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -229,20 +230,72 @@ def test_expired_block_tokens_are_looked_up_again(fake: FakeAWS, tmp_path: Path)
     assert_point_is(repo, p, {v.id: vol}, tmp_path)
 
 
-def test_leftovers_of_a_killed_sync_are_deleted_by_tag(fake: FakeAWS, tmp_path: Path) -> None:
+def test_leftovers_of_killed_syncs_are_deleted_by_tag(fake: FakeAWS, tmp_path: Path) -> None:
+    """The newest set of a killed run is read again (its checkpoint applies); older sets,
+    and sets past `resume_max_age`, are deleted; snapshots not ours are left alone."""
     vol = image(tmp_path / "v.img", [(0, MIB)])
     acc = fake.account
     v = acc.add_volume(vol)
     inst = acc.add_instance([v])
     other = acc.snapshot_volume(v, "someone else's", {"team": "db"})
+    impatient = open_host(fake, inst.id, resume_max_age=0)  # never reuses a set
     host = open_host(fake, inst.id)
-    killed = host.snapshot(None)  # a run that died before its point committed
-    left = set(killed.created)
-    killed.pool.shutdown()
-    p = run_sync(tmp_path / "repo", host)
-    assert not left & live(fake)
-    assert other.id in live(fake)  # not ours: untouched
-    assert len(live(fake)) == 2 and p.disks[0].mode == "full"
+    runs = []
+    for _ in range(2):  # two runs that died before their points committed
+        killed = impatient.snapshot(None)
+        killed.pool.shutdown()
+        runs.append(set(killed.created))
+    assert not runs[0] & live(fake)  # the older set went when the second run started
+    p = run_sync(tmp_path / "repo", host)  # the newest set is read again
+    assert p.disks[0].mode == "full"
+    assert p.token["value"][v.id]["value"]["snapshot"] in runs[1]
+    assert live(fake) == runs[1] | {other.id}
+
+    stale = host.snapshot(p_token(p))  # killed again, and then too old to resume
+    stale.pool.shutdown()
+    p2 = run_sync(tmp_path / "repo", impatient)
+    assert p2.disks[0].mode == "incremental"
+    assert not set(stale.created) & live(fake)
+    assert len(live(fake) - {other.id}) == 1
+
+
+def p_token(point: Any) -> Any:
+    from openbdr.capture.base import ChangeToken
+
+    return ChangeToken.from_json(point.token)
+
+
+def test_a_killed_sync_resumes_from_its_checkpoint(
+    fake: FakeAWS, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from openbdr.capture.aws.host import AwsSnapshot
+    from openbdr.store.target import init_target
+    from openbdr.sync import SyncOptions, SyncStopped, sync
+
+    vol = image(tmp_path / "v.img", [(0, 40 * MIB)])  # 80 EBS blocks
+    acc = fake.account
+    v = acc.add_volume(vol)
+    inst = acc.add_instance([v])
+    host = open_host(fake, inst.id, in_flight=2)
+    repo = tmp_path / "repo"
+    # the first run dies mid-way: its checkpoint is saved, nothing is released (SIGKILL)
+    monkeypatch.setattr(AwsSnapshot, "release", lambda self: self.pool.shutdown(wait=True))
+    seen = {"n": 0}
+
+    def stop() -> bool:
+        seen["n"] += 1
+        return seen["n"] > 20
+
+    opts = SyncOptions(threads=2, should_stop=stop, checkpoint_every=0.0)
+    with pytest.raises(SyncStopped):
+        sync(init_target(str(repo)), host, opts)
+    monkeypatch.undo()
+    before = fake.calls["ebs:GetSnapshotBlock"]
+    p = run_sync(repo, host)
+    again = fake.calls["ebs:GetSnapshotBlock"] - before
+    assert p.disks[0].mode == "full"
+    assert again < 70, again  # the blocks done before the kill were not read again
+    assert_point_is(repo, p, {v.id: vol}, tmp_path)
 
 
 def test_kms_denied_names_the_permission_and_keeps_nothing(fake: FakeAWS, tmp_path: Path) -> None:

@@ -30,6 +30,7 @@ OPTIONS = {
     "in_flight": "GetSnapshotBlock requests in flight (default 64)",
     "snapshot_timeout": "seconds to wait for snapshots to complete (default 21600)",
     "poll_interval": "seconds between snapshot state polls (default 2)",
+    "resume_max_age": "seconds a killed run's snapshots are read again (default 43200)",
 }
 
 

@@ -19,8 +19,10 @@ from __future__ import annotations
 import logging
 import os
 import re
+import secrets
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from typing import Any
 
 from ...extents import Extent, from_blocks, to_blocks
@@ -47,8 +49,9 @@ def slug(host: str) -> str:
 
 
 def set_name(host: str) -> str:
-    """Name of one run's snapshot set: `openbdr-<host>-<UTC time>-<pid>`."""
-    return f"openbdr-{slug(host)}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{os.getpid():x}"
+    """Name of one run's snapshot set: `openbdr-<host>-<UTC time>-<pid><random>`."""
+    when = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    return f"openbdr-{slug(host)}-{when}-{os.getpid():x}{secrets.token_hex(2)}"
 
 
 class EbsDisk(DiskSnapshot):
@@ -333,17 +336,32 @@ class AwsHost(Host):
         keep = {p["snapshot"] for p in prev.values()} if prev else set()
         mine = self.ours()
         existing = {s["SnapshotId"] for s in mine if s.get("State") == "completed"}
-        leftovers = [s["SnapshotId"] for s in mine if s["SnapshotId"] not in keep]
+        resumed = self._interrupted(mine, keep, set(vols))
+        leftovers = [
+            s["SnapshotId"]
+            for s in mine
+            if s["SnapshotId"] not in keep and s["SnapshotId"] not in (resumed or {}).values()
+        ]
         for sid in leftovers:
             self.delete_quietly(sid)
         if leftovers:
             log.warning(
-                "%s: removed our snapshots that the previous point does not name (runs that never committed, or a --full sync): %s",
+                "%s: removed our snapshots that the previous point does not name "
+                "(runs that never committed, or a --full sync): %s",
                 self.name,
                 leftovers,
             )
-        set_id = set_name(self.name)
-        created = self._create(set_id)
+        if resumed is not None:
+            set_id, created = _set_of(mine, resumed), resumed
+            log.warning(
+                "%s: reading the snapshots of an interrupted run again (%s): the sync "
+                "resumes from its checkpoint",
+                self.name,
+                set_id,
+            )
+        else:
+            set_id = set_name(self.name)
+            created = self._create(set_id)
         pool = ThreadPoolExecutor(self.aws.in_flight, thread_name_prefix="ebs")
         try:
             self._wait(list(created.values()))
@@ -362,6 +380,32 @@ class AwsHost(Host):
                 self.delete_quietly(sid)
             raise
         return AwsSnapshot(self, disks, list(created.values()), sorted(keep), pool)
+
+    def _interrupted(
+        self, mine: list[dict[str, Any]], keep: set[str], volumes: set[str]
+    ) -> dict[str, str] | None:
+        """The newest snapshot set of a run that was killed before its point committed,
+        when it still covers every volume and is recent enough (`resume_max_age`, 12 h):
+        reading it again lets the engine resume from its checkpoint (same fingerprint)."""
+        max_age = float(self.options.get("resume_max_age", 12 * 3600))
+        sets: dict[str, list[dict[str, Any]]] = {}
+        for s in mine:
+            tag = _tags(s).get(SET_TAG)
+            if tag and s["SnapshotId"] not in keep:
+                sets.setdefault(tag, []).append(s)
+        best: tuple[datetime, dict[str, str]] | None = None
+        now = datetime.now(UTC)
+        for snaps in sets.values():
+            if {s["VolumeId"] for s in snaps} != volumes or len(snaps) != len(volumes):
+                continue
+            if any(s.get("State") not in ("completed", "pending") for s in snaps):
+                continue
+            started = min(s["StartTime"] for s in snaps)
+            if (now - started).total_seconds() > max_age:
+                continue
+            if best is None or started > best[0]:
+                best = (started, {s["VolumeId"]: s["SnapshotId"] for s in snaps})
+        return best[1] if best else None
 
     def _base(
         self,
@@ -390,6 +434,15 @@ class AwsHost(Host):
         if int(p.get("size", size)) != size:
             return None, f"volume {vid} was resized from {p.get('size')} to {size} bytes: full pass"
         return str(p["snapshot"]), None
+
+
+def _tags(snapshot: dict[str, Any]) -> dict[str, str]:
+    return {t["Key"]: t.get("Value", "") for t in snapshot.get("Tags", [])}
+
+
+def _set_of(mine: list[dict[str, Any]], chosen: dict[str, str]) -> str:
+    sid = next(iter(chosen.values()))
+    return next(_tags(s).get(SET_TAG, "") for s in mine if s["SnapshotId"] == sid)
 
 
 def _append(extents: list[Extent], index: int) -> None:
