@@ -91,10 +91,10 @@ def open_host(fake: FakeAWS, instance: str, name: str = "web1", **options: Any) 
     return host
 
 
-def run_sync(repo: Path, host: AwsHost) -> RestorePoint:
+def run_sync(repo: Path, host: AwsHost, full: bool = False) -> RestorePoint:
     """One sync through the engine into an object repository at `repo`."""
     target = open_target(str(repo)) if (repo / "config").exists() else init_target(str(repo))
-    return sync(target, host, SyncOptions(threads=4))
+    return sync(target, host, SyncOptions(threads=4, full=full))
 
 
 def same_bytes(a: Path, b: Path) -> bool:

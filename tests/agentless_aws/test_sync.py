@@ -251,6 +251,9 @@ def test_leftovers_of_killed_syncs_are_deleted_by_tag(fake: FakeAWS, tmp_path: P
     assert p.token["value"][v.id]["value"]["snapshot"] in runs[1]
     assert live(fake) == runs[1] | {other.id}
 
+    full = run_sync(tmp_path / "repo", host, full=True)  # a committed set is no leftover
+    assert full.token["value"][v.id]["value"]["snapshot"] not in runs[1]
+    p = full
     stale = host.snapshot(p_token(p))  # killed again, and then too old to resume
     stale.pool.shutdown()
     p2 = run_sync(tmp_path / "repo", impatient)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import random
 import re
+import sys
 import threading
 import time
 from collections import Counter
@@ -78,7 +79,7 @@ class FakeAWS:
         class Handler(_Handler):
             server_fake = fake
 
-        httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        httpd = _Server(("127.0.0.1", port), Handler)
         httpd.daemon_threads = True
         httpd.request_queue_size = 256
         self._httpd = httpd
@@ -127,6 +128,13 @@ class FakeAWS:
             return False
         with self._rng_lock:
             return self._rng.random() < rate
+
+
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hung up mid-answer (a cancelled read-ahead) is no error."""
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
 
 class _Handler(BaseHTTPRequestHandler):

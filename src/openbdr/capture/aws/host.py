@@ -40,6 +40,8 @@ PARTIAL_BLOCKS = True
 #: tags on every snapshot OpenBDR makes (the first is the shared agentless owner tag)
 HOST_TAG = "openbdr:host"
 SET_TAG = "openbdr:set"
+#: on the snapshots of a committed point: never taken for a killed run's set to resume
+COMMITTED_TAG = "openbdr:committed"
 INSTANCE_TAG = "openbdr:instance"
 
 
@@ -171,6 +173,21 @@ class AwsSnapshot(Snapshot):
     def committed(self) -> None:
         """The point exists: the new snapshots are the next base, the previous go."""
         self._committed = True
+        try:
+            self.host.aws.call(
+                self.host.aws.ec2,
+                "create_tags",
+                "the new snapshots",
+                Resources=list(self.created),
+                Tags=[
+                    {
+                        "Key": COMMITTED_TAG,
+                        "Value": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    }
+                ],
+            )
+        except PlatformError as exc:  # a later --full sync may then read them again
+            log.warning("could not tag the committed snapshots: %s", exc)
         for sid in self.previous:
             if sid not in self.created:
                 self.host.delete_quietly(sid)
@@ -390,8 +407,9 @@ class AwsHost(Host):
         max_age = float(self.options.get("resume_max_age", 12 * 3600))
         sets: dict[str, list[dict[str, Any]]] = {}
         for s in mine:
-            tag = _tags(s).get(SET_TAG)
-            if tag and s["SnapshotId"] not in keep:
+            tags = _tags(s)
+            tag = tags.get(SET_TAG)
+            if tag and s["SnapshotId"] not in keep and COMMITTED_TAG not in tags:
                 sets.setdefault(tag, []).append(s)
         best: tuple[datetime, dict[str, str]] | None = None
         now = datetime.now(UTC)
