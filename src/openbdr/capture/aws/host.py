@@ -204,9 +204,6 @@ class AwsSnapshot(Snapshot):
             for sid in self.created:
                 self.host.delete_quietly(sid)
 
-    def api_calls(self) -> dict[str, int]:
-        return dict(self.host.aws.calls)
-
 
 class AwsHost(Host):
     """An EC2 instance protected without an agent."""
