@@ -82,6 +82,53 @@ def policy_json(policy: Policy | None) -> dict[str, Any]:
     }
 
 
+def enqueue(
+    session: Session,
+    kind: str,
+    host: Host | None = None,
+    target: Target | None = None,
+    params: dict[str, Any] | None = None,
+    created_by: str = "scheduler",
+    priority: int = 0,
+) -> Job:
+    """Queue a job (a module function: `on_success` hooks queue follow-up jobs with the
+    session they are given)."""
+    jk = job_kind(kind)
+    if jk.needs_host and host is None:
+        raise JobError(f"a {kind} job needs a host", "give the host's name")
+    if host is None and target is None:
+        raise JobError(f"a {kind} job needs a host or a target", "give one of them")
+    if host is not None and jk.exclusive:
+        busy = session.scalar(
+            select(Job.id).where(
+                Job.host_id == host.id, Job.kind == kind, Job.state.in_(ACTIVE)
+            )
+        )
+        if busy is not None:
+            raise JobError(
+                f"host {host.name} already has a {kind} job ({busy})",
+                f"wait for job {busy}, or pause or cancel it",
+            )
+    params = dict(params or {})
+    if jk.defaults is not None:
+        params = jk.defaults(session, host, target, params)
+    job = Job(
+        kind=kind,
+        state="queued",
+        host_id=host.id if host else None,
+        target_id=(host.target_id if host else target.id if target else None),
+        pool=host.pool if host else None,
+        params=params,
+        progress={},
+        result={},
+        priority=priority,
+        created_by=created_by,
+    )
+    session.add(job)
+    session.flush()
+    return job
+
+
 class JobQueue:
     def __init__(
         self, factory: sessionmaker[Session], box: SecretBox, lease_ttl: float = 30.0
@@ -102,35 +149,7 @@ class JobQueue:
         created_by: str = "scheduler",
         priority: int = 0,
     ) -> Job:
-        jk = job_kind(kind)
-        if jk.needs_host and host is None:
-            raise JobError(f"a {kind} job needs a host", "give the host's name")
-        if host is not None and jk.exclusive:
-            busy = session.scalar(
-                select(Job.id).where(
-                    Job.host_id == host.id, Job.kind == kind, Job.state.in_(ACTIVE)
-                )
-            )
-            if busy is not None:
-                raise JobError(
-                    f"host {host.name} already has a {kind} job ({busy})",
-                    f"wait for job {busy}, or pause or cancel it",
-                )
-        job = Job(
-            kind=kind,
-            state="queued",
-            host_id=host.id if host else None,
-            target_id=(host.target_id if host else target.id if target else None),
-            pool=host.pool if host else None,
-            params=params or {},
-            progress={},
-            result={},
-            priority=priority,
-            created_by=created_by,
-        )
-        session.add(job)
-        session.flush()
-        return job
+        return enqueue(session, kind, host, target, params, created_by, priority)
 
     # -- leasing -----------------------------------------------------------------
     def lease(self, worker: str, pool: str | None, kinds: list[str] | None = None) -> JobSpec | None:

@@ -28,8 +28,12 @@ export const hostView = {
 
   async refresh(st) {
     const name = encodeURIComponent(st.name);
-    const [host, points, jobs] = await Promise.all([
-      get(`hosts/${name}`), get(`points?host=${name}&limit=500`), get(`jobs?host=${name}&limit=50`)]);
+    const [host, points, own, gcs] = await Promise.all([
+      get(`hosts/${name}`), get(`points?host=${name}&limit=500`), get(`jobs?host=${name}&limit=50`),
+      get("jobs?kind=gc&limit=20")]);
+    // gc runs per target: the host's page shows those of its target among its own jobs
+    const jobs = own.concat(gcs.filter((j) => !j.host && j.target === host.target))
+      .sort((a, b) => b.id - a.id).slice(0, 50);
     const policy = host.policy ? await get(`policies/${encodeURIComponent(host.policy)}`) : null;
     st.host = host; st.points = points; st.jobs = jobs; st.policy = policy;
     drawHead(st);
