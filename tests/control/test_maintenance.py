@@ -102,6 +102,10 @@ def test_keep_last_3_forgets_reclaims_and_the_rest_restores(
         return listed == keep and _chunk_files(repo) == want_chunks and not busy
 
     wait_for(settled, timeout=240, what="retention and gc to settle")
+    openbdr("policy", "set", "gold", "--disabled", env=env)  # no more runs: a still picture
+    wait_for(lambda: not [j for k in ("retention", "gc") for j in _jobs(c, k)
+                          if j["state"] not in ("succeeded", "failed", "cancelled")],
+             what="the last jobs")
     on_disk = json.loads(openbdr("points", "-r", str(repo), "--json").stdout)
     assert {p["point"] for p in on_disk} == keep
 

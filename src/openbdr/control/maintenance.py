@@ -78,8 +78,9 @@ def target_margin(s: Session, target_id: int) -> float:
     margins = [
         float(r["gc_margin_seconds"])
         for r in s.scalars(
+            # no DISTINCT: PostgreSQL has no equality for the json type
             select(Policy.retention).join(Host, Host.policy_id == Policy.id)
-            .where(Host.target_id == target_id).distinct())
+            .where(Host.target_id == target_id))
         if isinstance(r, dict) and r.get("gc_margin_seconds") is not None
     ]
     return max(margins) if margins else DEFAULT_MARGIN

@@ -120,7 +120,12 @@ class Scheduler(threading.Thread):
         with transaction(self.factory) as s:
             stats.update(self._protect(s, now))
             stats["periodic"] = self._periodic(s, now)
-            stats["gc"] = due_gc(s, now)
+        try:  # in a transaction of its own: a failure here must not hold up the syncs
+            with transaction(self.factory) as s:
+                stats["gc"] = due_gc(s, now)
+        except Exception as exc:
+            log.warning("scheduling gc failed: %s", exc)
+            stats["gc"] = 0
         self._start_refresh(now)
         stats["pruned"] = self._prune(now)
         return stats
