@@ -241,7 +241,7 @@ def summary(kind: str, result: dict[str, Any]) -> str:
     if kind == "gc" and "deleted" in result:
         verb = "would reclaim" if result.get("dry_run") else "reclaimed"
         return (f"{verb} {result['deleted']} chunk(s), {_mib(int(result['deleted_bytes']))}"
-                f"; {result.get('young', 0)} young")
+                f"; {result.get('young', 0)} kept by the margin")
     return ""
 
 

@@ -38,7 +38,7 @@ export function jobSummary(j) {
   if (j.kind === "gc" && r.deleted !== undefined) {
     const verb = r.dry_run ? "would reclaim" : "reclaimed";
     return `${verb} ${bytes(r.deleted_bytes || 0)} (${r.deleted} chunk${r.deleted === 1 ? "" : "s"})` +
-      (r.young ? `, ${r.young} too young` : "");
+      (r.young ? `; ${r.young} kept by the margin` : "");
   }
   if (j.kind === "sync" && r.point) return `point ${r.point.id}`;
   if (j.kind === "verify" && r.ok !== undefined) return r.ok ? `${r.points} point(s) intact` : `${(r.problems || []).length} problem(s)`;
