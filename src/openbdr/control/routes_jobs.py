@@ -86,7 +86,8 @@ def list_jobs(
 
 @router.post("/jobs", response_model=JobOut, status_code=201, tags=["jobs"])
 def start_job(body: JobIn, s: DB, p: Operator, svc: Svc) -> dict[str, Any]:
-    """Start any installed job kind (sync, restore, verify, and drill/gc when installed)."""
+    """Start a job of any installed kind: sync, restore, verify, drill, retention (a host),
+    gc (a target, or a host's target); `GET /kinds` lists them."""
     host = host_by_name(s, body.host) if body.host else None
     target = target_by_name(s, body.target) if body.target else None
     job = svc.queue.enqueue(s, body.kind, host=host, target=target, params=body.params,
