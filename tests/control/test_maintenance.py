@@ -16,16 +16,25 @@ from typing import Any
 
 import httpx
 from cryptography.fernet import Fernet
+from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from openbdr.control.crypto import SecretBox
 from openbdr.control.db import make_engine, migrate, session_factory, transaction
 from openbdr.control.jobs import JobQueue
-from openbdr.control.maintenance import retention_done, target_margin
+from openbdr.control.maintenance import (
+    keep_policy,
+    normalized,
+    retention_done,
+    retention_every,
+    target_margin,
+)
 from openbdr.control.models import Host, Job, Point, Policy, utcnow
 from openbdr.control.scheduler import Scheduler
+from openbdr.retention import Policy as KeepPolicy
 
 from ..helpers import OPENBDR, openbdr, sha256
+from .api import make_api
 from .conftest import ServerProc, free_port, wait_for
 from .data import target_and_policy
 
@@ -212,3 +221,32 @@ def test_a_plugin_that_cannot_be_imported_stops_the_server(tmp_path: Path) -> No
         assert f"plug-in {plugin} (OPENBDR_PLUGINS) cannot be imported" in lines[0]
         assert says in lines[0], lines[0]
     assert not (tmp_path / "catalog.db").exists()  # stopped before touching anything
+
+
+def test_retention_settings_are_checked_and_old_names_still_apply(
+    catalog_url: str, tmp_path: Path
+) -> None:
+    app, tokens = make_api(tmp_path / "data", catalog_url)
+    h = {"Authorization": f"Bearer {tokens['operator']}"}
+    with TestClient(app) as c:
+        for bad in ({"keep_lats": 3}, {"keep_last": -1}, {"keep_last": 2, "every_seconds": 0}):
+            r = c.patch("/api/v1/policies/gold", headers=h, json={"retention": bad})
+            assert r.status_code == 422, (bad, r.text)
+        r = c.patch("/api/v1/policies/gold", headers=h, json={"retention": {
+            "keep_daily": 7, "keep_last": None, "gc_margin_seconds": 0}})
+        assert r.status_code == 200 and r.json()["retention"] == {
+            "keep_daily": 7, "gc_margin_seconds": 0}
+        # a gc needs a target (a host's, or one named)
+        r = c.post("/api/v1/jobs", headers=h, json={"kind": "gc"})
+        assert r.status_code == 409 and "needs a host or a target" in r.text
+        r = c.post("/api/v1/jobs", headers=h, json={"kind": "gc", "target": "dr"})
+        assert r.status_code == 201 and r.json()["params"] == {"margin": 0.0}
+        assert r.json()["host"] is None and r.json()["target"] == "dr"
+        kinds = c.get("/api/v1/kinds", headers=h).json()["jobs"]
+        assert {"retention", "gc"} <= set(kinds)
+    app.state.services.engine.dispose()
+    # what consoles before the keep_ names wrote (`last`…) still counts
+    assert retention_every({"last": 2}) == 86400 and retention_every({"last": 0}) is None
+    assert normalized({"last": 2, "junk": 1, "gc_margin_seconds": 0}) == {
+        "keep_last": 2, "gc_margin_seconds": 0}
+    assert keep_policy({"keep_last": 3, "daily": 7}) == KeepPolicy(last=3, daily=7)

@@ -335,6 +335,7 @@ def policy_set(
         body["enabled"] = enabled
     c = client()
     from .client import ServerError
+    from .maintenance import normalized
 
     counts = {"keep_last": keep_last, "keep_hourly": keep_hourly, "keep_daily": keep_daily,
               "keep_weekly": keep_weekly, "keep_monthly": keep_monthly}
@@ -345,7 +346,7 @@ def policy_set(
     elif any(v is not None for v in (*counts.values(), *intervals.values())):
         # change only the settings given: read the policy's current ones first
         try:
-            retention = dict(c.get(f"/policies/{name}").get("retention") or {})
+            retention = normalized(c.get(f"/policies/{name}").get("retention"))
         except ServerError as exc:
             if "does not exist" not in str(exc):
                 raise
@@ -373,8 +374,9 @@ def policy_set(
 
 def retention_text(r: dict[str, Any]) -> str:
     """`keep last 3, daily 7 every 1d; gc every 7d, margin 3600 s` (or `keep all`)."""
-    from .maintenance import GC_EVERY, RETENTION_EVERY, has_retention
+    from .maintenance import GC_EVERY, RETENTION_EVERY, has_retention, normalized
 
+    r = normalized(r)
     keep = ", ".join(f"{k[5:]} {r[k]}" for k in ("keep_last", "keep_hourly", "keep_daily",
                                                     "keep_weekly", "keep_monthly") if r.get(k))
     if not has_retention(r):

@@ -49,12 +49,30 @@ LEASE_WAIT = 300.0
 
 
 # -- the policy's retention settings ------------------------------------------------
+def _count(settings: dict[str, Any], key: str) -> int:
+    """A keep count; `last`, `daily`… are what consoles before the `keep_` names wrote."""
+    value = settings.get(key, settings.get(KEEP[key]))
+    try:
+        return max(0, int(value or 0))
+    except (TypeError, ValueError):
+        return 0
+
+
+def normalized(settings: dict[str, Any] | None) -> dict[str, Any]:
+    """The settings under today's names (`last` → `keep_last`), unknown keys dropped."""
+    s = settings or {}
+    out: dict[str, Any] = {k: _count(s, k) for k in KEEP if _count(s, k)}
+    out.update({k: int(s[k]) for k in ("every_seconds", "gc_every_seconds", "gc_margin_seconds")
+                if isinstance(s.get(k), int)})
+    return out
+
+
 def keep_policy(settings: dict[str, Any]) -> KeepPolicy:
-    return KeepPolicy(**{field: int(settings.get(key) or 0) for key, field in KEEP.items()})
+    return KeepPolicy(**{field: _count(settings, key) for key, field in KEEP.items()})
 
 
 def has_retention(settings: dict[str, Any] | None) -> bool:
-    return bool(settings) and any(int((settings or {}).get(k) or 0) > 0 for k in KEEP)
+    return bool(settings) and any(_count(settings or {}, k) > 0 for k in KEEP)
 
 
 def retention_every(settings: dict[str, Any] | None) -> int | None:
@@ -137,7 +155,7 @@ def run_retention(ctx: JobContext) -> dict[str, Any]:
     ctx.progress(percent=100.0)
     return {
         "host": host,
-        "keep": {k: int(settings[k]) for k in KEEP if settings.get(k)},
+        "keep": {k: _count(settings, k) for k in KEEP if _count(settings, k)},
         "forgotten": forgotten,
         "kept": kept,
         "reasons": {d.point.id: d.reasons for d in decisions if d.keep},
