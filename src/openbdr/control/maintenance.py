@@ -32,7 +32,7 @@ from ..errors import LockedError, OpenBDRError
 from ..gc import DEFAULT_MARGIN, GCReport, gc
 from ..retention import Decision, forget
 from ..retention import Policy as KeepPolicy
-from .jobs import JobError, enqueue
+from .jobs import ACTIVE, JobError, enqueue
 from .models import Host, Job, Point, Policy, Target
 from .registry import JobKind, register_kind
 from .worker import JobContext
@@ -218,6 +218,23 @@ def queue_gc(s: Session, target_id: int, created_by: str = "scheduler") -> Job |
         return None
 
 
+#: job kinds that read a host's restore points: retention waits while one runs
+READERS = ("restore", "drill")
+
+
+def retention_defaults(s: Session, host: Host | None, target: Target | None,
+                       params: dict[str, Any]) -> dict[str, Any]:
+    """Refuse (the scheduler tries again next tick) while a restore or drill of the host
+    is active: it may be reading a point that retention would forget and gc reclaim."""
+    if host is not None:
+        busy = s.scalar(select(Job.id).where(Job.host_id == host.id, Job.kind.in_(READERS),
+                                             Job.state.in_(ACTIVE)))
+        if busy is not None:
+            raise JobError(f"host {host.name} has a restore or drill job ({busy}) running",
+                           f"retention runs once job {busy} has finished")
+    return params
+
+
 def gc_defaults(s: Session, host: Host | None, target: Target | None,
                 params: dict[str, Any]) -> dict[str, Any]:
     """A gc started without a margin gets the target's (see `target_margin`)."""
@@ -269,6 +286,7 @@ def _mib(n: int) -> str:
 
 register_kind(JobKind(
     "retention", run_retention, exclusive=True, on_success=retention_done,
+    defaults=retention_defaults,
     description="forget the host's restore points its policy's retention does not keep",
 ))
 register_kind(JobKind(
