@@ -284,3 +284,7 @@ def test_retention_and_gc_jobs_on_the_host_page(
     row = page.locator(f"#jobs-table tr[data-job-row='{gc['id']}']").inner_text()
     assert "gc · dr" in row and "reclaimed" in row and "MiB" in row, row
     tab.shot("host-maintenance")
+    # the targets page says when each target was last garbage-collected, and what it got
+    tab.go("#/settings/targets", "#targets-table tr[data-target=dr]")
+    row = page.locator("#targets-table tr[data-target=dr]").inner_text()
+    assert "reclaimed" in row and "ago" in row, row
