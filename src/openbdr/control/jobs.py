@@ -340,15 +340,23 @@ class JobQueue:
 
     def prune(self, before: datetime, batch: int = 5000) -> int:
         """Delete up to `batch` finished jobs (and their logs) that ended before `before`,
-        oldest first; a host's newest finished job of each kind stays (its status shows it).
+        oldest first; a host's newest finished job of each kind stays (its status shows it),
+        and so does a target's newest host-less one of each kind (its last gc).
         A thousand hosts on a 5-minute RPO finish ~288,000 syncs a day."""
         with transaction(self.factory) as s:
             j = aliased(Job)
             newest = (select(func.max(j.id)).where(j.state.in_(FINAL), j.host_id.is_not(None))
                       .group_by(j.host_id, j.kind))
+            # and a target's newest of each host-less kind (gc: the scheduler's interval
+            # and the console's "last gc" read it)
+            newest_of_target = (select(func.max(j.id))
+                                .where(j.state.in_(FINAL), j.host_id.is_(None),
+                                       j.target_id.is_not(None))
+                                .group_by(j.target_id, j.kind))
             ids = list(s.scalars(
                 select(Job.id)
-                .where(Job.state.in_(FINAL), Job.finished < before, Job.id.not_in(newest))
+                .where(Job.state.in_(FINAL), Job.finished < before, Job.id.not_in(newest),
+                       Job.id.not_in(newest_of_target))
                 .order_by(Job.id).limit(batch)
             ))
             if ids:  # the database deletes the logs (ON DELETE CASCADE), unlinks alerts
