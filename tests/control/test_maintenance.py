@@ -74,7 +74,8 @@ def test_keep_last_3_forgets_reclaims_and_the_rest_restores(
     pol = c.get("/policies/gold").json()
     assert pol["retention"] == {"keep_last": 3, "every_seconds": 2, "gc_every_seconds": 3,
                                 "gc_margin_seconds": 0}
-    assert "keep last 3 every 2 s" in openbdr("policy", "list", env=env).stdout
+    assert "keep last 3, every 2s; gc every 3s, margin 0s" in openbdr(
+        "policy", "list", env=env).stdout
 
     snapshots: dict[str, Path] = {}
     for i in range(6):

@@ -373,18 +373,26 @@ def policy_set(
 
 
 def retention_text(r: dict[str, Any]) -> str:
-    """`keep last 3, daily 7 every 1d; gc every 7d, margin 3600 s` (or `keep all`)."""
-    from .maintenance import GC_EVERY, RETENTION_EVERY, has_retention, normalized
+    """`keep last 3, daily 7, every 1d; gc every 7d, margin 1h (default)` or `keep all`."""
+    from .maintenance import DEFAULT_MARGIN, GC_EVERY, RETENTION_EVERY, has_retention, normalized
 
     r = normalized(r)
-    keep = ", ".join(f"{k[5:]} {r[k]}" for k in ("keep_last", "keep_hourly", "keep_daily",
-                                                    "keep_weekly", "keep_monthly") if r.get(k))
     if not has_retention(r):
         return "keep all"
-    return (f"keep {keep} every {r.get('every_seconds') or RETENTION_EVERY} s; gc every "
-            f"{r.get('gc_every_seconds') or GC_EVERY} s, margin "
-            f"{r.get('gc_margin_seconds', 'default')}"
-            + (" s" if r.get("gc_margin_seconds") is not None else ""))
+    keep = ", ".join(f"{k[5:]} {r[k]}" for k in ("keep_last", "keep_hourly", "keep_daily",
+                                                    "keep_weekly", "keep_monthly") if r.get(k))
+    margin = r.get("gc_margin_seconds")
+    return (f"keep {keep}, every {_human(r.get('every_seconds') or RETENTION_EVERY)}; "
+            f"gc every {_human(r.get('gc_every_seconds') or GC_EVERY)}, margin "
+            + (_human(margin) if margin is not None else f"{_human(int(DEFAULT_MARGIN))} (default)"))
+
+
+def _human(secs: int) -> str:
+    """The inverse of `seconds` for whole units: 86400 → 1d, 90 → 90s."""
+    for unit, n in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60)):
+        if secs and secs % n == 0:
+            return f"{secs // n}{unit}"
+    return f"{secs}s"
 
 
 @policy_app.command("list")
