@@ -53,6 +53,14 @@ def test_old_finished_jobs_go_newest_per_host_and_kind_stay(
             job(a, "verify", "running", old),  # active
         ]
         gone.append(failed)
+        # gc runs per target (no host): the target's newest stays, like a host's
+        gcs = [Job(kind="gc", state="succeeded", target_id=t.id, created=when, finished=when,
+                   params={}, progress={}, result={}) for when in (old - timedelta(days=1), old)]
+        s.add_all(gcs)
+        s.flush()
+        s.add_all([JobLog(job_id=g.id, message="gc succeeded") for g in gcs])
+        gone.append(gcs[0])
+        keep.append(gcs[1])
 
     queue = JobQueue(factory, SecretBox(Fernet.generate_key()))
     assert queue.prune(now - timedelta(days=7), batch=3) == 3  # batches, oldest first

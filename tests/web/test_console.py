@@ -8,6 +8,7 @@ page's screenshot is saved (to docs/console/ with OPENBDR_UPDATE_SCREENSHOTS=1).
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -312,3 +313,50 @@ def test_platforms_discover_and_protect(
     with api(server) as c:
         for h in ("shop-db", "shop-web"):
             assert c.delete(f"/hosts/{h}").status_code == 204
+
+
+def test_retention_and_gc_jobs_on_the_host_page(
+    console_factory: Any, server: ServerProc, tmp_path: Path
+) -> None:
+    """A host's page lists its retention jobs and its target's gc jobs, with what they did."""
+    image = tmp_path / "maint1.img"
+    image.write_bytes(os.urandom(8 << 20))
+    with api(server) as c:
+        assert c.post("/hosts", json={
+            "name": "maint1", "target": "dr",
+            "source": {"type": "image", "paths": [str(image)], "valid_only": False},
+        }).status_code == 201
+
+        def run(body: dict[str, Any]) -> dict[str, Any]:
+            r = c.post("/jobs", json=body)
+            assert r.status_code == 201, r.text
+            jid = r.json()["id"]
+            job = wait_for(lambda: (j := c.get(f"/jobs/{jid}").json())["state"] in
+                           ("succeeded", "failed") and j, what=f"{body['kind']} job")
+            assert job["state"] == "succeeded", job
+            return dict(job)
+
+        run({"kind": "sync", "host": "maint1"})
+        with open(image, "r+b") as f:
+            f.write(os.urandom(2 << 20))  # two new blocks: the first point's two go with it
+        run({"kind": "sync", "host": "maint1"})
+        forgot = run({"kind": "retention", "host": "maint1",
+                      "params": {"retention": {"keep_last": 1}}})
+        assert len(forgot["result"]["forgotten"]) == 1
+        gc = run({"kind": "gc", "target": "dr", "params": {"margin": 0}})
+        assert gc["result"]["deleted"] >= 2 and gc["result"]["deleted_bytes"] >= 2 << 20
+
+    tab = console_factory()
+    page = tab.page
+    tab.login("operator", PASSWORDS["operator"])
+    tab.go("#/hosts/maint1", "#jobs-table tr[data-kind=gc]")
+    assert page.locator("#points-table tr[data-point]").count() == 1  # the mirror followed
+    row = page.locator(f"#jobs-table tr[data-job-row='{forgot['id']}']").inner_text()
+    assert "retention" in row and "forgot 1 point, kept 1" in row, row
+    row = page.locator(f"#jobs-table tr[data-job-row='{gc['id']}']").inner_text()
+    assert "gc · dr" in row and "reclaimed" in row and "MiB" in row, row
+    tab.shot("host-maintenance")
+    # the targets page says when each target was last garbage-collected, and what it got
+    tab.go("#/settings/targets", "#targets-table tr[data-target=dr]")
+    row = page.locator("#targets-table tr[data-target=dr]").inner_text()
+    assert "reclaimed" in row and "ago" in row, row

@@ -128,6 +128,9 @@ def server_cmd(
         open_services(config).engine.dispose()
         out.print(f"catalog {config.database_url.split('@')[-1]} is up to date")
         return
+    from .registry import load_plugins
+
+    load_plugins()  # a named plug-in that cannot be imported stops the start, in one line
     host, _, port = listen.rpartition(":")
     if bool(cert) != bool(key):
         raise OpenBDRError("TLS needs both --cert and --key")
@@ -303,7 +306,23 @@ def policy_set(
     verify_every: Annotated[str | None, typer.Option(help="Verification interval: 1d.")]
     = None,
     drill_every: Annotated[str | None, typer.Option(help="Drill interval: 7d.")] = None,
-    keep_last: Annotated[int | None, typer.Option(help="Retention: keep this many.")] = None,
+    keep_last: Annotated[int | None, typer.Option(
+        help="Retention: keep the N newest points (0: drop this rule).")] = None,
+    keep_hourly: Annotated[int | None, typer.Option(
+        help="Retention: keep the newest point of each of the last N hours.")] = None,
+    keep_daily: Annotated[int | None, typer.Option(help="… of each of N days.")] = None,
+    keep_weekly: Annotated[int | None, typer.Option(help="… of each of N ISO weeks.")] = None,
+    keep_monthly: Annotated[int | None, typer.Option(help="… of each of N months.")] = None,
+    retention_every: Annotated[str | None, typer.Option(
+        help="How often retention runs for each host: 1d (the default), 6h, 30s.")] = None,
+    gc_every: Annotated[str | None, typer.Option(
+        help="How often gc runs on the hosts' target: 7d (the default); it also runs "
+        "after a retention that forgot points.")] = None,
+    gc_margin: Annotated[str | None, typer.Option(
+        help="gc keeps unreferenced chunks younger than this: 1h (the default), 0s; "
+        "the largest margin of a target's policies applies.")] = None,
+    no_retention: Annotated[bool, typer.Option(
+        "--no-retention", help="Keep every point (drops all retention settings).")] = False,
     enabled: Annotated[bool | None, typer.Option("--enabled/--disabled")] = None,
 ) -> None:
     """Create or change a policy (a paused sync uses new settings when resumed)."""
@@ -331,12 +350,34 @@ def policy_set(
                      ("drill_seconds", drill_every)):
         if val:
             body[key] = seconds(val)
-    if keep_last is not None:
-        body["retention"] = {"keep_last": keep_last}
     if enabled is not None:
         body["enabled"] = enabled
     c = client()
     from .client import ServerError
+    from .maintenance import normalized
+
+    counts = {"keep_last": keep_last, "keep_hourly": keep_hourly, "keep_daily": keep_daily,
+              "keep_weekly": keep_weekly, "keep_monthly": keep_monthly}
+    intervals = {"every_seconds": retention_every, "gc_every_seconds": gc_every,
+                 "gc_margin_seconds": gc_margin}
+    if no_retention:
+        body["retention"] = {}
+    elif any(v is not None for v in (*counts.values(), *intervals.values())):
+        # change only the settings given: read the policy's current ones first
+        try:
+            retention = normalized(c.get(f"/policies/{name}").get("retention"))
+        except ServerError as exc:
+            if "does not exist" not in str(exc):
+                raise
+            retention = {}
+        for key, n in counts.items():
+            if n is not None:
+                retention[key] = n
+        for key, text in intervals.items():
+            if text is not None:
+                retention[key] = seconds(text)
+        body["retention"] = {k: v for k, v in retention.items()
+                             if v or k == "gc_margin_seconds"}
 
     try:
         p = c.patch(f"/policies/{name}", body)
@@ -346,20 +387,49 @@ def policy_set(
             raise
         p = c.post("/policies", {"name": name, **body})
         verb = "created"
-    out.print(f"policy {name} {verb}: RPO {p['rpo_seconds']} s, compression {p['compression']}")
+    out.print(f"policy {name} {verb}: RPO {p['rpo_seconds']} s, compression {p['compression']}, "
+              f"retention {retention_text(p.get('retention') or {})}")
+
+
+def retention_text(r: dict[str, Any]) -> str:
+    """`keep last 3, daily 7, every 1d; gc every 7d, margin 1h (default)` or `keep all`."""
+    from .maintenance import DEFAULT_MARGIN, GC_EVERY, RETENTION_EVERY, has_retention, normalized
+
+    r = normalized(r)
+    if not has_retention(r):
+        return "keep all"
+    keep = ", ".join(f"{k[5:]} {r[k]}" for k in ("keep_last", "keep_hourly", "keep_daily",
+                                                    "keep_weekly", "keep_monthly") if r.get(k))
+    margin = r.get("gc_margin_seconds")
+    return (f"keep {keep}, every {_human(r.get('every_seconds') or RETENTION_EVERY)}; "
+            f"gc every {_human(r.get('gc_every_seconds') or GC_EVERY)}, margin "
+            + (_human(margin) if margin is not None else f"{_human(int(DEFAULT_MARGIN))} (default)"))
+
+
+def _human(secs: int) -> str:
+    """The inverse of `seconds` for whole units: 86400 → 1d, 90 → 90s."""
+    for unit, n in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60)):
+        if secs and secs % n == 0:
+            return f"{secs // n}{unit}"
+    return f"{secs}s"
 
 
 @policy_app.command("list")
 def policy_list(json_out: JsonOpt = False) -> None:
-    _show(client().get("/policies"),
-          ["name", "rpo_seconds", "compression", "bwlimit", "verify_seconds", "enabled"],
-          json_out)
+    rows = client().get("/policies")
+    if not json_out:
+        rows = [{**p, "retention": retention_text(p.get("retention") or {})} for p in rows]
+    _show(rows, ["name", "rpo_seconds", "compression", "bwlimit", "verify_seconds", "retention",
+                 "enabled"], json_out)
 
 
 # -- jobs -------------------------------------------------------------------------
 def _job_row(j: dict[str, Any]) -> dict[str, Any]:
+    from .maintenance import summary
+
     pr = j.get("progress") or {}
-    return {**j, "percent": pr.get("percent"), "rate": pr.get("rate"), "eta": pr.get("eta")}
+    return {**j, "percent": pr.get("percent"), "rate": pr.get("rate"), "eta": pr.get("eta"),
+            "result": summary(j["kind"], j.get("result") or {}) or None}
 
 
 @job_app.command("list")
@@ -371,8 +441,8 @@ def job_list(
 ) -> None:
     jobs = client().get("/jobs", state=state, host=host, kind=kind)
     _show([_job_row(j) for j in jobs] if not json_out else jobs,
-          ["id", "kind", "host", "state", "percent", "rate", "eta", "attempts", "created",
-           "error"], json_out)
+          ["id", "kind", "host", "target", "state", "percent", "rate", "eta", "attempts",
+           "created", "result", "error"], json_out)
 
 
 @job_app.command("show")
@@ -393,7 +463,8 @@ def job_start(
     target: Annotated[str | None, typer.Option("--target")] = None,
     param: Annotated[list[str] | None, typer.Option("--param", help="KEY=JSON value.")] = None,
 ) -> None:
-    """Start any job kind: restore, verify, sync (drill and gc when installed)."""
+    """Start any job kind: sync, restore, verify, drill, retention (a host), gc (a target;
+    --param margin=SECONDS, --param dry_run=true)."""
     params: dict[str, Any] = {}
     for p in param or []:
         k, _, v = p.partition("=")

@@ -86,6 +86,54 @@ def policy_json(policy: Policy | None) -> dict[str, Any]:
     }
 
 
+def enqueue(
+    session: Session,
+    kind: str,
+    host: Host | None = None,
+    target: Target | None = None,
+    params: dict[str, Any] | None = None,
+    created_by: str = "scheduler",
+    priority: int = 0,
+    pool: str | None = None,
+) -> Job:
+    """Queue a job (a module function: `on_success` hooks queue follow-up jobs with the
+    session they are given). `pool`: where a job without a host runs."""
+    jk = job_kind(kind)
+    if jk.needs_host and host is None:
+        raise JobError(f"a {kind} job needs a host", "give the host's name")
+    if host is None and target is None and pool is None:
+        raise JobError(f"a {kind} job needs a host or a target", "give one of them")
+    if host is not None and jk.exclusive:
+        busy = session.scalar(
+            select(Job.id).where(
+                Job.host_id == host.id, Job.kind == kind, Job.state.in_(ACTIVE)
+            )
+        )
+        if busy is not None:
+            raise JobError(
+                f"host {host.name} already has a {kind} job ({busy})",
+                f"wait for job {busy}, or pause or cancel it",
+            )
+    params = dict(params or {})
+    if jk.defaults is not None:
+        params = jk.defaults(session, host, target, params)
+    job = Job(
+        kind=kind,
+        state="queued",
+        host_id=host.id if host else None,
+        target_id=(host.target_id if host else target.id if target else None),
+        pool=host_pool(session, host) if host else pool,
+        params=params,
+        progress={},
+        result={},
+        priority=priority,
+        created_by=created_by,
+    )
+    session.add(job)
+    session.flush()
+    return job
+
+
 class JobQueue:
     def __init__(
         self, factory: sessionmaker[Session], box: SecretBox, lease_ttl: float = 30.0
@@ -109,35 +157,7 @@ class JobQueue:
     ) -> Job:
         """`pool`: where a job without a host runs (a platform's proxies); a host's jobs
         run where the host's pool (or its platform's) says."""
-        jk = job_kind(kind)
-        if jk.needs_host and host is None:
-            raise JobError(f"a {kind} job needs a host", "give the host's name")
-        if host is not None and jk.exclusive:
-            busy = session.scalar(
-                select(Job.id).where(
-                    Job.host_id == host.id, Job.kind == kind, Job.state.in_(ACTIVE)
-                )
-            )
-            if busy is not None:
-                raise JobError(
-                    f"host {host.name} already has a {kind} job ({busy})",
-                    f"wait for job {busy}, or pause or cancel it",
-                )
-        job = Job(
-            kind=kind,
-            state="queued",
-            host_id=host.id if host else None,
-            target_id=(host.target_id if host else target.id if target else None),
-            pool=host_pool(session, host) if host else pool,
-            params=params or {},
-            progress={},
-            result={},
-            priority=priority,
-            created_by=created_by,
-        )
-        session.add(job)
-        session.flush()
-        return job
+        return enqueue(session, kind, host, target, params, created_by, priority, pool)
 
     # -- leasing -----------------------------------------------------------------
     def lease(self, worker: str, pool: str | None, kinds: list[str] | None = None) -> JobSpec | None:
@@ -333,15 +353,23 @@ class JobQueue:
 
     def prune(self, before: datetime, batch: int = 5000) -> int:
         """Delete up to `batch` finished jobs (and their logs) that ended before `before`,
-        oldest first; a host's newest finished job of each kind stays (its status shows it).
+        oldest first; a host's newest finished job of each kind stays (its status shows it),
+        and so does a target's newest host-less one of each kind (its last gc).
         A thousand hosts on a 5-minute RPO finish ~288,000 syncs a day."""
         with transaction(self.factory) as s:
             j = aliased(Job)
             newest = (select(func.max(j.id)).where(j.state.in_(FINAL), j.host_id.is_not(None))
                       .group_by(j.host_id, j.kind))
+            # and a target's newest of each host-less kind (gc: the scheduler's interval
+            # and the console's "last gc" read it)
+            newest_of_target = (select(func.max(j.id))
+                                .where(j.state.in_(FINAL), j.host_id.is_(None),
+                                       j.target_id.is_not(None))
+                                .group_by(j.target_id, j.kind))
             ids = list(s.scalars(
                 select(Job.id)
-                .where(Job.state.in_(FINAL), Job.finished < before, Job.id.not_in(newest))
+                .where(Job.state.in_(FINAL), Job.finished < before, Job.id.not_in(newest),
+                       Job.id.not_in(newest_of_target))
                 .order_by(Job.id).limit(batch)
             ))
             if ids:  # the database deletes the logs (ON DELETE CASCADE), unlinks alerts

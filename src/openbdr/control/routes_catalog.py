@@ -152,6 +152,8 @@ def policy_out(pol: Policy) -> dict[str, Any]:
 
 def _apply(pol: Policy, body: PolicyFields) -> dict[str, Any]:
     changed = body.model_dump(exclude_unset=True, exclude={"name"})
+    if isinstance(changed.get("retention"), dict):  # unset and null settings: none
+        changed["retention"] = {k: v for k, v in changed["retention"].items() if v is not None}
     for key, value in changed.items():
         if value is None and key in ("rpo_seconds", "compression", "compression_level",
                                      "bwlimit", "enabled"):

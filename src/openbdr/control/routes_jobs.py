@@ -86,7 +86,8 @@ def list_jobs(
 
 @router.post("/jobs", response_model=JobOut, status_code=201, tags=["jobs"])
 def start_job(body: JobIn, s: DB, p: Operator, svc: Svc) -> dict[str, Any]:
-    """Start any installed job kind (sync, restore, verify, and drill/gc when installed)."""
+    """Start a job of any installed kind: sync, restore, verify, drill, retention (a host),
+    gc (a target, or a host's target); `GET /kinds` lists them."""
     if body.kind.startswith("platform-"):
         raise ApiError(400, "bad_request", f"a {body.kind} job is started through its platform",
                        f"POST /api/v1/platforms/{{name}}/{body.kind.removeprefix('platform-')}")

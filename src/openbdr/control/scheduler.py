@@ -4,7 +4,8 @@ Each tick (one leader among server processes, through a `service_locks` lease) i
 re-queues jobs of dead workers, starts a sync early enough that it commits before the
 point ages past the target (lead time from the last sync's duration), opens and
 resolves RPO alerts, starts verification, retention and drills on their own schedules
-when those job kinds are installed, and refreshes the points mirror now and then (in a
+(drills when that job kind is installed), gc per target (`maintenance.due_gc`), and
+refreshes the points mirror now and then (in a
 thread of its own).
 The work per tick is a handful of grouped queries, whatever the number of hosts.
 """
@@ -25,6 +26,7 @@ from . import alerts
 from .crypto import SecretBox
 from .db import transaction
 from .jobs import ACTIVE, JobError, JobQueue
+from .maintenance import due_gc, retention_every
 from .mirror import refresh_target
 from .models import Alert, Host, Job, Point, Policy, ServiceLock, Target, utcnow
 from .registry import KINDS, load_plugins
@@ -118,6 +120,12 @@ class Scheduler(threading.Thread):
         with transaction(self.factory) as s:
             stats.update(self._protect(s, now))
             stats["periodic"] = self._periodic(s, now)
+        try:  # in a transaction of its own: a failure here must not hold up the syncs
+            with transaction(self.factory) as s:
+                stats["gc"] = due_gc(s, now)
+        except Exception as exc:
+            log.warning("scheduling gc failed: %s", exc)
+            stats["gc"] = 0
         self._start_refresh(now)
         stats["pruned"] = self._prune(now)
         return stats
@@ -228,11 +236,10 @@ class Scheduler(threading.Thread):
         return last_full is None or (now - last_full).total_seconds() >= seconds
 
     def _periodic(self, s: Session, now: datetime) -> int:
-        """verify / retention / drill at their policy intervals, when the kind exists."""
+        """verify / retention / drill at their policy intervals (drill: when installed)."""
         schedules: list[tuple[str, Any]] = [
             ("verify", lambda p: p.verify_seconds),
-            ("retention", lambda p: (p.retention or {}).get("every_seconds", 86400)
-             if p.retention else None),
+            ("retention", lambda p: retention_every(p.retention)),
             ("drill", lambda p: p.drill_seconds),
         ]
         started = 0

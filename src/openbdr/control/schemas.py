@@ -123,6 +123,29 @@ class Window(Strict):
     rate: int = Field(ge=0, le=MAXINT, description="bytes per second, 0 = unlimited")
 
 
+class Retention(Strict):
+    """What retention keeps (a point is kept if any count names it, or if it is protected;
+    the newest always) and how often it and gc run (docs/control.md)."""
+
+    keep_last: int | None = Field(default=None, ge=0, le=1_000_000,
+                                  description="the N newest points")
+    keep_hourly: int | None = Field(default=None, ge=0, le=1_000_000,
+                                    description="the newest point of each of N hours")
+    keep_daily: int | None = Field(default=None, ge=0, le=1_000_000)
+    keep_weekly: int | None = Field(default=None, ge=0, le=1_000_000)
+    keep_monthly: int | None = Field(default=None, ge=0, le=1_000_000)
+    every_seconds: int | None = Field(default=None, ge=1, le=YEARS10,
+                                      description="retention interval per host (default 1 day)")
+    gc_every_seconds: int | None = Field(
+        default=None, ge=1, le=YEARS10,
+        description="gc interval of the hosts' target (default 7 days; gc also runs after "
+        "a retention that forgot points)")
+    gc_margin_seconds: int | None = Field(
+        default=None, ge=0, le=YEARS10,
+        description="gc keeps unreferenced chunks younger than this (default 3600; the "
+        "largest of a target's policies applies)")
+
+
 class PolicyFields(Strict):
     rpo_seconds: int | None = Field(default=None, ge=30, le=365 * 86400)
     full_resync_seconds: int | None = Field(default=None, ge=3600, le=YEARS10)
@@ -130,7 +153,7 @@ class PolicyFields(Strict):
     compression_level: int | None = Field(default=None, ge=1, le=19)
     bwlimit: int | None = Field(default=None, ge=0, le=MAXINT)
     bandwidth_windows: list[Window] | None = None
-    retention: dict[str, Annotated[int, Field(ge=0, le=MAXINT)]] | None = None
+    retention: Retention | None = None
     verify_seconds: int | None = Field(default=None, ge=60, le=YEARS10)
     drill_seconds: int | None = Field(default=None, ge=3600, le=YEARS10)
     drill_plan: dict[str, Any] | None = None

@@ -26,16 +26,37 @@ export function drillVerdict(j) {
 
 export const hostLink = (name) => html`<a href="#/hosts/${encodeURIComponent(name)}">${name}</a>`;
 
+// What a finished job did, in a few words: a sync's point, retention's forgotten and
+// kept points, gc's reclaimed chunks and bytes, a verification's verdict.
+export function jobSummary(j) {
+  const r = j.result || {};
+  if (j.state !== "succeeded") return "";
+  if (j.kind === "retention" && r.forgotten) {
+    const verb = r.dry_run ? "would forget" : "forgot";
+    return `${verb} ${r.forgotten.length} point${r.forgotten.length === 1 ? "" : "s"}, kept ${(r.kept || []).length}`;
+  }
+  if (j.kind === "gc" && r.deleted !== undefined) {
+    const verb = r.dry_run ? "would reclaim" : "reclaimed";
+    return `${verb} ${bytes(r.deleted_bytes || 0)} (${r.deleted} chunk${r.deleted === 1 ? "" : "s"})` +
+      (r.young ? `; ${r.young} kept by the margin` : "");
+  }
+  if (j.kind === "sync" && r.point) return `point ${r.point.id}`;
+  if (j.kind === "verify" && r.ok !== undefined) return r.ok ? `${r.points} point(s) intact` : `${(r.problems || []).length} problem(s)`;
+  return "";
+}
+
 // Jobs with live progress and (for operators) pause, resume and cancel.
 export function jobsTable(jobs, session, opts = {}) {
   const operate = session.can("operator");
   const cols = [{ label: "Job" }, { label: "Kind" }, ...(opts.host ? [] : [{ label: "Host" }]),
-    { label: "State" }, { label: "Progress" }, { label: "Started" }, ...(operate ? [{ label: "Actions" }] : [])];
-  const rows = jobs.map((j) => h("tr", { dataset: { jobRow: j.id } },
-    cell("Job", `#${j.id}`), cell("Kind", j.kind),
+    { label: "State" }, { label: "Progress" }, { label: "Result" }, { label: "Started" },
+    ...(operate ? [{ label: "Actions" }] : [])];
+  const rows = jobs.map((j) => h("tr", { dataset: { jobRow: j.id, kind: j.kind } },
+    cell("Job", `#${j.id}`), cell("Kind", j.host || !j.target ? j.kind : `${j.kind} · ${j.target}`),
     opts.host ? null : cell("Host", j.host ? hostLink(j.host) : "—"),
     cell("State", h("span", {}, badge(j.state), j.error ? h("div", { class: "error" }, j.error) : null)),
-    cell("Progress", progress(j)), cell("Started", when(j.started || j.created)),
+    cell("Progress", progress(j)), cell("Result", h("span", { class: "job-result" }, jobSummary(j))),
+    cell("Started", when(j.started || j.created)),
     operate ? cell("Actions", jobActions(j)) : null));
   return table(cols, rows, { empty: "No jobs.", caption: "Jobs", attrs: { id: opts.id || null } });
 }

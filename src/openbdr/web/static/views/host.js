@@ -28,8 +28,12 @@ export const hostView = {
 
   async refresh(st) {
     const name = encodeURIComponent(st.name);
-    const [host, points, jobs] = await Promise.all([
-      get(`hosts/${name}`), get(`points?host=${name}&limit=500`), get(`jobs?host=${name}&limit=50`)]);
+    const [host, points, own, gcs] = await Promise.all([
+      get(`hosts/${name}`), get(`points?host=${name}&limit=500`), get(`jobs?host=${name}&limit=50`),
+      get("jobs?kind=gc&limit=20")]);
+    // gc runs per target: the host's page shows those of its target among its own jobs
+    const jobs = own.concat(gcs.filter((j) => !j.host && j.target === host.target))
+      .sort((a, b) => b.id - a.id).slice(0, 50);
     const policy = host.policy ? await get(`policies/${encodeURIComponent(host.policy)}`) : null;
     st.host = host; st.points = points; st.jobs = jobs; st.policy = policy;
     drawHead(st);
@@ -115,6 +119,17 @@ function drawDisks(st) {
   }));
 }
 
+const KEEP = ["last", "hourly", "daily", "weekly", "monthly"];
+
+// When retention and gc run (defaults as in control/maintenance.py).
+function retentionNote(ret) {
+  const keeps = KEEP.some((k) => Number(ret[`keep_${k}`] ?? ret[k] ?? 0) > 0);
+  if (!keeps) return "Empty: every restore point is kept.";
+  const margin = ret.gc_margin_seconds ?? 3600;
+  return `Retention runs every ${duration(ret.every_seconds || 86400)}; gc reclaims the forgotten points' \
+space after it and every ${duration(ret.gc_every_seconds || 7 * 86400)} (margin ${margin ? duration(margin) : "none"}).`;
+}
+
 function drawSettings(st, runningOverride) {
   const { policy, session, host } = st;
   const operate = session.can("operator");
@@ -154,7 +169,9 @@ function drawSettings(st, runningOverride) {
     num("bwlimit", "Bandwidth limit (MiB/s)", policy.bwlimit ? +(policy.bwlimit / 1048576).toFixed(3) : 0, "0: unlimited", { step: "any" }),
     h("fieldset", {}, h("legend", {}, "Retention (keep …)"),
       h("div", { class: "grid2", style: "grid-template-columns:repeat(auto-fit,minmax(7em,1fr))" },
-        ["last", "hourly", "daily", "weekly", "monthly"].map((k) => num(`keep-${k}`, k, ret[k] ?? "", null)))),
+        // `last`…: what consoles before the keep_ names wrote; the server reads both
+        KEEP.map((k) => num(`keep-${k}`, k, ret[`keep_${k}`] ?? ret[k] ?? "", null))),
+      h("p", { class: "hint", id: "retention-note" }, retentionNote(ret))),
     policy.bandwidth_windows.length ? h("p", { class: "hint" }, "Windows: ",
       policy.bandwidth_windows.map((w) => `${w.start}–${w.end} UTC at ${bytes(w.rate)}/s`).join("; ")) : null,
     h("p", { class: "hint" }, `Policy ${policy.name}; changes apply to every host that uses it.`),
@@ -171,8 +188,10 @@ function drawSettings(st, runningOverride) {
       rpo_seconds: Math.max(30, Math.round(Number(v("rpo")) * 60)),
       full_resync_seconds: v("full") ? Math.round(Number(v("full")) * 3600) : null,
       bwlimit: Math.round(Number(v("bwlimit") || 0) * 1048576),
-      retention: Object.fromEntries(["last", "hourly", "daily", "weekly", "monthly"]
-        .filter((k) => v(`keep-${k}`) !== "").map((k) => [k, Number(v(`keep-${k}`))])),
+      // the keep counts from the form; the intervals and gc margin as they were
+      retention: Object.fromEntries([
+        ...Object.entries(ret).filter(([k]) => !k.startsWith("keep_") && !KEEP.includes(k)),
+        ...KEEP.filter((k) => v(`keep-${k}`) !== "").map((k) => [`keep_${k}`, Number(v(`keep-${k}`))])]),
     };
     if (!form.elements.compression.disabled) body.compression = form.elements.compression.checked ? "zstd" : "none";
     act(form.querySelector("button[type=submit]"), async () => {

@@ -1,6 +1,7 @@
 // Settings: targets, policies, users and API tokens, agents and enrolment tokens, audit log.
 import { del, get, post } from "../js/api.js";
-import { act, badge, bytes, cell, confirmAction, fill, h, table, when } from "../js/dom.js";
+import { act, ago, badge, bytes, cell, confirmAction, duration, fill, h, table, when } from "../js/dom.js";
+import { jobSummary } from "./common.js";
 
 const TABS = [["targets", "Targets", "viewer"], ["users", "Users and tokens", "admin"],
   ["agents", "Agents", "admin"], ["audit", "Audit log", "admin"]];
@@ -39,12 +40,27 @@ function secretBox(label, secret) {
     h("p", { class: "secret", tabindex: 0 }, secret), h("p", { class: "hint" }, "Shown once: copy it now."));
 }
 
+// "last 3, daily 7 · every 1 d · gc margin 1 h" (defaults as in control/maintenance.py)
+function retentionText(r) {
+  const keep = ["last", "hourly", "daily", "weekly", "monthly"]
+    .map((k) => [k, Number(r[`keep_${k}`] ?? r[k] ?? 0)]).filter(([, n]) => n > 0);
+  if (!keep.length) return "keep all";
+  const margin = r.gc_margin_seconds ?? 3600;
+  return `${keep.map(([k, n]) => `${k} ${n}`).join(", ")} · every ${duration(r.every_seconds || 86400)}` +
+    ` · gc every ${duration(r.gc_every_seconds || 7 * 86400)}, margin ${margin ? duration(margin) : "none"}`;
+}
+
 async function targets(st) {
-  const [rows, policies] = await Promise.all([get("targets"), get("policies")]);
+  const [rows, policies, gcs] = await Promise.all([get("targets"), get("policies"), get("jobs?kind=gc&limit=200")]);
   const admin = st.session.can("admin");
   const operate = st.session.can("operator");
-  const trs = rows.map((t) => h("tr", {}, cell("Name", t.name), cell("URL", h("code", {}, t.url)),
+  // each target's newest finished gc (jobs come newest first)
+  const lastGc = (name) => gcs.find((j) => j.target === name && !j.host && ["succeeded", "failed"].includes(j.state));
+  const gcCell = (j) => (j ? h("span", {}, j.state === "succeeded" ? jobSummary(j) : badge(j.state),
+    h("span", { class: "muted" }, ` · ${ago(j.finished)}`)) : h("span", { class: "muted" }, "never"));
+  const trs = rows.map((t) => h("tr", { dataset: { target: t.name } }, cell("Name", t.name), cell("URL", h("code", {}, t.url)),
     cell("Secrets", t.has_secrets ? "sealed" : "none"), cell("Last refresh", when(t.last_refresh)),
+    cell("Last gc", gcCell(lastGc(t.name))),
     operate ? cell("Actions", h("div", { class: "actions" },
       (() => { const b = h("button", { type: "button", class: "secondary", onclick: () => act(b, async () => {
         const r = await post(`targets/${encodeURIComponent(t.name)}/refresh`);
@@ -55,7 +71,7 @@ async function targets(st) {
         await act(b, () => del(`targets/${encodeURIComponent(t.name)}`), `Target ${t.name} removed`);
       } }, "Remove"); return b; })() : null)) : null));
   const parts = [h("section", { class: "card" }, h("h2", {}, "Targets (repositories)"),
-    table([{ label: "Name" }, { label: "URL" }, { label: "Secrets" }, { label: "Last refresh" }, ...(operate ? [{ label: "Actions" }] : [])],
+    table([{ label: "Name" }, { label: "URL" }, { label: "Secrets" }, { label: "Last refresh" }, { label: "Last gc" }, ...(operate ? [{ label: "Actions" }] : [])],
       trs, { empty: "No target yet.", caption: "Targets", attrs: { id: "targets-table" } }))];
   if (admin) {
     const form = dirtyTracking(h("form", { class: "stack", id: "add-target-form" },
@@ -80,7 +96,7 @@ async function targets(st) {
   }
   const ptrs = policies.map((p) => h("tr", {}, cell("Policy", p.name), cell("RPO", `${Math.round(p.rpo_seconds / 60)} min`),
     cell("Compression", p.compression), cell("Bandwidth", p.bwlimit ? `${bytes(p.bwlimit)}/s` : "unlimited"),
-    cell("Retention", Object.entries(p.retention).map(([k, v]) => `${k} ${v}`).join(", ") || "keep all"),
+    cell("Retention", retentionText(p.retention || {})),
     cell("Enabled", p.enabled ? "yes" : "no")));
   parts.push(h("section", { class: "card" }, h("h2", {}, "Policies"),
     table([{ label: "Policy" }, { label: "RPO" }, { label: "Compression" }, { label: "Bandwidth" }, { label: "Retention" }, { label: "Enabled" }],
