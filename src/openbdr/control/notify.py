@@ -175,11 +175,12 @@ def send_webhook(config: dict[str, Any], secrets: dict[str, Any], delivery: int,
     _post(str(config["url"]), body, headers, timeout)
 
 
-def send_chat(config: dict[str, Any], payload: dict[str, Any], timeout: float = 10.0) -> None:
-    """Slack-compatible incoming webhook: `{"text": …}` (Mattermost, Rocket.Chat, bridges)."""
+def send_chat(url: str, payload: dict[str, Any], timeout: float = 10.0) -> None:
+    """Slack-compatible incoming webhook: `{"text": …}` (Mattermost, Rocket.Chat, bridges).
+    The hook's URL is its credential: it is kept sealed."""
     text = headline(payload) if payload["event"].startswith("alert.") else text_body(payload)
     body = json.dumps({"text": text}).encode()
-    _post(str(config["url"]), body, {"Content-Type": "application/json"}, timeout)
+    _post(url, body, {"Content-Type": "application/json"}, timeout)
 
 
 def send_email(config: dict[str, Any], secrets: dict[str, Any], delivery: int,
@@ -218,7 +219,7 @@ def send(kind: str, config: dict[str, Any], secrets: dict[str, Any], delivery: i
     if kind == "webhook":
         send_webhook(config, secrets, delivery, payload)
     elif kind == "chat":
-        send_chat(config, payload)
+        send_chat(str(secrets.get("url") or config["url"]), payload)
     elif kind == "email":
         send_email(config, secrets, delivery, payload)
     else:
@@ -302,7 +303,7 @@ def directory_usage(url: str) -> float | None:
 class Notifier(threading.Thread):
     def __init__(self, factory: sessionmaker[Session], box: SecretBox, owner: str,
                  poll: float = 2.0, retry: float = 15.0, expire: float = 86400.0,
-                 full_percent: float = 90.0, capacity_every: float = 300.0) -> None:
+                 full_percent: float | None = 90.0, capacity_every: float = 300.0) -> None:
         super().__init__(name="notifier", daemon=True)
         self.factory, self.box, self.owner = factory, box, owner
         self.poll, self.retry, self.expire = poll, retry, expire
@@ -326,7 +327,8 @@ class Notifier(threading.Thread):
         now = now or utcnow()
         stats = {"reports": self.queue_reports(now)}
         mono = time.monotonic()
-        if self._last_capacity is None or mono - self._last_capacity >= self.capacity_every:
+        if self.full_percent is not None and (
+                self._last_capacity is None or mono - self._last_capacity >= self.capacity_every):
             self._last_capacity = mono
             stats["full"] = self.check_capacity()
         stats.update(self.deliver(now))
@@ -392,7 +394,8 @@ class Notifier(threading.Thread):
                 period = str(c.report)
                 if period not in reports:
                     reports[period] = protection_report(s, now, REPORT_PERIODS[period])
-                s.add(NotifyDelivery(channel_id=c.id, event="report",
+                s.add(NotifyDelivery(channel_id=c.id, event="report", created=now,
+                                     next_attempt=now,
                                      payload={"event": "report", "report": reports[period]}))
                 c.report_last = now
                 n += 1
@@ -401,6 +404,8 @@ class Notifier(threading.Thread):
     def check_capacity(self) -> int:
         """Open `repository_full` for directory repositories above `full_percent` used
         (critical above 98 %), resolve it when space is freed. S3 has no capacity to read."""
+        if self.full_percent is None:
+            return 0
         with transaction(self.factory) as s:
             targets = s.execute(select(Target.name, Target.url)).all()
         usage = {name: directory_usage(url) for name, url in targets}
