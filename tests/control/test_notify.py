@@ -124,7 +124,9 @@ def test_each_alert_kind_reaches_every_channel_once(
         for kind, severity in SEVERITY.items():
             if kind == "repository_full":
                 continue  # opened by the notifier itself, below
-            alerts.open_alert(s, kind, f"{kind} happened", host_id=host_id, severity=severity)
+            # a multi-line message (a job's error with a traceback) too
+            alerts.open_alert(s, kind, f"{kind} happened\nline two", host_id=host_id,
+                              severity=severity)
         # the same cause again while the alert is open: no second notification
         alerts.open_alert(s, "job_failed", "job_failed again", host_id=host_id,
                           severity="error")
@@ -230,6 +232,8 @@ def test_a_receiver_that_is_down_gets_everything_once_when_back(
         d = api("GET", "/notify/deliveries?channel=hook")
         assert [x["state"] for x in d] == ["delivered", "delivered"]
         assert max(x["attempts"] for x in d) == 3
+        # delivered messages are forgotten after a month, pending ones are not
+        assert n.prune(utcnow() + timedelta(days=31)) == 2
         # a message nobody takes for longer than its expiry is given up, not retried forever
         down.status = 503
         with transaction(api.svc.factory) as s:

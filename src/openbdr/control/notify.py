@@ -28,7 +28,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 import httpx
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -47,6 +47,8 @@ RANK = {s: i for i, s in enumerate(alerts.SEVERITIES)}
 REPORT_PERIODS = {"daily": 86400.0, "weekly": 7 * 86400.0}
 #: webhook payload version (docs/notifications.md)
 PAYLOAD_VERSION = 1
+#: finished deliveries (delivered, failed, expired) are deleted after this many days
+KEEP_DELIVERIES_DAYS = 30.0
 
 
 class DeliveryError(OpenBDRError):
@@ -186,7 +188,7 @@ def send_chat(url: str, payload: dict[str, Any], timeout: float = 10.0) -> None:
 def send_email(config: dict[str, Any], secrets: dict[str, Any], delivery: int,
                payload: dict[str, Any], timeout: float = 20.0) -> None:
     msg = EmailMessage()
-    subject = headline(payload)
+    subject = " ".join(headline(payload).split())  # a header: one line
     msg["Subject"] = subject if len(subject) < 200 else subject[:197] + "…"
     msg["From"] = str(config["from"])
     msg["To"] = ", ".join(config["to"])
@@ -309,6 +311,7 @@ class Notifier(threading.Thread):
         self.poll, self.retry, self.expire = poll, retry, expire
         self.full_percent, self.capacity_every = full_percent, capacity_every
         self._last_capacity: float | None = None
+        self._last_prune: float | None = None
         self.stopping = threading.Event()
 
     def run(self) -> None:
@@ -332,7 +335,17 @@ class Notifier(threading.Thread):
             self._last_capacity = mono
             stats["full"] = self.check_capacity()
         stats.update(self.deliver(now))
+        if self._last_prune is None or mono - self._last_prune >= 600.0:
+            self._last_prune = mono
+            stats["pruned"] = self.prune(now)
         return stats
+
+    def prune(self, now: datetime) -> int:
+        """Forget finished deliveries after `KEEP_DELIVERIES_DAYS` (pending ones stay)."""
+        before = now - timedelta(days=KEEP_DELIVERIES_DAYS)
+        with transaction(self.factory) as s:
+            return int(s.execute(delete(NotifyDelivery).where(
+                NotifyDelivery.state != "pending", NotifyDelivery.created < before)).rowcount)
 
     def deliver(self, now: datetime) -> dict[str, int]:
         """Send what is due, oldest first; a channel that fails waits for its next try
