@@ -118,6 +118,10 @@ def test_each_alert_kind_reaches_every_channel_once(
     text = str(listed)
     assert SECRET not in text and generated not in text and Mailbox.PASSWORD not in text
     assert "xyz" not in text
+    if api.svc.engine.dialect.name == "sqlite":  # nor stored in clear
+        stored = Path(str(api.svc.engine.url.database)).read_bytes()
+        for secret in (SECRET, generated, Mailbox.PASSWORD, "/chat/T0/B0/xyz"):
+            assert secret.encode() not in stored
 
     host_id = _host(api, tmp_path)
     with transaction(api.svc.factory) as s:
@@ -188,6 +192,17 @@ def test_each_alert_kind_reaches_every_channel_once(
                if b["event"] == "alert.resolved") == 1
     states = {d["state"] for d in api("GET", "/notify/deliveries?limit=1000")}
     assert states == {"delivered"}
+    # a host forgotten with an undelivered message: the message still goes, as it was
+    receiver.status = 500
+    with transaction(api.svc.factory) as s:
+        alerts.open_alert(s, "drill_failed", "drill failed at the end", host_id=host_id,
+                          severity="critical")
+    n.tick()
+    api("DELETE", "/hosts/web1", 204)
+    receiver.status = 200
+    n.tick(utcnow() + timedelta(hours=1))
+    last = receiver.accepted("/hook")[-1][1]
+    assert last["alert"]["message"] == "drill failed at the end" and last["alert"]["host"] == "web1"
 
 
 def test_a_receiver_that_is_down_gets_everything_once_when_back(

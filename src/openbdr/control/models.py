@@ -220,7 +220,7 @@ class Point(Base):
 class Alert(Base):
     __tablename__ = "alerts"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    #: rpo_breached, job_failed, point_damaged, agent_lost
+    #: rpo_breached, job_failed, point_damaged, drill_failed, … (`alerts.KINDS`)
     kind: Mapped[str] = mapped_column(String(32), index=True)
     severity: Mapped[str] = mapped_column(String(16), default="warning")
     host_id: Mapped[int | None] = mapped_column(
