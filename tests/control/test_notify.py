@@ -368,3 +368,42 @@ def test_cli_and_the_server_s_own_notifier(server: ServerProc, receiver: Receive
     assert "host(s)" in _cli(server, "report", "protection").stdout
     _cli(server, "notify", "channel", "remove", "dead")
     assert "dead" not in _cli(server, "notify", "channel", "list").stdout
+
+
+def test_a_killed_server_delivers_after_restart_once(catalog_url: str, tmp_path: Path) -> None:
+    """SIGKILL of the server while its receiver is down: the restarted server delivers
+    the pending alert once the receiver is back, exactly once."""
+    down = Receiver()  # refuses connections until started
+    srv = ServerProc(tmp_path / "data", catalog_url,
+                     ["--tick", "0.5", "--workers", "1", "--notify-retry", "0.5",
+                      "--repository-full", "100"])
+    srv.start()
+    try:
+        with srv.client() as c:
+            assert c.post("/notify/channels", json={
+                "name": "hook", "type": "webhook", "url": down.url + "/k",
+                "secret": SECRET}).status_code == 201
+            assert c.post("/targets", json={"name": "dr", "url": str(tmp_path / "repo"),
+                                            "init": True}).status_code == 201
+            assert c.post("/hosts", json={
+                "name": "web1", "target": "dr",
+                "source": {"type": "image", "paths": ["/nonexistent.img"]}}).status_code == 201
+            assert c.post("/hosts/web1/sync", json={}).status_code == 201
+            tried = wait_for(lambda: [d for d in c.get("/notify/deliveries").json()
+                                      if d["attempts"] >= 1], timeout=120,
+                             what="a failed delivery attempt")
+            assert tried[0]["state"] == "pending" and "cannot reach" in tried[0]["last_error"]
+        srv.kill()
+        down.start()
+        srv.start()
+        with srv.client() as c:
+            done = wait_for(lambda: [d for d in c.get("/notify/deliveries").json()
+                                     if d["state"] == "delivered"], timeout=120,
+                            what="the delivery after the restart")
+        got = down.accepted("/k")
+        assert [b["alert"]["kind"] for _, b in got] == ["job_failed"]
+        assert got[0][1]["delivery"] == done[0]["id"]
+        assert valid_signature(SECRET, got[0][0], down.hits[0][1])
+    finally:
+        srv.stop()
+        down.stop()
