@@ -23,6 +23,7 @@ from typing import Any
 
 from ..errors import SourceError
 from ..extents import Extent, clip, intersect, normalize
+from ..volume.model import DiskLayout
 from ..volume.reader import FileReader
 from .base import ChangeToken, DiskSnapshot, Host, Snapshot
 from .registry import SourceType, register_source
@@ -100,6 +101,8 @@ class ImageDisk(DiskSnapshot):
         self._probe_readable()
         self.valid_only = valid_only
         self.layout: dict[str, Any] | None = None
+        #: the partition table and file systems found by the last `extents()`
+        self.analysis: DiskLayout | None = None
         self.valid_bytes = self.size
 
     def _probe_readable(self) -> None:
@@ -120,6 +123,7 @@ class ImageDisk(DiskSnapshot):
         from .replay import analyze_replayed
 
         layout = analyze_replayed(self.reader, self.path)
+        self.analysis = layout
         self.layout = layout.to_json()
         why = layout.fallbacks()
         if why:

@@ -17,7 +17,12 @@ from ..errors import OpenBDRError
 from .base import Host
 
 #: modules that register source types when imported (each imports only what it needs)
-BUILTIN = ["openbdr.capture.image", "openbdr.capture.synthetic", "openbdr.capture.linux.served"]
+BUILTIN = [
+    "openbdr.capture.image",
+    "openbdr.capture.synthetic",
+    "openbdr.capture.linux.served",
+    "openbdr.capture.aws",
+]
 
 
 class UnknownSource(OpenBDRError):
