@@ -271,7 +271,7 @@ def hold_lease(factory: sessionmaker[Session], name: str, owner: str, ttl: float
             .where(ServiceLock.name == name,
                    (ServiceLock.owner == owner) | (ServiceLock.expires < now))
             .values(owner=owner, expires=expires)
-        ).rowcount
+        ).rowcount  # type: ignore[attr-defined]
         if got == 1:
             return True
     try:
@@ -345,7 +345,7 @@ class Notifier(threading.Thread):
         before = now - timedelta(days=KEEP_DELIVERIES_DAYS)
         with transaction(self.factory) as s:
             return int(s.execute(delete(NotifyDelivery).where(
-                NotifyDelivery.state != "pending", NotifyDelivery.created < before)).rowcount)
+                NotifyDelivery.state != "pending", NotifyDelivery.created < before)).rowcount)  # type: ignore[attr-defined]
 
     def deliver(self, now: datetime) -> dict[str, int]:
         """Send what is due, oldest first; a channel that fails waits for its next try

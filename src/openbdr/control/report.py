@@ -41,7 +41,7 @@ def protection_report(s: Session, now: datetime | None = None,
         select(Point.host_id, func.count()).where(Point.status == "verified")
         .group_by(Point.host_id)).all())
     names = {hid: name for hid, name, _, _ in hosts}
-    rows = []
+    rows: list[dict[str, Any]] = []
     for hid, name, enabled, policy_id in hosts:
         protection, rpo, age = f.state(hid, enabled, policy_id)
         policy = f.policies.get(policy_id) if policy_id else None
