@@ -407,3 +407,20 @@ def test_a_killed_server_delivers_after_restart_once(catalog_url: str, tmp_path:
     finally:
         srv.stop()
         down.stop()
+
+
+def test_one_notifier_among_server_processes(api: Api, receiver: Receiver,
+                                             tmp_path: Path) -> None:
+    """Two processes' notifiers on one catalog: only the lease holder sends."""
+    api("POST", "/notify/channels", 201, json={
+        "name": "hook", "type": "webhook", "url": receiver.url + "/l", "secret": SECRET})
+    host_id = _host(api, tmp_path)
+    first = api.notifier()
+    other = Notifier(api.svc.factory, api.svc.box, "other-process", full_percent=None)
+    assert first.tick() == {"reports": 0, "delivered": 0, "retry": 0, "expired": 0,
+                            "pruned": 0}
+    with transaction(api.svc.factory) as s:
+        alerts.open_alert(s, "job_failed", "failed", host_id=host_id, severity="error")
+    assert other.tick() == {}  # not the leader: sends nothing
+    assert first.tick()["delivered"] == 1
+    assert len(receiver.accepted("/l")) == 1

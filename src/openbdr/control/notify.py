@@ -312,6 +312,7 @@ class Notifier(threading.Thread):
         self.full_percent, self.capacity_every = full_percent, capacity_every
         self._last_capacity: float | None = None
         self._last_prune: float | None = None
+        self._renewed = 0.0
         self.stopping = threading.Event()
 
     def run(self) -> None:
@@ -324,8 +325,16 @@ class Notifier(threading.Thread):
     def stop(self) -> None:
         self.stopping.set()
 
+    @property
+    def lease_ttl(self) -> float:
+        return max(30.0, self.poll * 6)
+
+    def leader(self) -> bool:
+        self._renewed = time.monotonic()
+        return hold_lease(self.factory, "notifier", self.owner, self.lease_ttl)
+
     def tick(self, now: datetime | None = None) -> dict[str, int]:
-        if not hold_lease(self.factory, "notifier", self.owner, max(30.0, self.poll * 6)):
+        if not self.leader():
             return {}
         now = now or utcnow()
         stats = {"reports": self.queue_reports(now)}
@@ -369,6 +378,9 @@ class Notifier(threading.Thread):
                 continue
             if cid in failed or not enabled:
                 continue
+            # slow channels: keep the lease, or another process would send these again
+            if time.monotonic() - self._renewed > self.lease_ttl / 3 and not self.leader():
+                break
             try:
                 send(kind, config or {}, self.box.open(sealed), did, payload)
             except Exception as exc:
