@@ -31,7 +31,7 @@ VIEWER = {
         "/api/v1/points/{host}/{point_id}", "/api/v1/jobs", "/api/v1/jobs/{job_id}",
         "/api/v1/jobs/{job_id}/logs", "/api/v1/alerts", "/api/v1/overview", "/api/v1/kinds",
         "/metrics", "/api/v1/platforms", "/api/v1/platforms/{name}",
-        "/api/v1/platforms/{name}/vms")
+        "/api/v1/platforms/{name}/vms", "/api/v1/notify/kinds", "/api/v1/reports/protection")
 }
 OPERATOR = {
     ("POST", "/api/v1/policies"), ("PATCH", "/api/v1/policies/{name}"),
@@ -42,6 +42,8 @@ OPERATOR = {
     ("POST", "/api/v1/jobs/{job_id}/cancel"), ("POST", "/api/v1/alerts/{alert_id}/ack"),
     ("POST", "/api/v1/targets/{name}/refresh"), ("POST", "/api/v1/platforms/{name}/test"),
     ("POST", "/api/v1/platforms/{name}/discover"), ("POST", "/api/v1/platforms/{name}/protect"),
+    ("GET", "/api/v1/notify/channels"), ("GET", "/api/v1/notify/channels/{name}"),
+    ("GET", "/api/v1/notify/deliveries"),
 }
 ADMIN = {
     ("POST", "/api/v1/targets"), ("PATCH", "/api/v1/targets/{name}"),
@@ -51,7 +53,9 @@ ADMIN = {
     ("GET", "/api/v1/audit"), ("GET", "/api/v1/agents"),
     ("POST", "/api/v1/agents/enrolment-tokens"), ("DELETE", "/api/v1/agents/{agent_id}"),
     ("POST", "/api/v1/platforms"), ("PATCH", "/api/v1/platforms/{name}"),
-    ("DELETE", "/api/v1/platforms/{name}"),
+    ("DELETE", "/api/v1/platforms/{name}"), ("POST", "/api/v1/notify/channels"),
+    ("PATCH", "/api/v1/notify/channels/{name}"), ("DELETE", "/api/v1/notify/channels/{name}"),
+    ("POST", "/api/v1/notify/channels/{name}/test"),
 }
 AGENT = {("POST", "/api/v1/agent/lease"), ("POST", "/api/v1/agent/jobs/{job_id}/heartbeat"),
          ("POST", "/api/v1/agent/jobs/{job_id}/finish")}

@@ -233,6 +233,42 @@ def test_settings_pages(console_factory: Any, server: ServerProc) -> None:
         assert c.get(f"/hosts/{HOST}").status_code == 200
 
 
+def test_notifications_page(console_factory: Any, server: ServerProc,
+                            tmp_path: Path) -> None:
+    from ..control.notifyfixtures import Receiver, valid_signature
+
+    receiver = Receiver().start()
+    try:
+        tab = console_factory()
+        page = tab.page
+        tab.login_token(server.token)
+        tab.go("#/settings/notifications", "#channels-table")
+        page.get_by_label("Name", exact=True).fill("ops-hook")
+        page.get_by_label("Type").select_option("webhook")
+        page.get_by_label("URL").fill(receiver.url + "/console")
+        page.get_by_label("drill_failed").check()
+        page.get_by_label("Minimum severity").select_option("error")
+        page.get_by_role("button", name="Add channel").click()
+        secret = page.locator("#channel-secret-out .secret").inner_text()
+        assert len(secret) >= 32
+        row = page.locator("#channels-table tbody tr", has_text="ops-hook")
+        assert "drill_failed, ≥ error" in row.inner_text()
+        page.get_by_role("button", name="Test channel ops-hook").click()
+        page.locator("#notify-result", has_text="delivered").wait_for()
+        (headers, body), = receiver.accepted("/console")
+        assert body["event"] == "test"
+        assert valid_signature(secret, headers, receiver.hits[0][1])
+        page.locator("#deliveries-table", has_text="delivered").wait_for()
+        tab.shot("settings-notifications")
+        with page.expect_download() as dl:
+            page.get_by_role("button", name="Download protection report (HTML)").click()
+        saved = tmp_path / "report.html"
+        dl.value.save_as(saved)
+        assert "OpenBDR protection report" in saved.read_text()
+    finally:
+        receiver.stop()
+
+
 def test_phone_width(console_factory: Any) -> None:
     tab = console_factory()
     page = tab.page

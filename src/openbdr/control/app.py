@@ -23,13 +23,21 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import func, select
 
 from .. import __version__
-from . import apierrors, routes_admin, routes_catalog, routes_jobs, routes_platforms
+from . import (
+    apierrors,
+    routes_admin,
+    routes_catalog,
+    routes_jobs,
+    routes_notify,
+    routes_platforms,
+)
 from .auth import DB, require
 from .crypto import SecretBox, digest, new_token
 from .db import make_engine, migrate, session_factory, transaction
 from .jobs import JobQueue
 from .metrics import Metrics
 from .models import ApiToken, User
+from .notify import Notifier
 from .registry import load_plugins
 from .scheduler import KEEP_JOBS_DAYS, Scheduler
 from .services import Services
@@ -52,6 +60,12 @@ class ServerConfig:
     poll: float = 1.0
     #: local repositories may only be created or opened below these directories (none: any)
     repository_roots: tuple[Path, ...] = ()
+    #: notifications: first retry after this many seconds (doubling), given up after
+    #: `notify_expire`; a directory repository this full (percent) is alerted
+    notify_retry: float = 15.0
+    notify_expire: float = 86400.0
+    notify_poll: float = 2.0
+    repository_full_percent: float = 90.0
 
     @property
     def database_url(self) -> str:
@@ -143,6 +157,9 @@ def create_app(config: ServerConfig, svc: Services | None = None,
             threads.append(Scheduler(svc.factory, svc.queue, svc.box, svc.server_id,
                                      tick=config.tick, refresh_every=config.refresh_every,
                                      keep_jobs=config.keep_jobs_days * 86400))
+            threads.append(Notifier(svc.factory, svc.box, svc.server_id, poll=config.notify_poll,
+                                    retry=config.notify_retry, expire=config.notify_expire,
+                                    full_percent=config.repository_full_percent))
         for t in threads:
             t.start()
         _ready_for_requests(svc)
@@ -170,6 +187,7 @@ def create_app(config: ServerConfig, svc: Services | None = None,
     app.include_router(routes_catalog.router)
     app.include_router(routes_jobs.router)
     app.include_router(routes_platforms.router)
+    app.include_router(routes_notify.router)
     from ..web import install as install_console
 
     install_console(app)  # the web console: `/`, `/console/…`, `/api/v1/console/…`

@@ -112,6 +112,11 @@ def server_cmd(
         min=0, help="Delete finished jobs and their logs this many days after they ended "
         "(0: keep them; a host's newest job of each kind always stays).")] = 7.0,
     migrate_only: Annotated[bool, typer.Option(help="Upgrade the catalog and exit.")] = False,
+    notify_retry: Annotated[float, typer.Option(
+        min=0.1, help="Seconds before a failed notification is sent again (doubling).")] = 15.0,
+    repository_full: Annotated[float, typer.Option(
+        min=1, max=100, help="Alert when a directory repository's file system is this "
+        "full (percent).")] = 90.0,
     repository_root: Annotated[list[Path] | None, typer.Option(
         "--repository-root",
         help="Allow local repositories only below this directory (repeatable; default: any).",
@@ -123,7 +128,8 @@ def server_cmd(
 
     config = ServerConfig(data, database, workers=workers, scheduler=scheduler, tick=tick,
                           lease_ttl=lease_ttl, repository_roots=tuple(repository_root or ()),
-                          keep_jobs_days=keep_jobs_days)
+                          keep_jobs_days=keep_jobs_days, notify_retry=notify_retry,
+                          repository_full_percent=repository_full)
     if migrate_only:
         open_services(config).engine.dispose()
         out.print(f"catalog {config.database_url.split('@')[-1]} is up to date")
@@ -533,3 +539,7 @@ def register(app: typer.Typer) -> None:
     from .cli_platforms import platform_app
 
     app.add_typer(platform_app, name="platform")
+    from .cli_notify import notify_app, report_app
+
+    app.add_typer(notify_app, name="notify")
+    app.add_typer(report_app, name="report")

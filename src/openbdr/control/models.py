@@ -220,7 +220,7 @@ class Point(Base):
 class Alert(Base):
     __tablename__ = "alerts"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    #: rpo_breached, job_failed, point_damaged, agent_lost
+    #: rpo_breached, job_failed, point_damaged, drill_failed, … (`alerts.KINDS`)
     kind: Mapped[str] = mapped_column(String(32), index=True)
     severity: Mapped[str] = mapped_column(String(16), default="warning")
     host_id: Mapped[int | None] = mapped_column(
@@ -233,6 +233,9 @@ class Alert(Base):
     opened: Mapped[datetime] = mapped_column(default=utcnow)
     resolved: Mapped[datetime | None] = mapped_column(nullable=True, index=True)
     acknowledged_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    #: what the alert is about when not a host (a target: `target:<name>`): one open alert
+    #: per (kind, host, subject)
+    subject: Mapped[str | None] = mapped_column(String(256), nullable=True)
 
 
 class AuditEntry(Base):
@@ -279,3 +282,53 @@ class ServiceLock(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     owner: Mapped[str] = mapped_column(String(256))
     expires: Mapped[datetime] = mapped_column()
+
+
+class NotifyChannel(Base):
+    """Where alerts and protection reports go: a webhook, an SMTP mailbox or a chat hook.
+
+    `config` holds what may be shown (URL, SMTP host, addresses); `secrets` is sealed JSON
+    (webhook secret, SMTP password), never returned by the API."""
+
+    __tablename__ = "notify_channels"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    #: webhook, email, chat
+    type: Mapped[str] = mapped_column(String(16))
+    config: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    secrets: Mapped[str | None] = mapped_column(Text, nullable=True)
+    #: alert kinds this channel receives ([] = every kind)
+    kinds: Mapped[list[Any]] = mapped_column(default=list)
+    min_severity: Mapped[str] = mapped_column(String(16), default="warning")
+    #: also tell when an alert is resolved
+    resolved: Mapped[bool] = mapped_column(Boolean, default=True)
+    #: the protection report: None, "daily" or "weekly"
+    report: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    report_last: Mapped[datetime | None] = mapped_column(nullable=True)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    created: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class NotifyDelivery(Base):
+    """One message to one channel, kept until delivered or expired: the delivery worker's
+    queue survives a server restart. `payload` is frozen when the event happens."""
+
+    __tablename__ = "notify_deliveries"
+    __table_args__ = (Index("ix_notify_deliveries_due", "state", "next_attempt"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    channel_id: Mapped[int] = mapped_column(
+        ForeignKey("notify_channels.id", ondelete="CASCADE"), index=True
+    )
+    alert_id: Mapped[int | None] = mapped_column(
+        ForeignKey("alerts.id", ondelete="SET NULL"), nullable=True
+    )
+    #: alert.opened, alert.resolved, report, test
+    event: Mapped[str] = mapped_column(String(32))
+    payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    #: pending, delivered, failed (the test button's one try), expired
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt: Mapped[datetime] = mapped_column(default=utcnow)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    delivered: Mapped[datetime | None] = mapped_column(nullable=True)

@@ -2,9 +2,11 @@
 import { del, get, post } from "../js/api.js";
 import { act, ago, badge, bytes, cell, confirmAction, duration, fill, h, table, when } from "../js/dom.js";
 import { jobSummary } from "./common.js";
+import { notifications } from "./notifications.js";
 
 const TABS = [["targets", "Targets", "viewer"], ["users", "Users and tokens", "admin"],
-  ["agents", "Agents", "admin"], ["audit", "Audit log", "admin"]];
+  ["agents", "Agents", "admin"], ["notifications", "Notifications", "viewer"],
+  ["audit", "Audit log", "admin"]];
 
 export const settingsView = {
   async enter(st) {
@@ -26,7 +28,7 @@ export const settingsView = {
   async refresh(st) {
     if (st.noop) return;
     if (st.body.querySelector("form[data-dirty='1']")) return; // do not wipe a form being filled in
-    await { targets, users, agents, audit }[st.tab](st);
+    await { targets, users, agents, notifications, audit }[st.tab](st);
   },
 };
 
