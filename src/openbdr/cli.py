@@ -109,12 +109,28 @@ def repo_init(
     encrypt: Annotated[
         bool, typer.Option("--encrypt", help="Encrypt with AES-256-GCM under a passphrase.")
     ] = False,
+    object_lock: Annotated[
+        bool,
+        typer.Option(
+            "--object-lock",
+            help="Immutable points: S3 Object Lock (the bucket must have it; a new one gets it).",
+        ),
+    ] = False,
+    lock_mode: Annotated[
+        str, typer.Option("--lock-mode", help="compliance or governance.")
+    ] = "compliance",
+    lock_days: Annotated[
+        float, typer.Option("--lock-days", help="Days each point stays immutable.")
+    ] = 30,
 ) -> None:
     """Create an empty repository."""
+    from .store.objects.immutable import ObjectLock
     from .store.objects.repository import Repository
 
-    r = Repository.init(repo, encrypt=encrypt)
-    out.print(f"created repository {r.id} at {r.url}")
+    lock = ObjectLock(lock_mode.upper(), lock_days * 86400.0) if object_lock else None
+    r = Repository.init(repo, encrypt=encrypt, object_lock=lock)
+    extra = f" (points immutable for {lock_days:g} days, {lock.mode})" if lock else ""
+    out.print(f"created repository {r.id} at {r.url}{extra}")
 
 
 @app.command("sync")
@@ -440,6 +456,81 @@ def forget(
         out.print(f"{verdict} {row['host']} {row['point']} {row['created']} {why}", highlight=False)
     gone = sum(not r["keep"] for r in rows)
     out.print(f"{len(rows) - gone} kept, {gone} {'to forget' if dry_run else 'forgotten'}")
+
+
+def _password(path: str | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        with open(path) as f:
+            value = f.read().rstrip("\r\n")
+    except OSError as exc:
+        raise OpenBDRError(f"cannot read password file {path}: {exc.strerror}") from None
+    if not value:
+        raise OpenBDRError(f"password file {path} is empty")
+    return value
+
+
+@app.command("copy")
+def copy_cmd(
+    from_url: Annotated[str, typer.Option("--from", help="Source repository or target.")],
+    to_url: Annotated[str, typer.Option("--to", help="Destination repository or target.")],
+    host: Annotated[
+        str | None, typer.Option("--host", "-H", help="Only this host (default: every one).")
+    ] = None,
+    point: Annotated[
+        str | None, typer.Option("--point", "-p", help="Only this point (id, prefix, latest).")
+    ] = None,
+    from_password_file: Annotated[
+        str | None, typer.Option("--from-password-file", help="Passphrase of the source.")
+    ] = None,
+    to_password_file: Annotated[
+        str | None, typer.Option("--to-password-file", help="Passphrase of the destination.")
+    ] = None,
+    compression: Annotated[
+        str | None, typer.Option(help="Destination codec (default: the point's).")
+    ] = None,
+    keep_last: Annotated[int, typer.Option("--keep-last", help="Destination retention.")] = 0,
+    keep_hourly: Annotated[int, typer.Option("--keep-hourly")] = 0,
+    keep_daily: Annotated[int, typer.Option("--keep-daily")] = 0,
+    keep_weekly: Annotated[int, typer.Option("--keep-weekly")] = 0,
+    keep_monthly: Annotated[int, typer.Option("--keep-monthly")] = 0,
+    json_out: JsonOpt = False,
+) -> None:
+    """Copy restore points to a second site: those newer than the destination's newest
+    copy (resumable; read back at the destination); then apply --keep-* there."""
+    from .store.copy import copy_host
+    from .store.retention import Policy
+    from .store.retention import forget as do_forget
+    from .store.target import open_target
+
+    if point is not None and host is None:
+        raise OpenBDRError("--point needs --host", "name the host of the point")
+    src = open_target(from_url, passphrase=_password(from_password_file))
+    dst = open_target(to_url, passphrase=_password(to_password_file))
+    codec = Codec.parse(compression) if compression else None
+    policy = Policy(keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly)
+    rows = []
+    for h in [host] if host else src.hosts():
+        rep = copy_host(src, dst, h, point=point, compression=codec)
+        forgotten = 0
+        if any((keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly)):
+            forgotten = sum(not d.keep for d in do_forget(dst, policy, h))
+        rows.append({"host": h, **vars(rep), "forgotten": forgotten})
+    if json_out:
+        out.print_json(json.dumps({"hosts": rows}))
+    else:
+        for r in rows:
+            out.print(
+                f"{r['host']}: {len(r['copied'])} point(s) copied, {r['present']} already there, "
+                f"{r['blocks_read']} block(s) read, {r['chunks_stored']} chunk(s) stored "
+                f"({_size(r['stored_bytes'])}), {r['verified_blocks']} read back"
+                + (f", {r['forgotten']} forgotten at the destination" if r["forgotten"] else ""),
+                highlight=False,
+            )
+    failed = [f for r in rows for f in r["failed"]]
+    if failed:
+        raise OpenBDRError(f"{len(failed)} point(s) not copied: {failed[0]}", "see `verify`")
 
 
 @app.command()

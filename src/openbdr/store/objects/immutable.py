@@ -1,0 +1,121 @@
+"""Immutable restore points: S3 Object Lock retention of everything a point needs.
+
+The repository's config holds `object_lock: {"mode", "seconds"}` (N). A point committed at
+time T is retained until T + N: its manifest and indexes are written with that
+retain-until date (`locked_until` in the manifest). Chunks are shared by many points, so
+their retention must cover every point that references them. The rule (docs/security.md):
+
+- whenever a chunk's retention is set or extended, it is set to now + 2N;
+- each manifest records `chunks_locked_until`, a date before which none of its chunks can
+  be deleted;
+- at commit, if the parent point's `chunks_locked_until` is at least T + N, chunks the
+  new point shares with its parent need nothing; every other chunk the point references
+  (new ones, and all of them once the parent's bound runs short) is extended to T + 2N.
+
+So a sync extends only its new chunks, and every chunk of a host is re-extended once per
+N (an incremental every hour with N = 30 days renews all chunks once a month). Retention
+(`forget`) skips a point before its `locked_until` and gc never deletes a locked object
+(S3 refuses it; gc counts it and tries again next time).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from ...errors import OpenBDRError
+from ..blobs import Blobs
+from ..manifest import RestorePoint
+from .layout import chunk_key
+
+log = logging.getLogger(__name__)
+
+MODES = ("COMPLIANCE", "GOVERNANCE")
+
+
+@dataclass(frozen=True)
+class ObjectLock:
+    """How long a point stays immutable, and whether the maintenance role can lift it
+    (GOVERNANCE with s3:BypassGovernanceRetention) or nobody can (COMPLIANCE)."""
+
+    mode: str = "COMPLIANCE"
+    seconds: float = 30 * 86400.0
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise OpenBDRError(
+                f"bad Object Lock mode {self.mode!r}", "use compliance or governance"
+            )
+        if self.seconds <= 0:
+            raise OpenBDRError(f"bad lock period {self.seconds!r}", "give --lock-days of 1 or more")
+
+    def to_config(self) -> dict[str, Any]:
+        return {"mode": self.mode, "seconds": self.seconds}
+
+    @classmethod
+    def from_config(cls, raw: object) -> ObjectLock | None:
+        if not raw:
+            return None
+        if not isinstance(raw, dict):
+            raise ValueError("object_lock is not an object")
+        return cls(str(raw.get("mode", "COMPLIANCE")), float(raw["seconds"]))
+
+
+def when(iso: str | None) -> datetime | None:
+    if not iso:
+        return None
+    try:
+        t = datetime.fromisoformat(iso)
+    except ValueError:
+        return None
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
+
+
+def iso(t: datetime) -> str:
+    return t.astimezone(UTC).isoformat()
+
+
+def locked(point: RestorePoint, now: datetime | None = None) -> datetime | None:
+    """The date until which `point` is immutable, if that is still ahead."""
+    until = when(point.locked_until)
+    if until is None or until <= (now or datetime.now(UTC)):
+        return None
+    return until
+
+
+def extend_chunks(blobs: Blobs, lock: ObjectLock, ids: Iterable[bytes], until: datetime) -> int:
+    """Set (or extend) the retention of these chunks to `until`, many requests at once."""
+    keys = [chunk_key(cid) for cid in ids]
+    if not keys:
+        return 0
+    with ThreadPoolExecutor(max(1, min(blobs.concurrency, 32)), thread_name_prefix="lock") as pool:
+        for _ in pool.map(lambda k: blobs.retain(k, lock.mode, until), keys):
+            pass
+    return len(keys)
+
+
+def chunk_bound(
+    blobs: Blobs,
+    lock: ObjectLock,
+    committed: datetime,
+    referenced: set[bytes],
+    parent: RestorePoint | None,
+    parent_ids: set[bytes],
+) -> datetime:
+    """Apply the rule above at a commit at `committed`; return the new point's
+    `chunks_locked_until`."""
+    need = committed + timedelta(seconds=lock.seconds)
+    until = committed + timedelta(seconds=2 * lock.seconds)
+    bound = when(parent.chunks_locked_until) if parent is not None else None
+    if bound is not None and bound >= need:
+        todo = referenced - parent_ids
+        n = extend_chunks(blobs, lock, todo, until)
+        log.info("object lock: %d new chunk(s) retained until %s", n, iso(until))
+        return min(bound, until) if referenced & parent_ids else until
+    n = extend_chunks(blobs, lock, referenced, until)
+    log.info("object lock: %d chunk(s) retained until %s", n, iso(until))
+    return until
