@@ -183,13 +183,18 @@ class S3Blobs(Blobs):
             raise
         if obj["Data"] != expected:
             return False
-        try:
-            self._call("put_object", Key=self._key(key), Body=data, IfMatch=obj["ETag"])
-        except botocore.exceptions.ClientError as exc:
-            if self._code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
-                return self._is_ours(key, data)
-            raise
-        return True
+        etag = str(obj["ETag"])
+        # RGW 16 matches If-Match on PUT only against the bare ETag, AWS the quoted one:
+        # both are conditions on the same version, so trying the second is still safe
+        for tag in dict.fromkeys((etag, etag.strip('"'))):
+            try:
+                self._call("put_object", Key=self._key(key), Body=data, IfMatch=tag)
+            except botocore.exceptions.ClientError as exc:
+                if self._code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+                    continue
+                raise
+            return True
+        return self._is_ours(key, data)
 
     def get(self, key: str) -> bytes:
         try:
