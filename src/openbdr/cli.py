@@ -133,6 +133,38 @@ def repo_init(
     out.print(f"created repository {r.id} at {r.url}{extra}")
 
 
+@repo_app.command("sync-policy")
+def repo_sync_policy(
+    repo: Annotated[str, typer.Argument(help="s3://bucket/prefix of the repository.")],
+    principal: Annotated[
+        list[str],
+        typer.Option(
+            "--principal",
+            help="ARN of the write-only role, e.g. arn:aws:iam:::user/owner:sync (RGW subuser).",
+        ),
+    ],
+    apply: Annotated[
+        bool, typer.Option("--apply", help="Set it as the bucket's policy (replaces it).")
+    ] = False,
+) -> None:
+    """Print (or set) the bucket policy that makes sync credentials write-only."""
+    from urllib.parse import urlparse
+
+    from .store.objects.immutable import sync_role_policy
+
+    u = urlparse(repo)
+    if u.scheme != "s3" or not u.netloc:
+        raise OpenBDRError(f"{repo} is not an S3 repository", "give s3://bucket/prefix")
+    policy = json.dumps(sync_role_policy(u.netloc, u.path, principal), indent=1)
+    if not apply:
+        out.print(policy, highlight=False, markup=False, soft_wrap=True)
+        return
+    from .store.s3 import S3Blobs
+
+    S3Blobs(repo).client.put_bucket_policy(Bucket=u.netloc, Policy=policy)
+    out.print(f"bucket {u.netloc}: write-only policy set for {', '.join(principal)}")
+
+
 @app.command("sync")
 def sync_cmd(
     repo: RepoOpt,

@@ -119,3 +119,47 @@ def chunk_bound(
     n = extend_chunks(blobs, lock, referenced, until)
     log.info("object lock: %d chunk(s) retained until %s", n, iso(until))
     return until
+
+
+#: what a write-only (sync) role may delete: its own leases and checkpoints
+SYNC_DELETABLE = ("locks/", "checkpoints/")
+#: every other top-level name of the layout (layout.py): the role may never delete these
+PROTECTED = ("config", "keys/", "chunks/", "indexes/", "points/", "scrub/", "gc/", "drills/")
+
+
+def sync_role_policy(bucket: str, prefix: str, principals: list[str]) -> dict[str, Any]:
+    """The S3 bucket policy that makes `principals` write-only on a repository: they may
+    read, put and extend retentions, delete only under locks/ and checkpoints/, and never
+    bypass governance retention nor change the bucket's policy, versioning, Object Lock
+    or lifecycle. Deny statements only: on Ceph RGW the role is a subuser of the
+    repository's owner (its other rights are the owner's); with separate AWS accounts
+    or IAM users, grant them read/put/list as usual (docs/security.md)."""
+    base = f"arn:aws:s3:::{bucket}/" + (prefix.strip("/") + "/" if prefix.strip("/") else "")
+    who = {"AWS": principals}
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "OpenBDRSyncNeverDeletesPoints",
+                "Effect": "Deny",
+                "Principal": who,
+                "Action": ["s3:DeleteObject", "s3:DeleteObjectVersion"],
+                "Resource": [base + name + ("*" if name.endswith("/") else "") for name in PROTECTED],
+            },
+            {
+                "Sid": "OpenBDRSyncNeverUnlocks",
+                "Effect": "Deny",
+                "Principal": who,
+                "Action": [
+                    "s3:BypassGovernanceRetention",
+                    "s3:PutBucketPolicy",
+                    "s3:DeleteBucketPolicy",
+                    "s3:PutBucketVersioning",
+                    "s3:PutBucketObjectLockConfiguration",
+                    "s3:PutLifecycleConfiguration",
+                    "s3:DeleteBucket",
+                ],
+                "Resource": [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"],
+            },
+        ],
+    }

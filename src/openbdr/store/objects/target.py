@@ -409,6 +409,7 @@ class ObjectTarget(Target):
         left to gc. Under the maintenance lease, so that gc never marks half a point."""
         if not points:
             return
+        refused: list[str] = []
         with maintenance_lease(self.repo):
             for p in points:
                 if p.unreadable:
@@ -433,8 +434,13 @@ class ObjectTarget(Target):
                     for disk in p.disks:
                         self.repo.blobs.delete(disk.index_key)
                 except LockedObject as exc:
-                    log.warning("%s point %s: %s; kept", p.host, p.id, exc.what)
+                    refused.append(f"{p.host} point {p.id}: {exc.what}")
             self.repo.blobs.flush()
+        if refused:
+            raise LockedObject(
+                f"{len(refused)} point(s) could not be removed; first: {refused[0]}",
+                "forget and gc need the maintenance credentials (docs/security.md)",
+            )
 
     def verify(
         self,
