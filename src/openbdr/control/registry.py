@@ -32,6 +32,7 @@ PLUGINS = [
     "openbdr.control.runners",
     "openbdr.control.platform_jobs",
     "openbdr.control.drills",
+    "openbdr.control.copy_jobs",
     "openbdr.retention.control",
     "openbdr.gc.control",
 ]

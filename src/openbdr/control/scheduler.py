@@ -234,6 +234,8 @@ class Scheduler(threading.Thread):
             ("retention", lambda p: (p.retention or {}).get("every_seconds", 86400)
              if p.retention else None),
             ("drill", lambda p: p.drill_seconds),
+            ("copy", lambda p: (p.copy or {}).get("every_seconds") if (p.copy or {}).get("target")
+             else None),
         ]
         started = 0
         schedules = [(kind, every) for kind, every in schedules if kind in KINDS]
