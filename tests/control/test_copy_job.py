@@ -16,10 +16,10 @@ def test_policy_copy_is_scheduled_and_shown(server: ServerProc, tmp_path: Path) 
     for name in ("dr", "offsite"):
         r = c.post("/targets", json={"name": name, "url": str(tmp_path / name), "init": True})
         assert r.status_code == 201, r.text
-    r = c.post("/policies", json={"name": "gold", "rpo_seconds": 3600, "copy": {
+    r = c.post("/policies", json={"name": "gold", "rpo_seconds": 3600, "copy_plan": {
         "target": "offsite", "every_seconds": 300, "keep_last": 3}})
     assert r.status_code == 201, r.text
-    assert r.json()["copy"]["target"] == "offsite"
+    assert r.json()["copy_plan"]["target"] == "offsite"
     r = c.post("/hosts", json={"name": "web1", "target": "dr", "policy": "gold",
                                "source": {"type": "image", "paths": [str(image)]}})
     assert r.status_code == 201, r.text

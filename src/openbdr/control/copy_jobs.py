@@ -1,6 +1,6 @@
 """The `copy` job kind: a host's new restore points to its policy's second site.
 
-The destination (the policy's `copy.target`, or `params.to`) is joined into the spec
+The destination (the policy's `copy_plan.target`, or `params.to`) is joined into the spec
 with its secrets when a worker leases the job (`JobQueue._copy_to`). The result names
 the destination and its newest point: the host status shows, per destination, how old
 the newest copy is (a second RPO, `status.copies`).
@@ -26,9 +26,9 @@ def run_copy(ctx: JobContext) -> dict[str, Any]:
     if not spec.copy_to:
         raise OpenBDRError(
             f"copy job {spec.id} of {host} has no destination target",
-            "set the policy's copy.target to a target's name (or give params.to)",
+            "set the policy's copy_plan.target to a target's name (or give params.to)",
         )
-    plan = dict(spec.policy.get("copy") or {})
+    plan = dict(spec.policy.get("copy_plan") or {})
     src = ctx.open_target()
     dst = open_target(spec.copy_to["url"], spec.copy_to.get("secrets") or {}, init=True)
     try:

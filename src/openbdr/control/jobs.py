@@ -85,7 +85,7 @@ def policy_json(policy: Policy | None) -> dict[str, Any]:
         "retention": policy.retention,
         "full_resync_seconds": policy.full_resync_seconds,
         "drill_plan": policy.drill_plan,
-        "copy": policy.copy or {},
+        "copy_plan": policy.copy_plan or {},
     }
 
 
@@ -205,7 +205,7 @@ class JobQueue:
         """A copy job's destination: `params.to`, else its host's policy's copy target."""
         if job.kind != "copy":
             return None
-        name = (job.params or {}).get("to") or ((policy.copy or {}) if policy else {}).get("target")
+        name = (job.params or {}).get("to") or ((policy.copy_plan or {}) if policy else {}).get("target")
         t = s.scalar(select(Target).where(Target.name == name)) if name else None
         if t is None:
             return None

@@ -169,7 +169,7 @@ def list_policies(s: DB, _p: Viewer) -> list[dict[str, Any]]:
 @router.post("/policies", response_model=PolicyOut, status_code=201, tags=["policies"])
 def add_policy(body: PolicyIn, s: DB, p: Operator) -> dict[str, Any]:
     pol = Policy(name=body.name, rpo_seconds=3600, compression="none", compression_level=1,
-                 bwlimit=0, bandwidth_windows=[], retention={}, drill_plan={}, copy={},
+                 bwlimit=0, bandwidth_windows=[], retention={}, drill_plan={}, copy_plan={},
                  enabled=True)
     changed = _apply(pol, body)
     s.add(pol)

@@ -234,7 +234,8 @@ class Scheduler(threading.Thread):
             ("retention", lambda p: (p.retention or {}).get("every_seconds", 86400)
              if p.retention else None),
             ("drill", lambda p: p.drill_seconds),
-            ("copy", lambda p: (p.copy or {}).get("every_seconds") if (p.copy or {}).get("target")
+            ("copy", lambda p: (p.copy_plan or {}).get("every_seconds")
+             if (p.copy_plan or {}).get("target")
              else None),
         ]
         started = 0

@@ -146,7 +146,7 @@ class PolicyFields(Strict):
     verify_seconds: int | None = Field(default=None, ge=60, le=YEARS10)
     drill_seconds: int | None = Field(default=None, ge=3600, le=YEARS10)
     drill_plan: dict[str, Any] | None = None
-    copy: CopyPlan | None = None
+    copy_plan: CopyPlan | None = None
     enabled: bool | None = None
 
 
@@ -167,7 +167,7 @@ class PolicyOut(BaseModel):
     verify_seconds: int | None
     drill_seconds: int | None
     drill_plan: dict[str, Any]
-    copy: dict[str, Any] = Field(default_factory=dict)
+    copy_plan: dict[str, Any] = Field(default_factory=dict)
     enabled: bool
     created: datetime
 

@@ -1,4 +1,4 @@
-"""A policy's copy to a second site: {"target", "every_seconds", "keep_*"} (docs/copy.md).
+"""A policy's copy_plan: copy to a second site: {"target", "every_seconds", "keep_*"} (docs/copy.md).
 
 Revision ID: 0006
 Revises: 0005
@@ -17,9 +17,9 @@ depends_on = None
 
 def upgrade() -> None:
     with op.batch_alter_table("policies") as batch:
-        batch.add_column(sa.Column("copy", sa.JSON, nullable=False, server_default="{}"))
+        batch.add_column(sa.Column("copy_plan", sa.JSON, nullable=False, server_default="{}"))
 
 
 def downgrade() -> None:
     with op.batch_alter_table("policies") as batch:
-        batch.drop_column("copy")
+        batch.drop_column("copy_plan")
