@@ -268,8 +268,10 @@ def points(
             ]
         out.print_json(json.dumps(rows))
         return
+    locks = any(r["locked_until"] for r in rows)  # an Object Lock repository
     table = Table(
-        "host", "point", "created", "consistency", "status", "disks", "size", "stored", "mode"
+        "host", "point", "created", "consistency", "status", "disks", "size", "stored", "mode",
+        *(["locked until"] if locks else []),
     )
     for r in rows:
         table.add_row(
@@ -282,6 +284,7 @@ def points(
             _size(r["size"]),
             _size(r["stored_bytes"]),
             r["mode"],
+            *([str(r["locked_until"] or "")[:19]] if locks else []),
         )
     out.print(table)
 

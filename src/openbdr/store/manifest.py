@@ -178,4 +178,6 @@ class RestorePoint:
             "size": sum(d.size for d in self.disks),
             "stored_bytes": sum(d.stored_bytes for d in self.disks),
             "mode": ",".join(sorted({d.mode for d in self.disks})),
+            "locked_until": self.locked_until,
+            "copy_of": self.copy_of.get("point") if self.copy_of else None,
         }
