@@ -27,7 +27,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from ..blocks import ZERO_BLOCK
+from ..blocks import BLOCK_SIZE, ZERO_BLOCK
 from ..chunk import ID_SIZE, ZERO_ID, Codec
 from ..errors import CorruptionError, OpenBDRError
 from .index import DiskIndex
@@ -120,6 +120,14 @@ def copy_point(
                 if mode == "incremental":
                     assert ids is not None and ref_ids is not None
                     blocks = _changed(ids, ref_ids)
+                    # blocks whose chunk a scrub found damaged at the destination: again
+                    repair = {
+                        i
+                        for e in session.repair_extents(d.name, d.size)
+                        for i in range(e.offset // BLOCK_SIZE, -(-e.end // BLOCK_SIZE))
+                    }
+                    if repair:
+                        blocks = sorted(set(blocks) | repair)
                 else:
                     blocks = list(reader.allocated())
                 written[d.index] = blocks
