@@ -158,14 +158,15 @@ def job_brief(j: Row[Any] | None) -> dict[str, Any] | None:
             "result": {k: v for k, v in result.items() if k != "point"}}
 
 
-def copies(s: Session, ids: list[int], now: datetime) -> dict[int, list[dict[str, Any]]]:
-    """Per host, per destination target: the newest point its last successful copy job
-    left there, and its age (the second site's RPO lag)."""
-    rows = s.execute(
-        select(Job.host_id, Job.result, Job.finished)
-        .where(Job.kind == "copy", Job.state == "succeeded", Job.host_id.in_(ids))
-        .order_by(Job.finished.desc())
+def copies(s: Session, ids: list[int] | None, now: datetime) -> dict[int, list[dict[str, Any]]]:
+    """Per host (these, or every one), per destination target: the newest point its last
+    successful copy job left there, and its age (the second site's RPO lag)."""
+    q = select(Job.host_id, Job.result, Job.finished).where(
+        Job.kind == "copy", Job.state == "succeeded"
     )
+    if ids is not None:
+        q = q.where(Job.host_id.in_(ids))
+    rows = s.execute(q.order_by(Job.finished.desc()))
     out: dict[int, dict[str, dict[str, Any]]] = {}
     for host_id, result, finished in rows:
         to = (result or {}).get("to")
