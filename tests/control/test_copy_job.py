@@ -37,6 +37,9 @@ def test_policy_copy_is_scheduled_and_shown(server: ServerProc, tmp_path: Path) 
     (where,) = status["copies"]
     assert where["target"] == "offsite" and where["point"] == point
     assert where["age_seconds"] >= 0
+    dash = c.get("/console/dashboard").json()
+    (row,) = [r for r in dash["hosts"] if r["name"] == "web1"]
+    assert row["copy_age_seconds"] is not None and row["copy_age_seconds"] >= 0
     out = tmp_path / "from-offsite.img"
     openbdr("restore", "-r", str(tmp_path / "offsite"), "-H", "web1", "-p", point,
             "--to", str(out))
