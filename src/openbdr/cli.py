@@ -127,6 +127,8 @@ def repo_init(
     from .store.objects.immutable import ObjectLock
     from .store.objects.repository import Repository
 
+    if not object_lock and (lock_mode != "compliance" or lock_days != 30):
+        raise OpenBDRError("--lock-mode and --lock-days need --object-lock", "add --object-lock")
     lock = ObjectLock(lock_mode.upper(), lock_days * 86400.0) if object_lock else None
     r = Repository.init(repo, encrypt=encrypt, object_lock=lock)
     extra = f" (points immutable for {lock_days:g} days, {lock.mode})" if lock else ""

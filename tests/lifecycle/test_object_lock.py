@@ -140,7 +140,9 @@ def test_locked_points_survive_attackers_until_their_date(
     assert sha256(restored) == first_sha
 
     # after the date (chunks are retained twice the period): retention removes it
-    time.sleep(max(0.0, started + 2 * LOCK_S + 3 - time.time()))
+    first_until = datetime.fromisoformat(points[0]["locked_until"]).timestamp()
+    assert first_until >= started + LOCK_S
+    time.sleep(max(0.0, first_until + LOCK_S + 2 - time.time()))  # chunks: commit + 2N
     # ... but not with the write-only credentials (which say so in one line)
     proc = openbdr("forget", "-r", url, "--keep-last", "1", env=sync, check=False)
     assert proc.returncode != 0 and "could not be removed" in proc.stderr
@@ -155,3 +157,40 @@ def test_locked_points_survive_attackers_until_their_date(
     openbdr("restore", "-r", url, "-H", "db1", "-p", second, "--to", str(restored))
     assert sha256(restored) == second_sha
     openbdr("verify", "-r", url, "--deep")
+
+
+def test_chunk_retention_rule_extends_only_what_the_parent_does_not_cover() -> None:
+    """The rule of immutable.py: shared chunks ride on the parent's bound until it runs
+    short of this point's date, then every chunk of the point is extended."""
+    from openbdr.store.manifest import RestorePoint
+    from openbdr.store.memory import MemoryBlobs
+    from openbdr.store.objects.immutable import ObjectLock, chunk_bound, iso
+
+    class Recording(MemoryBlobs):
+        def __init__(self) -> None:
+            super().__init__(f"memory://lock-{uuid.uuid4().hex}", create=True)
+            self.retained: dict[str, datetime] = {}
+
+        def retain(self, key: str, mode: str, until: datetime) -> None:
+            self.retained[key] = until
+
+    lock = ObjectLock("COMPLIANCE", 100.0)
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    old, shared, new = b"\x01" * 32, b"\x02" * 32, b"\x03" * 32
+    blobs = Recording()
+    bound = chunk_bound(blobs, lock, t0, {old, shared}, None, set())
+    assert bound == t0 + timedelta(seconds=200) and len(blobs.retained) == 2
+    parent = RestorePoint("h", "p1", iso(t0), "crash", [], chunks_locked_until=iso(bound))
+    # 50 s later: the parent's bound (t0 + 200) covers t + 100: only the new chunk
+    blobs.retained.clear()
+    t1 = t0 + timedelta(seconds=50)
+    b1 = chunk_bound(blobs, lock, t1, {shared, new}, parent, {old, shared})
+    assert [k.rsplit("/", 1)[1] for k in blobs.retained] == [new.hex()]
+    assert b1 == bound  # min(parent bound, t1 + 200)
+    # 150 s later: the bound no longer covers t + 100: every chunk is extended
+    blobs.retained.clear()
+    child = RestorePoint("h", "p2", iso(t1), "crash", [], chunks_locked_until=iso(b1))
+    t2 = t0 + timedelta(seconds=150)
+    b2 = chunk_bound(blobs, lock, t2, {shared, new}, child, {shared, new})
+    assert len(blobs.retained) == 2 and b2 == t2 + timedelta(seconds=200)
+    assert all(u == b2 for u in blobs.retained.values())
