@@ -125,6 +125,8 @@ def test_locked_points_survive_attackers_until_their_date(
     _denied(s3.delete_object, Bucket=bucket, Key=chunks[0], VersionId=original)
     _denied(s3.delete_object, Bucket=bucket, Key=manifest,
             VersionId=s3.head_object(Bucket=bucket, Key=manifest)["VersionId"])
+    _denied(s3.delete_object, Bucket=bucket, Key="repo/config",
+            VersionId=s3.head_object(Bucket=bucket, Key="repo/config")["VersionId"])
     kept = s3.get_object(Bucket=bucket, Key=chunks[0], VersionId=original)["Body"].read()
     assert kept == good
     s3.delete_object(Bucket=bucket, Key=chunks[0], VersionId=bad)  # the repair

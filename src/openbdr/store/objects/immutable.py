@@ -30,7 +30,7 @@ from typing import Any
 from ...errors import OpenBDRError
 from ..blobs import Blobs
 from ..manifest import RestorePoint
-from .layout import chunk_key
+from .layout import CONFIG, KEYS, chunk_key
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +96,14 @@ def extend_chunks(blobs: Blobs, lock: ObjectLock, ids: Iterable[bytes], until: d
         for _ in pool.map(lambda k: blobs.retain(k, lock.mode, until), keys):
             pass
     return len(keys)
+
+
+def retain_config(blobs: Blobs, lock: ObjectLock, until: datetime) -> None:
+    """`config` and the key slots: without them no point can be read, so they are
+    retained as long as the chunks (a removed key slot's version lingers until then)."""
+    keys = [CONFIG] + [info.key for info in blobs.list(KEYS)]
+    for key in keys:
+        blobs.retain(key, lock.mode, until)
 
 
 def chunk_bound(

@@ -302,6 +302,7 @@ class ObjectSession(SyncSession):
         bound = immutable.chunk_bound(
             self.repo.blobs, lock, now, referenced, self.parent, parent_ids
         )
+        immutable.retain_config(self.repo.blobs, lock, now + timedelta(seconds=2 * lock.seconds))
         until = now + timedelta(seconds=lock.seconds)
         point.locked_until = immutable.iso(until)
         point.chunks_locked_until = immutable.iso(bound)
