@@ -196,3 +196,31 @@ def test_chunk_retention_rule_extends_only_what_the_parent_does_not_cover() -> N
     b2 = chunk_bound(blobs, lock, t2, {shared, new}, child, {shared, new})
     assert len(blobs.retained) == 2 and b2 == t2 + timedelta(seconds=200)
     assert all(u == b2 for u in blobs.retained.values())
+
+
+def test_governance_lock_is_lifted_only_by_the_maintenance_role(
+    tmp_path: Path, ceph: dict[str, str]
+) -> None:
+    owner, sync = dict(os.environ), _sync_role(ceph)
+    bucket = f"t-gov-{uuid.uuid4().hex[:8]}"
+    url = f"s3://{bucket}/repo"
+    openbdr("repo", "init", url, "--object-lock", "--lock-mode", "governance", "--lock-days", "1")
+    openbdr("repo", "sync-policy", url, "--principal", sync["SYNC_PRINCIPAL"], "--apply")
+    image = tmp_path / "disk.img"
+    image.write_bytes(os.urandom(2 * MIB))
+    openbdr("sync", "-r", url, "-H", "db1", "--all-data", str(image), env=sync)
+    (point,) = json.loads(openbdr("points", "-r", url, "--json").stdout)
+    assert point["locked_until"]
+    s3, attacker = _client(owner), _client(sync)
+    key = f"repo/points/db1/{point['point']}.json"
+    retention = s3.get_object_retention(Bucket=bucket, Key=key)["Retention"]
+    assert retention["Mode"] == "GOVERNANCE"
+    vid = s3.head_object(Bucket=bucket, Key=key)["VersionId"]
+    _denied(attacker.delete_object, Bucket=bucket, Key=key, VersionId=vid,
+            BypassGovernanceRetention=True)
+    _denied(s3.delete_object, Bucket=bucket, Key=key, VersionId=vid)
+    out = openbdr("forget", "-r", url, "--keep-last", "1", "--keep-daily", "0").stdout
+    assert "locked" in out
+    # the operator's deliberate override (docs/security.md): only with the owner's keys
+    s3.delete_object(Bucket=bucket, Key=key, VersionId=vid, BypassGovernanceRetention=True)
+    assert json.loads(openbdr("points", "-r", url, "--json").stdout) == []

@@ -106,38 +106,46 @@ def copy_point(
         copier = _Copier(session, report, progress)
         written: dict[int, list[int]] = {}
         writers: list[DiskWriter] = []
-        for d in p.disks:
-            reader = src.reader(p, d)
+        try:
+            for d in p.disks:
+                reader = src.reader(p, d)
+                try:
+                    ids = _ids(reader)
+                    ref_ids = _ref_ids(src, ref, d.name, d.size) if ids is not None else None
+                    same_parent = session.parent is not None and any(
+                        x.name == d.name for x in session.parent.disks
+                    )
+                    mode = "incremental" if ref_ids is not None and same_parent else "full"
+                    w = session.disk(d.index, d.name, d.size, {"copy_of": p.id}, mode)
+                    writers.append(w)
+                    if mode == "incremental":
+                        assert ids is not None and ref_ids is not None
+                        blocks = _changed(ids, ref_ids)
+                        # blocks whose chunk a scrub found damaged at the destination: again
+                        repair = {
+                            i
+                            for e in session.repair_extents(d.name, d.size)
+                            for i in range(e.offset // BLOCK_SIZE, -(-e.end // BLOCK_SIZE))
+                        }
+                        if repair:
+                            blocks = sorted(set(blocks) | repair)
+                    else:
+                        blocks = list(reader.allocated())
+                    written[d.index] = blocks
+                    copier.disk(reader, w, blocks, ids)
+                finally:
+                    reader.close()
+        except BaseException:  # stopped or failed: keep what is done for the next run
             try:
-                ids = _ids(reader)
-                ref_ids = _ref_ids(src, ref, d.name, d.size) if ids is not None else None
-                same_parent = session.parent is not None and any(
-                    x.name == d.name for x in session.parent.disks
-                )
-                mode = "incremental" if ref_ids is not None and same_parent else "full"
-                w = session.disk(d.index, d.name, d.size, {"copy_of": p.id}, mode)
-                writers.append(w)
-                if mode == "incremental":
-                    assert ids is not None and ref_ids is not None
-                    blocks = _changed(ids, ref_ids)
-                    # blocks whose chunk a scrub found damaged at the destination: again
-                    repair = {
-                        i
-                        for e in session.repair_extents(d.name, d.size)
-                        for i in range(e.offset // BLOCK_SIZE, -(-e.end // BLOCK_SIZE))
-                    }
-                    if repair:
-                        blocks = sorted(set(blocks) | repair)
-                else:
-                    blocks = list(reader.allocated())
-                written[d.index] = blocks
-                copier.disk(reader, w, blocks, ids)
-            finally:
-                reader.close()
+                copier.checkpoint(p.id)
+            except Exception as exc:
+                log.warning("could not save the copy's checkpoint: %s", exc)
+            raise
         copier.checkpoint(p.id)
         for no, lost in session.lost().items():  # a destination gc deleted some meanwhile
             w = writers[no]
             w.undo(lost)
+            written[no] = sorted(set(written.get(no, [])) | set(lost))
             reader = src.reader(p, p.disks[no])
             try:
                 copier.disk(reader, w, lost, _ids(reader))
