@@ -111,12 +111,62 @@ def repo_init(
     encrypt: Annotated[
         bool, typer.Option("--encrypt", help="Encrypt with AES-256-GCM under a passphrase.")
     ] = False,
+    object_lock: Annotated[
+        bool,
+        typer.Option(
+            "--object-lock",
+            help="Immutable points: S3 Object Lock (the bucket must have it; a new one gets it).",
+        ),
+    ] = False,
+    lock_mode: Annotated[
+        str, typer.Option("--lock-mode", help="compliance or governance.")
+    ] = "compliance",
+    lock_days: Annotated[
+        float, typer.Option("--lock-days", help="Days each point stays immutable.")
+    ] = 30,
 ) -> None:
     """Create an empty repository."""
+    from .store.objects.immutable import ObjectLock
     from .store.objects.repository import Repository
 
-    r = Repository.init(repo, encrypt=encrypt)
-    out.print(f"created repository {r.id} at {r.url}")
+    if not object_lock and (lock_mode != "compliance" or lock_days != 30):
+        raise OpenBDRError("--lock-mode and --lock-days need --object-lock", "add --object-lock")
+    lock = ObjectLock(lock_mode.upper(), lock_days * 86400.0) if object_lock else None
+    r = Repository.init(repo, encrypt=encrypt, object_lock=lock)
+    extra = f" (points immutable for {lock_days:g} days, {lock.mode})" if lock else ""
+    out.print(f"created repository {r.id} at {r.url}{extra}")
+
+
+@repo_app.command("sync-policy")
+def repo_sync_policy(
+    repo: Annotated[str, typer.Argument(help="s3://bucket/prefix of the repository.")],
+    principal: Annotated[
+        list[str],
+        typer.Option(
+            "--principal",
+            help="ARN of the write-only role, e.g. arn:aws:iam:::user/owner:sync (RGW subuser).",
+        ),
+    ],
+    apply: Annotated[
+        bool, typer.Option("--apply", help="Set it as the bucket's policy (replaces it).")
+    ] = False,
+) -> None:
+    """Print (or set) the bucket policy that makes sync credentials write-only."""
+    from urllib.parse import urlparse
+
+    from .store.objects.immutable import sync_role_policy
+
+    u = urlparse(repo)
+    if u.scheme != "s3" or not u.netloc:
+        raise OpenBDRError(f"{repo} is not an S3 repository", "give s3://bucket/prefix")
+    policy = json.dumps(sync_role_policy(u.netloc, u.path, principal), indent=1)
+    if not apply:
+        out.print(policy, highlight=False, markup=False, soft_wrap=True)
+        return
+    from .store.s3 import S3Blobs
+
+    S3Blobs(repo).client.put_bucket_policy(Bucket=u.netloc, Policy=policy)
+    out.print(f"bucket {u.netloc}: write-only policy set for {', '.join(principal)}")
 
 
 @repo_app.command("repair")
@@ -249,8 +299,10 @@ def points(
             ]
         out.print_json(json.dumps(rows))
         return
+    locks = any(r["locked_until"] for r in rows)  # an Object Lock repository
     table = Table(
-        "host", "point", "created", "consistency", "status", "disks", "size", "stored", "mode"
+        "host", "point", "created", "consistency", "status", "disks", "size", "stored", "mode",
+        *(["locked until"] if locks else []),
     )
     for r in rows:
         table.add_row(
@@ -263,6 +315,7 @@ def points(
             _size(r["size"]),
             _size(r["stored_bytes"]),
             r["mode"],
+            *([str(r["locked_until"] or "")[:19]] if locks else []),
         )
     out.print(table)
 
@@ -479,6 +532,81 @@ def forget(
         out.print(f"{verdict} {row['host']} {row['id']} {row['created']} {why}", highlight=False)
     gone = sum(not r["keep"] for r in rows)
     out.print(f"{len(rows) - gone} kept, {gone} {'to forget' if dry_run else 'forgotten'}")
+
+
+def _password(path: str | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        with open(path) as f:
+            value = f.read().rstrip("\r\n")
+    except OSError as exc:
+        raise OpenBDRError(f"cannot read password file {path}: {exc.strerror}") from None
+    if not value:
+        raise OpenBDRError(f"password file {path} is empty")
+    return value
+
+
+@app.command("copy")
+def copy_cmd(
+    from_url: Annotated[str, typer.Option("--from", help="Source repository or target.")],
+    to_url: Annotated[str, typer.Option("--to", help="Destination repository or target.")],
+    host: Annotated[
+        str | None, typer.Option("--host", "-H", help="Only this host (default: every one).")
+    ] = None,
+    point: Annotated[
+        str | None, typer.Option("--point", "-p", help="Only this point (id, prefix, latest).")
+    ] = None,
+    from_password_file: Annotated[
+        str | None, typer.Option("--from-password-file", help="Passphrase of the source.")
+    ] = None,
+    to_password_file: Annotated[
+        str | None, typer.Option("--to-password-file", help="Passphrase of the destination.")
+    ] = None,
+    compression: Annotated[
+        str | None, typer.Option(help="Destination codec (default: the point's).")
+    ] = None,
+    keep_last: Annotated[int, typer.Option("--keep-last", help="Destination retention.")] = 0,
+    keep_hourly: Annotated[int, typer.Option("--keep-hourly")] = 0,
+    keep_daily: Annotated[int, typer.Option("--keep-daily")] = 0,
+    keep_weekly: Annotated[int, typer.Option("--keep-weekly")] = 0,
+    keep_monthly: Annotated[int, typer.Option("--keep-monthly")] = 0,
+    json_out: JsonOpt = False,
+) -> None:
+    """Copy restore points to a second site: those newer than the destination's newest
+    copy (resumable; read back at the destination); then apply --keep-* there."""
+    from .store.copy import copy_host
+    from .store.retention import Policy
+    from .store.retention import forget as do_forget
+    from .store.target import open_target
+
+    if point is not None and host is None:
+        raise OpenBDRError("--point needs --host", "name the host of the point")
+    src = open_target(from_url, passphrase=_password(from_password_file))
+    dst = open_target(to_url, passphrase=_password(to_password_file))
+    codec = Codec.parse(compression) if compression else None
+    policy = Policy(keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly)
+    rows = []
+    for h in [host] if host else src.hosts():
+        rep = copy_host(src, dst, h, point=point, compression=codec)
+        forgotten = 0
+        if any((keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly)):
+            forgotten = sum(not d.keep for d in do_forget(dst, policy, h))
+        rows.append({"host": h, **vars(rep), "forgotten": forgotten})
+    if json_out:
+        out.print_json(json.dumps({"hosts": rows}))
+    else:
+        for r in rows:
+            out.print(
+                f"{r['host']}: {len(r['copied'])} point(s) copied, {r['present']} already there, "
+                f"{r['blocks_read']} block(s) read, {r['chunks_stored']} chunk(s) stored "
+                f"({_size(r['stored_bytes'])}), {r['verified_blocks']} read back"
+                + (f", {r['forgotten']} forgotten at the destination" if r["forgotten"] else ""),
+                highlight=False,
+            )
+    failed = [f for r in rows for f in r["failed"]]
+    if failed:
+        raise OpenBDRError(f"{len(failed)} point(s) not copied: {failed[0]}", "see `verify`")
 
 
 @app.command()

@@ -59,6 +59,8 @@ class JobSpec:
     lease_ttl: float
     #: a platform job's platform (type, endpoint, credentials, options): only in the spec
     platform: dict[str, Any] | None = None
+    #: a copy job's destination target (name, url, secrets): only in the spec
+    copy_to: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -83,6 +85,7 @@ def policy_json(policy: Policy | None) -> dict[str, Any]:
         "retention": policy.retention,
         "full_resync_seconds": policy.full_resync_seconds,
         "drill_plan": policy.drill_plan,
+        "copy_plan": policy.copy_plan or {},
     }
 
 
@@ -215,7 +218,18 @@ class JobQueue:
             first_started=job.first_started.isoformat() if job.first_started else None,
             lease_ttl=self.lease_ttl,
             platform=job_platform(s, job, self.box),
+            copy_to=self._copy_to(s, job, policy),
         )
+
+    def _copy_to(self, s: Session, job: Job, policy: Policy | None) -> dict[str, Any] | None:
+        """A copy job's destination: `params.to`, else its host's policy's copy target."""
+        if job.kind != "copy":
+            return None
+        name = (job.params or {}).get("to") or ((policy.copy_plan or {}) if policy else {}).get("target")
+        t = s.scalar(select(Target).where(Target.name == name)) if name else None
+        if t is None:
+            return None
+        return {"name": t.name, "url": t.url, "secrets": self.box.open(t.secrets)}
 
     def _owned(self, s: Session, job_id: int, worker: str) -> Job:
         job = s.get(Job, job_id, with_for_update=True)

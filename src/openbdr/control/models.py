@@ -99,6 +99,8 @@ class Policy(Base):
     verify_seconds: Mapped[int | None] = mapped_column(Integer, nullable=True)
     drill_seconds: Mapped[int | None] = mapped_column(Integer, nullable=True)
     drill_plan: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    #: copy to a second site: {"target": name, "every_seconds", "keep_last", …} (copy job)
+    copy_plan: Mapped[dict[str, Any]] = mapped_column(default=dict)
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     created: Mapped[datetime] = mapped_column(default=utcnow)
 

@@ -35,6 +35,7 @@ PLUGINS = [
     "openbdr.control.maintenance",
     "openbdr.control.platform_jobs",
     "openbdr.control.drills",
+    "openbdr.control.copy_jobs",
 ]
 
 __all__ = ["KINDS", "SOURCES", "JobKind", "SourceType", "UnknownKind", "kind", "source_type"]

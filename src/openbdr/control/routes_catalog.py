@@ -171,7 +171,8 @@ def list_policies(s: DB, _p: Viewer) -> list[dict[str, Any]]:
 @router.post("/policies", response_model=PolicyOut, status_code=201, tags=["policies"])
 def add_policy(body: PolicyIn, s: DB, p: Operator) -> dict[str, Any]:
     pol = Policy(name=body.name, rpo_seconds=3600, compression="none", compression_level=1,
-                 bwlimit=0, bandwidth_windows=[], retention={}, drill_plan={}, enabled=True)
+                 bwlimit=0, bandwidth_windows=[], retention={}, drill_plan={}, copy_plan={},
+                 enabled=True)
     changed = _apply(pol, body)
     s.add(pol)
     _unique(s, f"policy {body.name!r}")

@@ -241,6 +241,9 @@ class Scheduler(threading.Thread):
             ("verify", lambda p: p.verify_seconds),
             ("retention", lambda p: retention_every(p.retention)),
             ("drill", lambda p: p.drill_seconds),
+            ("copy", lambda p: (p.copy_plan or {}).get("every_seconds")
+             if (p.copy_plan or {}).get("target")
+             else None),
         ]
         started = 0
         schedules = [(kind, every) for kind, every in schedules if kind in KINDS]

@@ -146,6 +146,18 @@ class Retention(Strict):
         "largest of a target's policies applies)")
 
 
+class CopyPlan(Strict):
+    """Copy the policy's hosts' points to a second target (docs/copy.md)."""
+
+    target: str = Name
+    every_seconds: int = Field(default=86400, ge=300, le=YEARS10)
+    keep_last: int = Field(default=0, ge=0, le=MAXINT)
+    keep_hourly: int = Field(default=0, ge=0, le=MAXINT)
+    keep_daily: int = Field(default=0, ge=0, le=MAXINT)
+    keep_weekly: int = Field(default=0, ge=0, le=MAXINT)
+    keep_monthly: int = Field(default=0, ge=0, le=MAXINT)
+
+
 class PolicyFields(Strict):
     rpo_seconds: int | None = Field(default=None, ge=30, le=365 * 86400)
     full_resync_seconds: int | None = Field(default=None, ge=3600, le=YEARS10)
@@ -157,6 +169,7 @@ class PolicyFields(Strict):
     verify_seconds: int | None = Field(default=None, ge=60, le=YEARS10)
     drill_seconds: int | None = Field(default=None, ge=3600, le=YEARS10)
     drill_plan: dict[str, Any] | None = None
+    copy_plan: CopyPlan | None = None
     enabled: bool | None = None
 
 
@@ -177,6 +190,7 @@ class PolicyOut(BaseModel):
     verify_seconds: int | None
     drill_seconds: int | None
     drill_plan: dict[str, Any]
+    copy_plan: dict[str, Any] = Field(default_factory=dict)
     enabled: bool
     created: datetime
 
@@ -239,6 +253,8 @@ class HostStatus(BaseModel):
     last_drill: JobBrief | None
     active_job: JobBrief | None
     open_alerts: int
+    #: per destination target: its newest copied point and how old it is (a second RPO)
+    copies: list[dict[str, Any]] = Field(default_factory=list)
 
 
 class HostOut(BaseModel):

@@ -9,7 +9,7 @@ console shapes its own, smaller rows from the same facts.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import cache
 from typing import Any
 
@@ -159,6 +159,33 @@ def job_brief(j: Row[Any] | None) -> dict[str, Any] | None:
             "result": {k: v for k, v in result.items() if k != "point"}}
 
 
+def copies(s: Session, ids: list[int] | None, now: datetime) -> dict[int, list[dict[str, Any]]]:
+    """Per host (these, or every one), per destination target: the newest point its last
+    successful copy job left there, and its age (the second site's RPO lag)."""
+    q = select(Job.host_id, Job.result, Job.finished).where(
+        Job.kind == "copy", Job.state == "succeeded"
+    )
+    if ids is not None:
+        q = q.where(Job.host_id.in_(ids))
+    rows = s.execute(q.order_by(Job.finished.desc()))
+    out: dict[int, dict[str, dict[str, Any]]] = {}
+    for host_id, result, finished in rows:
+        to = (result or {}).get("to")
+        newest = (result or {}).get("newest") or {}
+        if not to or to in out.setdefault(host_id, {}):
+            continue
+        created = newest.get("created")
+        age = None
+        if created:
+            t = datetime.fromisoformat(created)
+            t = t if t.tzinfo else t.replace(tzinfo=UTC)
+            age = round((now.replace(tzinfo=UTC) if now.tzinfo is None else now).timestamp()
+                        - t.timestamp(), 1)
+        out[host_id][to] = {"target": to, "point": newest.get("id"), "created": created,
+                            "age_seconds": age, "copied": finished}
+    return {h: list(v.values()) for h, v in out.items()}
+
+
 def host_rows(s: Session, hosts: list[Host], now: datetime | None = None) -> list[dict[str, Any]]:
     """The REST API's host rows (`HostOut`): the host, its state and its newest point."""
     ids = [h.id for h in hosts]
@@ -170,6 +197,7 @@ def host_rows(s: Session, hosts: list[Host], now: datetime | None = None) -> lis
     latest = {r.host_id: r for r in s.execute(LATEST_POINTS, {IDS: points})} if points else {}
     pids = list({h.platform_id for h in hosts if h.platform_id is not None})
     platforms = dict(s.execute(PLATFORMS, {IDS: pids}).all()) if pids else {}
+    copied = copies(s, ids, f.now)
     out = []
     for h in hosts:
         protection, rpo, _age = f.state(h.id, h.enabled, h.policy_id)
@@ -194,6 +222,7 @@ def host_rows(s: Session, hosts: list[Host], now: datetime | None = None) -> lis
                 "last_drill": job_brief(f.last_drill.get(h.id)),
                 "active_job": job_brief(f.active.get(h.id)),
                 "open_alerts": f.alerts.get(h.id, 0),
+                "copies": copied.get(h.id, []),
             },
         })
     return out

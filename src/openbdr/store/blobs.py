@@ -11,12 +11,17 @@ from __future__ import annotations
 import abc
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 
 from ..errors import OpenBDRError
 
 
 class NotFound(OpenBDRError):
     """The object does not exist."""
+
+
+class LockedObject(OpenBDRError):
+    """The store refused to delete an object under an Object Lock retention."""
 
 
 @dataclass(frozen=True)
@@ -75,6 +80,15 @@ class Blobs(abc.ABC):
     def close(self) -> None:  # noqa: B027
         """Release connections."""
 
+    # -- Object Lock (S3): stores without it refuse; docs/security.md ------------------
+    def put_locked(self, key: str, data: bytes | memoryview, mode: str, until: datetime) -> None:
+        """Store, retained (undeletable, its version unchangeable) until `until`."""
+        raise OpenBDRError(f"{self.url} cannot lock objects", "use an S3 bucket with Object Lock")
+
+    def retain(self, key: str, mode: str, until: datetime) -> None:
+        """Extend an existing object's retention to `until` (never shortens it)."""
+        raise OpenBDRError(f"{self.url} cannot lock objects", "use an S3 bucket with Object Lock")
+
 
 class BlobsWrapper(Blobs):
     """A store in front of another (sealing, throttling, retries): each wrapper overrides
@@ -117,9 +131,21 @@ class BlobsWrapper(Blobs):
     def close(self) -> None:
         self.inner.close()
 
+    def put_locked(self, key: str, data: bytes | memoryview, mode: str, until: datetime) -> None:
+        self.inner.put_locked(key, data, mode, until)
 
-def open_blobs(url: str, *, create: bool = False) -> Blobs:
-    """A directory path (or `file://`), `s3://bucket/prefix` or `memory://name`."""
+    def retain(self, key: str, mode: str, until: datetime) -> None:
+        self.inner.retain(key, mode, until)
+
+
+def open_blobs(url: str, *, create: bool = False, object_lock: bool = False) -> Blobs:
+    """A directory path (or `file://`), `s3://bucket/prefix` or `memory://name`;
+    `object_lock`: the bucket must have S3 Object Lock (created with it by `create`)."""
+    if object_lock and not url.startswith("s3://"):
+        raise OpenBDRError(
+            f"{url}: Object Lock needs an S3 repository",
+            "use s3://bucket/prefix; for directories see docs/security.md (immutability)",
+        )
     if url.startswith("memory://"):
         from .memory import MemoryBlobs
 
@@ -128,7 +154,7 @@ def open_blobs(url: str, *, create: bool = False) -> Blobs:
         from .retry import RetryingBlobs
         from .s3 import S3Blobs
 
-        return RetryingBlobs(S3Blobs(url, create=create))
+        return RetryingBlobs(S3Blobs(url, create=create, object_lock=object_lock))
     from .directory import DirectoryBlobs
 
     path = url[len("file://") :] if url.startswith("file://") else url

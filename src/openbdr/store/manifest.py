@@ -130,6 +130,12 @@ class RestorePoint:
     verified_at: str | None = None
     #: the last drill of this point: {"id", "verdict", "finished"} (drill/ reports)
     drill: dict[str, Any] | None = None
+    #: Object Lock: the manifest and indexes are immutable until this date (ISO, UTC)
+    locked_until: str | None = None
+    #: Object Lock: no chunk of this point can be deleted before this date
+    chunks_locked_until: str | None = None
+    #: a copy made by `openbdr copy`: {"repository", "id", "copied"} of where it came from
+    copy_of: dict[str, Any] | None = None
     #: why the point's record cannot be read (set on a stand-in listed as `damaged`, never
     #: written): the point is shown, and anything that needs its data fails in one line
     unreadable: str | None = None
@@ -175,4 +181,6 @@ class RestorePoint:
             "size": sum(d.size for d in self.disks),
             "stored_bytes": sum(d.stored_bytes for d in self.disks),
             "mode": ",".join(sorted({d.mode for d in self.disks})),
+            "locked_until": self.locked_until,
+            "copy_of": self.copy_of.get("point") if self.copy_of else None,
         }

@@ -64,6 +64,19 @@ def point_time(p: RestorePoint) -> datetime:
     return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
 
 
+def is_locked(p: RestorePoint) -> bool:
+    """Still under its Object Lock retention (docs/security.md): no one may forget it."""
+    if not p.locked_until:
+        return False
+    try:
+        until = datetime.fromisoformat(p.locked_until)
+    except ValueError:
+        return True  # a date nobody can read: the store still holds it; keep it
+    if until.tzinfo is None:
+        until = until.replace(tzinfo=UTC)
+    return until > datetime.now(UTC)
+
+
 def decide(points: list[RestorePoint], policy: Policy) -> list[Decision]:
     """A decision per point (of one host), newest first."""
     newest_first = sorted(points, key=lambda p: (point_time(p), p.id), reverse=True)
@@ -85,6 +98,8 @@ def decide(points: list[RestorePoint], policy: Policy) -> list[Decision]:
             d.reasons.append("protected")
         if d.point.unreadable:
             d.reasons.append("damaged")  # its record cannot be read: kept for repair
+        if is_locked(d.point):
+            d.reasons.append("locked")  # Object Lock: immutable until its locked_until
     return out
 
 

@@ -14,6 +14,7 @@ import os
 import random
 import time
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from typing import TypeVar
 
 import botocore.exceptions
@@ -138,6 +139,12 @@ class RetryingBlobs(BlobsWrapper):
 
     def delete(self, key: str) -> None:
         self._retry(f"delete {key}", lambda: self.inner.delete(key))
+
+    def put_locked(self, key: str, data: bytes | memoryview, mode: str, until: datetime) -> None:
+        self._retry(f"put {key}", lambda: self.inner.put_locked(key, data, mode, until))
+
+    def retain(self, key: str, mode: str, until: datetime) -> None:
+        self._retry(f"retain {key}", lambda: self.inner.retain(key, mode, until))
 
     def list(self, prefix: str = "") -> Iterator[BlobInfo]:
         what = f"list {prefix or '/'}"

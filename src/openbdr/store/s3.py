@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlparse
 
@@ -17,7 +18,7 @@ import botocore.exceptions
 from botocore.config import Config
 
 from ..errors import AuthError, RepositoryError, UnreachableError
-from .blobs import BlobInfo, Blobs, NotFound
+from .blobs import BlobInfo, Blobs, LockedObject, NotFound
 from .retry import deadline_seconds, is_transient, with_retries
 
 _UNREACHABLE = (
@@ -37,7 +38,14 @@ def _endpoint() -> str | None:
 
 
 class S3Blobs(Blobs):
-    def __init__(self, url: str, *, create: bool = False, max_connections: int = 32) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        create: bool = False,
+        max_connections: int = 32,
+        object_lock: bool = False,
+    ) -> None:
         parsed = urlparse(url)
         if parsed.scheme != "s3" or not parsed.netloc:
             raise RepositoryError(f"bad S3 repository URL {url!r}", "write s3://bucket/prefix")
@@ -60,9 +68,34 @@ class S3Blobs(Blobs):
                 s3={"addressing_style": "path"} if self.endpoint else {},
             ),
         )
-        self._check(create)
+        self._versioned: bool | None = None
+        self._check(create, object_lock)
+        if object_lock:
+            self._check_lock()
 
-    def _check(self, create: bool) -> None:
+    def _check_lock(self) -> None:
+        """`--object-lock` on a bucket without it would promise what S3 does not keep."""
+        try:
+            conf = self.client.get_object_lock_configuration(Bucket=self.bucket)
+            enabled = conf.get("ObjectLockConfiguration", {}).get("ObjectLockEnabled")
+        except botocore.exceptions.ClientError as exc:
+            if self._code(exc) not in (
+                "ObjectLockConfigurationNotFoundError",
+                "ObjectLockConfigurationNotFound",
+                "InvalidRequest",
+                "404",
+            ):
+                raise
+            enabled = None
+        if enabled != "Enabled":
+            raise RepositoryError(
+                f"S3 bucket {self.bucket!r} does not have Object Lock enabled",
+                "Object Lock can only be turned on when a bucket is created: give a new "
+                "bucket name, `openbdr repo init s3://NEW-BUCKET/prefix --object-lock` "
+                "creates it with Object Lock",
+            )
+
+    def _check(self, create: bool, object_lock: bool = False) -> None:
         try:
             with_retries(
                 lambda: self.client.head_bucket(Bucket=self.bucket),
@@ -78,7 +111,13 @@ class S3Blobs(Blobs):
             code = str(exc.response.get("Error", {}).get("Code", ""))
             if code in ("404", "NoSuchBucket", "NotFound") and create:
                 try:
-                    with_retries(lambda: self.client.create_bucket(Bucket=self.bucket), "create")
+                    with_retries(
+                        lambda: self.client.create_bucket(
+                            Bucket=self.bucket,
+                            **({"ObjectLockEnabledForBucket": True} if object_lock else {}),
+                        ),
+                        "create",
+                    )
                 except botocore.exceptions.ClientError as again:  # an answer lost, then retried
                     if self._code(again) not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
                         raise
@@ -189,8 +228,71 @@ class S3Blobs(Blobs):
                 return
             token = {"ContinuationToken": page["NextContinuationToken"]}
 
+    @property
+    def versioned(self) -> bool:
+        """Versioning on (always with Object Lock): a delete must remove every version,
+        or it only hides the object behind a delete marker and frees nothing."""
+        if self._versioned is None:
+            try:
+                status = self._call("get_bucket_versioning").get("Status")
+                self._versioned = status in ("Enabled", "Suspended")
+            except botocore.exceptions.ClientError:
+                self._versioned = True  # not allowed to ask: deleting by version is safe
+        return self._versioned
+
     def delete(self, key: str) -> None:
-        self._call("delete_object", Key=self._key(key))
+        if not self.versioned:
+            self._call("delete_object", Key=self._key(key))
+            return
+        full = self._key(key)
+        token: dict[str, str] = {}
+        while True:
+            page = self._call("list_object_versions", False, Prefix=full, **token)
+            for v in page.get("Versions", []) + page.get("DeleteMarkers", []):
+                if v["Key"] != full:
+                    continue
+                try:
+                    self._call("delete_object", Key=full, VersionId=v["VersionId"])
+                except botocore.exceptions.ClientError as exc:
+                    if self._code(exc) in ("AccessDenied", "403"):
+                        raise LockedObject(
+                            f"{self.url}: {key} cannot be deleted (under Object Lock "
+                            "retention, or this credential may not delete it)"
+                        ) from None
+                    raise
+            if not page.get("IsTruncated"):
+                return
+            token = {
+                "KeyMarker": page["NextKeyMarker"],
+                "VersionIdMarker": page["NextVersionIdMarker"],
+            }
+
+    def put_locked(self, key: str, data: bytes | memoryview, mode: str, until: datetime) -> None:
+        self._call(
+            "put_object",
+            Key=self._key(key),
+            Body=bytes(data),
+            ObjectLockMode=mode,
+            ObjectLockRetainUntilDate=until,
+        )
+
+    def retain(self, key: str, mode: str, until: datetime) -> None:
+        try:
+            self._call(
+                "put_object_retention",
+                Key=self._key(key),
+                Retention={"Mode": mode, "RetainUntilDate": until},
+            )
+        except botocore.exceptions.ClientError as exc:
+            code = self._code(exc)
+            if code in ("NoSuchKey", "404"):
+                raise NotFound(f"{self.url}: no object {key}") from None
+            if code not in ("AccessDenied", "403"):
+                raise
+            # S3 refuses to shorten a retention: fine if it already lasts long enough
+            held = self._call("get_object_retention", Key=self._key(key)).get("Retention", {})
+            if held.get("RetainUntilDate") is None or held["RetainUntilDate"] < until:
+                raise
 
     def close(self) -> None:
         self.client.close()

@@ -216,6 +216,8 @@ class GCReport:
     young: int = 0
     indexes_deleted: int = 0
     dry_run: bool = False
+    #: unreferenced, but under an Object Lock retention (S3 refused the delete): kept
+    locked: int = 0
 
 
 class Target(abc.ABC):

@@ -22,7 +22,7 @@ from ..control.auth import DB, Viewer
 from ..control.jobs import ACTIVE
 from ..control.models import Alert, Host, Job, utcnow
 from ..control.routes_admin import alert_out
-from ..control.status import Facts, collect
+from ..control.status import Facts, collect, copies
 from .history import series
 
 router = APIRouter(prefix="/api/v1/console", responses=RESPONSES, include_in_schema=False)
@@ -31,7 +31,8 @@ ORDER = {"breached": 0, "unprotected": 1, "warning": 2, "ok": 3, "disabled": 4}
 
 
 def dashboard_row(f: Facts, host_id: int, name: str, enabled: bool,
-                  policy_id: int | None) -> dict[str, Any]:
+                  policy_id: int | None,
+                  copied: dict[int, list[dict[str, Any]]] | None = None) -> dict[str, Any]:
     protection, rpo, age = f.state(host_id, enabled, policy_id)
     n, stored, read, _ = f.points.get(host_id, (0, 0, 0, None))
     sync, drill, job = f.last_sync.get(host_id), f.last_drill.get(host_id), f.active.get(host_id)
@@ -40,6 +41,7 @@ def dashboard_row(f: Facts, host_id: int, name: str, enabled: bool,
         "age_seconds": None if age is None else round(age, 1),
         "points": n, "read_bytes": read, "stored_bytes": stored,
         "open_alerts": f.alerts.get(host_id, 0),
+        "copy_age_seconds": _newest_copy((copied or {}).get(host_id, [])),
         "last_sync": {"state": sync.state, "at": sync.finished or sync.created} if sync else None,
         "last_drill": {
             "state": drill.state, "verdict": (drill.result or {}).get("verdict"),
@@ -48,6 +50,12 @@ def dashboard_row(f: Facts, host_id: int, name: str, enabled: bool,
         "active_job": {"id": job.id, "kind": job.kind, "state": job.state,
                        "progress": job.progress} if job else None,
     }
+
+
+def _newest_copy(copies: list[dict[str, Any]]) -> float | None:
+    """Age of the host's newest copy at any second site (None: never copied)."""
+    ages = [c["age_seconds"] for c in copies if c.get("age_seconds") is not None]
+    return min(ages) if ages else None
 
 
 @router.get("/dashboard")
@@ -63,7 +71,8 @@ def dashboard(
                       .order_by(Host.name).limit(limit)).all()
     every = len(hosts) < limit  # all hosts: no id list to send to the database
     facts = collect(s, None if every else [h.id for h in hosts], now)
-    rows = [dashboard_row(facts, *h) for h in hosts]
+    copied = copies(s, None if every else [h.id for h in hosts], now)
+    rows = [dashboard_row(facts, *h, copied) for h in hosts]
     rows.sort(key=lambda r: ORDER[r["protection"]])  # stable: by name within a state
     by = Counter(r["protection"] for r in rows)
     jobs = dict(s.execute(select(Job.state, func.count()).where(Job.state.in_(ACTIVE))

@@ -26,7 +26,7 @@ import time
 
 from ...chunk import ID_SIZE, ZERO_ID
 from ...errors import CorruptionError, LockedError
-from ..blobs import NotFound
+from ..blobs import LockedObject, NotFound
 from ..target import GCReport
 from .layout import (
     CHECKPOINTS,
@@ -148,7 +148,11 @@ def gc(
             for cid in candidates:
                 if lease.lost.is_set():
                     raise LockedError("gc lost the maintenance lease", "run gc again")
-                repo.blobs.delete(chunk_key(cid))
+                try:
+                    repo.blobs.delete(chunk_key(cid))
+                except LockedObject:
+                    report.locked += 1  # retained by Object Lock: deleted by a later run
+                    continue
                 report.deleted += 1
                 report.deleted_bytes += listed[cid].size
             _set_state(repo, name, "done", lease.token)
@@ -173,7 +177,10 @@ def _orphan_indexes(repo: Repository, older_than: float) -> int:
     n = 0
     for info in list(repo.blobs.list(INDEXES)):
         if info.key not in live and not info.key.startswith(damaged) and info.mtime < older_than:
-            repo.blobs.delete(info.key)
+            try:
+                repo.blobs.delete(info.key)
+            except LockedObject:
+                continue  # retained by Object Lock until its point's date
             n += 1
     return n
 

@@ -23,11 +23,12 @@ from typing import Any
 
 from ...blocks import BLOCK_SIZE
 from ...chunk import ChunkCodec, Codec, Encoded
-from ...errors import CorruptionError, RepositoryError
+from ...errors import CorruptionError, OpenBDRError, RepositoryError
 from ..blobs import Blobs, NotFound, open_blobs
 from ..index import DiskIndex
 from ..manifest import DiskRecord, RestorePoint, check_host_name
 from .crypto import AeadCipher, RepoKeys
+from .immutable import ObjectLock, when
 from .keys import encrypted_config, open_keys, read_passphrase
 from .layout import (
     CHUNKS,
@@ -58,6 +59,8 @@ class Repository:
         self.id: str = config["id"]
         self.block_size: int = int(config["block_size"])
         self.keys = keys
+        #: S3 Object Lock of points (immutable.py); None: points can be deleted any time
+        self.lock = ObjectLock.from_config(config.get("object_lock"))
         self.cipher: AeadCipher | None = None
         if keys is not None:  # encrypted: metadata sealed, chunks under the data key
             self.blobs = SealedBlobs(blobs, keys.meta_cipher())
@@ -68,8 +71,15 @@ class Repository:
 
     # -- life cycle ----------------------------------------------------------
     @classmethod
-    def init(cls, url: str, *, encrypt: bool = False, passphrase: str | None = None) -> Repository:
-        blobs = open_blobs(url, create=True)
+    def init(
+        cls,
+        url: str,
+        *,
+        encrypt: bool = False,
+        passphrase: str | None = None,
+        object_lock: ObjectLock | None = None,
+    ) -> Repository:
+        blobs = open_blobs(url, create=True, object_lock=object_lock is not None)
         if blobs.exists(CONFIG):
             raise RepositoryError(
                 f"{blobs.url} is already an OpenBDR repository", "use it as it is"
@@ -88,6 +98,8 @@ class Repository:
             "hash_key": secrets.token_bytes(32).hex(),
             "encryption": None,
         }
+        if object_lock is not None:
+            config["object_lock"] = object_lock.to_config()
         keys = None
         if encrypt:
             keys = encrypted_config(blobs, config, passphrase or read_passphrase(confirm=True))
@@ -141,6 +153,8 @@ class Repository:
             )
         try:
             return cls(blobs, config)
+        except OpenBDRError:
+            raise CorruptionError(f"{url}: config is damaged", "restore it from a copy") from None
         except (KeyError, ValueError, TypeError):
             raise CorruptionError(f"{url}: config is damaged", "restore it from a copy") from None
 
@@ -184,8 +198,15 @@ class Repository:
             raise CorruptionError(f"{where}: block size {index.block_size} is not {BLOCK_SIZE}")
         return index
 
-    def put_index(self, key: str, index: DiskIndex) -> None:
-        self.blobs.put(key, index.to_bytes())
+    def put_index(self, key: str, index: DiskIndex, until: datetime | None = None) -> None:
+        self._put(key, index.to_bytes(), until)
+
+    def _put(self, key: str, data: bytes, until: datetime | None) -> None:
+        """A put, retained until `until` when the repository locks its points."""
+        if self.lock is not None and until is not None and until > datetime.now(UTC):
+            self.blobs.put_locked(key, data, self.lock.mode, until)
+        else:
+            self.blobs.put(key, data)
 
     def get_index(self, key: str) -> DiskIndex:
         try:
@@ -197,13 +218,13 @@ class Repository:
     def commit(self, point: RestorePoint) -> None:
         """Make a restore point exist: everything it names must already be durable."""
         self.blobs.flush()
-        self.blobs.put(point_key(point.host, point.id), point.to_bytes())
+        self._put(point_key(point.host, point.id), point.to_bytes(), when(point.locked_until))
         self.blobs.flush()
 
     def update_point(self, point: RestorePoint) -> None:
         if point.unreadable:
             raise CorruptionError(point.unreadable, "the point cannot be changed until repaired")
-        self.blobs.put(point_key(point.host, point.id), point.to_bytes())
+        self._put(point_key(point.host, point.id), point.to_bytes(), when(point.locked_until))
         self.blobs.flush()
 
     def hosts(self) -> list[str]:

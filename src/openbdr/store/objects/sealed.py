@@ -7,6 +7,8 @@ key; chunks pass through (the chunk envelope has its own AEAD), and so do `confi
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from ...chunk import Cipher
 from ..blobs import Blobs, BlobsWrapper, NotFound
 from .crypto import open_object, seal_object
@@ -32,6 +34,9 @@ class SealedBlobs(BlobsWrapper):
 
     def put(self, key: str, data: bytes | memoryview) -> None:
         self.inner.put(key, self._seal(key, data))
+
+    def put_locked(self, key: str, data: bytes | memoryview, mode: str, until: datetime) -> None:
+        self.inner.put_locked(key, self._seal(key, data), mode, until)
 
     def put_if_absent(self, key: str, data: bytes) -> bool:
         return self.inner.put_if_absent(key, bytes(self._seal(key, data)))

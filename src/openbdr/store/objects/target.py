@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ...blocks import BLOCK_SIZE, ZERO_BLOCK, block_count, block_span
@@ -20,7 +20,7 @@ from ...chunk import ZERO_ID, ChunkCodec
 from ...errors import CorruptionError
 from ...extents import Extent
 from ...throttle import TokenBucket
-from ..blobs import NotFound
+from ..blobs import LockedObject, NotFound
 from ..index import DiskIndex
 from ..limited import LimitedBlobs
 from ..manifest import DiskRecord, RestorePoint
@@ -37,7 +37,7 @@ from ..target import (
     WriteOptions,
     register_target_kind,
 )
-from . import gc, scrub
+from . import gc, immutable, scrub
 from .gc import maintenance_lease
 from .layout import index_key, point_key
 from .repository import Repository
@@ -275,13 +275,39 @@ class ObjectSession(SyncSession):
         return None
 
     def commit(self, point: RestorePoint) -> RestorePoint:
+        until = self._lock(point)
         for w, rec in zip(self.writers, point.disks, strict=True):
             rec.index_key = index_key(point.id, w.no)
             rec.index_blake3 = w.index.digest()
-            self.repo.put_index(rec.index_key, w.index)
+            self.repo.put_index(rec.index_key, w.index, until)
         self.repo.commit(point)
         self.repo.drop_checkpoint(self.host)
         return point
+
+
+    def _lock(self, point: RestorePoint) -> datetime | None:
+        """Object Lock: every chunk the point names retained long enough (immutable.py),
+        before its indexes and manifest are written retained until `locked_until`."""
+        lock = self.repo.lock
+        if lock is None:
+            return None
+        self.repo.blobs.flush()
+        now = datetime.now(UTC)
+        referenced: set[bytes] = set()
+        parent_ids: set[bytes] = set()
+        for w in self.writers:
+            referenced |= w.index.unique_ids()
+            if w.prev is not None:
+                parent_ids |= w.prev.unique_ids()
+        referenced.discard(ZERO_ID)
+        bound = immutable.chunk_bound(
+            self.repo.blobs, lock, now, referenced, self.parent, parent_ids
+        )
+        immutable.retain_config(self.repo.blobs, lock, now + timedelta(seconds=2 * lock.seconds))
+        until = now + timedelta(seconds=lock.seconds)
+        point.locked_until = immutable.iso(until)
+        point.chunks_locked_until = immutable.iso(bound)
+        return until
 
 
 class ObjectPointReader(PointReader):
@@ -382,21 +408,38 @@ class ObjectTarget(Target):
         left to gc. Under the maintenance lease, so that gc never marks half a point."""
         if not points:
             return
+        refused: list[str] = []
         with maintenance_lease(self.repo):
             for p in points:
                 if p.unreadable:
                     continue  # kept for repair: retention never decides on what it cannot read
                 key = point_key(p.host, p.id)
                 try:
-                    if RestorePoint.from_bytes(self.repo.blobs.get(key)).protected:
-                        continue  # protected since retention decided
+                    current = RestorePoint.from_bytes(self.repo.blobs.get(key))
                 except NotFound:
                     continue
-                self.repo.blobs.delete(key)
-                self.repo.blobs.flush()
-                for disk in p.disks:
-                    self.repo.blobs.delete(disk.index_key)
+                if current.protected:
+                    continue  # protected since retention decided
+                until = immutable.locked(current)
+                if until is not None:
+                    log.warning(
+                        "%s point %s is immutable until %s (Object Lock): not forgotten",
+                        p.host, p.id, immutable.iso(until),
+                    )
+                    continue
+                try:
+                    self.repo.blobs.delete(key)
+                    self.repo.blobs.flush()
+                    for disk in p.disks:
+                        self.repo.blobs.delete(disk.index_key)
+                except LockedObject as exc:
+                    refused.append(f"{p.host} point {p.id}: {exc.what}")
             self.repo.blobs.flush()
+        if refused:
+            raise LockedObject(
+                f"{len(refused)} point(s) could not be removed; first: {refused[0]}",
+                "forget and gc need the maintenance credentials (docs/security.md)",
+            )
 
     def verify(
         self,
@@ -421,8 +464,16 @@ def _open(url: str, *, passphrase: str | None = None) -> ObjectTarget:
     return ObjectTarget(Repository.open(url, passphrase=passphrase))
 
 
-def _init(url: str, *, passphrase: str | None = None, encrypt: bool = False) -> ObjectTarget:
-    return ObjectTarget(Repository.init(url, encrypt=encrypt, passphrase=passphrase))
+def _init(
+    url: str,
+    *,
+    passphrase: str | None = None,
+    encrypt: bool = False,
+    object_lock: immutable.ObjectLock | None = None,
+) -> ObjectTarget:
+    return ObjectTarget(
+        Repository.init(url, encrypt=encrypt, passphrase=passphrase, object_lock=object_lock)
+    )
 
 
 register_target_kind(TargetKind(("", "file", "s3", "memory"), _open, _init))

@@ -91,20 +91,22 @@ function drawCharts(st) {
 // first; filters keep that order.
 const MAX_ROWS = 5000;
 const CHUNK = 100;
-const HOST_COLS = ["Host", "State", "Restore-point age / RPO", "Last sync", "Last drill", "Traffic",
-  "Points", "Alerts"];
+const HOST_COLS = ["Host", "State", "Restore-point age / RPO", "Last sync", "Last drill",
+  "Newest copy (second site)", "Traffic", "Points", "Alerts"];
 
 function hostRow(r) {
   const td = (i, content, num = false) => html`<td data-label="${HOST_COLS[i]}"${num ? html` class="num"` : ""}>${content}</td>`;
   return html`<tr data-host="${r.name}">${td(0, hostLink(r.name))}${td(1, badge(r.protection))}\
 ${td(2, ageVsRpo(r.age_seconds, r.rpo_seconds))}\
 ${td(3, r.active_job ? progressHtml(r.active_job) : jobResult(r.last_sync))}\
-${td(4, drillVerdict(r.last_drill))}${td(5, bytesPair(r.read_bytes, r.stored_bytes))}\
-${td(6, r.points, true)}${td(7, r.open_alerts ? badge(String(r.open_alerts), "breached") : "0", true)}</tr>`;
+${td(4, drillVerdict(r.last_drill))}\
+${td(5, r.copy_age_seconds === null || r.copy_age_seconds === undefined ? "—" : `${duration(r.copy_age_seconds)} old`)}\
+${td(6, bytesPair(r.read_bytes, r.stored_bytes))}\
+${td(7, r.points, true)}${td(8, r.open_alerts ? badge(String(r.open_alerts), "breached") : "0", true)}</tr>`;
 }
 
 function hostTable(rows, first, empty) {
-  const head = HOST_COLS.map((c, i) => html`<th scope="col"${i >= 6 ? html` class="num"` : ""}>${c}</th>`);
+  const head = HOST_COLS.map((c, i) => html`<th scope="col"${i >= 7 ? html` class="num"` : ""}>${c}</th>`);
   const cols = HOST_COLS.map((_, i) => html`<col class="c${i}">`);
   return html`<table class="responsive hosts">${first ? html`<caption class="sr-only">Protected hosts</caption>` : ""}\
 <colgroup>${cols}</colgroup><thead${first ? "" : html` class="sr-only"`}><tr>${head}</tr></thead>\

@@ -91,7 +91,16 @@ function drawHead(st) {
       h("div", { class: "stat" }, h("span", { class: "l" }, "Source"), h("div", {}, `${host.source.type} — ${src}`)),
       h("div", { class: "stat" }, h("span", { class: "l" }, "Target / policy"), h("div", {}, `${host.target} / ${host.policy || "none"}`)),
       h("div", { class: "stat" }, h("span", { class: "l" }, "Traffic"), bytesPair(s.read_bytes, s.stored_bytes)),
-      h("div", { class: "stat" }, h("span", { class: "l" }, "Runs on"), h("div", {}, host.pool ? `agents of pool ${host.pool}` : "the server"))));
+      h("div", { class: "stat" }, h("span", { class: "l" }, "Runs on"), h("div", {}, host.pool ? `agents of pool ${host.pool}` : "the server")),
+      h("div", { class: "stat", id: "host-copies" }, h("span", { class: "l" }, "Copies at a second site (newest copy's age)"),
+        copiesView(s.copies || []))));
+}
+
+// where the host's copies are and how old the newest one is (a second RPO)
+function copiesView(copies) {
+  if (!copies.length) return h("div", { class: "muted" }, "no copy");
+  return h("ul", { class: "plain" }, copies.map((c) =>
+    h("li", {}, `${c.target}: ${c.point ? `point ${c.point}, ${duration(c.age_seconds)} old` : "nothing copied yet"}`)));
 }
 
 function drawDisks(st) {
