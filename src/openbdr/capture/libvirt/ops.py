@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -118,12 +119,23 @@ class LibvirtOps(PlatformOps):
                 return None  # no job, or the domain is not running
             raise failed(exc, f"read the backup job of VM {self.vm}", self.uri) from None
 
-    def _abort_backup(self) -> None:
+    def _abort_backup(self, timeout: float = 60.0) -> None:
+        """End the backup job, and wait until libvirt has torn it down (the abort
+        returns first; a new backup or a checkpoint deletion would race it)."""
         try:
             self.dom.abortJob()
         except libvirt.libvirtError as exc:
             if exc.get_error_code() != libvirt.VIR_ERR_OPERATION_INVALID:
                 raise failed(exc, f"end the backup job of VM {self.vm}", self.uri) from None
+        deadline = time.monotonic() + timeout
+        while self._backup_job() is not None:
+            if time.monotonic() > deadline:
+                raise PlatformError(
+                    f"the backup job of VM {self.vm} on {self.uri} did not end "
+                    f"within {timeout:.0f} s of its abort",
+                    "end it with virsh domjobabort; the next sync removes what is left",
+                )
+            time.sleep(0.05)
 
     def cleanup(self, host: str) -> list[str]:
         removed = []
