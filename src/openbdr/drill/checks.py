@@ -57,9 +57,20 @@ def fsck_volume(res: Resources, disk_file: Path, disk_name: str, vol: Volume) ->
     cmd = FSCK.get(vol.fstype or "")
     if cmd is None:
         return Check(name, "fsck", True, f"no checker for {vol.fstype}: skipped", 0.0)
-    dev = res.loop(disk_file, vol.offset, vol.length, read_only=True)
+    replay = ""
+    if vol.fstype in ("ext3", "ext4"):
+        # a crash-consistent point (a live platform snapshot) has a journal to replay,
+        # as the guest's own mount would: into the throwaway overlay, then check
+        dev = res.loop(disk_file, vol.offset, vol.length)
+        rep = subprocess.run(
+            ["e2fsck", "-E", "journal_only", "-y", dev], capture_output=True, text=True
+        )
+        if "recovering journal" in (rep.stdout + rep.stderr):
+            replay = "journal replayed; "
+    else:
+        dev = res.loop(disk_file, vol.offset, vol.length, read_only=True)
     proc = subprocess.run([*cmd, dev], capture_output=True, text=True)
-    out = (proc.stderr + "\n" + proc.stdout).strip()
+    out = replay + (proc.stderr + "\n" + proc.stdout).strip()
     # e2fsck -n: 0 clean, 4 errors left uncorrected, 8 operational error (bad superblock)
     ok = proc.returncode == 0
     last = [ln for ln in out.splitlines() if ln.strip()]
