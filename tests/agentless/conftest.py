@@ -38,7 +38,18 @@ unix_sock_rw_perms = "0700"
 auth_unix_rw = "none"
 auth_unix_ro = "none"
 log_outputs = "3:file:{dir}/libvirtd.log"
+listen_tls = 0
+listen_tcp = 1
+listen_addr = "127.0.0.1"
+tcp_port = "{port}"
+auth_tcp = "sasl"
 """
+# the TCP listener asks for a SASL user and password (DIGEST-MD5 gives libvirt's SSF)
+SASL_CONF = """\
+mech_list: digest-md5
+sasldb_path: {dir}/sasldb
+"""
+SASL_USER, SASL_PASSWORD = "obuser", "right-password"
 # root runs QEMU, no security driver or cgroups: nothing of the host is configured
 QEMU_CONF = """\
 user = "root"
@@ -51,12 +62,12 @@ START = """\
 set -e
 mount -t tmpfs tmpfs /run
 mkdir -p /run/libvirt
-for d in /etc/libvirt /var/lib/libvirt /var/cache/libvirt /var/log/libvirt; do
+for d in /etc/libvirt /etc/sasl2 /var/lib/libvirt /var/cache/libvirt /var/log/libvirt; do
   mkdir -p "$d" "{dir}$d"
   mount --bind "{dir}$d" "$d"
 done
 virtlogd -d -p {dir}/virtlogd.pid
-libvirtd -d -f /etc/libvirt/libvirtd.conf -p {dir}/libvirtd.pid
+libvirtd -d -l -f /etc/libvirt/libvirtd.conf -p {dir}/libvirtd.pid
 """
 
 
@@ -94,12 +105,23 @@ class Libvirtd:
         self.sock = root / "sock" / "libvirt-sock"
         self.uri = f"qemu+unix:///system?socket={self.sock}"
         self.ro_uri = f"qemu+unix:///system?socket={self.sock}-ro"
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.tcp_uri = f"qemu+tcp://127.0.0.1:{self.port}/system"
 
     def start(self) -> None:
-        for d in ("sock", "etc/libvirt"):
+        for d in ("sock", "etc/libvirt", "etc/sasl2"):
             (self.dir / d).mkdir(parents=True, exist_ok=True)
         (self.dir / "etc/libvirt/libvirtd.conf").write_text(
-            LIBVIRTD_CONF.format(sock=self.sock.parent, dir=self.dir)
+            LIBVIRTD_CONF.format(sock=self.sock.parent, dir=self.dir, port=self.port)
+        )
+        (self.dir / "etc/sasl2/libvirt.conf").write_text(SASL_CONF.format(dir=self.dir))
+        subprocess.run(
+            ["saslpasswd2", "-p", "-c", "-a", "libvirt", "-f", str(self.dir / "sasldb"), SASL_USER],
+            input=SASL_PASSWORD,
+            text=True,
+            check=True,
         )
         (self.dir / "etc/libvirt/qemu.conf").write_text(QEMU_CONF)
         _qemu_user()
@@ -156,8 +178,9 @@ class Libvirtd:
 
 @pytest.fixture(scope="session")
 def libvirtd() -> Iterator[Libvirtd]:
-    if shutil.which("libvirtd") is None:
-        pytest.fail("libvirtd is missing: run scripts/setup (libvirt-daemon-driver-qemu)")
+    for tool in ("libvirtd", "saslpasswd2"):
+        if shutil.which(tool) is None:
+            pytest.fail(f"{tool} is missing: run scripts/setup")
     d = Libvirtd(Path(tempfile.mkdtemp(prefix="obl-", dir="/tmp")))
     try:
         d.start()
