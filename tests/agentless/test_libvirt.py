@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -24,7 +23,7 @@ from openbdr.capture.registry import open_source
 from openbdr.extents import to_blocks
 
 from ..helpers import ROOT, openbdr, sha256
-from .conftest import SEQ_OFFSETS, Guest, Libvirtd, domain_type
+from .conftest import SEQ_OFFSETS, Guest, Libvirtd, domain_type, sync_point
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -112,41 +111,7 @@ class Spy(Host):
 
 
 def sync_host(env: Env, host: Host) -> Any:
-    from openbdr.store.repository import Repository
-    from openbdr.sync import SyncOptions, sync
-
-    return sync(Repository.open(env.repo), _committing(host), SyncOptions())
-
-
-def _committing(host: Host) -> Host:
-    """The engine before the target contract does not call `Snapshot.committed()`; it
-    commits the point inside the snapshot's context, so committing at release is the same."""
-    import inspect
-
-    import openbdr.sync
-
-    if ".committed()" in inspect.getsource(openbdr.sync):
-        return host
-
-    class Committing(Host):
-        name = host.name
-
-        def describe(self) -> str:
-            return host.describe()
-
-        def snapshot(self, since: ChangeToken | None) -> Any:
-            snap = host.snapshot(since)
-            release = snap.release
-
-            def commit_then_release() -> None:
-                if sys.exc_info()[0] is None:
-                    snap.committed()
-                release()
-
-            snap.release = commit_then_release  # type: ignore[method-assign]
-            return snap
-
-    return Committing()
+    return sync_point(env.repo, host)
 
 
 def restored(env: Env, point: str, work: Path) -> dict[str, Path]:
@@ -263,7 +228,6 @@ def test_a_deleted_checkpoint_gives_a_full_pass_that_says_why(env: Env) -> None:
 
 
 PROXY = """
-import sys
 from openbdr.capture.registry import open_source
 from openbdr.store.repository import Repository
 from openbdr.sync import SyncOptions, sync
