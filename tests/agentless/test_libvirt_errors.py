@@ -18,7 +18,7 @@ from openbdr.store.repository import Repository
 from openbdr.sync import SyncOptions, sync
 
 from ..helpers import openbdr, sha256
-from .conftest import SASL_PASSWORD, SASL_USER, Libvirtd, domain_xml
+from .conftest import SASL_PASSWORD, SASL_USER, Libvirtd, domain_xml, sync_point
 
 pytestmark = [pytest.mark.root]
 
@@ -137,11 +137,7 @@ def test_a_shut_off_domain_is_read_from_its_images(
     vda, vdb = work / "vda.qcow2", work / "vdb.qcow2"
     subprocess.run(["qemu-img", "convert", "-O", "qcow2", str(boot_image), str(vda)], check=True)
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(vdb), "32M"], check=True)
-    subprocess.run(
-        ["qemu-io", "-f", "qcow2", "-c", "write -P 0x5a 3M 2M", str(vdb)],
-        check=True,
-        capture_output=True,
-    )
+    _qemu_io(vdb, "write -P 0x5a 3M 2M")
     dom = _define(libvirtd, "obt-off", [("vda", vda, "qcow2"), ("vdb", vdb, "qcow2")])
     try:
         spec = {
@@ -149,23 +145,48 @@ def test_a_shut_off_domain_is_read_from_its_images(
             "platform": {"endpoint": libvirtd.uri, "options": {"scratch_dir": str(work / "s")}},
             "vm": dom.UUIDString(),
         }
-        repo_dir = str(work / "repo")
-        repo = Repository.init(repo_dir)
-        first = sync(repo, open_source("offhost", spec), SyncOptions())
+        repo = str(work / "repo")
+        Repository.init(repo)
+        # never started: no checkpoint, a full pass of the images
+        first = sync_point(repo, open_source("offhost", spec))
         assert first.consistency == "crash" and [d.mode for d in first.disks] == ["full", "full"]
         assert 2 << 20 <= first.disks[1].read_bytes <= 3 << 20  # only what the image holds
-        second = sync(repo, open_source("offhost", spec), SyncOptions())
-        assert [d.mode for d in second.disks] == ["hash-compare", "hash-compare"]
-        assert all(d.stored_bytes == 0 for d in second.disks)
-        out = work / "restored"
-        out.mkdir()
-        openbdr("restore", "--repo", repo_dir, "--host", "offhost", "--to", str(out))
-        for name, img in (("vda", vda), ("vdb", vdb)):
-            raw = work / f"{name}.raw"
-            subprocess.run(["qemu-img", "convert", "-O", "raw", str(img), str(raw)], check=True)
-            assert sha256(out / f"{name}.img") == sha256(raw)
+        _same(repo, first.id, {"vda": vda, "vdb": vdb}, work)
+
+        # it ran once (paused: no guest writes) and got a checkpoint, then was shut off
+        dom.create()
+        dom.suspend()
+        ran = sync_point(repo, open_source("offhost", spec))
+        assert [d.mode for d in ran.disks] == ["hash-compare", "hash-compare"]
+        dom.destroy()
+        _qemu_io(vdb, "write -P 0x33 10M 64k")  # written while shut off
+        off = sync_point(repo, open_source("offhost", spec))
+        assert [d.mode for d in off.disks] == ["incremental", "incremental"]  # the bitmap
+        assert [d.read_bytes for d in off.disks] == [0, 1 << 20]
+        assert (
+            off.token["value"]["vda"]["value"]["base"] == ran.token["value"]["vda"]["value"]["base"]
+        )
+        _same(repo, off.id, {"vda": vda, "vdb": vdb}, work)
         # no qemu-nbd is left running on the images
         ps = subprocess.run(["pgrep", "-af", "qemu-nbd"], capture_output=True, text=True).stdout
         assert str(vda) not in ps and str(vdb) not in ps
     finally:
-        dom.undefine()
+        if dom.isActive():
+            dom.destroy()
+        dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA)
+
+
+def _qemu_io(img: Path, command: str) -> None:
+    subprocess.run(
+        ["qemu-io", "-f", "qcow2", "-c", command, str(img)], check=True, capture_output=True
+    )
+
+
+def _same(repo: str, point: str, images: dict[str, Path], work: Path) -> None:
+    out = work / f"restored-{point}"
+    out.mkdir()
+    openbdr("restore", "--repo", repo, "--host", "offhost", "--point", point, "--to", str(out))
+    for name, img in images.items():
+        raw = work / f"{name}-{point}.raw"
+        subprocess.run(["qemu-img", "convert", "-O", "raw", str(img), str(raw)], check=True)
+        assert sha256(out / f"{name}.img") == sha256(raw), name

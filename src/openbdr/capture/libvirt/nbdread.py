@@ -72,8 +72,9 @@ def connect_unix(socket: str, export: str) -> Connect:
     return connect
 
 
-def connect_image(path: str, fmt: str) -> Connect:
-    """A private read-only `qemu-nbd` of an image file (socket activation)."""
+def connect_image(path: str, fmt: str, bitmap: str | None = None) -> Connect:
+    """A private read-only `qemu-nbd` of an image file (socket activation), exporting the
+    persistent dirty bitmap `bitmap` of a qcow2 image when given."""
 
     def connect(contexts: list[str]) -> nbd.NBD:
         h = nbd.NBD()
@@ -82,6 +83,8 @@ def connect_image(path: str, fmt: str) -> Connect:
         args = ["qemu-nbd", "--read-only", "--cache=none", "--aio=threads"]
         if fmt:
             args += ["--format", fmt]
+        if bitmap:
+            args += ["--bitmap", bitmap]
         h.connect_systemd_socket_activation([*args, path])
         return h
 

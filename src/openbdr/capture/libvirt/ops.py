@@ -26,6 +26,7 @@ from typing import Any
 
 import libvirt
 
+from ...errors import SourceError
 from ..agentless import DiskPlan, PlatformOps, Session, is_owned, owned_prefix
 from ..platform import PlatformError
 from . import domxml
@@ -168,34 +169,51 @@ class LibvirtOps(PlatformOps):
         return self._take_backup(name, base, plans)
 
     def _take_images(self, base: str | None, plans: list[DiskPlan]) -> LibvirtSession:
+        """A shut-off domain: its images through private read-only `qemu-nbd`s. A disk
+        tracked since the base checkpoint is read incrementally from the checkpoint's
+        bitmap in the qcow2 file (libvirt cannot make a checkpoint of an inactive domain,
+        so the base stays: its bitmap still covers every later change)."""
         by_target = {d.target: d for d in self.domain_disks()}
         disks: list[NbdDisk] = []
-        reason = "the domain is shut off: full pass of its disk images"
+        notes = ["the domain is shut off: read from its disk images"]
         try:
             for p in plans:
                 d = by_target[p.name]
-                plan = replace(
-                    p,
-                    incremental=False,
-                    fallback_reason=p.fallback_reason or (reason if p.incremental else None),
-                )
-                # the previous checkpoint stays the base: its bitmap covers what changes later
-                disks.append(
-                    NbdDisk(
+                disk = None
+                if p.incremental and base:
+                    try:
+                        disk = NbdDisk(
+                            self.source,
+                            p,
+                            base,
+                            connect_image(d.source, d.format, base),
+                            base,
+                            self.in_flight,
+                            d.source,
+                        )
+                    except SourceError as exc:
+                        p = replace(
+                            p,
+                            incremental=False,
+                            fallback_reason=f"the domain is shut off and the bitmap of "
+                            f"checkpoint {base} in {d.source} is unusable ({exc}): full pass",
+                        )
+                if disk is None:
+                    disk = NbdDisk(
                         self.source,
-                        plan,
+                        p,
                         base,
                         connect_image(d.source, d.format),
                         None,
                         self.in_flight,
                         d.source,
                     )
-                )
+                disks.append(disk)
         except BaseException:
             for x in disks:
                 x.close()
             raise
-        return LibvirtSession(list(disks), "crash", keep=base, created=None, notes=[reason])
+        return LibvirtSession(list(disks), "crash", keep=base, created=None, notes=notes)
 
     def _take_backup(self, name: str, base: str | None, plans: list[DiskPlan]) -> LibvirtSession:
         scratch = self.scratch_root / name
