@@ -327,7 +327,9 @@ class AgentlessSnapshot(Snapshot):
         _quietly(lambda: self.ops.end(self.session), "end the read session")
         if self._committed:
             keep = self.session.keep
-            for name in self.ops.owned(self.host):
+            owned: list[str] = []
+            _quietly(lambda: owned.extend(self.ops.owned(self.host)), "list old snapshots")
+            for name in owned:
                 if name != keep:
                     _quietly(lambda n=name: self.ops.delete(n), f"delete {name}")
         elif self.session.created is not None:
