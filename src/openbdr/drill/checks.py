@@ -61,11 +61,13 @@ def fsck_volume(res: Resources, disk_file: Path, disk_name: str, vol: Volume) ->
     if vol.fstype in ("ext3", "ext4"):
         # a crash-consistent point (a live platform snapshot) has a journal to replay,
         # as the guest's own mount would: into the throwaway overlay, then check
+        # (only then: e2fsck would also mend a damaged superblock from a backup one)
         dev = res.loop(disk_file, vol.offset, vol.length)
-        rep = subprocess.run(
-            ["e2fsck", "-E", "journal_only", "-y", dev], capture_output=True, text=True
-        )
-        if "recovering journal" in (rep.stdout + rep.stderr):
+        head = subprocess.run(["dumpe2fs", "-h", dev], capture_output=True, text=True)
+        if head.returncode == 0 and "needs_recovery" in head.stdout:
+            subprocess.run(
+                ["e2fsck", "-E", "journal_only", "-y", dev], capture_output=True, text=True
+            )
             replay = "journal replayed; "
     else:
         dev = res.loop(disk_file, vol.offset, vol.length, read_only=True)
