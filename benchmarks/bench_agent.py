@@ -55,7 +55,7 @@ from tests.agent.tracing import WriteCounter, thawed
 
 from openbdr.capture.linux.source import AgentHost, CaptureOptions, DiskSpec
 from openbdr.chunk import Codec
-from openbdr.store.repository import Repository
+from openbdr.store.target import init_target
 from openbdr.sync import SyncOptions, SyncRun, disk_capture
 
 DEFAULT_WORKDIR = ROOT / ".work" / "bench-agent"
@@ -103,8 +103,16 @@ def run(cmd: list[str]) -> str:
 
 @contextmanager
 def partition(image: Path, mnt: Path) -> Iterator[str]:
-    """The image's ext4 partition on its own read-write loop device, mounted at `mnt`."""
-    dev = run(["losetup", "-f", "--show", "-o", str(PART_OFFSET), str(image)]).strip()
+    """The image's ext4 partition on its own read-write loop device, mounted at `mnt`.
+
+    Sized to the partition (`--sizelimit`): without it the device runs on to the end of
+    the disk image and ends with the disk's backup GPT header."""
+    table = json.loads(run(["sfdisk", "--json", str(image)]))["partitiontable"]
+    part = next(p for p in table["partitions"] if int(p["start"]) * 512 == PART_OFFSET)
+    size = int(part["size"]) * int(table.get("sectorsize", 512))
+    dev = run(
+        ["losetup", "-f", "--show", "-o", str(PART_OFFSET), "--sizelimit", str(size), str(image)]
+    ).strip()
     try:
         mnt.mkdir(parents=True, exist_ok=True)
         run(["mount", "-t", "ext4", dev, str(mnt)])
@@ -222,7 +230,7 @@ class Bench:
         self.pg = pg
         self.dev = dev
         self.state = top / "state"
-        self.repo = Repository.init(str(top / "repo"))
+        self.repo = init_target(str(top / "repo"))
         opts = CaptureOptions(max_passes=args.max_passes,
                               freeze_copy_blocks=args.freeze_copy_blocks,
                               stage_blocks=args.stage_blocks,

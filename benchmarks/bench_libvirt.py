@@ -154,9 +154,9 @@ def main(argv: list[str]) -> int:
     steps: list[Step] = []
     repo = work / "repo"
     shutil.rmtree(repo, ignore_errors=True)
-    from openbdr.store.repository import Repository
+    from openbdr.store.target import init_target
 
-    Repository.init(str(repo))
+    init_target(str(repo))
     try:
         lv.start()
         conn = lv.connect()

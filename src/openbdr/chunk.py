@@ -19,7 +19,6 @@ from __future__ import annotations
 import struct
 import threading
 import zlib
-from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -178,21 +177,3 @@ class ChunkCodec:
         if codec is Codec.LZ4:
             return lz4.block.decompress(payload, uncompressed_size=raw_len)
         raise ValueError(f"unknown codec {codec}")
-
-
-def chunk_key(chunk_id: bytes) -> str:
-    """Object key of a chunk: `chunks/ab/<hex id>` (fan-out by the first byte)."""
-    h = chunk_id.hex()
-    return f"chunks/{h[:2]}/{h}"
-
-
-def chunk_id_from_key(key: str) -> bytes | None:
-    name = key.rsplit("/", 1)[-1]
-    try:
-        raw = bytes.fromhex(name)
-    except ValueError:
-        return None
-    return raw if len(raw) == ID_SIZE else None
-
-
-Hasher = Callable[[bytes], bytes]

@@ -362,41 +362,8 @@ class Guest:
 
 
 def sync_point(repo: str, host: Any, **options: Any) -> Any:
-    """One sync of `host` into the repository at `repo`; the restore point."""
-    from openbdr.store.repository import Repository
+    """One sync of `host` into the target at `repo`; the restore point."""
+    from openbdr.store.target import open_target
     from openbdr.sync import SyncOptions, sync
 
-    return sync(Repository.open(repo), _committing(host), SyncOptions(**options))
-
-
-def _committing(host: Any) -> Any:
-    """The engine before the target contract does not call `Snapshot.committed()`; it
-    commits the point inside the snapshot's context, so committing at release is the same."""
-    import inspect
-    import sys
-
-    import openbdr.sync
-    from openbdr.capture.base import Host
-
-    if ".committed()" in inspect.getsource(openbdr.sync):
-        return host
-
-    class Committing(Host):
-        name = host.name
-
-        def describe(self) -> str:
-            return str(host.describe())
-
-        def snapshot(self, since: Any) -> Any:
-            snap = host.snapshot(since)
-            release = snap.release
-
-            def commit_then_release() -> None:
-                if sys.exc_info()[0] is None:
-                    snap.committed()
-                release()
-
-            snap.release = commit_then_release
-            return snap
-
-    return Committing()
+    return sync(open_target(repo), host, SyncOptions(**options))

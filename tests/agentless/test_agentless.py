@@ -28,7 +28,7 @@ from openbdr.capture.agentless import (
     owned_prefix,
 )
 from openbdr.extents import Extent, normalize
-from openbdr.store.repository import Repository
+from openbdr.store.target import init_target, open_target
 
 from ..helpers import openbdr
 from .conftest import sync_point
@@ -150,7 +150,7 @@ def test_disk_changes() -> None:
 
 def test_the_old_base_goes_only_once_the_new_point_commits(ops: MemOps, tmp_path: Path) -> None:
     repo = str(tmp_path / "repo")
-    Repository.init(repo)
+    init_target(repo)
     host = AgentlessHost("h1", ops, "memory")
     p1 = sync_point(repo, host)
     assert [d.mode for d in p1.disks] == ["full", "full"]
@@ -166,7 +166,7 @@ def test_the_old_base_goes_only_once_the_new_point_commits(ops: MemOps, tmp_path
     # the next sync still reads every change since the base, and only those
     p2 = sync_point(repo, host)
     assert [d.mode for d in p2.disks] == ["incremental", "incremental"]
-    assert p2.disks[0].read_bytes == BLOCK_SIZE and p2.disks[1].read_bytes == 0
+    assert p2.disks[0].read_bytes == 2 * GRAIN and p2.disks[1].read_bytes == 0
     assert ops.owned("h1") != [base] and len(ops.owned("h1")) == 1
     got = _restored(repo, "h1", p2.id, tmp_path)
     assert got == {n: bytes(d) for n, d in ops.disks_now.items()}
@@ -175,14 +175,14 @@ def test_the_old_base_goes_only_once_the_new_point_commits(ops: MemOps, tmp_path
 def ops_token(repo: str, host: str) -> object:
     from openbdr.capture.base import ChangeToken
 
-    return ChangeToken.from_json(Repository.open(repo).latest(host).token)
+    return ChangeToken.from_json(open_target(repo).latest(host).token)
 
 
 def test_a_killed_runs_leftovers_are_removed_and_others_are_not(
     ops: MemOps, tmp_path: Path
 ) -> None:
     repo = str(tmp_path / "repo")
-    Repository.init(repo)
+    init_target(repo)
     host = AgentlessHost("h1", ops, "memory")
     sync_point(repo, host)
     (base,) = ops.owned("h1")
@@ -204,7 +204,7 @@ def test_lost_tracking_and_changed_disks_fall_back_to_full_passes(
     ops: MemOps, tmp_path: Path
 ) -> None:
     repo = str(tmp_path / "repo")
-    Repository.init(repo)
+    init_target(repo)
     host = AgentlessHost("h1", ops, "memory")
     sync_point(repo, host)
     ops.snaps.clear()  # the platform lost the base (deleted by an operator, CBT reset)
@@ -236,7 +236,7 @@ def test_lost_tracking_and_changed_disks_fall_back_to_full_passes(
 
 def test_a_failing_platform_leaves_nothing(ops: MemOps, tmp_path: Path) -> None:
     repo = str(tmp_path / "repo")
-    Repository.init(repo)
+    init_target(repo)
     host = AgentlessHost("h1", ops, "memory")
     sync_point(repo, host)
     before = ops.owned("h1")
@@ -244,4 +244,4 @@ def test_a_failing_platform_leaves_nothing(ops: MemOps, tmp_path: Path) -> None:
     with pytest.raises(RuntimeError):
         sync_point(repo, host)
     assert ops.owned("h1") == before and not ops.sessions
-    assert len(Repository.open(repo).points("h1")) == 1
+    assert len(open_target(repo).points("h1")) == 1

@@ -142,14 +142,14 @@ def backup_job(env: Env) -> str | None:
 
 @pytest.fixture(scope="module")
 def env(libvirtd: Libvirtd, boot_image: Path) -> Iterator[Env]:
-    from openbdr.store.repository import Repository
+    from openbdr.store.target import init_target
 
     work = Path(tempfile.mkdtemp(prefix="obg-", dir="/tmp"))
     guest = Guest(libvirtd, work, boot_image, "obt-web1")
     try:
         guest.start_writer()
         repo = str(work / "repo")
-        Repository.init(repo)
+        init_target(repo)
         yield Env(libvirtd, guest, repo, work / "scratch", work)
     finally:
         guest.close()
@@ -192,7 +192,8 @@ def test_full_then_three_incrementals_equal_the_backup_jobs_exports(env: Env) ->
             for d in points[-1].disks:
                 dirty = sum(n for _, n in seen.dirty[d.name])
                 rounded = len(list(to_blocks(seen.dirty[d.name], d.size))) * BLOCK_SIZE
-                assert dirty <= d.read_bytes <= 1.1 * rounded, (d.name, dirty, d.read_bytes)
+                # only the bitmap's extents are read (less what reads as zero)
+                assert d.read_bytes <= min(dirty, 1.1 * rounded), (d.name, dirty, d.read_bytes)
             assert points[-1].disks[1].read_bytes > 0  # vdb changed
         # one backup job at a time, ended; one checkpoint kept as the next base
         assert backup_job(env) is None
@@ -229,11 +230,11 @@ def test_a_deleted_checkpoint_gives_a_full_pass_that_says_why(env: Env) -> None:
 
 PROXY = """
 from openbdr.capture.registry import open_source
-from openbdr.store.repository import Repository
+from openbdr.store.target import open_target
 from openbdr.sync import SyncOptions, sync
 spec = {spec!r}
 host = open_source({host!r}, spec)
-sync(Repository.open({repo!r}), host, SyncOptions(bwlimit=2 << 20, checkpoint_every=0.5))
+sync(open_target({repo!r}), host, SyncOptions(bwlimit=2 << 20, checkpoint_every=0.5))
 """
 
 
@@ -279,9 +280,9 @@ def test_a_killed_proxy_leaves_nothing_the_next_run_does_not_clean(env: Env) -> 
 
 
 def test_a_point_passes_a_vm_drill(env: Env, tmp_path: Path) -> None:
-    from openbdr.store.repository import Repository
+    from openbdr.store.target import open_target
 
-    if not Repository.open(env.repo).points(HOST):
+    if not open_target(env.repo).points(HOST):
         sync_host(env, open_source(HOST, env.spec()))
     plan = tmp_path / "plan.toml"
     plan.write_text(QUICK_PLAN)

@@ -14,7 +14,7 @@ import pytest
 from openbdr.capture.agentless import is_owned
 from openbdr.capture.platform import PlatformError, UnknownVM, open_platform
 from openbdr.capture.registry import open_source
-from openbdr.store.repository import Repository
+from openbdr.store.target import init_target
 from openbdr.sync import SyncOptions, sync
 
 from ..helpers import openbdr, sha256
@@ -95,7 +95,7 @@ def test_a_raw_disk_cannot_be_backed_up(libvirtd: Libvirtd, work: Path) -> None:
         assert vm.power_state == "paused"
         assert vm.disks[0].format == "raw" and "qcow2" in (vm.disks[0].unsupported or "")
         host = p.open_host("rawhost", "obt-raw", {"scratch_dir": str(work / "scratch")})
-        repo = Repository.init(str(work / "repo"))
+        repo = init_target(str(work / "repo"))
         with pytest.raises(PlatformError) as e:
             sync(repo, host, SyncOptions())
         msg = _one_line(e.value)
@@ -122,7 +122,7 @@ def test_read_only_access_is_denied_clearly(libvirtd: Libvirtd, work: Path) -> N
         assert [v.name for v in p.discover() if v.name == "obt-ro"]  # read-only may look
         host = p.open_host("rohost", "obt-ro", {"scratch_dir": str(work / "scratch")})
         with pytest.raises(PlatformError) as e:
-            sync(Repository.init(str(work / "repo")), host, SyncOptions())
+            sync(init_target(str(work / "repo")), host, SyncOptions())
         assert "denied" in _one_line(e.value) and "read-write" in str(e.value)
         p.close()
     finally:
@@ -146,7 +146,7 @@ def test_a_shut_off_domain_is_read_from_its_images(
             "vm": dom.UUIDString(),
         }
         repo = str(work / "repo")
-        Repository.init(repo)
+        init_target(repo)
         # never started: no checkpoint, a full pass of the images
         first = sync_point(repo, open_source("offhost", spec))
         assert first.consistency == "crash" and [d.mode for d in first.disks] == ["full", "full"]

@@ -10,12 +10,12 @@ import pytest
 from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session
 
+from openbdr.control.drills import job_plan
 from openbdr.control.jobs import JobSpec
 from openbdr.control.models import Alert, Base, Host, Job, Point, Target, utcnow
 from openbdr.control.registry import kind
 from openbdr.control.worker import JobContext
 from openbdr.drill.accel import boot_sector
-from openbdr.drill.control import job_plan
 from openbdr.drill.plan import PlanError
 
 from ..helpers import openbdr

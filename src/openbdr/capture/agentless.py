@@ -35,7 +35,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from ..extents import Extent, clip, from_blocks, intersect, normalize, to_blocks, total
+from ..extents import Extent, clip, from_blocks, intersect, normalize, subtract, to_blocks, total
 from .base import ChangeToken, Consistency, DiskSnapshot, Host, Snapshot
 from .image import valid_data
 
@@ -226,9 +226,10 @@ class AgentlessDisk(DiskSnapshot):
     The platform gives its allocation (`allocation()`: data and known-zero extents) and,
     for an incremental, the changed extents (`changed()`); reading is its own."""
 
-    #: False while the engine fills bytes of touched blocks outside the extents with
-    #: zeros: changed extents are then widened to whole 1 MiB blocks
-    partial_blocks = False
+    #: the engine takes the bytes of a touched 1 MiB block that no extent lists from the
+    #: previous point (the contract's incremental rule); False widens changed extents to
+    #: whole blocks, for an engine that does not
+    partial_blocks = True
 
     def __init__(self, source: str, plan: DiskPlan, base: str | None) -> None:
         self.source = source
@@ -260,14 +261,18 @@ class AgentlessDisk(DiskSnapshot):
             self.changed_bytes = total(changed)
             self._zero = intersect(changed, zero)
             listed = (
-                changed
+                subtract(changed, self._zero)  # known zero: recorded unread
                 if self.partial_blocks
                 else from_blocks(to_blocks(changed, self.size), self.size)
             )
             self.valid_bytes = total(data)
         else:
             self._zero = clip(zero, self.size)
-            listed, self.layout = valid_data(self, data, f"{self.source} disk {self.name}")
+            listed, self.layout, why = valid_data(self, data, f"{self.source} disk {self.name}")
+            if why:
+                self.fallback_reason = "; ".join(
+                    filter(None, [self.fallback_reason, "valid data: " + "; ".join(why)])
+                )
             self.valid_bytes = total(listed)
         self._listed = normalize(listed)
         self.plan_reads(self._listed)

@@ -64,18 +64,26 @@ def data_extents(fd: int, size: int) -> list[Extent]:
 
 
 def valid_data(
-    reader: BlockReader, present: Iterable[Extent], label: str
-) -> tuple[list[Extent], dict[str, Any]]:
+    reader: BlockReader, present: Iterable[Extent], label: str, path: str | None = None
+) -> tuple[list[Extent], dict[str, Any], list[str]]:
     """Valid data of a disk: what its storage holds (`present`: non-hole extents, a
-    platform's allocation) narrowed to what the partition table and file systems use
-    (`volume.analyze`); with the layout found, for the point. Every full pass of valid
-    data (images, agentless platform snapshots) goes through here."""
-    from ..volume import analyze
+    platform's allocation) narrowed to what the partition table and file systems use;
+    with the layout found, for the point, and why it fell back to more than the file
+    systems use. With a local `path`, volumes whose log needs replay are mapped after a
+    replay on an overlay (`capture.replay`); without one they stay whole. Every full pass
+    of valid data (images, agentless platform snapshots) goes through here."""
+    if path is not None:
+        from .replay import analyze_replayed
 
-    layout = analyze(reader)
+        layout = analyze_replayed(reader, path)
+    else:
+        from ..volume import analyze
+
+        layout = analyze(reader)
     for note in layout.notes:
         log.info("%s: %s", label, note)
-    return intersect(present, clip(layout.valid_extents, reader.size)), layout.to_json()
+    valid = intersect(present, clip(layout.valid_extents, reader.size))
+    return valid, layout.to_json(), layout.fallbacks()
 
 
 class ImageDisk(DiskSnapshot):
@@ -132,7 +140,11 @@ class ImageDisk(DiskSnapshot):
         if not self.valid_only:
             self.valid_bytes = sum(e.length for e in present)
             return present
-        valid, self.layout = valid_data(self.reader, present, self.path)
+        valid, self.layout, why = valid_data(self.reader, present, self.path, self.path)
+        if why:
+            self.fallback_reason = "; ".join(
+                filter(None, [self.fallback_reason, "valid data: " + "; ".join(why)])
+            )
         self.valid_bytes = sum(e.length for e in valid)
         return valid
 

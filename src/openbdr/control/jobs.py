@@ -13,7 +13,7 @@ States: queued → running → succeeded | failed; running → pausing → pause
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -25,6 +25,7 @@ from . import alerts
 from .crypto import SecretBox
 from .db import transaction
 from .models import Host, Job, JobLog, Policy, Target, utcnow
+from .platforms import host_pool, host_source, job_platform
 from .registry import kind as job_kind
 
 log = logging.getLogger(__name__)
@@ -56,19 +57,27 @@ class JobSpec:
     policy: dict[str, Any]
     first_started: str | None
     lease_ttl: float
+    #: a platform job's platform (type, endpoint, credentials, options): only in the spec
+    platform: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> JobSpec:
-        return cls(**data)
+        known = {f.name for f in fields(cls)}  # a newer server's extra fields are ignored
+        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 def policy_json(policy: Policy | None) -> dict[str, Any]:
     if policy is None:
-        return {"compression": "none", "compression_level": 1, "bwlimit": 0,
-                "bandwidth_windows": [], "retention": {}}
+        return {
+            "compression": "none",
+            "compression_level": 1,
+            "bwlimit": 0,
+            "bandwidth_windows": [],
+            "retention": {},
+        }
     return {
         "name": policy.name,
         "rpo_seconds": policy.rpo_seconds,
@@ -101,7 +110,10 @@ class JobQueue:
         params: dict[str, Any] | None = None,
         created_by: str = "scheduler",
         priority: int = 0,
+        pool: str | None = None,
     ) -> Job:
+        """`pool`: where a job without a host runs (a platform's proxies); a host's jobs
+        run where the host's pool (or its platform's) says."""
         jk = job_kind(kind)
         if jk.needs_host and host is None:
             raise JobError(f"a {kind} job needs a host", "give the host's name")
@@ -121,7 +133,7 @@ class JobQueue:
             state="queued",
             host_id=host.id if host else None,
             target_id=(host.target_id if host else target.id if target else None),
-            pool=host.pool if host else None,
+            pool=host_pool(session, host) if host else pool,
             params=params or {},
             progress={},
             result={},
@@ -133,7 +145,9 @@ class JobQueue:
         return job
 
     # -- leasing -----------------------------------------------------------------
-    def lease(self, worker: str, pool: str | None, kinds: list[str] | None = None) -> JobSpec | None:
+    def lease(
+        self, worker: str, pool: str | None, kinds: list[str] | None = None
+    ) -> JobSpec | None:
         """Take the next queued job for this pool (None: the embedded workers).
 
         One statement picks and takes it: on PostgreSQL the pick skips rows another worker
@@ -178,7 +192,7 @@ class JobQueue:
             kind=job.kind,
             attempt=job.attempts,
             params=dict(job.params),
-            host={"name": host.name, "source": host.source} if host else None,
+            host={"name": host.name, "source": host_source(s, host, self.box)} if host else None,
             target=(
                 {"name": target.name, "url": target.url, "secrets": self.box.open(target.secrets)}
                 if target
@@ -187,6 +201,7 @@ class JobQueue:
             policy=policy_json(policy),
             first_started=job.first_started.isoformat() if job.first_started else None,
             lease_ttl=self.lease_ttl,
+            platform=job_platform(s, job, self.box),
         )
 
     def _owned(self, s: Session, job_id: int, worker: str) -> Job:
@@ -257,6 +272,10 @@ class JobQueue:
             else:
                 job.state = "failed"
                 job.error = error or "failed"
+                job.result = result or {}
+                failed = job_kind(job.kind).on_failure
+                if failed is not None:
+                    failed(s, job, job.error)
                 alerts.open_alert(
                     s,
                     "job_failed",
@@ -325,28 +344,35 @@ class JobQueue:
         A thousand hosts on a 5-minute RPO finish ~288,000 syncs a day."""
         with transaction(self.factory) as s:
             j = aliased(Job)
-            newest = (select(func.max(j.id)).where(j.state.in_(FINAL), j.host_id.is_not(None))
-                      .group_by(j.host_id, j.kind))
-            ids = list(s.scalars(
-                select(Job.id)
-                .where(Job.state.in_(FINAL), Job.finished < before, Job.id.not_in(newest))
-                .order_by(Job.id).limit(batch)
-            ))
+            newest = (
+                select(func.max(j.id))
+                .where(j.state.in_(FINAL), j.host_id.is_not(None))
+                .group_by(j.host_id, j.kind)
+            )
+            ids = list(
+                s.scalars(
+                    select(Job.id)
+                    .where(Job.state.in_(FINAL), Job.finished < before, Job.id.not_in(newest))
+                    .order_by(Job.id)
+                    .limit(batch)
+                )
+            )
             if ids:  # the database deletes the logs (ON DELETE CASCADE), unlinks alerts
-                s.execute(delete(Job).where(Job.id.in_(ids)),
-                          execution_options={"synchronize_session": False})
+                s.execute(
+                    delete(Job).where(Job.id.in_(ids)),
+                    execution_options={"synchronize_session": False},
+                )
         return len(ids)
 
     def release_owned_by(self, prefix: str) -> int:
         """At start-up: leases of this server's previous (dead) embedded workers."""
         with transaction(self.factory) as s:
             jobs = s.scalars(
-                select(Job).where(
-                    and_(Job.state.in_(RUNNING), Job.lease_owner.startswith(prefix))
-                )
+                select(Job).where(and_(Job.state.in_(RUNNING), Job.lease_owner.startswith(prefix)))
             ).all()
-            return sum(self._requeue(s, job, f"{job.lease_owner} died with the server")
-                       for job in jobs)
+            return sum(
+                self._requeue(s, job, f"{job.lease_owner} died with the server") for job in jobs
+            )
 
     def _requeue(self, s: Session, job: Job, why: str) -> int:
         job.lease_owner = None
@@ -360,8 +386,14 @@ class JobQueue:
             job.state = "failed"
             job.error = f"{why}; gave up after {job.attempts} attempts"
             job.finished = utcnow()
-            alerts.open_alert(s, "job_failed", f"{job.kind} job {job.id}: {job.error}",
-                              host_id=job.host_id, job_id=job.id, severity="error")
+            alerts.open_alert(
+                s,
+                "job_failed",
+                f"{job.kind} job {job.id}: {job.error}",
+                host_id=job.host_id,
+                job_id=job.id,
+                severity="error",
+            )
         else:
             job.state = "queued"
         s.add(JobLog(job_id=job.id, level="warning", message=f"{why}: now {job.state}"))

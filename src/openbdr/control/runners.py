@@ -17,10 +17,10 @@ from ..chunk import Codec
 from ..errors import OpenBDRError
 from ..restore import restore
 from ..sync import Progress, SyncOptions, sync
-from ..verify import verify
 from . import alerts
 from .mirror import point_json, upsert_point
 from .models import Host, Job, Point, utcnow
+from .platforms import sync_failed, sync_succeeded
 from .registry import JobKind, register_kind
 from .worker import JobContext, JobStopped
 
@@ -50,12 +50,12 @@ def _created(value: str) -> datetime:
 def run_sync(ctx: JobContext) -> dict[str, Any]:
     spec = ctx.spec
     host_name = spec.host["name"] if spec.host else ""
-    repo = ctx.open_repository()
+    target = ctx.open_target()
     try:
         if spec.attempt > 1 and spec.first_started:
             # an earlier attempt may have committed just before its worker died
             first = datetime.fromisoformat(spec.first_started).replace(microsecond=0)
-            latest = repo.latest(host_name)
+            latest = target.latest(host_name)
             if latest is not None and _created(latest.created) >= first:
                 ctx.log(f"an earlier attempt committed point {latest.id}: adopting it")
                 return {"point": point_json(latest), "adopted": True}
@@ -92,17 +92,18 @@ def run_sync(ctx: JobContext) -> dict[str, Any]:
                 compression=options.compression.name.lower(),
             )
 
-        point = sync(repo, source, options, on_progress)
+        point = sync(target, source, options, on_progress)
         ctx.progress(percent=100.0)
         ctx.log(f"committed restore point {point.id}")
         return {"point": point_json(point), "adopted": False}
     finally:
-        repo.close()
+        target.close()
 
 
 def sync_done(s: Session, job: Job, result: dict[str, Any]) -> None:
     host = s.get(Host, job.host_id) if job.host_id else None
     if host is not None and result.get("point"):
+        sync_succeeded(s, host, job, result["point"])  # compares with host.disks: first
         upsert_point(s, host, result["point"])
 
 
@@ -112,37 +113,45 @@ def run_restore(ctx: JobContext) -> dict[str, Any]:
     params = spec.params
     if not params.get("to"):
         raise OpenBDRError(f"restore job {spec.id} has no destination", "give params.to")
-    repo = ctx.open_repository()
+    target = ctx.open_target()
     try:
-        point = repo.point(spec.host["name"] if spec.host else "", params.get("point", "latest"))
+        point = target.point(spec.host["name"] if spec.host else "", params.get("point", "latest"))
 
         def on_progress(done: int, total: int) -> None:
             ctx.check_stop()
-            ctx.progress(done_bytes=done, total_bytes=total,
-                         percent=round(100.0 * done / total, 1) if total else 0)
+            ctx.progress(
+                done_bytes=done,
+                total_bytes=total,
+                percent=round(100.0 * done / total, 1) if total else 0,
+            )
 
         results = restore(
-            repo, point, str(params["to"]), disk=params.get("disk"),
-            force=bool(params.get("force", False)), progress=on_progress,
+            target,
+            point,
+            str(params["to"]),
+            disk=params.get("disk"),
+            force=bool(params.get("force", False)),
+            progress=on_progress,
         )
         return {"point": point.id, "disks": [asdict(r) for r in results]}
     finally:
-        repo.close()
+        target.close()
 
 
 # -- verify ---------------------------------------------------------------------------
 def run_verify(ctx: JobContext) -> dict[str, Any]:
     spec = ctx.spec
-    repo = ctx.open_repository()
+    target = ctx.open_target()
     try:
+
         def on_progress(done: int, total: int) -> None:
             if ctx.should_stop():
                 raise JobStopped(f"job {spec.id} stopped ({ctx.stop_reason})")
-            ctx.progress(done=done, total=total,
-                         percent=round(100.0 * done / total, 1) if total else 0)
+            ctx.progress(
+                done=done, total=total, percent=round(100.0 * done / total, 1) if total else 0
+            )
 
-        report = verify(
-            repo,
+        report = target.verify(
             host=spec.host["name"] if spec.host else None,
             deep=bool(spec.params.get("deep", False)),
             sample=float(spec.params.get("sample", 100.0)),
@@ -157,7 +166,7 @@ def run_verify(ctx: JobContext) -> dict[str, Any]:
             "deep": bool(spec.params.get("deep", False)),
         }
     finally:
-        repo.close()
+        target.close()
 
 
 def verify_done(s: Session, job: Job, result: dict[str, Any]) -> None:
@@ -175,19 +184,38 @@ def verify_done(s: Session, job: Job, result: dict[str, Any]) -> None:
         if probs:
             point.status = "damaged"
             alerts.open_alert(
-                s, "point_damaged",
+                s,
+                "point_damaged",
                 f"restore point {point.point_id} of {host.name} is damaged: {probs[0]['reason']}"
                 + (f" (+{len(probs) - 1} more)" if len(probs) > 1 else ""),
-                host_id=host.id, job_id=job.id, severity="critical",
+                host_id=host.id,
+                job_id=job.id,
+                severity="critical",
             )
         elif point.created <= (job.started or now):
             point.verified = now
 
 
-register_kind(JobKind("sync", run_sync, exclusive=True, on_success=sync_done,
-                      description="copy the host's disks to a new restore point"))
-register_kind(JobKind("restore", run_restore,
-                      description="write a restore point's disks to files or devices"))
-register_kind(JobKind("verify", run_verify, needs_host=False, exclusive=True,
-                      on_success=verify_done,
-                      description="check restore points are complete (deep: intact)"))
+register_kind(
+    JobKind(
+        "sync",
+        run_sync,
+        exclusive=True,
+        on_success=sync_done,
+        on_failure=sync_failed,
+        description="copy the host's disks to a new restore point",
+    )
+)
+register_kind(
+    JobKind("restore", run_restore, description="write a restore point's disks to files or devices")
+)
+register_kind(
+    JobKind(
+        "verify",
+        run_verify,
+        needs_host=False,
+        exclusive=True,
+        on_success=verify_done,
+        description="check restore points are complete (deep: intact)",
+    )
+)

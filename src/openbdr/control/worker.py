@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from typing import Any, Protocol
 
 from ..errors import LockedError, OpenBDRError
-from ..store.repository import Repository
+from ..store import target as store
 from .jobs import JobQueue, JobSpec, LeaseLost
 from .registry import kind as job_kind
 from .registry import load_plugins, source_type
@@ -37,8 +37,14 @@ class Broker(Protocol):
         self, job_id: int, worker: str, progress: dict[str, Any], logs: list[tuple[str, str]]
     ) -> str: ...
     def finish(
-        self, job_id: int, worker: str, outcome: str, result: dict[str, Any] | None,
-        error: str | None, progress: dict[str, Any], logs: list[tuple[str, str]],
+        self,
+        job_id: int,
+        worker: str,
+        outcome: str,
+        result: dict[str, Any] | None,
+        error: str | None,
+        progress: dict[str, Any],
+        logs: list[tuple[str, str]],
     ) -> str: ...
 
 
@@ -58,11 +64,18 @@ class LocalBroker:
         return self.queue.heartbeat(job_id, worker, progress, logs)
 
     def finish(
-        self, job_id: int, worker: str, outcome: str, result: dict[str, Any] | None,
-        error: str | None, progress: dict[str, Any], logs: list[tuple[str, str]],
+        self,
+        job_id: int,
+        worker: str,
+        outcome: str,
+        result: dict[str, Any] | None,
+        error: str | None,
+        progress: dict[str, Any],
+        logs: list[tuple[str, str]],
     ) -> str:
-        return self.queue.finish(job_id, worker, outcome, result, error, progress=progress,
-                                 logs=logs)
+        return self.queue.finish(
+            job_id, worker, outcome, result, error, progress=progress, logs=logs
+        )
 
 
 @contextlib.contextmanager
@@ -82,16 +95,16 @@ def target_env(secrets: dict[str, Any]) -> Iterator[None]:
                     os.environ[k] = v
 
 
-def open_target(url: str, secrets: dict[str, Any], init: bool = False) -> Repository:
-    """Open (or create) a target's repository with its stored credentials and passphrase."""
+def open_target(url: str, secrets: dict[str, Any], init: bool = False) -> store.Target:
+    """Open (or create) a catalog target with its stored credentials and passphrase."""
     passphrase = secrets.get("passphrase") or None
     with target_env(secrets):
         if init:
             try:
-                return Repository.open(url, passphrase=passphrase)
+                return store.open_target(url, passphrase=passphrase)
             except OpenBDRError:
-                return Repository.init(url, encrypt=bool(passphrase), passphrase=passphrase)
-        return Repository.open(url, passphrase=passphrase)
+                return store.init_target(url, encrypt=bool(passphrase), passphrase=passphrase)
+        return store.open_target(url, passphrase=passphrase)
 
 
 class JobContext:
@@ -122,7 +135,7 @@ class JobContext:
         if self._stop.is_set():
             raise JobStopped(f"job {self.spec.id} stopped ({self.stop_reason})")
 
-    def open_repository(self) -> Repository:
+    def open_target(self) -> store.Target:
         if not self.spec.target:
             raise OpenBDRError(f"job {self.spec.id} has no target")
         return open_target(self.spec.target["url"], self.spec.target.get("secrets") or {})
@@ -199,14 +212,25 @@ class Worker(threading.Thread):
         except OpenBDRError as exc:
             outcome = "stopped" if ctx.should_stop() and _is_stop(exc) else "failed"
             error = None if outcome == "stopped" else str(exc)
+            # the server's failure hooks tell errors apart by kind (an unknown VM…)
+            result = (
+                {
+                    "error_types": [
+                        c.__name__ for c in type(exc).__mro__ if issubclass(c, OpenBDRError)
+                    ]
+                }
+                if outcome == "failed"
+                else None
+            )
         except Exception as exc:
             log.error("job %s crashed:\n%s", spec.id, traceback.format_exc())
             outcome, error = "failed", f"internal error: {type(exc).__name__}: {exc}"
         finally:
             done.set()
             beat.join()
-        log.info("job %s (%s) %s in %.1f s", spec.id, spec.kind, outcome,
-                 time.monotonic() - started)
+        log.info(
+            "job %s (%s) %s in %.1f s", spec.id, spec.kind, outcome, time.monotonic() - started
+        )
         if ctx.stop_reason == "lease lost":
             self.current = None
             return  # someone else owns the job now
@@ -240,4 +264,3 @@ def _is_stop(exc: OpenBDRError) -> bool:
     from ..sync import SyncStopped
 
     return isinstance(exc, SyncStopped | JobStopped)
-

@@ -30,6 +30,14 @@ class Blobs(abc.ABC):
     """An object store: a directory or an S3 bucket prefix."""
 
     url: str
+    #: requests in flight that keep this store busy (object stores want many)
+    concurrency: int = 8
+    #: `list` gives keys in ascending order (a broken-off listing can resume after a key)
+    sorted_listing: bool = False
+
+    def is_transient(self, exc: BaseException) -> bool:
+        """The error may pass if the operation is tried again (`RetryingBlobs`)."""
+        return False
 
     @abc.abstractmethod
     def put(self, key: str, data: bytes | memoryview) -> None:
@@ -65,12 +73,58 @@ class Blobs(abc.ABC):
         """Release connections."""
 
 
+class BlobsWrapper(Blobs):
+    """A store in front of another (sealing, throttling, retries): each wrapper overrides
+    what it changes and passes the rest through."""
+
+    def __init__(self, inner: Blobs) -> None:
+        self.inner = inner
+        self.url = inner.url
+        self.concurrency = inner.concurrency
+        self.sorted_listing = inner.sorted_listing
+
+    def is_transient(self, exc: BaseException) -> bool:
+        return self.inner.is_transient(exc)
+
+    def put(self, key: str, data: bytes | memoryview) -> None:
+        self.inner.put(key, data)
+
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        return self.inner.put_if_absent(key, data)
+
+    def replace_if(self, key: str, expected: bytes, data: bytes) -> bool:
+        return self.inner.replace_if(key, expected, data)
+
+    def get(self, key: str) -> bytes:
+        return self.inner.get(key)
+
+    def exists(self, key: str) -> bool:
+        return self.inner.exists(key)
+
+    def list(self, prefix: str = "") -> Iterator[BlobInfo]:
+        return self.inner.list(prefix)
+
+    def delete(self, key: str) -> None:
+        self.inner.delete(key)
+
+    def flush(self) -> None:
+        self.inner.flush()
+
+    def close(self) -> None:
+        self.inner.close()
+
+
 def open_blobs(url: str, *, create: bool = False) -> Blobs:
-    """A directory path (or `file://`) or `s3://bucket/prefix`."""
+    """A directory path (or `file://`), `s3://bucket/prefix` or `memory://name`."""
+    if url.startswith("memory://"):
+        from .memory import MemoryBlobs
+
+        return MemoryBlobs(url, create=create)
     if url.startswith("s3://"):
+        from .retry import RetryingBlobs
         from .s3 import S3Blobs
 
-        return S3Blobs(url, create=create)
+        return RetryingBlobs(S3Blobs(url, create=create))
     from .directory import DirectoryBlobs
 
     path = url[len("file://") :] if url.startswith("file://") else url

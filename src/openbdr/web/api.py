@@ -20,36 +20,56 @@ from ..control.services import Services
 from ..control.worker import open_target
 from ..drill.report import ReportNotFound, get_artifact, list_reports, load_report
 from ..errors import OpenBDRError
-from ..store.repository import Repository
+from ..store import target as store
 
 router = APIRouter(prefix="/api/v1/console", responses=RESPONSES, include_in_schema=False)
 Svc = Annotated[Services, Depends(services)]
 #: drill ids as the drill package makes them; never a path component like `..`
 DrillId = Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
-ARTIFACTS = {"report.html": "text/html; charset=utf-8", "report.json": "application/json",
-             "screenshot.png": "image/png"}
+ARTIFACTS = {
+    "report.html": "text/html; charset=utf-8",
+    "report.json": "application/json",
+    "screenshot.png": "image/png",
+}
 
 
-def _repo_of(s: Session, svc: Services, host: Host) -> Repository:
+def _target_of(s: Session, svc: Services, host: Host) -> store.Target:
     t = s.get(Target, host.target_id)
     if t is None:
         raise not_found(f"target of host {host.name!r}")
     try:
         return open_target(t.url, svc.box.open(t.secrets))
     except OpenBDRError as exc:
-        raise ApiError(400, "bad_request", f"cannot open repository {t.name!r}: {exc.what}",
-                       exc.hint) from None
+        raise ApiError(
+            400, "bad_request", f"cannot open repository {t.name!r}: {exc.what}", exc.hint
+        ) from None
 
 
 def _summary(rep: dict[str, Any]) -> dict[str, Any]:
-    keep = ("id", "host", "point", "plan", "kind", "started", "finished", "verdict", "reason",
-            "rto_first_s", "rto_all_s", "duration_s", "screenshot", "accel")
+    keep = (
+        "id",
+        "host",
+        "point",
+        "plan",
+        "kind",
+        "started",
+        "finished",
+        "verdict",
+        "reason",
+        "rto_first_s",
+        "rto_all_s",
+        "duration_s",
+        "screenshot",
+        "accel",
+    )
     return {k: rep.get(k) for k in keep}
 
 
 @router.get("/drills")
 def drills(
-    s: DB, _p: Viewer, svc: Svc,
+    s: DB,
+    _p: Viewer,
+    svc: Svc,
     host: Annotated[str | None, Query(max_length=128)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[dict[str, Any]]:
@@ -61,7 +81,7 @@ def drills(
     out: list[dict[str, Any]] = []
     for members in by_target.values():
         names = {h.name for h in members}
-        repo = _repo_of(s, svc, members[0])
+        repo = _target_of(s, svc, members[0])
         try:
             found = [hd for hd in list_reports(repo, host) if hd[0] in names]
             for h, d in sorted(found, key=lambda hd: hd[1], reverse=True)[:limit]:
@@ -78,7 +98,7 @@ def drills(
 @router.get("/drills/{host}/{drill_id}")
 def drill_report(host: str, drill_id: DrillId, s: DB, _p: Viewer, svc: Svc) -> dict[str, Any]:
     h = host_by_name(s, host)
-    repo = _repo_of(s, svc, h)
+    repo = _target_of(s, svc, h)
     try:
         return load_report(repo, h.name, drill_id).to_json()
     except ReportNotFound:
@@ -89,14 +109,19 @@ def drill_report(host: str, drill_id: DrillId, s: DB, _p: Viewer, svc: Svc) -> d
 
 @router.get("/drills/{host}/{drill_id}/{artifact}")
 def drill_artifact(
-    host: str, drill_id: DrillId, artifact: str, s: DB, _p: Viewer, svc: Svc,
+    host: str,
+    drill_id: DrillId,
+    artifact: str,
+    s: DB,
+    _p: Viewer,
+    svc: Svc,
     download: bool = False,
 ) -> Response:
     """The report page, its JSON or the console screenshot, as stored by the drill."""
     if artifact not in ARTIFACTS:
         raise not_found(f"drill artifact {artifact!r}", f"use one of {', '.join(ARTIFACTS)}")
     h = host_by_name(s, host)
-    repo = _repo_of(s, svc, h)
+    repo = _target_of(s, svc, h)
     try:
         data = get_artifact(repo, h.name, drill_id, artifact)
     except ReportNotFound:
@@ -105,5 +130,7 @@ def drill_artifact(
         repo.close()
     headers = {"Cache-Control": "private, max-age=300"}
     if download:
-        headers["Content-Disposition"] = f'attachment; filename="drill-{host}-{drill_id}-{artifact}"'
+        headers["Content-Disposition"] = (
+            f'attachment; filename="drill-{host}-{drill_id}-{artifact}"'
+        )
     return Response(data, media_type=ARTIFACTS[artifact], headers=headers)

@@ -18,16 +18,17 @@ import struct
 import time
 from collections.abc import Iterable, Mapping
 
-from .blocks import BLOCK_SIZE
-from .errors import LockedError
-from .extents import Extent
-from .store.blobs import NotFound
-from .store.manifest import RestorePoint
-from .store.repository import Repository
+from ...blocks import BLOCK_SIZE
+from ...errors import LockedError
+from ...extents import Extent
+from ..blobs import NotFound
+from ..manifest import RestorePoint
+from .layout import SCRUB_STATE, point_key
+from .repository import Repository
 
 log = logging.getLogger(__name__)
 
-STATE_KEY = "scrub/state"
+STATE_KEY = SCRUB_STATE
 RECORD = struct.Struct("<32sQ")
 
 Users = Mapping[bytes, list[tuple[RestorePoint, int, int]]]
@@ -56,7 +57,9 @@ def save_state(
     repo.blobs.flush()
 
 
-def pick(state: Mapping[bytes, int], ids: list[bytes], sample: float, seed: int | None) -> list[bytes]:
+def pick(
+    state: Mapping[bytes, int], ids: list[bytes], sample: float, seed: int | None
+) -> list[bytes]:
     """The `sample` percent of `ids` verified longest ago (random among equals)."""
     if not ids:
         return []
@@ -100,11 +103,18 @@ def mark(
     new: dict[str, list[dict[str, object]]] = {}
     for cid, reason in bad.items():
         for p, disk, off in users.get(cid, []):
-            new.setdefault(p.key, []).append(
-                {"disk": disk, "offset": off, "block": off // BLOCK_SIZE, "chunk": cid.hex(),
-                 "reason": reason}
+            new.setdefault(point_key(p.host, p.id), []).append(
+                {
+                    "disk": disk,
+                    "offset": off,
+                    "block": off // BLOCK_SIZE,
+                    "chunk": cid.hex(),
+                    "reason": reason,
+                }
             )
-    touched = [p for p in points if p.key in new or p.damaged]
+    touched = [
+        p for p in points if not p.unreadable and (point_key(p.host, p.id) in new or p.damaged)
+    ]
     if not touched:
         return []
     deadline = time.monotonic() + wait
@@ -120,16 +130,17 @@ def mark(
     try:
         for p in touched:
             keep = [
-                d for d in p.damaged
+                d
+                for d in p.damaged
                 if bytes.fromhex(str(d["chunk"])) not in good
                 and bytes.fromhex(str(d["chunk"])) not in bad
             ]
-            entries = keep + new.get(p.key, [])
+            entries = keep + new.get(point_key(p.host, p.id), [])
             entries.sort(key=lambda d: (int(str(d["disk"])), int(str(d["offset"]))))
             status = "damaged" if entries else ("ok" if p.status == "damaged" else p.status)
             if entries == p.damaged and status == p.status:
                 continue
-            if not repo.blobs.exists(p.key):
+            if not repo.blobs.exists(point_key(p.host, p.id)):
                 continue  # forgotten meanwhile
             p.damaged, p.status = entries, status
             repo.update_point(p)
