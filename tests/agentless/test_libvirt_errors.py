@@ -162,7 +162,7 @@ def test_a_shut_off_domain_is_read_from_its_images(
         _qemu_io(vdb, "write -P 0x33 10M 64k")  # written while shut off
         off = sync_point(repo, open_source("offhost", spec))
         assert [d.mode for d in off.disks] == ["incremental", "incremental"]  # the bitmap
-        assert [d.read_bytes for d in off.disks] == [0, 1 << 20]
+        assert [d.read_bytes for d in off.disks] == [0, 64 << 10]  # just what was written
         assert (
             off.token["value"]["vda"]["value"]["base"] == ran.token["value"]["vda"]["value"]["base"]
         )
