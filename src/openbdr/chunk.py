@@ -177,3 +177,5 @@ class ChunkCodec:
         if codec is Codec.LZ4:
             return lz4.block.decompress(payload, uncompressed_size=raw_len)
         raise ValueError(f"unknown codec {codec}")
+
+

@@ -84,7 +84,9 @@ def _root(
         str | None,
         typer.Option("--password-file", help="File holding an encrypted repository's passphrase."),
     ] = None,
-    debug: Annotated[bool, typer.Option("--debug", help="Show the traceback of an error.")] = False,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show the traceback of an error.")
+    ] = False,
 ) -> None:
     if password_file:
         os.environ["OPENBDR_PASSWORD_FILE"] = password_file
@@ -124,7 +126,9 @@ def sync_cmd(
     ] = None,
     source: Annotated[
         str | None,
-        typer.Option("--source", help='Another source: TYPE:ARG or a JSON spec ({"type": …}).'),
+        typer.Option(
+            "--source", help='Another source: TYPE:ARG or a JSON spec ({"type": …}).'
+        ),
     ] = None,
     compress: Annotated[str, typer.Option("--compress", "-c", help="zstd, lz4 or none.")] = "none",
     level: Annotated[int, typer.Option(help="Compression level (zstd).")] = 1,
@@ -333,9 +337,7 @@ def inspect(
         out.print(render_text(layout), highlight=False, markup=False)
 
 
-key_app = typer.Typer(
-    no_args_is_help=True, help="Passphrases (key slots) of an encrypted repository."
-)
+key_app = typer.Typer(no_args_is_help=True, help="Passphrases (key slots) of an encrypted repository.")
 repo_app.add_typer(key_app, name="key")
 NewPassOpt = Annotated[
     str | None,
@@ -425,13 +427,8 @@ def forget(
     policy = Policy(keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly)
     decisions = do_forget(open_target(repo), policy, host, dry_run=dry_run)
     rows = [
-        {
-            "host": d.point.host,
-            "point": d.point.id,
-            "created": d.point.created,
-            "keep": d.keep,
-            "reasons": d.reasons,
-        }
+        {"host": d.point.host, "point": d.point.id, "created": d.point.created,
+         "keep": d.keep, "reasons": d.reasons}
         for d in decisions
     ]
     if json_out:

@@ -161,20 +161,12 @@ def restore(
                 f"it has disks {', '.join(str(d.index) for d in point.disks)}",
             )
         return [
-            restore_disk(
-                target, point, match[0], to, force=force, in_flight=in_flight, progress=progress
-            )
+            restore_disk(target, point, match[0], to, force=force, in_flight=in_flight, progress=progress)
         ]
     if len(point.disks) == 1:
         return [
             restore_disk(
-                target,
-                point,
-                point.disks[0],
-                to,
-                force=force,
-                in_flight=in_flight,
-                progress=progress,
+                target, point, point.disks[0], to, force=force, in_flight=in_flight, progress=progress
             )
         ]
     out_dir = Path(to)

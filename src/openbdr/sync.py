@@ -389,9 +389,8 @@ class SyncRun:
                             log.warning("could not save the checkpoint: %s", exc)
                         raise
                     if self.progress and self.disk_syncs:
-                        self._report(
-                            self.disk_syncs[-1].disk.name, self.total_bytes, time.monotonic()
-                        )
+                        self._report(self.disk_syncs[-1].disk.name, self.total_bytes,
+                                     time.monotonic())
                     for ds, _ in plans:
                         ds.record.layout = ds.disk.layout
                     point = RestorePoint(

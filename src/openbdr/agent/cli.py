@@ -30,7 +30,8 @@ ConfigOpt = Annotated[
     typer.Option(
         "--config",
         "-C",
-        help=f"Agent configuration (TOML; default {DEFAULT_CONFIG}), or a proxy's JSON credential.",
+        help=f"Agent configuration (TOML; default {DEFAULT_CONFIG}), or a proxy's JSON "
+        "credential.",
         envvar="OPENBDR_AGENT_CONFIG",
         show_default=False,
     ),
@@ -72,7 +73,9 @@ def run(
     workers: Annotated[
         int | None, typer.Option(help="Jobs run at once (default: the control table's).")
     ] = None,
-    poll: Annotated[float | None, typer.Option(help="Seconds between job polls when idle.")] = None,
+    poll: Annotated[
+        float | None, typer.Option(help="Seconds between job polls when idle.")
+    ] = None,
 ) -> None:
     """Track the configured disks; sync on the interval or on request.
 

@@ -159,7 +159,9 @@ def load(path: str | Path) -> AgentConfig:
     names = set()
     for i, d in enumerate(disks_raw):
         if not isinstance(d, dict) or ("device" in d) == ("volume" in d):
-            raise ConfigError(f"{p}: [[disk]] number {i + 1} needs either `device` or `volume`")
+            raise ConfigError(
+                f"{p}: [[disk]] number {i + 1} needs either `device` or `volume`"
+            )
         name = str(d.get("name") or f"disk{i}")
         if name in names:
             raise ConfigError(f"{p}: two disks named {name!r}", "give each [[disk]] its own name")

@@ -69,9 +69,7 @@ class SynthDisk(DiskSnapshot):
         for k in range(self.since + 1, self.gen + 1):
             for b, h, what in _events(k, self.blocks):
                 if what == "write":
-                    out.append(
-                        Extent(b * BLOCK_SIZE + max(h, 0) * HALF, HALF if h >= 0 else BLOCK_SIZE)
-                    )
+                    out.append(Extent(b * BLOCK_SIZE + max(h, 0) * HALF, HALF if h >= 0 else BLOCK_SIZE))
         return normalize(e for e in out if not self._zeroed(e))
 
     def _zeroed(self, e: Extent) -> bool:

@@ -43,14 +43,9 @@ class HttpBroker:
         self, job_id: int, worker: str, progress: dict[str, Any], logs: list[tuple[str, str]]
     ) -> str:
         try:
-            got = self.client.post(
-                f"/agent/jobs/{job_id}/heartbeat",
-                {
-                    "worker": self._suffix(worker),
-                    "progress": progress,
-                    "logs": [list(x) for x in logs],
-                },
-            )
+            got = self.client.post(f"/agent/jobs/{job_id}/heartbeat",
+                                   {"worker": self._suffix(worker), "progress": progress,
+                                    "logs": [list(x) for x in logs]})
         except OpenBDRError as exc:
             if "no longer holds the lease" in str(exc) or "not a job of pool" in str(exc):
                 raise LeaseLost(str(exc)) from None
@@ -58,29 +53,17 @@ class HttpBroker:
         return str(got["state"])
 
     def finish(
-        self,
-        job_id: int,
-        worker: str,
-        outcome: str,
-        result: dict[str, Any] | None,
-        error: str | None,
-        progress: dict[str, Any],
-        logs: list[tuple[str, str]],
+        self, job_id: int, worker: str, outcome: str, result: dict[str, Any] | None,
+        error: str | None, progress: dict[str, Any], logs: list[tuple[str, str]],
     ) -> str:
         """The last progress and logs go in a heartbeat first: the pull API's finish
         body stays what agents and servers of every version agree on."""
         if progress or logs:
             self.heartbeat(job_id, worker, progress, logs)
         try:
-            got = self.client.post(
-                f"/agent/jobs/{job_id}/finish",
-                {
-                    "worker": self._suffix(worker),
-                    "outcome": outcome,
-                    "result": result,
-                    "error": error,
-                },
-            )
+            got = self.client.post(f"/agent/jobs/{job_id}/finish",
+                                   {"worker": self._suffix(worker), "outcome": outcome,
+                                    "result": result, "error": error})
         except OpenBDRError as exc:
             if "no longer holds the lease" in str(exc):
                 raise LeaseLost(str(exc)) from None
@@ -88,27 +71,19 @@ class HttpBroker:
         return str(got["state"])
 
 
-def enrol(
-    server: str, token: str, name: str, config: Path, verify: bool | str = True
-) -> dict[str, Any]:
+def enrol(server: str, token: str, name: str, config: Path, verify: bool | str = True) -> dict[str, Any]:
     client = Client(server, None, verify=verify)
     try:
-        got = client.post("/agents/enrol", {"token": token, "name": name, "version": __version__})
+        got = client.post("/agents/enrol", {"token": token, "name": name,
+                                            "version": __version__})
     finally:
         client.close()
     config.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
-        json.dump(
-            {
-                "server": server,
-                "name": got["name"],
-                "pool": got["pool"],
-                "credential": got["credential"],
-                "verify": verify if isinstance(verify, str) else bool(verify),
-            },
-            f,
-        )
+        json.dump({"server": server, "name": got["name"], "pool": got["pool"],
+                   "credential": got["credential"],
+                   "verify": verify if isinstance(verify, str) else bool(verify)}, f)
     return dict(got)
 
 
@@ -117,15 +92,11 @@ def load_credential(config: Path) -> dict[str, Any]:
     try:
         cfg: dict[str, Any] = json.loads(config.read_text())
     except FileNotFoundError:
-        raise OpenBDRError(
-            f"agent credential {config} does not exist",
-            "enrol first: `openbdr agent enrol --server URL --token TOKEN`",
-        ) from None
+        raise OpenBDRError(f"agent credential {config} does not exist",
+                           "enrol first: `openbdr agent enrol --server URL --token TOKEN`") from None
     except ValueError:
-        raise OpenBDRError(
-            f"agent credential {config} is not JSON",
-            "enrol again: `openbdr agent enrol --server URL --token TOKEN`",
-        ) from None
+        raise OpenBDRError(f"agent credential {config} is not JSON",
+                           "enrol again: `openbdr agent enrol --server URL --token TOKEN`") from None
     return cfg
 
 
@@ -135,33 +106,21 @@ class JobPuller:
     def __init__(self, config: Path, workers: int = 1, poll: float = 2.0) -> None:
         self.cfg = load_credential(config)
         load_plugins()
-        self.client = Client(
-            self.cfg["server"], self.cfg["credential"], verify=self.cfg.get("verify", True)
-        )
-        self.threads = [
-            Worker(HttpBroker(self.client), f"agent:{self.cfg['name']}:{i}", poll=poll)
-            for i in range(workers)
-        ]
+        self.client = Client(self.cfg["server"], self.cfg["credential"],
+                             verify=self.cfg.get("verify", True))
+        self.threads = [Worker(HttpBroker(self.client), f"agent:{self.cfg['name']}:{i}",
+                               poll=poll) for i in range(workers)]
 
     def describe(self) -> dict[str, Any]:
-        return {
-            "server": self.cfg["server"],
-            "name": self.cfg["name"],
-            "pool": self.cfg["pool"],
-            "workers": len(self.threads),
-            "running_jobs": [t.current.spec.id for t in self.threads if t.current],
-        }
+        return {"server": self.cfg["server"], "name": self.cfg["name"], "pool": self.cfg["pool"],
+                "workers": len(self.threads),
+                "running_jobs": [t.current.spec.id for t in self.threads if t.current]}
 
     def start(self) -> None:
         for t in self.threads:
             t.start()
-        log.info(
-            "agent %s (pool %s) polling %s with %d worker(s)",
-            self.cfg["name"],
-            self.cfg["pool"],
-            self.cfg["server"],
-            len(self.threads),
-        )
+        log.info("agent %s (pool %s) polling %s with %d worker(s)", self.cfg["name"],
+                 self.cfg["pool"], self.cfg["server"], len(self.threads))
 
     def stop(self) -> None:
         """Stop leasing; running jobs stop at their next checkpoint and are reported."""

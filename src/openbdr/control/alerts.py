@@ -17,7 +17,8 @@ def open_alert(
     severity: str = "warning",
 ) -> Alert:
     alert = s.scalar(
-        select(Alert).where(Alert.kind == kind, Alert.host_id == host_id, Alert.resolved.is_(None))
+        select(Alert).where(Alert.kind == kind, Alert.host_id == host_id,
+                            Alert.resolved.is_(None))
     )
     if alert is not None:
         alert.message = message
@@ -31,6 +32,7 @@ def open_alert(
 
 def resolve(s: Session, kind: str, host_id: int | None) -> None:
     for alert in s.scalars(
-        select(Alert).where(Alert.kind == kind, Alert.host_id == host_id, Alert.resolved.is_(None))
+        select(Alert).where(Alert.kind == kind, Alert.host_id == host_id,
+                            Alert.resolved.is_(None))
     ):
         alert.resolved = utcnow()

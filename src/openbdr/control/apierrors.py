@@ -36,16 +36,8 @@ def body(code: str, message: str, hint: str | None = None, **extra: Any) -> dict
     return {"error": {"code": code, "message": message, "hint": hint, **extra}}
 
 
-_CODES = {
-    400: "bad_request",
-    401: "unauthorized",
-    403: "forbidden",
-    404: "not_found",
-    405: "method_not_allowed",
-    409: "conflict",
-    422: "invalid",
-    503: "unavailable",
-}
+_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+          405: "method_not_allowed", 409: "conflict", 422: "invalid", 503: "unavailable"}
 
 #: documented on every route
 RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -64,11 +56,8 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
 def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api(_r: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(
-            body(exc.code, exc.message, exc.hint),
-            status_code=exc.status,
-            headers={"WWW-Authenticate": "Bearer"} if exc.status == 401 else None,
-        )
+        return JSONResponse(body(exc.code, exc.message, exc.hint), status_code=exc.status,
+                            headers={"WWW-Authenticate": "Bearer"} if exc.status == 401 else None)
 
     @app.exception_handler(OpenBDRError)
     async def _domain(_r: Request, exc: OpenBDRError) -> JSONResponse:
@@ -90,12 +79,8 @@ def install(app: FastAPI) -> None:
         ]
         first = fields[0] if fields else {"loc": [], "msg": "invalid"}
         return JSONResponse(
-            body(
-                "invalid",
-                f"{'.'.join(first['loc'])}: {first['msg']}",
-                "fix the request; see the OpenAPI document at /openapi.json",
-                fields=fields,
-            ),
+            body("invalid", f"{'.'.join(first['loc'])}: {first['msg']}",
+                 "fix the request; see the OpenAPI document at /openapi.json", fields=fields),
             status_code=422,
         )
 
@@ -108,11 +93,8 @@ def install(app: FastAPI) -> None:
     async def _data(_r: Request, exc: DataError) -> JSONResponse:
         # a value the database cannot hold (NUL in text, out-of-range number)
         return JSONResponse(
-            body(
-                "invalid",
-                f"a value cannot be stored in the catalog: {str(exc.orig)[:200]}",
-                "remove NUL characters and keep numbers in range",
-            ),
+            body("invalid", f"a value cannot be stored in the catalog: {str(exc.orig)[:200]}",
+                 "remove NUL characters and keep numbers in range"),
             status_code=422,
         )
 

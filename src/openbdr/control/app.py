@@ -117,9 +117,8 @@ def _ready_for_requests(svc: Services) -> None:
             c.close()
 
 
-def create_app(
-    config: ServerConfig, svc: Services | None = None, process: int | None = None
-) -> FastAPI:
+def create_app(config: ServerConfig, svc: Services | None = None,
+               process: int | None = None) -> FastAPI:
     """`process`: one of several server processes (its pid): its workers and scheduler
     get an identity of their own (`<server id>.<pid>`)."""
     svc = svc or open_services(config)
@@ -141,26 +140,14 @@ def create_app(
         for i in range(config.workers):
             threads.append(Worker(LocalBroker(svc.queue), f"{prefix}{i}", poll=config.poll))
         if config.scheduler:
-            threads.append(
-                Scheduler(
-                    svc.factory,
-                    svc.queue,
-                    svc.box,
-                    svc.server_id,
-                    tick=config.tick,
-                    refresh_every=config.refresh_every,
-                    keep_jobs=config.keep_jobs_days * 86400,
-                )
-            )
+            threads.append(Scheduler(svc.factory, svc.queue, svc.box, svc.server_id,
+                                     tick=config.tick, refresh_every=config.refresh_every,
+                                     keep_jobs=config.keep_jobs_days * 86400))
         for t in threads:
             t.start()
         _ready_for_requests(svc)
-        log.info(
-            "server %s ready: %d worker(s), catalog %s",
-            svc.server_id,
-            config.workers,
-            svc.engine.url.render_as_string(),
-        )
+        log.info("server %s ready: %d worker(s), catalog %s", svc.server_id, config.workers,
+                 svc.engine.url.render_as_string())
         try:
             yield
         finally:
@@ -187,13 +174,9 @@ def create_app(
 
     install_console(app)  # the web console: `/`, `/console/…`, `/api/v1/console/…`
 
-    @app.get(
-        "/metrics",
-        tags=["meta"],
-        responses=apierrors.RESPONSES,
-        response_class=Response,
-        dependencies=[Depends(require("viewer"))],
-    )
+    @app.get("/metrics", tags=["meta"], responses=apierrors.RESPONSES,
+             response_class=Response,
+             dependencies=[Depends(require("viewer"))])
     def prometheus(s: DB) -> Response:
         """Prometheus exposition (a viewer token: `authorization: bearer` in the scrape)."""
         s.commit()  # end the request's transaction: the collector reads in its own

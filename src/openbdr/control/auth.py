@@ -54,31 +54,23 @@ DB = Annotated[Session, Depends(session, scope="function")]
 # built once: every request authenticates, and building the expressions cost more than
 # running them
 AGENT_BY_CREDENTIAL = select(Agent).where(Agent.credential_hash == bindparam("h"))
-TOKEN_BY_HASH = (
-    select(ApiToken, User)
-    .join(User, User.id == ApiToken.user_id)
-    .where(ApiToken.token_hash == bindparam("h"))
-)
+TOKEN_BY_HASH = (select(ApiToken, User).join(User, User.id == ApiToken.user_id)
+                 .where(ApiToken.token_hash == bindparam("h")))
 
 
 def principal(
     s: DB, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 ) -> Principal:
     if creds is None or not creds.credentials:
-        raise ApiError(
-            401,
-            "unauthorized",
-            "this endpoint needs a bearer token",
-            "send `Authorization: Bearer <token>`",
-        )
+        raise ApiError(401, "unauthorized", "this endpoint needs a bearer token",
+                       "send `Authorization: Bearer <token>`")
     h = digest(creds.credentials)
     now = utcnow()
     if creds.credentials.startswith("obda_"):
         agent = s.scalar(AGENT_BY_CREDENTIAL, {"h": h})
         if agent is None or agent.disabled:
-            raise ApiError(
-                401, "unauthorized", "unknown or disabled agent credential", "enrol the agent again"
-            )
+            raise ApiError(401, "unauthorized", "unknown or disabled agent credential",
+                           "enrol the agent again")
         agent.last_seen = now
         return Principal(agent.name, "agent", agent_id=agent.id, pool=agent.pool)
     row = s.execute(TOKEN_BY_HASH, {"h": h}).first()
@@ -86,12 +78,8 @@ def principal(
         raise ApiError(401, "unauthorized", "unknown API token", "ask an admin for a token")
     token, user = row
     if token.expires is not None and token.expires < now:
-        raise ApiError(
-            401,
-            "unauthorized",
-            f"API token {token.name} has expired",
-            "ask an admin for a new token",
-        )
+        raise ApiError(401, "unauthorized", f"API token {token.name} has expired",
+                       "ask an admin for a new token")
     if token.last_used is None or (now - token.last_used).total_seconds() > 60:
         token.last_used = now
     return Principal(user.name, user.role, user_id=user.id)
@@ -104,12 +92,8 @@ def require(role: str) -> Callable[[Principal], Principal]:
                 raise ApiError(403, "forbidden", "only agents may call this endpoint")
             return p
         if RANK.get(p.role, 0) < RANK[role]:
-            raise ApiError(
-                403,
-                "forbidden",
-                f"{p.name} ({p.role}) may not do this: it needs the {role} role",
-                "ask an admin",
-            )
+            raise ApiError(403, "forbidden", f"{p.name} ({p.role}) may not do this: "
+                           f"it needs the {role} role", "ask an admin")
         return p
 
     return check
@@ -121,20 +105,7 @@ Admin = Annotated[Principal, Depends(require("admin"))]
 AgentP = Annotated[Principal, Depends(require("agent"))]
 
 
-def audit(
-    s: Session,
-    who: Principal | str,
-    action: str,
-    object_type: str,
-    object_id: object,
-    **detail: object,
-) -> None:
-    s.add(
-        AuditEntry(
-            actor=who if isinstance(who, str) else who.name,
-            action=action,
-            object_type=object_type,
-            object_id=str(object_id),
-            detail=dict(detail),
-        )
-    )
+def audit(s: Session, who: Principal | str, action: str, object_type: str, object_id: object,
+          **detail: object) -> None:
+    s.add(AuditEntry(actor=who if isinstance(who, str) else who.name, action=action,
+                     object_type=object_type, object_id=str(object_id), detail=dict(detail)))

@@ -23,13 +23,10 @@ from ..errors import OpenBDRError
 
 out = Console(width=None if sys.stdout.isatty() else 200)
 
-ServerOpt = Annotated[
-    str | None, typer.Option("--server", envvar="OPENBDR_SERVER", help="URL of the OpenBDR server.")
-]
-TokenOpt = Annotated[
-    str | None,
-    typer.Option("--token", envvar="OPENBDR_TOKEN", help="API token.", show_default=False),
-]
+ServerOpt = Annotated[str | None, typer.Option("--server", envvar="OPENBDR_SERVER",
+                                               help="URL of the OpenBDR server.")]
+TokenOpt = Annotated[str | None, typer.Option("--token", envvar="OPENBDR_TOKEN",
+                                              help="API token.", show_default=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 _conn: dict[str, str | None] = {}
@@ -45,10 +42,8 @@ def client() -> Any:
 
     server = _conn.get("server") or os.environ.get("OPENBDR_SERVER")
     if not server:
-        raise OpenBDRError(
-            "no OpenBDR server configured",
-            "pass --server URL or set OPENBDR_SERVER (start one: openbdr server)",
-        )
+        raise OpenBDRError("no OpenBDR server configured",
+                           "pass --server URL or set OPENBDR_SERVER (start one: openbdr server)")
     token = _conn.get("token") or os.environ.get("OPENBDR_TOKEN")
     if not token and os.environ.get("OPENBDR_TOKEN_FILE"):
         token = Path(os.environ["OPENBDR_TOKEN_FILE"]).read_text().strip()
@@ -62,9 +57,8 @@ def seconds(text: str) -> int:
     m = re.fullmatch(r"\s*(\d+)\s*([smhdw]?)\s*", text)
     if not m:
         raise OpenBDRError(f"bad duration {text!r}", "write it like 300, 5m, 1h or 7d")
-    return (
-        int(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[m.group(2)]
-    )
+    return int(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[
+        m.group(2)]
 
 
 def _show(rows: list[dict[str, Any]], cols: list[str], as_json: bool) -> None:
@@ -98,66 +92,38 @@ user_app = _group("Users and API tokens (admin).")
 
 # -- server -----------------------------------------------------------------------
 def server_cmd(
-    data: Annotated[
-        Path,
-        typer.Option(
-            "--data", envvar="OPENBDR_DATA", help="Data directory: catalog, key, admin token."
-        ),
-    ] = Path("/var/lib/openbdr"),
-    database: Annotated[
-        str | None,
-        typer.Option(
-            "--database",
-            envvar="OPENBDR_DATABASE",
-            help="postgresql://… (default: SQLite in the data directory).",
-        ),
-    ] = None,
+    data: Annotated[Path, typer.Option("--data", envvar="OPENBDR_DATA",
+                                       help="Data directory: catalog, key, admin token.")] =
+    Path("/var/lib/openbdr"),
+    database: Annotated[str | None, typer.Option(
+        "--database", envvar="OPENBDR_DATABASE",
+        help="postgresql://… (default: SQLite in the data directory).")] = None,
     listen: Annotated[str, typer.Option("--listen", help="HOST:PORT")] = "127.0.0.1:8470",
     cert: Annotated[str | None, typer.Option("--cert", help="TLS certificate (PEM).")] = None,
     key: Annotated[str | None, typer.Option("--key", help="TLS private key (PEM).")] = None,
     workers: Annotated[int, typer.Option(help="Embedded workers (0: agents only).")] = 2,
-    processes: Annotated[
-        int,
-        typer.Option(
-            min=1,
-            help="Server processes on the one port (each with --workers workers): "
-            "several cores for the API and the workers.",
-        ),
-    ] = 1,
+    processes: Annotated[int, typer.Option(
+        min=1, help="Server processes on the one port (each with --workers workers): "
+        "several cores for the API and the workers.")] = 1,
     tick: Annotated[float, typer.Option(help="Scheduler period, seconds.")] = 5.0,
     lease_ttl: Annotated[float, typer.Option(help="Job lease time-to-live, seconds.")] = 30.0,
     scheduler: Annotated[bool, typer.Option(help="Run the scheduler here.")] = True,
-    keep_jobs_days: Annotated[
-        float,
-        typer.Option(
-            min=0,
-            help="Delete finished jobs and their logs this many days after they ended "
-            "(0: keep them; a host's newest job of each kind always stays).",
-        ),
-    ] = 7.0,
+    keep_jobs_days: Annotated[float, typer.Option(
+        min=0, help="Delete finished jobs and their logs this many days after they ended "
+        "(0: keep them; a host's newest job of each kind always stays).")] = 7.0,
     migrate_only: Annotated[bool, typer.Option(help="Upgrade the catalog and exit.")] = False,
-    repository_root: Annotated[
-        list[Path] | None,
-        typer.Option(
-            "--repository-root",
-            help="Allow local repositories only below this directory (repeatable; default: any).",
-        ),
-    ] = None,
+    repository_root: Annotated[list[Path] | None, typer.Option(
+        "--repository-root",
+        help="Allow local repositories only below this directory (repeatable; default: any).",
+    )] = None,
 ) -> None:
     """Start the control plane: API, embedded workers and scheduler (all in one)."""
     from .app import ServerConfig, open_services
     from .server import serve
 
-    config = ServerConfig(
-        data,
-        database,
-        workers=workers,
-        scheduler=scheduler,
-        tick=tick,
-        lease_ttl=lease_ttl,
-        repository_roots=tuple(repository_root or ()),
-        keep_jobs_days=keep_jobs_days,
-    )
+    config = ServerConfig(data, database, workers=workers, scheduler=scheduler, tick=tick,
+                          lease_ttl=lease_ttl, repository_roots=tuple(repository_root or ()),
+                          keep_jobs_days=keep_jobs_days)
     if migrate_only:
         open_services(config).engine.dispose()
         out.print(f"catalog {config.database_url.split('@')[-1]} is up to date")
@@ -171,18 +137,15 @@ def server_cmd(
 # -- targets ----------------------------------------------------------------------
 @target_app.command("add")
 def target_add(
-    name: str,
-    url: str,
+    name: str, url: str,
     init: Annotated[bool, typer.Option("--init", help="Create the repository.")] = False,
-    secret: Annotated[
-        list[str] | None, typer.Option("--secret", help="KEY=VALUE (encrypted).")
-    ] = None,
+    secret: Annotated[list[str] | None, typer.Option("--secret", help="KEY=VALUE (encrypted).")]
+    = None,
 ) -> None:
     """Add a repository (a directory or s3://bucket/prefix)."""
     secrets = dict(s.split("=", 1) for s in secret or [] if "=" in s)
-    t = client().post(
-        "/targets", {"name": name, "url": url, "init": init, "secrets": secrets or None}
-    )
+    t = client().post("/targets", {"name": name, "url": url, "init": init,
+                                   "secrets": secrets or None})
     out.print(f"target {t['name']} → {t['url']}")
 
 
@@ -199,29 +162,28 @@ def _source(spec: str) -> dict[str, Any]:
     kind, _, rest = spec.partition(":")
     if kind == "image" and rest:
         return {"type": "image", "paths": [p for p in rest.split(",") if p]}
-    raise OpenBDRError(
-        f"bad source {spec!r}", 'write image:/path[,/path…] or a JSON object {"type": …}'
-    )
+    raise OpenBDRError(f"bad source {spec!r}",
+                       'write image:/path[,/path…] or a JSON object {"type": …}')
 
 
 @host_app.command("add")
 def host_add(
     name: str,
     target: Annotated[str, typer.Option("--target")],
-    source: Annotated[str | None, typer.Option("--source", help="image:/path[,…] or JSON.")] = None,
+    source: Annotated[str | None, typer.Option("--source", help="image:/path[,…] or JSON.")]
+    = None,
     policy: Annotated[str | None, typer.Option("--policy")] = None,
-    pool: Annotated[str | None, typer.Option("--pool", help="Agent pool running its jobs.")] = None,
-    platform: Annotated[
-        str | None, typer.Option("--platform", help="A VM of this platform (agentless; with --vm).")
-    ] = None,
+    pool: Annotated[str | None, typer.Option("--pool", help="Agent pool running its jobs.")]
+    = None,
+    platform: Annotated[str | None, typer.Option(
+        "--platform", help="A VM of this platform (agentless; with --vm).")] = None,
     vm: Annotated[str | None, typer.Option("--vm", help="The VM's id or unique name.")] = None,
 ) -> None:
     """Protect a host: its source (or a platform's VM), target and policy."""
     if (platform is None) != (vm is None) or (platform is None) == (source is None):
-        raise OpenBDRError(
-            f"host {name}: give --source, or --platform and --vm",
-            "e.g. --source image:/var/lib/images/web1.img, or --platform kvm1 --vm web1",
-        )
+        raise OpenBDRError(f"host {name}: give --source, or --platform and --vm",
+                           "e.g. --source image:/var/lib/images/web1.img, or "
+                           "--platform kvm1 --vm web1")
     body: dict[str, Any] = {"name": name, "target": target, "policy": policy, "pool": pool}
     if platform is not None:
         body.update(platform=platform, vm=vm)
@@ -232,10 +194,8 @@ def host_add(
         c = client()
     h = c.post("/hosts", body)
     if h.get("platform"):
-        out.print(
-            f"host {h['name']} added: VM {h['vm']} of platform {h['platform']} "
-            f"({h['status']['protection']})"
-        )
+        out.print(f"host {h['name']} added: VM {h['vm']} of platform {h['platform']} "
+                  f"({h['status']['protection']})")
         return
     out.print(f"host {h['name']} added ({h['status']['protection']})")
 
@@ -245,19 +205,11 @@ def _host_row(h: dict[str, Any]) -> dict[str, Any]:
     lp = st.get("last_point") or {}
     last = st.get("last_sync") or {}
     job = st.get("active_job") or {}
-    return {
-        "name": h["name"],
-        "protection": st["protection"],
-        "age_s": lp.get("age_seconds"),
-        "rpo_s": st.get("rpo_seconds"),
-        "points": st["points"],
-        "last_sync": last.get("state"),
-        "job": f"{job['kind']} {job['state']} {job.get('progress', {}).get('percent', '')}"
-        if job
-        else None,
-        "policy": h["policy"],
-        "target": h["target"],
-    }
+    return {"name": h["name"], "protection": st["protection"],
+            "age_s": lp.get("age_seconds"), "rpo_s": st.get("rpo_seconds"),
+            "points": st["points"], "last_sync": last.get("state"),
+            "job": f"{job['kind']} {job['state']} {job.get('progress', {}).get('percent', '')}"
+            if job else None, "policy": h["policy"], "target": h["target"]}
 
 
 @host_app.command("list")
@@ -267,11 +219,9 @@ def host_list(json_out: JsonOpt = False) -> None:
     if json_out:
         _show(hosts, [], True)
         return
-    _show(
-        [_host_row(h) for h in hosts],
-        ["name", "protection", "age_s", "rpo_s", "points", "last_sync", "job", "policy", "target"],
-        False,
-    )
+    _show([_host_row(h) for h in hosts],
+          ["name", "protection", "age_s", "rpo_s", "points", "last_sync", "job", "policy",
+           "target"], False)
 
 
 @host_app.command("show")
@@ -286,11 +236,8 @@ def host_show(name: str) -> None:
 def host_sync(
     name: str,
     full: Annotated[bool, typer.Option("--full")] = False,
-    wait: Annotated[
-        bool,
-        typer.Option(
-            "--wait", help="Follow the job with a progress bar until it ends (exit 1 if it fails)."
-        ),
+    wait: Annotated[bool, typer.Option(
+        "--wait", help="Follow the job with a progress bar until it ends (exit 1 if it fails).")
     ] = False,
 ) -> None:
     """Start a sync now."""
@@ -309,14 +256,9 @@ def wait_for_job(c: Any, job_id: int, poll: float = 0.5) -> dict[str, Any]:
 
     from .jobs import FINAL
 
-    with Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        TaskProgressColumn(),
-        TextColumn("{task.fields[state]}"),
-        console=Console(stderr=True),
-        disable=not sys.stderr.isatty(),
-    ) as bar:
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TaskProgressColumn(),
+                  TextColumn("{task.fields[state]}"), console=Console(stderr=True),
+                  disable=not sys.stderr.isatty()) as bar:
         task = bar.add_task(f"job {job_id}", total=100.0, state="")
         while True:
             j = c.get(f"/jobs/{job_id}")
@@ -325,20 +267,16 @@ def wait_for_job(c: Any, job_id: int, poll: float = 0.5) -> dict[str, Any]:
                 break
             time.sleep(poll)
     if j["state"] != "succeeded":
-        raise OpenBDRError(
-            f"job {job_id} {j['state']}: {j.get('error') or 'no reason given'}",
-            f"see `openbdr job show {job_id} --logs`",
-        )
+        raise OpenBDRError(f"job {job_id} {j['state']}: {j.get('error') or 'no reason given'}",
+                           f"see `openbdr job show {job_id} --logs`")
     point = (j.get("result") or {}).get("point")
     if isinstance(point, dict) and point.get("disks"):
         disks = point["disks"]
         read = sum(d.get("read_bytes", 0) for d in disks) / 2**20
         stored = sum(d.get("stored_bytes", 0) for d in disks) / 2**20
         modes = ",".join(sorted({d.get("mode", "?") for d in disks}))
-        out.print(
-            f"job {job_id} succeeded: restore point {point['id']} ({modes}), read "
-            f"{read:.1f} MiB, stored {stored:.1f} MiB in {point.get('duration_s', 0):.1f} s"
-        )
+        out.print(f"job {job_id} succeeded: restore point {point['id']} ({modes}), read "
+                  f"{read:.1f} MiB, stored {stored:.1f} MiB in {point.get('duration_s', 0):.1f} s")
     else:
         out.print(f"job {job_id} succeeded")
     return dict(j)
@@ -359,12 +297,11 @@ def policy_set(
     compression: Annotated[str | None, typer.Option(help="none, zstd or lz4.")] = None,
     level: Annotated[int | None, typer.Option(help="zstd level.")] = None,
     bwlimit: Annotated[str | None, typer.Option(help="Default bytes/s limit: 50M, 0.")] = None,
-    window: Annotated[
-        list[str] | None,
-        typer.Option("--window", help="HH:MM-HH:MM=RATE (UTC), e.g. 08:00-18:00=10M"),
-    ] = None,
+    window: Annotated[list[str] | None, typer.Option(
+        "--window", help="HH:MM-HH:MM=RATE (UTC), e.g. 08:00-18:00=10M")] = None,
     full_every: Annotated[str | None, typer.Option(help="Full resync interval: 7d.")] = None,
-    verify_every: Annotated[str | None, typer.Option(help="Verification interval: 1d.")] = None,
+    verify_every: Annotated[str | None, typer.Option(help="Verification interval: 1d.")]
+    = None,
     drill_every: Annotated[str | None, typer.Option(help="Drill interval: 7d.")] = None,
     keep_last: Annotated[int | None, typer.Option(help="Retention: keep this many.")] = None,
     enabled: Annotated[bool | None, typer.Option("--enabled/--disabled")] = None,
@@ -387,15 +324,11 @@ def policy_set(
             m = re.fullmatch(r"(\d\d:\d\d)-(\d\d:\d\d)=(.+)", w)
             if not m:
                 raise OpenBDRError(f"bad window {w!r}", "write it like 08:00-18:00=10M")
-            wins.append(
-                {"start": m.group(1), "end": m.group(2), "rate": int(parse_rate(m.group(3)))}
-            )
+            wins.append({"start": m.group(1), "end": m.group(2),
+                         "rate": int(parse_rate(m.group(3)))})
         body["bandwidth_windows"] = wins
-    for key, val in (
-        ("full_resync_seconds", full_every),
-        ("verify_seconds", verify_every),
-        ("drill_seconds", drill_every),
-    ):
+    for key, val in (("full_resync_seconds", full_every), ("verify_seconds", verify_every),
+                     ("drill_seconds", drill_every)):
         if val:
             body[key] = seconds(val)
     if keep_last is not None:
@@ -418,11 +351,9 @@ def policy_set(
 
 @policy_app.command("list")
 def policy_list(json_out: JsonOpt = False) -> None:
-    _show(
-        client().get("/policies"),
-        ["name", "rpo_seconds", "compression", "bwlimit", "verify_seconds", "enabled"],
-        json_out,
-    )
+    _show(client().get("/policies"),
+          ["name", "rpo_seconds", "compression", "bwlimit", "verify_seconds", "enabled"],
+          json_out)
 
 
 # -- jobs -------------------------------------------------------------------------
@@ -439,11 +370,9 @@ def job_list(
     json_out: JsonOpt = False,
 ) -> None:
     jobs = client().get("/jobs", state=state, host=host, kind=kind)
-    _show(
-        [_job_row(j) for j in jobs] if not json_out else jobs,
-        ["id", "kind", "host", "state", "percent", "rate", "eta", "attempts", "created", "error"],
-        json_out,
-    )
+    _show([_job_row(j) for j in jobs] if not json_out else jobs,
+          ["id", "kind", "host", "state", "percent", "rate", "eta", "attempts", "created",
+           "error"], json_out)
 
 
 @job_app.command("show")
@@ -453,9 +382,8 @@ def job_show(job_id: int, logs: Annotated[bool, typer.Option("--logs")] = False)
     out.print_json(json.dumps(c.get(f"/jobs/{job_id}"), default=str))
     if logs:
         for line in c.get(f"/jobs/{job_id}/logs"):
-            out.print(
-                f"{line['ts']} {line['level']}: {line['message']}", markup=False, highlight=False
-            )
+            out.print(f"{line['ts']} {line['level']}: {line['message']}", markup=False,
+                      highlight=False)
 
 
 @job_app.command("start")
@@ -473,7 +401,8 @@ def job_start(
             params[k] = json.loads(v)
         except ValueError:
             params[k] = v
-    j = client().post("/jobs", {"kind": kind, "host": host, "target": target, "params": params})
+    j = client().post("/jobs", {"kind": kind, "host": host, "target": target,
+                                "params": params})
     out.print(f"job {j['id']}: {kind} {j['state']}")
 
 
@@ -492,39 +421,23 @@ for _a in ("pause", "resume", "cancel"):
 
 # -- points, alerts, users ----------------------------------------------------------
 @point_app.command("list")
-def point_list(
-    host: Annotated[str | None, typer.Option("--host", "-H")] = None, json_out: JsonOpt = False
-) -> None:
-    _show(
-        client().get("/points", host=host),
-        [
-            "host",
-            "id",
-            "created",
-            "consistency",
-            "status",
-            "size",
-            "stored_bytes",
-            "codec",
-            "verified",
-        ],
-        json_out,
-    )
+def point_list(host: Annotated[str | None, typer.Option("--host", "-H")] = None,
+               json_out: JsonOpt = False) -> None:
+    _show(client().get("/points", host=host),
+          ["host", "id", "created", "consistency", "status", "size", "stored_bytes", "codec",
+           "verified"], json_out)
 
 
 @alert_app.command("list")
 def alert_list(json_out: JsonOpt = False) -> None:
-    _show(
-        client().get("/alerts"), ["id", "kind", "severity", "host", "message", "opened"], json_out
-    )
+    _show(client().get("/alerts"), ["id", "kind", "severity", "host", "message", "opened"],
+          json_out)
 
 
 @user_app.command("add")
-def user_add(
-    name: str,
-    role: Annotated[str, typer.Option(help="viewer, operator, admin")],
-    password: Annotated[str | None, typer.Option(envvar="OPENBDR_NEW_PASSWORD")] = None,
-) -> None:
+def user_add(name: str, role: Annotated[str, typer.Option(help="viewer, operator, admin")],
+             password: Annotated[str | None, typer.Option(envvar="OPENBDR_NEW_PASSWORD")]
+             = None) -> None:
     u = client().post("/users", {"name": name, "role": role, "password": password})
     out.print(f"user {u['name']} ({u['role']})")
 

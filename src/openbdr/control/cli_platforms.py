@@ -14,12 +14,8 @@ from .cli import JsonOpt, _group, _show, client, out
 
 platform_app = _group("Platforms (hypervisors, clouds) whose VMs are protected agentless.")
 
-TimeoutOpt = Annotated[
-    float,
-    typer.Option(
-        "--timeout", min=1, max=600, help="Seconds to wait for the proxy (or the server) to answer."
-    ),
-]
+TimeoutOpt = Annotated[float, typer.Option(
+    "--timeout", min=1, max=600, help="Seconds to wait for the proxy (or the server) to answer.")]
 
 
 def _pairs(items: list[str] | None, what: str) -> dict[str, str]:
@@ -27,9 +23,7 @@ def _pairs(items: list[str] | None, what: str) -> dict[str, str]:
     for item in items or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise OpenBDRError(
-                f"bad {what} {item!r}", f"write it as KEY=VALUE (--{what} user=root)"
-            )
+            raise OpenBDRError(f"bad {what} {item!r}", f"write it as KEY=VALUE (--{what} user=root)")
         out_[key] = value
     return out_
 
@@ -40,10 +34,8 @@ def _credentials(pairs: list[str] | None, path: Path | None) -> dict[str, str] |
         try:
             loaded = json.loads(path.read_text())
         except (OSError, ValueError) as exc:
-            raise OpenBDRError(
-                f"cannot read credentials file {path}: {exc}",
-                'give a JSON object, e.g. {"user": "root", "password": "…"}',
-            ) from None
+            raise OpenBDRError(f"cannot read credentials file {path}: {exc}",
+                               'give a JSON object, e.g. {"user": "root", "password": "…"}') from None
         if not isinstance(loaded, dict):
             raise OpenBDRError(f"credentials file {path} is not a JSON object")
         creds.update({str(k): str(v) for k, v in loaded.items()})
@@ -62,44 +54,25 @@ def platform_add(
     name: str,
     type_: Annotated[str, typer.Option("--type", help="libvirt, openstack, aws, vmware, …")],
     endpoint: Annotated[str, typer.Option("--endpoint", help="The platform's API address.")],
-    credential: Annotated[
-        list[str] | None,
-        typer.Option("--credential", help="KEY=VALUE (sealed in the catalog, never shown again)."),
-    ] = None,
-    credentials_file: Annotated[
-        Path | None,
-        typer.Option(
-            "--credentials-file",
-            help="A JSON object of credentials (keeps them off the command line).",
-        ),
-    ] = None,
+    credential: Annotated[list[str] | None, typer.Option(
+        "--credential", help="KEY=VALUE (sealed in the catalog, never shown again).")] = None,
+    credentials_file: Annotated[Path | None, typer.Option(
+        "--credentials-file", help="A JSON object of credentials (keeps them off the "
+        "command line).")] = None,
     option: Annotated[list[str] | None, typer.Option("--option", help="KEY=VALUE.")] = None,
-    pool: Annotated[
-        str | None,
-        typer.Option(
-            "--pool", help="Sync proxies of this pool reach the platform (default: the server)."
-        ),
-    ] = None,
+    pool: Annotated[str | None, typer.Option(
+        "--pool", help="Sync proxies of this pool reach the platform (default: the server).")]
+    = None,
     test: Annotated[bool, typer.Option("--test", help="Test it once added.")] = False,
     timeout: TimeoutOpt = 60.0,
 ) -> None:
     """Register a platform endpoint with its credentials and proxy pool."""
     c = _slow_client(timeout)
-    p = c.post(
-        "/platforms",
-        {
-            "name": name,
-            "type": type_,
-            "endpoint": endpoint,
-            "credentials": _credentials(credential, credentials_file),
-            "options": _pairs(option, "option"),
-            "pool": pool,
-        },
-    )
-    out.print(
-        f"platform {p['name']} ({p['type']}) → {p['endpoint']}, jobs on "
-        f"{'proxies of pool ' + p['pool'] if p['pool'] else 'the server'}"
-    )
+    p = c.post("/platforms", {"name": name, "type": type_, "endpoint": endpoint,
+                              "credentials": _credentials(credential, credentials_file),
+                              "options": _pairs(option, "option"), "pool": pool})
+    out.print(f"platform {p['name']} ({p['type']}) → {p['endpoint']}, jobs on "
+              f"{'proxies of pool ' + p['pool'] if p['pool'] else 'the server'}")
     if test:
         t = c.post(f"/platforms/{name}/test?timeout={timeout}")
         out.print(f"test: {t['message']}", markup=False, highlight=False)
@@ -110,11 +83,8 @@ def platform_list(json_out: JsonOpt = False) -> None:
     rows = client().get("/platforms")
     for r in rows:
         r["test"] = {True: "ok", False: "failed", None: "never"}[r["last_test_ok"]]
-    _show(
-        rows,
-        ["name", "type", "endpoint", "pool", "test", "last_discovery", "vm_count", "hosts"],
-        json_out,
-    )
+    _show(rows, ["name", "type", "endpoint", "pool", "test", "last_discovery", "vm_count",
+                 "hosts"], json_out)
 
 
 @platform_app.command("show")
@@ -150,11 +120,8 @@ def platform_discover(name: str, json_out: JsonOpt = False, timeout: TimeoutOpt 
     if json_out:
         _show(got["vms"], [], True)
         return
-    _show(
-        [{**vm, "disks": _disks(vm), "host": vm.get("host") or "—"} for vm in got["vms"]],
-        ["id", "name", "power_state", "disks", "host"],
-        False,
-    )
+    _show([{**vm, "disks": _disks(vm), "host": vm.get("host") or "—"} for vm in got["vms"]],
+          ["id", "name", "power_state", "disks", "host"], False)
 
 
 @platform_app.command("remove")

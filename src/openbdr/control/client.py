@@ -15,18 +15,14 @@ class ServerError(OpenBDRError):
 
 
 class Client:
-    def __init__(
-        self,
-        url: str,
-        token: str | None,
-        verify: bool | str | ssl.SSLContext = True,
-        timeout: float = 30.0,
-    ) -> None:
+    def __init__(self, url: str, token: str | None, verify: bool | str | ssl.SSLContext = True,
+                 timeout: float = 30.0) -> None:
         self.url = url.rstrip("/")
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         if isinstance(verify, str):  # a private CA's certificate file
             verify = ssl.create_default_context(cafile=verify)  # type: ignore[assignment]
-        self.http = httpx.Client(base_url=self.url, headers=headers, verify=verify, timeout=timeout)
+        self.http = httpx.Client(base_url=self.url, headers=headers, verify=verify,
+                                 timeout=timeout)
 
     def close(self) -> None:
         self.http.close()
@@ -35,10 +31,8 @@ class Client:
         try:
             r = self.http.request(method, "/api/v1" + path, **kw)
         except httpx.HTTPError as exc:
-            raise ServerError(
-                f"cannot reach the OpenBDR server at {self.url}: {exc}",
-                "check --server / OPENBDR_SERVER and that it runs",
-            ) from None
+            raise ServerError(f"cannot reach the OpenBDR server at {self.url}: {exc}",
+                              "check --server / OPENBDR_SERVER and that it runs") from None
         if r.status_code >= 400:
             try:
                 err = r.json()["error"]
@@ -50,7 +44,8 @@ class Client:
         return r.json()
 
     def get(self, path: str, **params: Any) -> Any:
-        return self.request("GET", path, params={k: v for k, v in params.items() if v is not None})
+        return self.request("GET", path, params={k: v for k, v in params.items()
+                                                  if v is not None})
 
     def post(self, path: str, body: Any = None) -> Any:
         return self.request("POST", path, json=body)

@@ -71,13 +71,8 @@ class JobSpec:
 
 def policy_json(policy: Policy | None) -> dict[str, Any]:
     if policy is None:
-        return {
-            "compression": "none",
-            "compression_level": 1,
-            "bwlimit": 0,
-            "bandwidth_windows": [],
-            "retention": {},
-        }
+        return {"compression": "none", "compression_level": 1, "bwlimit": 0,
+                "bandwidth_windows": [], "retention": {}}
     return {
         "name": policy.name,
         "rpo_seconds": policy.rpo_seconds,
@@ -145,9 +140,7 @@ class JobQueue:
         return job
 
     # -- leasing -----------------------------------------------------------------
-    def lease(
-        self, worker: str, pool: str | None, kinds: list[str] | None = None
-    ) -> JobSpec | None:
+    def lease(self, worker: str, pool: str | None, kinds: list[str] | None = None) -> JobSpec | None:
         """Take the next queued job for this pool (None: the embedded workers).
 
         One statement picks and takes it: on PostgreSQL the pick skips rows another worker
@@ -344,35 +337,28 @@ class JobQueue:
         A thousand hosts on a 5-minute RPO finish ~288,000 syncs a day."""
         with transaction(self.factory) as s:
             j = aliased(Job)
-            newest = (
-                select(func.max(j.id))
-                .where(j.state.in_(FINAL), j.host_id.is_not(None))
-                .group_by(j.host_id, j.kind)
-            )
-            ids = list(
-                s.scalars(
-                    select(Job.id)
-                    .where(Job.state.in_(FINAL), Job.finished < before, Job.id.not_in(newest))
-                    .order_by(Job.id)
-                    .limit(batch)
-                )
-            )
+            newest = (select(func.max(j.id)).where(j.state.in_(FINAL), j.host_id.is_not(None))
+                      .group_by(j.host_id, j.kind))
+            ids = list(s.scalars(
+                select(Job.id)
+                .where(Job.state.in_(FINAL), Job.finished < before, Job.id.not_in(newest))
+                .order_by(Job.id).limit(batch)
+            ))
             if ids:  # the database deletes the logs (ON DELETE CASCADE), unlinks alerts
-                s.execute(
-                    delete(Job).where(Job.id.in_(ids)),
-                    execution_options={"synchronize_session": False},
-                )
+                s.execute(delete(Job).where(Job.id.in_(ids)),
+                          execution_options={"synchronize_session": False})
         return len(ids)
 
     def release_owned_by(self, prefix: str) -> int:
         """At start-up: leases of this server's previous (dead) embedded workers."""
         with transaction(self.factory) as s:
             jobs = s.scalars(
-                select(Job).where(and_(Job.state.in_(RUNNING), Job.lease_owner.startswith(prefix)))
+                select(Job).where(
+                    and_(Job.state.in_(RUNNING), Job.lease_owner.startswith(prefix))
+                )
             ).all()
-            return sum(
-                self._requeue(s, job, f"{job.lease_owner} died with the server") for job in jobs
-            )
+            return sum(self._requeue(s, job, f"{job.lease_owner} died with the server")
+                       for job in jobs)
 
     def _requeue(self, s: Session, job: Job, why: str) -> int:
         job.lease_owner = None
@@ -386,14 +372,8 @@ class JobQueue:
             job.state = "failed"
             job.error = f"{why}; gave up after {job.attempts} attempts"
             job.finished = utcnow()
-            alerts.open_alert(
-                s,
-                "job_failed",
-                f"{job.kind} job {job.id}: {job.error}",
-                host_id=job.host_id,
-                job_id=job.id,
-                severity="error",
-            )
+            alerts.open_alert(s, "job_failed", f"{job.kind} job {job.id}: {job.error}",
+                              host_id=job.host_id, job_id=job.id, severity="error")
         else:
             job.state = "queued"
         s.add(JobLog(job_id=job.id, level="warning", message=f"{why}: now {job.state}"))

@@ -29,46 +29,30 @@ class CatalogCollector(Collector):
 
     def collect(self) -> Iterator[Any]:
         now = utcnow()
-        age = GaugeMetricFamily(
-            "openbdr_restore_point_age_seconds",
-            "Age of each host's newest restore point",
-            labels=["host"],
-        )
-        rpo = GaugeMetricFamily(
-            "openbdr_rpo_target_seconds", "Each host's RPO target", labels=["host"]
-        )
+        age = GaugeMetricFamily("openbdr_restore_point_age_seconds",
+                                "Age of each host's newest restore point", labels=["host"])
+        rpo = GaugeMetricFamily("openbdr_rpo_target_seconds", "Each host's RPO target",
+                                labels=["host"])
         # running totals per host: they do not fall when retention forgets points
-        read = CounterMetricFamily(
-            "openbdr_bytes_read", "Bytes read from sources by syncs", labels=["host"]
-        )
-        stored = CounterMetricFamily(
-            "openbdr_bytes_stored",
-            "Bytes of new chunks stored (after compression)",
-            labels=["host"],
-        )
-        depth = GaugeMetricFamily(
-            "openbdr_job_queue_depth", "Jobs by kind and state", labels=["kind", "state"]
-        )
+        read = CounterMetricFamily("openbdr_bytes_read", "Bytes read from sources by syncs",
+                                   labels=["host"])
+        stored = CounterMetricFamily("openbdr_bytes_stored",
+                                     "Bytes of new chunks stored (after compression)",
+                                     labels=["host"])
+        depth = GaugeMetricFamily("openbdr_job_queue_depth", "Jobs by kind and state",
+                                  labels=["kind", "state"])
         # a gauge: finished jobs are pruned after --keep-jobs-days, so the number falls
-        failures = GaugeMetricFamily(
-            "openbdr_job_failures",
-            "Failed jobs in the catalog (pruned after --keep-jobs-days)",
-            labels=["kind"],
-        )
+        failures = GaugeMetricFamily("openbdr_job_failures",
+                                     "Failed jobs in the catalog (pruned after "
+                                     "--keep-jobs-days)", labels=["kind"])
         with self.factory() as s:
             rows = s.execute(
-                select(
-                    Host.name,
-                    func.max(Point.created),
-                    Host.read_bytes_total,
-                    Host.stored_bytes_total,
-                    Policy.rpo_seconds,
-                )
+                select(Host.name, func.max(Point.created), Host.read_bytes_total,
+                       Host.stored_bytes_total, Policy.rpo_seconds)
                 .join(Point, Point.host_id == Host.id, isouter=True)
                 .join(Policy, Policy.id == Host.policy_id, isouter=True)
-                .group_by(
-                    Host.name, Host.read_bytes_total, Host.stored_bytes_total, Policy.rpo_seconds
-                )
+                .group_by(Host.name, Host.read_bytes_total, Host.stored_bytes_total,
+                          Policy.rpo_seconds)
             ).all()
             for name, newest, r, st, target in rows:
                 if newest is not None:
@@ -78,8 +62,7 @@ class CatalogCollector(Collector):
                 read.add_metric([name], float(r or 0))
                 stored.add_metric([name], float(st or 0))
             for kind, state, n in s.execute(
-                select(Job.kind, Job.state, func.count())
-                .where(Job.state.in_(ACTIVE))
+                select(Job.kind, Job.state, func.count()).where(Job.state.in_(ACTIVE))
                 .group_by(Job.kind, Job.state)
             ):
                 depth.add_metric([kind, state], n)
@@ -98,10 +81,8 @@ class Metrics:
         if shared:  # the histogram goes to the files, and the scrape reads every process's
             MultiProcessCollector(self.registry)
         self.job_seconds = Histogram(
-            "openbdr_job_duration_seconds",
-            "Duration of jobs this server finished",
-            ["kind", "state"],
-            registry=None if shared else self.registry,
+            "openbdr_job_duration_seconds", "Duration of jobs this server finished",
+            ["kind", "state"], registry=None if shared else self.registry,
             buckets=(1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 24 * 3600),
         )
 

@@ -60,11 +60,13 @@ def _created(value: str) -> datetime:
     return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
 
 
-def upsert_point(s: Session, host: Host, data: dict[str, Any], row: Point | None = None) -> Point:
+def upsert_point(s: Session, host: Host, data: dict[str, Any], row: Point | None = None
+                 ) -> Point:
     """Add or update the row of one reported point (`row`: the existing one, if the
     caller already has it)."""
     if row is None:
-        row = s.scalar(select(Point).where(Point.host_id == host.id, Point.point_id == data["id"]))
+        row = s.scalar(select(Point).where(Point.host_id == host.id,
+                                           Point.point_id == data["id"]))
     new = row is None
     if row is None:
         row = Point(host_id=host.id, point_id=data["id"])
@@ -83,7 +85,9 @@ def upsert_point(s: Session, host: Host, data: dict[str, Any], row: Point | None
     if new:  # counted once per point, and never taken back (see Host.read_bytes_total)
         host.read_bytes_total = (host.read_bytes_total or 0) + row.read_bytes
         host.stored_bytes_total = (host.stored_bytes_total or 0) + row.stored_bytes
-    host.disks = [{"name": d["name"], "size": d["size"], "layout": d.get("layout")} for d in disks]
+    host.disks = [
+        {"name": d["name"], "size": d["size"], "layout": d.get("layout")} for d in disks
+    ]
     return row
 
 
@@ -107,10 +111,8 @@ def refresh_target(
         ).all()
     )
     hosts = {h.name: h for h in s.scalars(select(Host).where(Host.target_id == target.id))}
-    rows = {
-        (r.host_id, r.point_id): r
-        for r in s.scalars(select(Point).where(Point.host_id.in_([h.id for h in hosts.values()])))
-    }
+    rows = {(r.host_id, r.point_id): r for r in s.scalars(
+        select(Point).where(Point.host_id.in_([h.id for h in hosts.values()])))}
     seen: set[tuple[int, str]] = set()
     added = 0
     for p in points:

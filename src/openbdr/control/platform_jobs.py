@@ -21,26 +21,19 @@ DISCOVER = "platform-discover"
 
 
 def _refusal(exc: OpenBDRError) -> dict[str, Any]:
-    return {
-        "ok": False,
-        "error": exc.what,
-        "hint": exc.hint,
-        "error_types": [c.__name__ for c in type(exc).__mro__ if issubclass(c, OpenBDRError)],
-    }
+    return {"ok": False, "error": exc.what, "hint": exc.hint,
+            "error_types": [c.__name__ for c in type(exc).__mro__ if issubclass(c, OpenBDRError)]}
 
 
 def _connect(ctx: JobContext) -> Any:
     p = ctx.spec.platform
     if not p:
-        raise OpenBDRError(
-            f"{ctx.spec.kind} job {ctx.spec.id} names no platform (or it was removed)",
-            "start it with POST /api/v1/platforms/{name}/"
-            + ctx.spec.kind.removeprefix("platform-"),
-        )
+        raise OpenBDRError(f"{ctx.spec.kind} job {ctx.spec.id} names no platform (or it was "
+                           "removed)", "start it with POST /api/v1/platforms/{name}/"
+                           + ctx.spec.kind.removeprefix("platform-"))
     ctx.log(f"{ctx.spec.kind} of {p['type']} platform {p['name']} at {p['endpoint']}")
-    return open_platform(
-        p["type"], p["endpoint"], p.get("credentials") or {}, p.get("options") or {}
-    )
+    return open_platform(p["type"], p["endpoint"], p.get("credentials") or {},
+                         p.get("options") or {})
 
 
 def run_test(ctx: JobContext) -> dict[str, Any]:
@@ -92,21 +85,7 @@ def discover_done(s: Session, job: Job, result: dict[str, Any]) -> None:
         job.result = {"ok": True, "vm_count": len(p.vms)}
 
 
-register_kind(
-    JobKind(
-        TEST,
-        run_test,
-        needs_host=False,
-        on_success=test_done,
-        description="reach a platform and check its credentials",
-    )
-)
-register_kind(
-    JobKind(
-        DISCOVER,
-        run_discover,
-        needs_host=False,
-        on_success=discover_done,
-        description="list a platform's VMs with their disks",
-    )
-)
+register_kind(JobKind(TEST, run_test, needs_host=False, on_success=test_done,
+                      description="reach a platform and check its credentials"))
+register_kind(JobKind(DISCOVER, run_discover, needs_host=False, on_success=discover_done,
+                      description="list a platform's VMs with their disks"))

@@ -46,11 +46,8 @@ def platform_types() -> dict[str, capture_platform.PlatformType]:
 
 def connection(p: Platform, box: SecretBox) -> dict[str, Any]:
     """The platform part of a source spec, credentials opened (job specs only)."""
-    return {
-        "endpoint": p.endpoint,
-        "credentials": box.open(p.credentials),
-        "options": dict(p.options or {}),
-    }
+    return {"endpoint": p.endpoint, "credentials": box.open(p.credentials),
+            "options": dict(p.options or {})}
 
 
 def host_source(s: Session, host: Host, box: SecretBox) -> dict[str, Any]:
@@ -84,10 +81,8 @@ def find_vm(vms: list[dict[str, Any]], ref: str, platform: str) -> dict[str, Any
             return vm
     named = [vm for vm in vms if vm.get("name") == ref]
     if len(named) > 1:
-        raise VMNotFound(
-            f"{len(named)} VMs are named {ref!r} on platform {platform}",
-            "name the VM by its id (`openbdr platform discover` lists them)",
-        )
+        raise VMNotFound(f"{len(named)} VMs are named {ref!r} on platform {platform}",
+                         "name the VM by its id (`openbdr platform discover` lists them)")
     return named[0] if named else None
 
 
@@ -99,11 +94,8 @@ def host_name_for(vm: dict[str, Any]) -> str:
 
 def unsupported(vm: dict[str, Any]) -> list[str]:
     """Why some of a VM's disks cannot be protected (empty: all can)."""
-    return [
-        f"disk {d.get('name')}: {d['unsupported']}"
-        for d in vm.get("disks") or []
-        if d.get("unsupported")
-    ]
+    return [f"disk {d.get('name')}: {d['unsupported']}" for d in vm.get("disks") or []
+            if d.get("unsupported")]
 
 
 # -- what a sync tells about the VM ------------------------------------------------------
@@ -117,11 +109,8 @@ def disk_changes(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> l
     new = {str(d["name"]): int(d.get("size", 0)) for d in after}
     out = [f"disk {n} added ({_gib(new[n])}, copied in full)" for n in new if n not in old]
     out += [f"disk {n} removed (kept in the older restore points)" for n in old if n not in new]
-    out += [
-        f"disk {n} {'grew' if new[n] > old[n] else 'shrank'} from {_gib(old[n])} to {_gib(new[n])}"
-        for n in new
-        if n in old and new[n] != old[n]
-    ]
+    out += [f"disk {n} {'grew' if new[n] > old[n] else 'shrank'} from {_gib(old[n])} to "
+            f"{_gib(new[n])}" for n in new if n in old and new[n] != old[n]]
     return out
 
 
@@ -137,15 +126,11 @@ def sync_succeeded(s: Session, host: Host, job: Job, point: dict[str, Any]) -> N
     if changes:
         p = s.get_one(Platform, host.platform_id)
         alerts.open_alert(
-            s,
-            VM_DISKS_CHANGED,
+            s, VM_DISKS_CHANGED,
             f"host {host.name}: VM {host.vm} on platform {p.name} changed its disks: "
-            + "; ".join(changes)
-            + " — check the protection covers what it should, then "
+            + "; ".join(changes) + " — check the protection covers what it should, then "
             "acknowledge this alert",
-            host_id=host.id,
-            job_id=job.id,
-            severity="warning",
+            host_id=host.id, job_id=job.id, severity="warning",
         )
 
 
@@ -158,12 +143,9 @@ def sync_failed(s: Session, job: Job, error: str) -> None:
         return
     p = s.get_one(Platform, host.platform_id)
     alerts.open_alert(
-        s,
-        VM_MISSING,
+        s, VM_MISSING,
         f"host {host.name}: VM {host.vm} no longer exists on {p.type} platform {p.name} "
         f"({error}); remove the host, or add it again with the VM's new id "
         f"(`openbdr platform discover {p.name}`); its restore points stay",
-        host_id=host.id,
-        job_id=job.id,
-        severity="critical",
+        host_id=host.id, job_id=job.id, severity="critical",
     )

@@ -36,16 +36,8 @@ Svc = Annotated[Services, Depends(services)]
 
 
 def token_out(t: ApiToken, u: User, secret: str | None = None) -> dict[str, Any]:
-    return {
-        "id": t.id,
-        "name": t.name,
-        "user": u.name,
-        "role": u.role,
-        "token": secret,
-        "created": t.created,
-        "expires": t.expires,
-        "last_used": t.last_used,
-    }
+    return {"id": t.id, "name": t.name, "user": u.name, "role": u.role, "token": secret,
+            "created": t.created, "expires": t.expires, "last_used": t.last_used}
 
 
 @router.get("/health", tags=["meta"], openapi_extra={"security": []})
@@ -54,25 +46,16 @@ def health(s: DB) -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.post(
-    "/auth/login",
-    response_model=TokenOut,
-    status_code=201,
-    tags=["auth"],
-    openapi_extra={"security": []},
-)
+@router.post("/auth/login", response_model=TokenOut, status_code=201, tags=["auth"],
+             openapi_extra={"security": []})
 def login(body: LoginIn, s: DB) -> dict[str, Any]:
     """A session token (12 h) for a user with a password (the console's log-in)."""
     user = s.scalar(select(User).where(User.name == body.name))
     if user is None or not check_password(body.password, user.password_hash):
         raise ApiError(401, "unauthorized", "wrong user name or password")
     secret = new_token("obdt")
-    t = ApiToken(
-        user_id=user.id,
-        name="session",
-        token_hash=digest(secret),
-        expires=utcnow() + timedelta(hours=12),
-    )
+    t = ApiToken(user_id=user.id, name="session", token_hash=digest(secret),
+                 expires=utcnow() + timedelta(hours=12))
     s.add(t)
     s.flush()
     audit(s, user.name, "login", "user", user.name)
@@ -86,21 +69,16 @@ def me(p: Annotated[Principal, Depends(principal)]) -> dict[str, str]:
 
 @router.get("/users", response_model=list[UserOut], tags=["users"])
 def list_users(s: DB, _p: Admin) -> list[dict[str, Any]]:
-    return [
-        {"id": u.id, "name": u.name, "role": u.role, "created": u.created}
-        for u in s.scalars(select(User).order_by(User.name))
-    ]
+    return [{"id": u.id, "name": u.name, "role": u.role, "created": u.created}
+            for u in s.scalars(select(User).order_by(User.name))]
 
 
 @router.post("/users", response_model=UserOut, status_code=201, tags=["users"])
 def add_user(body: UserIn, s: DB, p: Admin) -> dict[str, Any]:
     if s.scalar(select(User.id).where(User.name == body.name)) is not None:
         raise ApiError(409, "conflict", f"user {body.name!r} already exists")
-    u = User(
-        name=body.name,
-        role=body.role,
-        password_hash=hash_password(body.password) if body.password else None,
-    )
+    u = User(name=body.name, role=body.role,
+             password_hash=hash_password(body.password) if body.password else None)
     s.add(u)
     s.flush()
     audit(s, p, "create", "user", body.name, role=body.role)
@@ -123,9 +101,8 @@ def delete_user(user_id: Id, s: DB, p: Admin) -> Response:
 
 @router.get("/tokens", response_model=list[TokenOut], tags=["users"])
 def list_tokens(s: DB, _p: Admin) -> list[dict[str, Any]]:
-    rows = s.execute(
-        select(ApiToken, User).join(User, User.id == ApiToken.user_id).order_by(ApiToken.id)
-    ).all()
+    rows = s.execute(select(ApiToken, User).join(User, User.id == ApiToken.user_id)
+                     .order_by(ApiToken.id)).all()
     return [token_out(t, u) for t, u in rows]
 
 
@@ -136,12 +113,9 @@ def add_token(body: TokenIn, s: DB, p: Admin) -> dict[str, Any]:
     if u is None:
         raise not_found(f"user {body.user!r}")
     secret = new_token("obdt")
-    t = ApiToken(
-        user_id=u.id,
-        name=body.name,
-        token_hash=digest(secret),
-        expires=utcnow() + timedelta(days=body.expires_in_days) if body.expires_in_days else None,
-    )
+    t = ApiToken(user_id=u.id, name=body.name, token_hash=digest(secret),
+                 expires=utcnow() + timedelta(days=body.expires_in_days)
+                 if body.expires_in_days else None)
     s.add(t)
     s.flush()
     audit(s, p, "create", "token", t.id, user=u.name, name=body.name)
@@ -160,23 +134,14 @@ def delete_token(token_id: Id, s: DB, p: Admin) -> Response:
 
 # -- alerts and audit -------------------------------------------------------------
 def alert_out(a: Alert, host: str | None) -> dict[str, Any]:
-    return {
-        "id": a.id,
-        "kind": a.kind,
-        "severity": a.severity,
-        "host": host,
-        "job_id": a.job_id,
-        "message": a.message,
-        "opened": a.opened,
-        "resolved": a.resolved,
-        "acknowledged_by": a.acknowledged_by,
-    }
+    return {"id": a.id, "kind": a.kind, "severity": a.severity, "host": host,
+            "job_id": a.job_id, "message": a.message, "opened": a.opened,
+            "resolved": a.resolved, "acknowledged_by": a.acknowledged_by}
 
 
 @router.get("/alerts", response_model=list[AlertOut], tags=["alerts"])
 def list_alerts(
-    s: DB,
-    _p: Viewer,
+    s: DB, _p: Viewer,
     open_only: Annotated[bool, Query(alias="open")] = True,
     limit: Annotated[int, Query(ge=1, le=10000)] = 500,
 ) -> list[dict[str, Any]]:
@@ -220,10 +185,8 @@ def overview(s: DB, _p: Viewer) -> dict[str, Any]:
     jobs = dict(s.execute(ACTIVE_JOBS).all())
     alerts, stored, agents = s.execute(TOTALS).one()
     return {
-        "hosts": sum(by.values()),
-        "protected": by.get("protected", 0),
-        "breached": by.get("breached", 0),
-        "unprotected": by.get("unprotected", 0),
+        "hosts": sum(by.values()), "protected": by.get("protected", 0),
+        "breached": by.get("breached", 0), "unprotected": by.get("unprotected", 0),
         "jobs": {k: int(v) for k, v in jobs.items()},
         "open_alerts": int(alerts or 0),
         "stored_bytes": int(stored or 0),
@@ -245,31 +208,22 @@ def _classify(rpos: tuple[int, ...]) -> Select[Any]:
     """Hosts counted by state, for these distinct RPO targets (cut-off `:cutN` per target);
     built once per set of targets."""
     hosts = select(
-        Host.enabled,
-        Host.policy_id,
+        Host.enabled, Host.policy_id,
         # one probe of (host_id, created) per host
-        select(func.max(Point.created))
-        .where(Point.host_id == Host.id)
-        .scalar_subquery()
-        .label("newest"),
+        select(func.max(Point.created)).where(Point.host_id == Host.id)
+        .scalar_subquery().label("newest"),
     ).subquery()
     newest = hosts.c.newest
-    late = or_(
-        false(),
-        *[(Policy.rpo_seconds == r) & (newest < bindparam(f"cut{i}")) for i, r in enumerate(rpos)],
-    )
+    late = or_(false(), *[(Policy.rpo_seconds == r) & (newest < bindparam(f"cut{i}"))
+                          for i, r in enumerate(rpos)])
     state = case(
         (or_(hosts.c.enabled.is_(False), Policy.enabled.is_(False)), "disabled"),
         (or_(newest.is_(None), Policy.id.is_(None)), "unprotected"),
         (late, "breached"),
         else_="protected",
     )
-    classified = (
-        select(state.label("st"))
-        .select_from(hosts)
-        .join(Policy, Policy.id == hosts.c.policy_id, isouter=True)
-        .subquery()
-    )
+    classified = (select(state.label("st")).select_from(hosts)
+                  .join(Policy, Policy.id == hosts.c.policy_id, isouter=True).subquery())
     return select(classified.c.st, func.count()).group_by(classified.c.st)
 
 
@@ -278,16 +232,10 @@ def kinds(_p: Viewer) -> dict[str, Any]:
     """Installed job kinds and source types (each source type's fields for forms)."""
     load_plugins()
     return {
-        "jobs": {
-            k: {"description": v.description, "needs_host": v.needs_host}
-            for k, v in sorted(KINDS.items())
-        },
-        "sources": {
-            k: {"description": v.description, "fields": v.fields}
-            for k, v in sorted(SOURCES.items())
-        },
-        "platforms": {
-            k: {"description": v.description, "credentials": v.credentials, "options": v.options}
-            for k, v in sorted(platform_types().items())
-        },
+        "jobs": {k: {"description": v.description, "needs_host": v.needs_host}
+                 for k, v in sorted(KINDS.items())},
+        "sources": {k: {"description": v.description, "fields": v.fields}
+                    for k, v in sorted(SOURCES.items())},
+        "platforms": {k: {"description": v.description, "credentials": v.credentials,
+                          "options": v.options} for k, v in sorted(platform_types().items())},
     }

@@ -56,14 +56,8 @@ def target_by_name(s: Session, name: str) -> Target:
 
 
 def target_out(t: Target) -> dict[str, Any]:
-    return {
-        "id": t.id,
-        "name": t.name,
-        "url": t.url,
-        "has_secrets": bool(t.secrets),
-        "created": t.created,
-        "last_refresh": t.last_refresh,
-    }
+    return {"id": t.id, "name": t.name, "url": t.url, "has_secrets": bool(t.secrets),
+            "created": t.created, "last_refresh": t.last_refresh}
 
 
 @router.get("/targets", response_model=list[TargetOut], tags=["targets"])
@@ -79,9 +73,7 @@ def _check_root(url: str, svc: Any) -> None:
     path = Path(url.removeprefix("file://")).resolve()
     if not any(path.is_relative_to(r) for r in roots):
         raise ApiError(
-            400,
-            "bad_request",
-            f"repository path {url!r} is outside the allowed roots",
+            400, "bad_request", f"repository path {url!r} is outside the allowed roots",
             "use a directory below " + ", ".join(str(r) for r in roots),
         )
 
@@ -120,9 +112,8 @@ def patch_target(name: str, body: TargetPatch, s: DB, p: Admin, svc: Svc) -> dic
 def delete_target(name: str, s: DB, p: Admin) -> Response:
     t = target_by_name(s, name)
     if s.scalar(select(Host.id).where(Host.target_id == t.id)) is not None:
-        raise ApiError(
-            409, "conflict", f"target {name!r} still has hosts", "move or delete its hosts first"
-        )
+        raise ApiError(409, "conflict", f"target {name!r} still has hosts",
+                       "move or delete its hosts first")
     for job in s.scalars(select(Job).where(Job.target_id == t.id)):
         job.target_id = None
     s.delete(t)
@@ -162,21 +153,11 @@ def policy_out(pol: Policy) -> dict[str, Any]:
 def _apply(pol: Policy, body: PolicyFields) -> dict[str, Any]:
     changed = body.model_dump(exclude_unset=True, exclude={"name"})
     for key, value in changed.items():
-        if value is None and key in (
-            "rpo_seconds",
-            "compression",
-            "compression_level",
-            "bwlimit",
-            "enabled",
-        ):
+        if value is None and key in ("rpo_seconds", "compression", "compression_level",
+                                     "bwlimit", "enabled"):
             continue
-        setattr(
-            pol,
-            key,
-            value
-            if value is not None or key.endswith("seconds")
-            else ([] if key == "bandwidth_windows" else {}),
-        )
+        setattr(pol, key, value if value is not None or key.endswith("seconds") else
+                ([] if key == "bandwidth_windows" else {}))
     return changed
 
 
@@ -187,17 +168,8 @@ def list_policies(s: DB, _p: Viewer) -> list[dict[str, Any]]:
 
 @router.post("/policies", response_model=PolicyOut, status_code=201, tags=["policies"])
 def add_policy(body: PolicyIn, s: DB, p: Operator) -> dict[str, Any]:
-    pol = Policy(
-        name=body.name,
-        rpo_seconds=3600,
-        compression="none",
-        compression_level=1,
-        bwlimit=0,
-        bandwidth_windows=[],
-        retention={},
-        drill_plan={},
-        enabled=True,
-    )
+    pol = Policy(name=body.name, rpo_seconds=3600, compression="none", compression_level=1,
+                 bwlimit=0, bandwidth_windows=[], retention={}, drill_plan={}, enabled=True)
     changed = _apply(pol, body)
     s.add(pol)
     _unique(s, f"policy {body.name!r}")
@@ -242,8 +214,7 @@ def host_by_name(s: Session, name: str) -> Host:
 
 @router.get("/hosts", response_model=list[HostOut], tags=["hosts"])
 def list_hosts(
-    s: DB,
-    _p: Viewer,
+    s: DB, _p: Viewer,
     limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> list[dict[str, Any]]:
@@ -252,16 +223,9 @@ def list_hosts(
     return host_rows(s, hosts)
 
 
-@router.post(
-    "/hosts",
-    response_model=HostOut,
-    status_code=201,
-    tags=["hosts"],
-    responses={
-        502: {"model": ErrorBody, "description": "discovering the VM failed"},
-        504: {"model": ErrorBody, "description": "discovering the VM timed out"},
-    },
-)
+@router.post("/hosts", response_model=HostOut, status_code=201, tags=["hosts"],
+             responses={502: {"model": ErrorBody, "description": "discovering the VM failed"},
+                        504: {"model": ErrorBody, "description": "discovering the VM timed out"}})
 def add_host(body: HostIn, s: DB, p: Operator, svc: Svc) -> dict[str, Any]:
     """A host with a `source`, or a VM of a platform (`platform` and `vm`)."""
     if body.platform is not None or body.vm is not None:
@@ -269,45 +233,23 @@ def add_host(body: HostIn, s: DB, p: Operator, svc: Svc) -> dict[str, Any]:
 
         return add_platform_host(body, s, p, svc)
     if body.source is None:
-        raise ApiError(
-            422,
-            "invalid",
-            f"host {body.name}: no source",
-            'give a source ({"type": …}), or a platform and a VM',
-        )
+        raise ApiError(422, "invalid", f"host {body.name}: no source",
+                       'give a source ({"type": …}), or a platform and a VM')
     if str(body.source.get("type")) in platform_types():
-        raise ApiError(
-            400,
-            "bad_request",
-            f"host {body.name}: source type {body.source.get('type')!r} is a platform's",
-            "add the platform (POST /platforms), then the host with `platform` and "
-            "`vm` (openbdr host add NAME --platform P --vm VM)",
-        )
+        raise ApiError(400, "bad_request", f"host {body.name}: source type "
+                       f"{body.source.get('type')!r} is a platform's",
+                       "add the platform (POST /platforms), then the host with `platform` and "
+                       "`vm` (openbdr host add NAME --platform P --vm VM)")
     source_type(body.source).validate(body.source)
     target = target_by_name(s, body.target)
     policy = policy_by_name(s, body.policy) if body.policy else None
-    h = Host(
-        name=body.name,
-        source=body.source,
-        target_id=target.id,
-        policy_id=policy.id if policy else None,
-        pool=body.pool,
-        enabled=body.enabled,
-        disks=[],
-    )
+    h = Host(name=body.name, source=body.source, target_id=target.id,
+             policy_id=policy.id if policy else None, pool=body.pool, enabled=body.enabled,
+             disks=[])
     s.add(h)
     _unique(s, f"host {body.name!r}")
-    audit(
-        s,
-        p,
-        "create",
-        "host",
-        body.name,
-        source=body.source,
-        target=body.target,
-        policy=body.policy,
-        pool=body.pool,
-    )
+    audit(s, p, "create", "host", body.name, source=body.source, target=body.target,
+          policy=body.policy, pool=body.pool)
     return host_rows(s, [h])[0]
 
 
@@ -322,12 +264,8 @@ def patch_host(name: str, body: HostPatch, s: DB, p: Operator) -> dict[str, Any]
     changed = body.model_dump(exclude_unset=True)
     if body.source is not None:
         if h.platform_id is not None:
-            raise ApiError(
-                400,
-                "bad_request",
-                f"host {name} is a VM of a platform: its source is the platform's",
-                "remove the host and add it again",
-            )
+            raise ApiError(400, "bad_request", f"host {name} is a VM of a platform: its "
+                           "source is the platform's", "remove the host and add it again")
         source_type(body.source).validate(body.source)
         h.source = body.source
     if body.target is not None:
@@ -356,9 +294,8 @@ def sync_now(name: str, s: DB, p: Operator, svc: Svc, body: SyncIn | None = None
     from .routes_jobs import job_out
 
     h = host_by_name(s, name)
-    job = svc.queue.enqueue(
-        s, "sync", host=h, params={"full": bool(body and body.full)}, created_by=p.name, priority=20
-    )
+    job = svc.queue.enqueue(s, "sync", host=h, params={"full": bool(body and body.full)},
+                            created_by=p.name, priority=20)
     audit(s, p, "sync", "host", name, job=job.id)
     return job_out(s, job)
 
@@ -373,29 +310,18 @@ def _freeze_s(disks: list[dict[str, Any]]) -> float | None:
 
 def point_out(pt: Point, host: str) -> dict[str, Any]:
     return {
-        "host": host,
-        "id": pt.point_id,
-        "created": pt.created,
+        "host": host, "id": pt.point_id, "created": pt.created,
         "age_seconds": round((utcnow() - pt.created).total_seconds(), 1),
-        "consistency": pt.consistency,
-        "status": pt.status,
-        "size": pt.size,
-        "read_bytes": pt.read_bytes,
-        "stored_bytes": pt.stored_bytes,
-        "codec": pt.codec,
-        "mode": pt.mode,
-        "duration_s": pt.duration_s,
-        "verified": pt.verified,
-        "disks": pt.disks,
-        "drill": pt.drill,
-        "freeze_s": _freeze_s(pt.disks),
+        "consistency": pt.consistency, "status": pt.status, "size": pt.size,
+        "read_bytes": pt.read_bytes, "stored_bytes": pt.stored_bytes, "codec": pt.codec,
+        "mode": pt.mode, "duration_s": pt.duration_s, "verified": pt.verified,
+        "disks": pt.disks, "drill": pt.drill, "freeze_s": _freeze_s(pt.disks),
     }
 
 
 @router.get("/points", response_model=list[PointOut], tags=["points"])
 def list_points(
-    s: DB,
-    _p: Viewer,
+    s: DB, _p: Viewer,
     host: Annotated[str | None, Query(max_length=128)] = None,
     limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
 ) -> list[dict[str, Any]]:

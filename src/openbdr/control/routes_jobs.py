@@ -45,22 +45,11 @@ def job_out(s: Session, j: Job) -> dict[str, Any]:
 
 def job_dict(j: Job, host: str | None, target: str | None) -> dict[str, Any]:
     return {
-        "id": j.id,
-        "kind": j.kind,
-        "state": j.state,
-        "host": host,
-        "target": target,
-        "pool": j.pool,
-        "params": j.params,
-        "progress": j.progress,
-        "result": j.result,
-        "error": j.error,
-        "attempts": j.attempts,
-        "lease_owner": j.lease_owner,
-        "lease_expires": j.lease_expires,
-        "created_by": j.created_by,
-        "created": j.created,
-        "started": j.started,
+        "id": j.id, "kind": j.kind, "state": j.state, "host": host,
+        "target": target, "pool": j.pool, "params": j.params,
+        "progress": j.progress, "result": j.result, "error": j.error, "attempts": j.attempts,
+        "lease_owner": j.lease_owner, "lease_expires": j.lease_expires,
+        "created_by": j.created_by, "created": j.created, "started": j.started,
         "finished": j.finished,
     }
 
@@ -74,19 +63,16 @@ def job_by_id(s: Session, job_id: Id) -> Job:
 
 @router.get("/jobs", response_model=list[JobOut], tags=["jobs"])
 def list_jobs(
-    s: DB,
-    _p: Viewer,
+    s: DB, _p: Viewer,
     state: Annotated[str | None, Query(max_length=16, description="a state, or `active`")] = None,
     host: Annotated[str | None, Query(max_length=128)] = None,
     kind: Annotated[str | None, Query(max_length=32)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[dict[str, Any]]:
     """Newest first, with live progress (bytes, rate, ETA) of running jobs."""
-    q = (
-        select(Job, Host.name, Target.name)
-        .join(Host, Host.id == Job.host_id, isouter=True)
-        .join(Target, Target.id == Job.target_id, isouter=True)
-    )
+    q = (select(Job, Host.name, Target.name)
+         .join(Host, Host.id == Job.host_id, isouter=True)
+         .join(Target, Target.id == Job.target_id, isouter=True))
     if state == "active":
         q = q.where(Job.state.in_(ACTIVE))
     elif state:
@@ -102,17 +88,12 @@ def list_jobs(
 def start_job(body: JobIn, s: DB, p: Operator, svc: Svc) -> dict[str, Any]:
     """Start any installed job kind (sync, restore, verify, and drill/gc when installed)."""
     if body.kind.startswith("platform-"):
-        raise ApiError(
-            400,
-            "bad_request",
-            f"a {body.kind} job is started through its platform",
-            f"POST /api/v1/platforms/{{name}}/{body.kind.removeprefix('platform-')}",
-        )
+        raise ApiError(400, "bad_request", f"a {body.kind} job is started through its platform",
+                       f"POST /api/v1/platforms/{{name}}/{body.kind.removeprefix('platform-')}")
     host = host_by_name(s, body.host) if body.host else None
     target = target_by_name(s, body.target) if body.target else None
-    job = svc.queue.enqueue(
-        s, body.kind, host=host, target=target, params=body.params, created_by=p.name, priority=20
-    )
+    job = svc.queue.enqueue(s, body.kind, host=host, target=target, params=body.params,
+                            created_by=p.name, priority=20)
     audit(s, p, "start", "job", job.id, kind=body.kind, host=body.host, params=body.params)
     return job_out(s, job)
 
@@ -127,7 +108,8 @@ def job_logs(
     job_id: Id, s: DB, _p: Viewer, limit: Annotated[int, Query(ge=1, le=10000)] = 1000
 ) -> list[dict[str, Any]]:
     job_by_id(s, job_id)
-    rows = s.scalars(select(JobLog).where(JobLog.job_id == job_id).order_by(JobLog.id).limit(limit))
+    rows = s.scalars(select(JobLog).where(JobLog.job_id == job_id).order_by(JobLog.id)
+                     .limit(limit))
     return [{"ts": r.ts, "level": r.level, "message": r.message} for r in rows]
 
 
@@ -149,26 +131,14 @@ def _action(name: str) -> Any:
 
 
 for _name in ("pause", "resume", "cancel"):
-    router.add_api_route(
-        f"/jobs/{{job_id}}/{_name}",
-        _action(_name),
-        methods=["POST"],
-        response_model=JobOut,
-        tags=["jobs"],
-    )
+    router.add_api_route(f"/jobs/{{job_id}}/{_name}", _action(_name), methods=["POST"],
+                         response_model=JobOut, tags=["jobs"])
 
 
 # -- agents (admin side) ----------------------------------------------------------
 def agent_out(a: Agent) -> dict[str, Any]:
-    return {
-        "id": a.id,
-        "name": a.name,
-        "pool": a.pool,
-        "enrolled": a.enrolled,
-        "last_seen": a.last_seen,
-        "version": a.version,
-        "disabled": a.disabled,
-    }
+    return {"id": a.id, "name": a.name, "pool": a.pool, "enrolled": a.enrolled,
+            "last_seen": a.last_seen, "version": a.version, "disabled": a.disabled}
 
 
 @router.get("/agents", response_model=list[AgentOut], tags=["agents"])
@@ -176,16 +146,14 @@ def list_agents(s: DB, _p: Admin) -> list[dict[str, Any]]:
     return [agent_out(a) for a in s.scalars(select(Agent).order_by(Agent.name))]
 
 
-@router.post(
-    "/agents/enrolment-tokens", response_model=EnrolmentOut, status_code=201, tags=["agents"]
-)
+@router.post("/agents/enrolment-tokens", response_model=EnrolmentOut, status_code=201,
+             tags=["agents"])
 def enrolment_token(body: EnrolmentIn, s: DB, p: Admin) -> dict[str, Any]:
     """A one-time token with which one agent joins `pool` (a host name, or a proxy group)."""
     token = new_token("obde")
     expires = utcnow() + timedelta(hours=body.expires_in_hours)
-    s.add(
-        EnrolmentToken(token_hash=digest(token), pool=body.pool, created_by=p.name, expires=expires)
-    )
+    s.add(EnrolmentToken(token_hash=digest(token), pool=body.pool, created_by=p.name,
+                         expires=expires))
     audit(s, p, "create", "enrolment-token", body.pool, expires=expires.isoformat())
     return {"token": token, "pool": body.pool, "expires": expires}
 
@@ -201,43 +169,28 @@ def disable_agent(agent_id: Id, s: DB, p: Admin) -> Response:
     return Response(status_code=204)
 
 
-@router.post(
-    "/agents/enrol",
-    response_model=EnrolOut,
-    status_code=201,
-    tags=["agent API"],
-    openapi_extra={"security": []},
-)
+@router.post("/agents/enrol", response_model=EnrolOut, status_code=201, tags=["agent API"],
+             openapi_extra={"security": []})
 def enrol(body: EnrolIn, s: DB) -> dict[str, Any]:
     """Exchange a one-time enrolment token for the agent's own credential."""
     row = s.scalar(select(EnrolmentToken).where(EnrolmentToken.token_hash == digest(body.token)))
     now = utcnow()
     if row is None or row.used is not None or row.expires < now:
-        raise ApiError(
-            401,
-            "unauthorized",
-            "unknown, used or expired enrolment token",
-            "ask an admin for a new one",
-        )
+        raise ApiError(401, "unauthorized", "unknown, used or expired enrolment token",
+                       "ask an admin for a new one")
     if s.scalar(select(Agent.id).where(Agent.name == body.name)) is not None:
-        raise ApiError(
-            409, "conflict", f"an agent named {body.name!r} exists", "choose another --name"
-        )
+        raise ApiError(409, "conflict", f"an agent named {body.name!r} exists",
+                       "choose another --name")
     credential = new_token("obda")
-    agent = Agent(
-        name=body.name,
-        pool=row.pool,
-        credential_hash=digest(credential),
-        version=body.version,
-        last_seen=now,
-        disabled=False,
-    )
+    agent = Agent(name=body.name, pool=row.pool, credential_hash=digest(credential),
+                  version=body.version, last_seen=now, disabled=False)
     s.add(agent)
     s.flush()
     row.used = now
     row.agent_id = agent.id
     audit(s, f"agent:{body.name}", "enrol", "agent", body.name, pool=row.pool)
-    return {"agent_id": agent.id, "name": agent.name, "pool": agent.pool, "credential": credential}
+    return {"agent_id": agent.id, "name": agent.name, "pool": agent.pool,
+            "credential": credential}
 
 
 # -- the agents' pull API ---------------------------------------------------------
@@ -266,9 +219,8 @@ def agent_heartbeat(job_id: Id, body: HeartbeatIn, s: DB, p: AgentP, svc: Svc) -
     """Renew the lease, report progress and logs; the answer says pause/cancel if asked."""
     _own_job(s, p, job_id)
     s.commit()
-    state = svc.queue.heartbeat(
-        job_id, _worker(p, body.worker), body.progress, [tuple(x) for x in body.logs]
-    )  # type: ignore[misc]
+    state = svc.queue.heartbeat(job_id, _worker(p, body.worker), body.progress,
+                                [tuple(x) for x in body.logs])  # type: ignore[misc]
     return {"state": state}
 
 
@@ -276,5 +228,6 @@ def agent_heartbeat(job_id: Id, body: HeartbeatIn, s: DB, p: AgentP, svc: Svc) -
 def agent_finish(job_id: Id, body: FinishIn, s: DB, p: AgentP, svc: Svc) -> dict[str, str]:
     _own_job(s, p, job_id)
     s.commit()
-    state = svc.queue.finish(job_id, _worker(p, body.worker), body.outcome, body.result, body.error)
+    state = svc.queue.finish(job_id, _worker(p, body.worker), body.outcome, body.result,
+                             body.error)
     return {"state": state}

@@ -119,19 +119,12 @@ def run_restore(ctx: JobContext) -> dict[str, Any]:
 
         def on_progress(done: int, total: int) -> None:
             ctx.check_stop()
-            ctx.progress(
-                done_bytes=done,
-                total_bytes=total,
-                percent=round(100.0 * done / total, 1) if total else 0,
-            )
+            ctx.progress(done_bytes=done, total_bytes=total,
+                         percent=round(100.0 * done / total, 1) if total else 0)
 
         results = restore(
-            target,
-            point,
-            str(params["to"]),
-            disk=params.get("disk"),
-            force=bool(params.get("force", False)),
-            progress=on_progress,
+            target, point, str(params["to"]), disk=params.get("disk"),
+            force=bool(params.get("force", False)), progress=on_progress,
         )
         return {"point": point.id, "disks": [asdict(r) for r in results]}
     finally:
@@ -143,13 +136,11 @@ def run_verify(ctx: JobContext) -> dict[str, Any]:
     spec = ctx.spec
     target = ctx.open_target()
     try:
-
         def on_progress(done: int, total: int) -> None:
             if ctx.should_stop():
                 raise JobStopped(f"job {spec.id} stopped ({ctx.stop_reason})")
-            ctx.progress(
-                done=done, total=total, percent=round(100.0 * done / total, 1) if total else 0
-            )
+            ctx.progress(done=done, total=total,
+                         percent=round(100.0 * done / total, 1) if total else 0)
 
         report = target.verify(
             host=spec.host["name"] if spec.host else None,
@@ -184,38 +175,20 @@ def verify_done(s: Session, job: Job, result: dict[str, Any]) -> None:
         if probs:
             point.status = "damaged"
             alerts.open_alert(
-                s,
-                "point_damaged",
+                s, "point_damaged",
                 f"restore point {point.point_id} of {host.name} is damaged: {probs[0]['reason']}"
                 + (f" (+{len(probs) - 1} more)" if len(probs) > 1 else ""),
-                host_id=host.id,
-                job_id=job.id,
-                severity="critical",
+                host_id=host.id, job_id=job.id, severity="critical",
             )
         elif point.created <= (job.started or now):
             point.verified = now
 
 
-register_kind(
-    JobKind(
-        "sync",
-        run_sync,
-        exclusive=True,
-        on_success=sync_done,
-        on_failure=sync_failed,
-        description="copy the host's disks to a new restore point",
-    )
-)
-register_kind(
-    JobKind("restore", run_restore, description="write a restore point's disks to files or devices")
-)
-register_kind(
-    JobKind(
-        "verify",
-        run_verify,
-        needs_host=False,
-        exclusive=True,
-        on_success=verify_done,
-        description="check restore points are complete (deep: intact)",
-    )
-)
+register_kind(JobKind("sync", run_sync, exclusive=True, on_success=sync_done,
+                      on_failure=sync_failed,
+                      description="copy the host's disks to a new restore point"))
+register_kind(JobKind("restore", run_restore,
+                      description="write a restore point's disks to files or devices"))
+register_kind(JobKind("verify", run_verify, needs_host=False, exclusive=True,
+                      on_success=verify_done,
+                      description="check restore points are complete (deep: intact)"))

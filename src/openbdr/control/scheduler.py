@@ -147,9 +147,8 @@ class Scheduler(threading.Thread):
         must not hold up the next ticks (syncs would start late)."""
         if self._refresher is not None and self._refresher.is_alive():
             return
-        self._refresher = threading.Thread(
-            target=self._refresh_logged, args=(now,), name="scheduler-refresh", daemon=True
-        )
+        self._refresher = threading.Thread(target=self._refresh_logged, args=(now,),
+                                           name="scheduler-refresh", daemon=True)
         self._refresher.start()
 
     def _refresh_logged(self, now: datetime) -> None:
@@ -187,12 +186,10 @@ class Scheduler(threading.Thread):
                 breached += 1
                 if host_id not in open_rpo:
                     alerts.open_alert(
-                        s,
-                        "rpo_breached",
+                        s, "rpo_breached",
                         f"host {name}: newest restore point is {age:.0f} s old, "
                         f"RPO target {rpo:.0f} s",
-                        host_id=host_id,
-                        severity="error",
+                        host_id=host_id, severity="error",
                     )
             elif age is not None and host_id in open_rpo:
                 alerts.resolve(s, "rpo_breached", host_id)
@@ -234,10 +231,8 @@ class Scheduler(threading.Thread):
         """verify / retention / drill at their policy intervals, when the kind exists."""
         schedules: list[tuple[str, Any]] = [
             ("verify", lambda p: p.verify_seconds),
-            (
-                "retention",
-                lambda p: (p.retention or {}).get("every_seconds", 86400) if p.retention else None,
-            ),
+            ("retention", lambda p: (p.retention or {}).get("every_seconds", 86400)
+             if p.retention else None),
             ("drill", lambda p: p.drill_seconds),
         ]
         started = 0

@@ -162,28 +162,16 @@ class PolicyOut(BaseModel):
 class HostIn(Strict):
     name: str = Name
     source: dict[str, Any] | None = Field(
-        default=None,
-        description='{"type": "image", "paths": [...]}; see /kinds. '
-        "None for a VM of a platform (give `platform` and `vm`)",
-    )
-    platform: str | None = Field(
-        default=None,
-        pattern=NAME,
-        max_length=128,
-        description="an agentless host: a VM of this platform",
-    )
-    vm: str | None = Field(
-        default=None,
-        min_length=1,
-        max_length=256,
-        description="the VM's platform id or its (unique) name",
-    )
+        default=None, description='{"type": "image", "paths": [...]}; see /kinds. '
+        "None for a VM of a platform (give `platform` and `vm`)")
+    platform: str | None = Field(default=None, pattern=NAME, max_length=128,
+                                 description="an agentless host: a VM of this platform")
+    vm: str | None = Field(default=None, min_length=1, max_length=256,
+                           description="the VM's platform id or its (unique) name")
     target: str = Name
     policy: str | None = Field(default=None, pattern=NAME, max_length=128)
     pool: str | None = Field(
-        default=None,
-        pattern=NAME,
-        max_length=128,
+        default=None, pattern=NAME, max_length=128,
         description="agents of this pool run the host's jobs; none = the server itself",
     )
     enabled: bool = True
@@ -395,28 +383,17 @@ class KindsOut(BaseModel):
 # -- platforms --------------------------------------------------------------------
 class PlatformIn(Strict):
     name: str = Name
-    type: str = Field(
-        min_length=1,
-        max_length=64,
-        description="libvirt, openstack, aws, vmware, oci, fusioncompute; see /kinds",
-    )
-    endpoint: str = Field(
-        min_length=1,
-        max_length=1024,
-        description="e.g. qemu+ssh://root@kvm1/system, https://vcenter…",
-    )
+    type: str = Field(min_length=1, max_length=64,
+                      description="libvirt, openstack, aws, vmware, oci, fusioncompute; see /kinds")
+    endpoint: str = Field(min_length=1, max_length=1024,
+                          description="e.g. qemu+ssh://root@kvm1/system, https://vcenter…")
     credentials: dict[str, str] | None = Field(
-        default=None,
-        description="sealed in the catalog, sent only to the workers that run "
-        "the platform's jobs; never returned",
-    )
+        default=None, description="sealed in the catalog, sent only to the workers that run "
+        "the platform's jobs; never returned")
     options: dict[str, Any] = {}
     pool: str | None = Field(
-        default=None,
-        pattern=NAME,
-        max_length=128,
-        description="sync proxies of this pool reach the platform; none = the server itself",
-    )
+        default=None, pattern=NAME, max_length=128,
+        description="sync proxies of this pool reach the platform; none = the server itself")
 
 
 class PlatformPatch(Strict):

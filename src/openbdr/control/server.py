@@ -41,13 +41,8 @@ def serve(
 ) -> None:
     jsonlog.setup(log_level)
     opts: dict[str, Any] = {
-        "host": host,
-        "port": port,
-        "ssl_certfile": certfile,
-        "ssl_keyfile": keyfile,
-        "log_config": None,
-        "access_log": False,
-        "timeout_graceful_shutdown": 30,
+        "host": host, "port": port, "ssl_certfile": certfile, "ssl_keyfile": keyfile,
+        "log_config": None, "access_log": False, "timeout_graceful_shutdown": 30,
     }
     if processes <= 1:
         uvicorn.run(create_app(config), **opts)

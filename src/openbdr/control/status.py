@@ -20,16 +20,8 @@ from .jobs import ACTIVE, FINAL
 from .models import Alert, Host, Job, Platform, Point, Policy, Target, utcnow
 
 #: a job as the status shows it (columns, not ORM objects)
-JOB_COLUMNS = (
-    Job.id,
-    Job.host_id,
-    Job.kind,
-    Job.state,
-    Job.created,
-    Job.finished,
-    Job.error,
-    Job.progress,
-)
+JOB_COLUMNS = (Job.id, Job.host_id, Job.kind, Job.state, Job.created, Job.finished, Job.error,
+               Job.progress)
 
 
 @dataclass
@@ -48,9 +40,8 @@ class Facts:
     #: host id → id (row) of its newest restore point
     newest_point: dict[int, int] = field(default_factory=dict)
 
-    def state(
-        self, host_id: int, enabled: bool, policy_id: int | None
-    ) -> tuple[str, int | None, float | None]:
+    def state(self, host_id: int, enabled: bool, policy_id: int | None
+              ) -> tuple[str, int | None, float | None]:
         """(protection, RPO target, age of the newest point in seconds)."""
         policy = self.policies.get(policy_id) if policy_id else None
         stats = self.points.get(host_id)
@@ -74,9 +65,8 @@ def _among(column: InstrumentedAttribute[Any], every: bool) -> ColumnElement[boo
     return true() if every else column.in_(bindparam(IDS, expanding=True))
 
 
-def _newest(
-    column: InstrumentedAttribute[Any], *where: ColumnElement[bool], order: tuple[Any, ...]
-) -> Any:
+def _newest(column: InstrumentedAttribute[Any], *where: ColumnElement[bool],
+            order: tuple[Any, ...]) -> Any:
     """A host's first row by `order` (a correlated subquery: one index probe per host)."""
     return select(column).where(*where).order_by(*order).limit(1).scalar_subquery()
 
@@ -90,9 +80,8 @@ def _ids_statement(every: bool) -> Select[Any]:
     j = aliased(Job)
 
     def last(kind: str) -> Any:
-        return _newest(
-            j.id, j.host_id == Host.id, j.kind == kind, j.state.in_(FINAL), order=(j.id.desc(),)
-        )
+        return _newest(j.id, j.host_id == Host.id, j.kind == kind, j.state.in_(FINAL),
+                       order=(j.id.desc(),))
 
     a = aliased(Alert)
     return select(
@@ -101,28 +90,19 @@ def _ids_statement(every: bool) -> Select[Any]:
         last("drill").label("drill"),
         # the oldest active job of a host is the one running (newer ones wait behind it)
         _newest(j.id, j.host_id == Host.id, j.state.in_(ACTIVE), order=(j.id,)).label("active"),
-        _newest(
-            Point.id, Point.host_id == Host.id, order=(Point.created.desc(), Point.id.desc())
-        ).label("point"),
-        select(func.count())
-        .where(a.host_id == Host.id, a.resolved.is_(None))
-        .scalar_subquery()
-        .label("alerts"),
+        _newest(Point.id, Point.host_id == Host.id,
+                order=(Point.created.desc(), Point.id.desc())).label("point"),
+        select(func.count()).where(a.host_id == Host.id, a.resolved.is_(None))
+        .scalar_subquery().label("alerts"),
     ).where(_among(Host.id, every))
 
 
 @cache
 def _points_statement(every: bool) -> Select[Any]:
     return (
-        select(
-            Point.host_id,
-            func.count(),
-            func.sum(Point.stored_bytes),
-            func.sum(Point.read_bytes),
-            func.max(Point.created),
-        )
-        .where(_among(Point.host_id, every))
-        .group_by(Point.host_id)
+        select(Point.host_id, func.count(), func.sum(Point.stored_bytes),
+               func.sum(Point.read_bytes), func.max(Point.created))
+        .where(_among(Point.host_id, every)).group_by(Point.host_id)
     )
 
 
@@ -139,9 +119,8 @@ TARGETS = select(Target.id, Target.name).where(_among(Target.id, False))
 PLATFORMS = select(Platform.id, Platform.name).where(_among(Platform.id, False))
 
 
-def collect(
-    s: Session, ids: list[int] | None, now: datetime | None = None, sync_results: bool = False
-) -> Facts:
+def collect(s: Session, ids: list[int] | None, now: datetime | None = None,
+            sync_results: bool = False) -> Facts:
     """Facts about the hosts `ids` (None: every host). Drill results are always read
     (their verdict); sync results only on request (they carry the point's manifest)."""
     f = Facts(now=now or utcnow())
@@ -174,16 +153,9 @@ def job_brief(j: Row[Any] | None) -> dict[str, Any] | None:
     if j is None:
         return None
     result = getattr(j, "result", None) or {}
-    return {
-        "id": j.id,
-        "kind": j.kind,
-        "state": j.state,
-        "created": j.created,
-        "finished": j.finished,
-        "error": j.error,
-        "progress": j.progress,
-        "result": {k: v for k, v in result.items() if k != "point"},
-    }
+    return {"id": j.id, "kind": j.kind, "state": j.state, "created": j.created,
+            "finished": j.finished, "error": j.error, "progress": j.progress,
+            "result": {k: v for k, v in result.items() if k != "point"}}
 
 
 def host_rows(s: Session, hosts: list[Host], now: datetime | None = None) -> list[dict[str, Any]]:
@@ -203,40 +175,24 @@ def host_rows(s: Session, hosts: list[Host], now: datetime | None = None) -> lis
         n, stored, read, _ = f.points.get(h.id, (0, 0, 0, None))
         p = latest.get(h.id)
         policy = f.policies.get(h.policy_id) if h.policy_id else None
-        out.append(
-            {
-                "id": h.id,
-                "name": h.name,
-                "source": h.source,
-                "target": targets.get(h.target_id, ""),
-                "policy": policy[0] if policy else None,
-                "pool": h.pool,
-                "enabled": h.enabled,
-                "disks": h.disks,
-                "created": h.created,
-                "platform": platforms.get(h.platform_id),
-                "vm": h.vm,
-                "status": {
-                    "protection": protection,
-                    "rpo_seconds": rpo,
-                    "last_point": {
-                        "id": p.point_id,
-                        "created": p.created,
-                        "age_seconds": round((f.now - p.created).total_seconds(), 1),
-                        "consistency": p.consistency,
-                        "status": p.status,
-                        "verified": p.verified,
-                    }
-                    if p
-                    else None,
-                    "points": n,
-                    "stored_bytes": stored,
-                    "read_bytes": read,
-                    "last_sync": job_brief(f.last_sync.get(h.id)),
-                    "last_drill": job_brief(f.last_drill.get(h.id)),
-                    "active_job": job_brief(f.active.get(h.id)),
-                    "open_alerts": f.alerts.get(h.id, 0),
-                },
-            }
-        )
+        out.append({
+            "id": h.id, "name": h.name, "source": h.source, "target": targets.get(h.target_id, ""),
+            "policy": policy[0] if policy else None, "pool": h.pool, "enabled": h.enabled,
+            "disks": h.disks, "created": h.created,
+            "platform": platforms.get(h.platform_id), "vm": h.vm,
+            "status": {
+                "protection": protection,
+                "rpo_seconds": rpo,
+                "last_point": {
+                    "id": p.point_id, "created": p.created,
+                    "age_seconds": round((f.now - p.created).total_seconds(), 1),
+                    "consistency": p.consistency, "status": p.status, "verified": p.verified,
+                } if p else None,
+                "points": n, "stored_bytes": stored, "read_bytes": read,
+                "last_sync": job_brief(f.last_sync.get(h.id)),
+                "last_drill": job_brief(f.last_drill.get(h.id)),
+                "active_job": job_brief(f.active.get(h.id)),
+                "open_alerts": f.alerts.get(h.id, 0),
+            },
+        })
     return out

@@ -37,14 +37,8 @@ class Broker(Protocol):
         self, job_id: int, worker: str, progress: dict[str, Any], logs: list[tuple[str, str]]
     ) -> str: ...
     def finish(
-        self,
-        job_id: int,
-        worker: str,
-        outcome: str,
-        result: dict[str, Any] | None,
-        error: str | None,
-        progress: dict[str, Any],
-        logs: list[tuple[str, str]],
+        self, job_id: int, worker: str, outcome: str, result: dict[str, Any] | None,
+        error: str | None, progress: dict[str, Any], logs: list[tuple[str, str]],
     ) -> str: ...
 
 
@@ -64,18 +58,11 @@ class LocalBroker:
         return self.queue.heartbeat(job_id, worker, progress, logs)
 
     def finish(
-        self,
-        job_id: int,
-        worker: str,
-        outcome: str,
-        result: dict[str, Any] | None,
-        error: str | None,
-        progress: dict[str, Any],
-        logs: list[tuple[str, str]],
+        self, job_id: int, worker: str, outcome: str, result: dict[str, Any] | None,
+        error: str | None, progress: dict[str, Any], logs: list[tuple[str, str]],
     ) -> str:
-        return self.queue.finish(
-            job_id, worker, outcome, result, error, progress=progress, logs=logs
-        )
+        return self.queue.finish(job_id, worker, outcome, result, error, progress=progress,
+                                 logs=logs)
 
 
 @contextlib.contextmanager
@@ -213,24 +200,17 @@ class Worker(threading.Thread):
             outcome = "stopped" if ctx.should_stop() and _is_stop(exc) else "failed"
             error = None if outcome == "stopped" else str(exc)
             # the server's failure hooks tell errors apart by kind (an unknown VM…)
-            result = (
-                {
-                    "error_types": [
-                        c.__name__ for c in type(exc).__mro__ if issubclass(c, OpenBDRError)
-                    ]
-                }
-                if outcome == "failed"
-                else None
-            )
+            result = {"error_types": [c.__name__ for c in type(exc).__mro__
+                                      if issubclass(c, OpenBDRError)]} \
+                if outcome == "failed" else None
         except Exception as exc:
             log.error("job %s crashed:\n%s", spec.id, traceback.format_exc())
             outcome, error = "failed", f"internal error: {type(exc).__name__}: {exc}"
         finally:
             done.set()
             beat.join()
-        log.info(
-            "job %s (%s) %s in %.1f s", spec.id, spec.kind, outcome, time.monotonic() - started
-        )
+        log.info("job %s (%s) %s in %.1f s", spec.id, spec.kind, outcome,
+                 time.monotonic() - started)
         if ctx.stop_reason == "lease lost":
             self.current = None
             return  # someone else owns the job now
@@ -264,3 +244,4 @@ def _is_stop(exc: OpenBDRError) -> bool:
     from ..sync import SyncStopped
 
     return isinstance(exc, SyncStopped | JobStopped)
+

@@ -110,7 +110,9 @@ def fsck_volume(
     before = "" if work is None else ("after log replay on mount; " if not mount_error else "")
     if mount_error:
         before = f"did not mount ({mount_error[-300:]}); "
-    detail = f"{before}clean" if ok else f"{before}errors (exit {proc.returncode}): {reasons(out)}"
+    detail = (
+        f"{before}clean" if ok else f"{before}errors (exit {proc.returncode}): {reasons(out)}"
+    )
     return Check(name, "fsck", ok, detail[:900], time.monotonic() - t)
 
 

@@ -44,9 +44,7 @@ def new_point_id(after: str | None = None, now: datetime | None = None) -> str:
 FORMAT = 1
 
 
-def _fields(
-    cls: type, raw: object, skip: frozenset[str] | set[str] = frozenset()
-) -> dict[str, Any]:
+def _fields(cls: type, raw: object, skip: frozenset[str] | set[str] = frozenset()) -> dict[str, Any]:
     """The dataclass's fields from a JSON object, type-checked against their defaults or
     annotations; unknown keys (a newer release's) dropped."""
     if not isinstance(raw, dict):
@@ -139,9 +137,7 @@ class RestorePoint:
         return json.dumps(raw, indent=1, sort_keys=True).encode()
 
     @classmethod
-    def from_bytes(
-        cls, data: bytes, host: str | None = None, point: str | None = None
-    ) -> RestorePoint:
+    def from_bytes(cls, data: bytes, host: str | None = None, point: str | None = None) -> RestorePoint:
         """The record, checked: shape and types, a format this code reads, and (when the
         caller knows them from where it was stored) its host and id. Fields a newer
         release added are ignored. Raises ValueError saying what is wrong."""

@@ -27,20 +27,10 @@ T = TypeVar("T")
 
 TRANSIENT_CODES = frozenset(
     {
-        "500",
-        "502",
-        "503",
-        "504",
-        "429",
-        "InternalError",
-        "ServiceUnavailable",
-        "SlowDown",
-        "Throttling",
-        "ThrottlingException",
-        "RequestTimeout",
-        "RequestLimitExceeded",
-        "TooManyRequestsException",
-        "ProvisionedThroughputExceededException",
+        "500", "502", "503", "504", "429",
+        "InternalError", "ServiceUnavailable", "SlowDown", "Throttling",
+        "ThrottlingException", "RequestTimeout", "RequestLimitExceeded",
+        "TooManyRequestsException", "ProvisionedThroughputExceededException",
     }
 )
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (

@@ -26,11 +26,8 @@ router = APIRouter(prefix="/api/v1/console", responses=RESPONSES, include_in_sch
 Svc = Annotated[Services, Depends(services)]
 #: drill ids as the drill package makes them; never a path component like `..`
 DrillId = Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
-ARTIFACTS = {
-    "report.html": "text/html; charset=utf-8",
-    "report.json": "application/json",
-    "screenshot.png": "image/png",
-}
+ARTIFACTS = {"report.html": "text/html; charset=utf-8", "report.json": "application/json",
+             "screenshot.png": "image/png"}
 
 
 def _target_of(s: Session, svc: Services, host: Host) -> store.Target:
@@ -40,36 +37,19 @@ def _target_of(s: Session, svc: Services, host: Host) -> store.Target:
     try:
         return open_target(t.url, svc.box.open(t.secrets))
     except OpenBDRError as exc:
-        raise ApiError(
-            400, "bad_request", f"cannot open repository {t.name!r}: {exc.what}", exc.hint
-        ) from None
+        raise ApiError(400, "bad_request", f"cannot open repository {t.name!r}: {exc.what}",
+                       exc.hint) from None
 
 
 def _summary(rep: dict[str, Any]) -> dict[str, Any]:
-    keep = (
-        "id",
-        "host",
-        "point",
-        "plan",
-        "kind",
-        "started",
-        "finished",
-        "verdict",
-        "reason",
-        "rto_first_s",
-        "rto_all_s",
-        "duration_s",
-        "screenshot",
-        "accel",
-    )
+    keep = ("id", "host", "point", "plan", "kind", "started", "finished", "verdict", "reason",
+            "rto_first_s", "rto_all_s", "duration_s", "screenshot", "accel")
     return {k: rep.get(k) for k in keep}
 
 
 @router.get("/drills")
 def drills(
-    s: DB,
-    _p: Viewer,
-    svc: Svc,
+    s: DB, _p: Viewer, svc: Svc,
     host: Annotated[str | None, Query(max_length=128)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[dict[str, Any]]:
@@ -109,12 +89,7 @@ def drill_report(host: str, drill_id: DrillId, s: DB, _p: Viewer, svc: Svc) -> d
 
 @router.get("/drills/{host}/{drill_id}/{artifact}")
 def drill_artifact(
-    host: str,
-    drill_id: DrillId,
-    artifact: str,
-    s: DB,
-    _p: Viewer,
-    svc: Svc,
+    host: str, drill_id: DrillId, artifact: str, s: DB, _p: Viewer, svc: Svc,
     download: bool = False,
 ) -> Response:
     """The report page, its JSON or the console screenshot, as stored by the drill."""
@@ -130,7 +105,5 @@ def drill_artifact(
         repo.close()
     headers = {"Cache-Control": "private, max-age=300"}
     if download:
-        headers["Content-Disposition"] = (
-            f'attachment; filename="drill-{host}-{drill_id}-{artifact}"'
-        )
+        headers["Content-Disposition"] = f'attachment; filename="drill-{host}-{drill_id}-{artifact}"'
     return Response(data, media_type=ARTIFACTS[artifact], headers=headers)

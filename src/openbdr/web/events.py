@@ -40,15 +40,11 @@ def snapshot(factory: sessionmaker[Session]) -> tuple[list[dict[str, Any]], str]
     """Active jobs with progress, and a version string of everything else."""
     with factory() as s:
         rows = s.execute(
-            select(Job, Host.name)
-            .join(Host, Host.id == Job.host_id, isouter=True)
-            .where(Job.state.in_(ACTIVE))
-            .order_by(Job.id)
+            select(Job, Host.name).join(Host, Host.id == Job.host_id, isouter=True)
+            .where(Job.state.in_(ACTIVE)).order_by(Job.id)
         ).all()
-        jobs = [
-            {"id": j.id, "kind": j.kind, "state": j.state, "host": name, "progress": j.progress}
-            for j, name in rows
-        ]
+        jobs = [{"id": j.id, "kind": j.kind, "state": j.state, "host": name,
+                 "progress": j.progress} for j, name in rows]
         marks = [
             s.scalar(select(func.max(Job.id))),
             s.scalar(select(func.count()).select_from(Job).where(Job.state.in_(FINAL))),
@@ -60,11 +56,8 @@ def snapshot(factory: sessionmaker[Session]) -> tuple[list[dict[str, Any]], str]
             s.scalar(select(func.max(AuditEntry.id))),
             s.scalar(select(func.count()).select_from(Host)),
         ]
-    version = (
-        ":".join(str(m or 0) for m in marks)
-        + "|"
-        + ",".join(f"{j['id']}.{j['state']}" for j in jobs)
-    )
+    version = ":".join(str(m or 0) for m in marks) + "|" + ",".join(
+        f"{j['id']}.{j['state']}" for j in jobs)
     return jobs, version
 
 
@@ -72,9 +65,8 @@ def _event(name: str, data: Any) -> str:
     return f"event: {name}\ndata: {json.dumps(data, default=str, separators=(',', ':'))}\n\n"
 
 
-async def stream(
-    request: Request, factory: sessionmaker[Session], interval: float
-) -> AsyncIterator[str]:
+async def stream(request: Request, factory: sessionmaker[Session],
+                 interval: float) -> AsyncIterator[str]:
     yield "retry: 2000\n\n"
     last_jobs: str | None = None
     last_version: str | None = None
@@ -100,14 +92,11 @@ async def stream(
 
 @router.get("/events")
 def events(
-    request: Request,
-    _p: Viewer,
-    svc: Svc,
+    request: Request, _p: Viewer, svc: Svc,
     interval: Annotated[float, Query(ge=0.2, le=30)] = 1.0,
 ) -> StreamingResponse:
     """A viewer's live feed (text/event-stream)."""
     return StreamingResponse(
-        stream(request, svc.factory, interval),
-        media_type="text/event-stream",
+        stream(request, svc.factory, interval), media_type="text/event-stream",
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )

@@ -37,11 +37,8 @@ def series(s: Session, now: datetime, hours: float = 24.0, buckets: int = 48) ->
     # (grouped in an outer query: PostgreSQL would not match a CASE with bound parameters
     # in GROUP BY to the same CASE in the select list)
     slot = case(*[(Point.created < e, i) for i, e in enumerate(edges[:-1])], else_=buckets - 1)
-    inner = (
-        select(slot.label("b"), Point.read_bytes.label("r"), Point.stored_bytes.label("st"))
-        .where(Point.created >= start)
-        .subquery()
-    )
+    inner = select(slot.label("b"), Point.read_bytes.label("r"), Point.stored_bytes.label("st")
+                   ).where(Point.created >= start).subquery()
     read = [0.0] * buckets
     stored = [0.0] * buckets
     for i, r, st in s.execute(
@@ -53,16 +50,12 @@ def series(s: Session, now: datetime, hours: float = 24.0, buckets: int = 48) ->
     upto = case(*[(Point.created <= e, i) for i, e in enumerate(edges)], else_=buckets)
     newest: dict[int, list[float | None]] = {}
     for host_id, c in s.execute(
-        select(Point.host_id, func.max(Point.created))
-        .where(Point.created < start)
+        select(Point.host_id, func.max(Point.created)).where(Point.created < start)
         .group_by(Point.host_id)
     ):
         newest.setdefault(host_id, [None] * buckets)[0] = c.timestamp()
-    inner = (
-        select(Point.host_id.label("h"), upto.label("b"), Point.created.label("c"))
-        .where(Point.created >= start)
-        .subquery()
-    )
+    inner = select(Point.host_id.label("h"), upto.label("b"), Point.created.label("c")
+                   ).where(Point.created >= start).subquery()
     for host_id, i, c in s.execute(
         select(inner.c.h, inner.c.b, func.max(inner.c.c)).group_by(inner.c.h, inner.c.b)
     ):

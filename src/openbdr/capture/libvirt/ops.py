@@ -29,13 +29,12 @@ import libvirt
 from ...errors import SourceError
 from ..agentless import DiskPlan, PlatformOps, Session, is_owned, owned_prefix
 from ..platform import PlatformError
-from . import domxml
+from . import DEFAULT_SCRATCH, domxml
 from .conn import failed, message
 from .nbdread import NbdDisk, connect_image, connect_unix
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SCRATCH = "/var/tmp/openbdr-libvirt"
 SHUT_OFF = (libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_CRASHED)
 
 

@@ -81,9 +81,7 @@ class CowStore:
         st = TrackState.load(self.root / "track")
         self.start_reason: str | None = None
         if st is None or not st.clean or st.size != self.size:
-            self.start_reason = (
-                "no saved state" if st is None else "the volume did not stop cleanly"
-            )
+            self.start_reason = "no saved state" if st is None else "the volume did not stop cleanly"
             st = TrackState(size=self.size, device=self.id, boot_id="")
         self.track = st
         self.track.clean = False
@@ -139,9 +137,7 @@ class CowStore:
 
     def write(self, offset: int, data: bytes) -> int:
         if offset < 0 or offset + len(data) > self.size:
-            raise VolumeError(
-                f"write at {offset}+{len(data)} beyond the volume's {self.size} bytes"
-            )
+            raise VolumeError(f"write at {offset}+{len(data)} beyond the volume's {self.size} bytes")
         view = memoryview(data)
         pos = 0
         with self.lock:

@@ -150,7 +150,9 @@ def detach(root: Path, timeout: float = 60.0) -> None:
         raise VolumeError(f"volume {root} is not attached")
     loop = info["loop"]
     for m in mounts_of(resolve(loop)) if Path(loop).exists() else []:
-        raise VolumeError(f"volume {root}: {loop} is mounted on {m.mountpoint}", "unmount it first")
+        raise VolumeError(
+            f"volume {root}: {loop} is mounted on {m.mountpoint}", "unmount it first"
+        )
     subprocess.run(["losetup", "-d", loop], capture_output=True, check=False)
     pid = int(info["pid"])
     end = time.monotonic() + timeout

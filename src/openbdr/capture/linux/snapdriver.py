@@ -64,7 +64,9 @@ class Driver:
         if kind == "dattobd":
             return cls(kind, "dbdctl", Path("/proc/datto-info"), "/dev/datto{minor}")
         if kind == "elastio-snap":
-            return cls(kind, "elioctl", Path("/proc/elastio-snap-info"), "/dev/elastio-snap{minor}")
+            return cls(
+                kind, "elioctl", Path("/proc/elastio-snap-info"), "/dev/elastio-snap{minor}"
+            )
         raise SourceError(f"unknown snapshot driver {kind!r}", "use dattobd or elastio-snap")
 
     def present(self) -> bool:
@@ -74,9 +76,7 @@ class Driver:
         try:
             data = json.loads(self.info.read_text())
         except (OSError, ValueError) as exc:
-            raise SourceError(
-                f"cannot read {self.info} ({exc})", f"is {self.kind} loaded?"
-            ) from None
+            raise SourceError(f"cannot read {self.info} ({exc})", f"is {self.kind} loaded?") from None
         return list(data.get("devices") or [])
 
     def entry(self, device: str) -> dict[str, Any] | None:
@@ -215,7 +215,9 @@ class DriverHost(Host):
             raise
         return DriverSnapshot(self, disks, minors)
 
-    def _one(self, s: DriverDiskSpec, tok: dict[str, Any] | None) -> tuple[DriverDisk, int]:
+    def _one(
+        self, s: DriverDiskSpec, tok: dict[str, Any] | None
+    ) -> tuple[DriverDisk, int]:
         drv = self.driver
         e = drv.entry(s.device)
         mnt = self._mountpoint(s)
@@ -227,9 +229,7 @@ class DriverHost(Host):
             e = None
         if e is None:
             minor = drv.free_minor()
-            drv.run(
-                "setup-snapshot", s.device, str(cow_dir / f".openbdr-cow-{minor}-1"), str(minor)
-            )
+            drv.run("setup-snapshot", s.device, str(cow_dir / f".openbdr-cow-{minor}-1"), str(minor))
             e = drv.entry(s.device)
             if e is None:
                 raise SourceError(f"{drv.kind} set up no snapshot of {s.device}")
@@ -280,9 +280,7 @@ class DriverHost(Host):
             log.warning("COW file %s is gone: the next sync resyncs", cow)
             return
         if head.uuid.replace("-", "") != uuid.replace("-", "") or head.seqid != seq:
-            log.warning(
-                "COW file %s is of series %s/%d, not %s/%d", cow, head.uuid, head.seqid, uuid, seq
-            )
+            log.warning("COW file %s is of series %s/%d, not %s/%d", cow, head.uuid, head.seqid, uuid, seq)
         else:
             bits = DirtyBitmap(size)
             for e in changed_extents(cow, size):
@@ -316,3 +314,4 @@ class DriverHost(Host):
 def resolve_size(device: str) -> int:
     with open(device, "rb") as f:
         return f.seek(0, os.SEEK_END)
+

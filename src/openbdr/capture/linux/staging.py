@@ -134,7 +134,9 @@ class Staging:
     """The staged blocks of one disk for one capture: in `memory`'s slots (borrowed; an int
     is a private budget) until they outgrow it, then in a file at `path`."""
 
-    def __init__(self, path: Path, size: int, memory: StagingMemory | int | None = None) -> None:
+    def __init__(
+        self, path: Path, size: int, memory: StagingMemory | int | None = None
+    ) -> None:
         self.path = path
         self.size = size
         self.blocks = DirtyBitmap(size)
@@ -177,13 +179,8 @@ class Staging:
             self._copy_some(src, work)
         else:
             with ThreadPoolExecutor(COPY_THREADS, thread_name_prefix="stage") as pool:
-                list(
-                    pool.map(
-                        self._copy_some,
-                        [src] * COPY_THREADS,
-                        [work[k::COPY_THREADS] for k in range(COPY_THREADS)],
-                    )
-                )
+                list(pool.map(self._copy_some, [src] * COPY_THREADS,
+                              [work[k::COPY_THREADS] for k in range(COPY_THREADS)]))
         self.blocks.add_all(blocks)
 
     def _copy_some(self, src: DirectReader, work: list[tuple[int, int | None]]) -> None:
@@ -194,15 +191,10 @@ class Staging:
         try:
             for b, mask in work:
                 base, span = b * BLOCK_SIZE, block_span(b, self.size)
-                ranges = (
-                    [(0, span)]
-                    if mask is None
-                    else [
-                        (first * PAGE, min(count * PAGE, span - first * PAGE))
-                        for first, count in page_runs(mask)
-                        if first * PAGE < span
-                    ]
-                )
+                ranges = [(0, span)] if mask is None else [
+                    (first * PAGE, min(count * PAGE, span - first * PAGE))
+                    for first, count in page_runs(mask) if first * PAGE < span
+                ]
                 for off, length in ranges:
                     if mapped is not None:
                         at = self._slot[b] * BLOCK_SIZE + off
@@ -279,4 +271,5 @@ class Staging:
             memory.release()
         fd, self.fd = self.fd, -1
         if fd >= 0:
-            threading.Thread(target=os.close, args=(fd,), name="staging-free", daemon=True).start()
+            threading.Thread(target=os.close, args=(fd,), name="staging-free",
+                             daemon=True).start()

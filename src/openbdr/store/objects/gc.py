@@ -245,9 +245,8 @@ def _finished(repo: Repository, name: str, token: str) -> bool:
         token = ""
     try:
         held = json.loads(repo.blobs.get(lock_key("maintenance")))
-        return (
-            bool(token and held.get("token") != token)
-            or float(held.get("expires", 0)) < time.time()
-        )
+        return bool(token and held.get("token") != token) or float(
+            held.get("expires", 0)
+        ) < time.time()
     except (NotFound, ValueError, TypeError, AttributeError, CorruptionError):
         return True  # the gc died: nothing deletes any more

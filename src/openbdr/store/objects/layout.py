@@ -34,7 +34,6 @@ GC_INTENTS = "gc/intents/"
 #: drill reports too: they hold console and log tails of the protected machines
 SEALED = (POINTS, INDEXES, CHECKPOINTS, "scrub/", "gc/", DRILLS)
 
-
 def chunk_key(chunk_id: bytes) -> str:
     """`chunks/ab/<hex id>`: fanned out by the first byte."""
     h = chunk_id.hex()

@@ -49,7 +49,9 @@ VERSION = 1
 
 
 class Repository:
-    def __init__(self, blobs: Blobs, config: dict[str, Any], keys: RepoKeys | None = None) -> None:
+    def __init__(
+        self, blobs: Blobs, config: dict[str, Any], keys: RepoKeys | None = None
+    ) -> None:
         self.raw_blobs = blobs
         self.blobs = blobs
         self.config = config

@@ -57,9 +57,7 @@ def save_state(
     repo.blobs.flush()
 
 
-def pick(
-    state: Mapping[bytes, int], ids: list[bytes], sample: float, seed: int | None
-) -> list[bytes]:
+def pick(state: Mapping[bytes, int], ids: list[bytes], sample: float, seed: int | None) -> list[bytes]:
     """The `sample` percent of `ids` verified longest ago (random among equals)."""
     if not ids:
         return []
@@ -104,13 +102,8 @@ def mark(
     for cid, reason in bad.items():
         for p, disk, off in users.get(cid, []):
             new.setdefault(point_key(p.host, p.id), []).append(
-                {
-                    "disk": disk,
-                    "offset": off,
-                    "block": off // BLOCK_SIZE,
-                    "chunk": cid.hex(),
-                    "reason": reason,
-                }
+                {"disk": disk, "offset": off, "block": off // BLOCK_SIZE, "chunk": cid.hex(),
+                 "reason": reason}
             )
     touched = [
         p for p in points if not p.unreadable and (point_key(p.host, p.id) in new or p.damaged)
@@ -130,8 +123,7 @@ def mark(
     try:
         for p in touched:
             keep = [
-                d
-                for d in p.damaged
+                d for d in p.damaged
                 if bytes.fromhex(str(d["chunk"])) not in good
                 and bytes.fromhex(str(d["chunk"])) not in bad
             ]

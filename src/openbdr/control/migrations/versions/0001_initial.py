@@ -170,16 +170,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     for table in (
-        "service_locks",
-        "audit",
-        "alerts",
-        "points",
-        "job_logs",
-        "jobs",
-        "hosts",
-        "policies",
-        "targets",
-        "api_tokens",
-        "users",
+        "service_locks", "audit", "alerts", "points", "job_logs", "jobs", "hosts",
+        "policies", "targets", "api_tokens", "users",
     ):
         op.drop_table(table)
