@@ -61,6 +61,7 @@ class LibvirtOps(PlatformOps):
         self.vm = dom.name()
         self.scratch_root = Path(str(options.get("scratch_dir") or DEFAULT_SCRATCH))
         self.in_flight = int(options.get("in_flight") or 16)
+        self.connections = int(options.get("connections") or 4)
         self.quiesce = str(options.get("quiesce") or "auto")  # auto, never, required
         if self.quiesce not in ("auto", "never", "required"):
             raise PlatformError(
@@ -189,6 +190,7 @@ class LibvirtOps(PlatformOps):
                             base,
                             self.in_flight,
                             d.source,
+                            connections=self.connections,
                         )
                     except SourceError as exc:
                         p = replace(
@@ -206,6 +208,7 @@ class LibvirtOps(PlatformOps):
                         None,
                         self.in_flight,
                         d.source,
+                        connections=self.connections,
                     )
                 disks.append(disk)
         except BaseException:
@@ -259,6 +262,7 @@ class LibvirtOps(PlatformOps):
                         bitmap,
                         self.in_flight,
                         f"{self.vm}:{p.name}",
+                        connections=self.connections,
                     )
                 )
         except BaseException:
