@@ -11,8 +11,8 @@ by side in one run, with the page cache prepared alike before every step:
 (a) full: the first sync of the guest (both disks, valid data, over the pull-mode
     backup's NBD export) against `qemu-img convert -O raw` of the same two images;
 (b) incremental: the guest overwrites `--change-percent` of the data disk's 1 MiB blocks
-    (spread over the disk, random data, from inside the guest), the next sync reads the
-    dirty bitmap's blocks only;
+    (1 MiB of random data every 4 MiB of the corpus's large files, the file system mounted
+    in the guest and unmounted after), the next sync reads the dirty bitmap's extents only;
 (c) hash-compare: the guest changes as many blocks again, the checkpoint is deleted, and
     the next sync is a hash-compare pass of the same disks (all valid data read and
     hashed against the previous point).
@@ -125,13 +125,18 @@ class Recorder:
 
 
 def change_blocks(console: Console, disk_mib: int, percent: float, salt: int) -> int:
-    """Overwrite `percent` of the data disk's 1 MiB blocks from inside the guest."""
+    """Overwrite `percent` of the data disk's 1 MiB blocks from inside the guest: 1 MiB of
+    random data every 4 MiB of the corpus's large files (the file system mounted in the
+    guest, then unmounted clean, as a busy day would leave it)."""
     n = max(1, int(disk_mib * percent / 100))
-    stride = disk_mib // n
     console.run(
-        f"i=0; while [ $i -lt {n} ]; do dd if=/dev/urandom of=/dev/vdb bs=1M count=1 "
-        f"seek=$(( (i * {stride} + {salt}) % {disk_mib} )) conv=notrunc 2>/dev/null; "
-        "i=$((i+1)); done; sync",
+        "mkdir -p /mnt/c; mount /dev/vdb1 /mnt/c; i=0; "
+        "for f in $(find /mnt/c -type f -size +16384k); do "
+        "sz=$(( $(stat -c %s $f) / 1048576 )); j=" + str(salt) + "; "
+        f"while [ $j -lt $sz ] && [ $i -lt {n} ]; do "
+        "dd if=/dev/urandom of=$f bs=1M count=1 seek=$j conv=notrunc 2>/dev/null; "
+        f"i=$((i+1)); j=$((j+4)); done; [ $i -ge {n} ] && break; done; "
+        "sync; umount /mnt/c; echo CHANGED=$i",
         timeout=3600,
     )
     return n
