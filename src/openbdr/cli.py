@@ -28,6 +28,7 @@ from .chunk import Codec
 from .control.cli import register as register_control
 from .drill.cli import drill_app, mount_cmd
 from .errors import ExitCode, OpenBDRError
+from .gateway.cli import gateway_app
 
 app = typer.Typer(
     name="openbdr",
@@ -39,6 +40,7 @@ app = typer.Typer(
 repo_app = typer.Typer(no_args_is_help=True, help="Create and inspect repositories.")
 app.add_typer(repo_app, name="repo")
 app.add_typer(drill_app, name="drill")
+app.add_typer(gateway_app, name="gateway")
 app.command("mount")(mount_cmd)
 register_control(app)
 register_agent(app)  # after the control plane: joins its `agent` group
@@ -115,6 +117,33 @@ def repo_init(
 
     r = Repository.init(repo, encrypt=encrypt)
     out.print(f"created repository {r.id} at {r.url}")
+
+
+@repo_app.command("repair")
+def repo_repair(
+    repo: RepoOpt,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only say what would be done.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Rebuild damaged manifests from their indexes; remove bookkeeping nobody can read."""
+    from .store.objects.repair import repair
+    from .store.objects.repository import Repository
+
+    rep = repair(Repository.open(repo), dry_run=dry_run)
+    if json_out:
+        out.print_json(json.dumps(vars(rep)))
+    else:
+        verb = "would rebuild" if dry_run else "rebuilt"
+        for line in rep.rebuilt:
+            out.print(f"{verb} {line}", highlight=False, markup=False)
+        for line in rep.removed:
+            out.print(f"{'would remove' if dry_run else 'removed'} {line}", highlight=False)
+        for line in rep.failed:
+            err.print(f"cannot repair {line}", highlight=False, markup=False, soft_wrap=True)
+        if not (rep.rebuilt or rep.removed or rep.failed):
+            out.print("nothing to repair (damaged chunks: run `openbdr verify --deep`)")
+    if rep.failed:
+        raise typer.Exit(ExitCode.DAMAGED)
 
 
 @app.command("sync")
@@ -226,7 +255,7 @@ def points(
     for r in rows:
         table.add_row(
             r["host"],
-            r["point"],
+            r["id"],
             r["created"],
             r["consistency"],
             r["status"],
@@ -322,19 +351,29 @@ def inspect(
     source: Annotated[str, typer.Argument(help="Disk image or block device.")],
     json_out: JsonOpt = False,
 ) -> None:
-    """Show a disk's partitions, file systems and used bytes."""
+    """Show a disk's partitions, file systems and used bytes, and what a sync reads."""
     from .capture.image import ImageDisk
-    from .volume import analyze, render_text
+    from .volume import render_text
 
     disk = ImageDisk("disk0", source, valid_only=True)
     try:
-        layout = analyze(disk.reader)
+        list(disk.extents())  # exactly what a full sync reads: valid data, holes left out
+        layout = disk.analysis
+        reads = disk.valid_bytes
     finally:
         disk.close()
     if json_out:
-        out.print_json(json.dumps(layout.to_json()))
-    else:
+        out.print_json(json.dumps({**(disk.layout or {}), "sync_valid_bytes": reads}))
+        return
+    if layout is not None:
         out.print(render_text(layout), highlight=False, markup=False)
+    out.print(
+        f"a full sync reads {_size(reads or 0)} ({reads} bytes: the valid data above that "
+        "is not a hole in the image; `sync` reports it as valid)",
+        highlight=False,
+    )
+    if disk.fallback_reason:
+        out.print(f"note: {disk.fallback_reason}", highlight=False, markup=False)
 
 
 key_app = typer.Typer(no_args_is_help=True, help="Passphrases (key slots) of an encrypted repository.")
@@ -427,7 +466,7 @@ def forget(
     policy = Policy(keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly)
     decisions = do_forget(open_target(repo), policy, host, dry_run=dry_run)
     rows = [
-        {"host": d.point.host, "point": d.point.id, "created": d.point.created,
+        {"host": d.point.host, "id": d.point.id, "created": d.point.created,
          "keep": d.keep, "reasons": d.reasons}
         for d in decisions
     ]
@@ -436,8 +475,8 @@ def forget(
         return
     for row in rows:
         verdict = "keep  " if row["keep"] else ("would forget" if dry_run else "forget")
-        why = ",".join(row["reasons"])
-        out.print(f"{verdict} {row['host']} {row['point']} {row['created']} {why}", highlight=False)
+        why = ",".join(str(r) for r in row["reasons"])  # type: ignore[attr-defined]
+        out.print(f"{verdict} {row['host']} {row['id']} {row['created']} {why}", highlight=False)
     gone = sum(not r["keep"] for r in rows)
     out.print(f"{len(rows) - gone} kept, {gone} {'to forget' if dry_run else 'forgotten'}")
 

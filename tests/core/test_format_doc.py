@@ -290,13 +290,13 @@ def test_restore_points_by_hand_from_format_doc(tmp_path: Path, encrypted: bool)
     second = _sync(repo, images, "lz4", pre, env)
 
     reader = HandReader(repo, passphrase)
-    assert reader.latest("web-1") == second["point"]
-    for point, want in ((first["point"], want1), (second["point"], want2)):
+    assert reader.latest("web-1") == second["id"]
+    for point, want in ((first["id"], want1), (second["id"], want2)):
         for no in (0, 1):
             got = reader.restore("web-1", point, no)
             assert got == want[no], f"point {point} disk {no} differs from its source"
-    m2 = reader.manifest("web-1", second["point"])
-    assert m2["parent"] == first["point"]
+    m2 = reader.manifest("web-1", second["id"])
+    assert m2["parent"] == first["id"]
     assert reader.index(m2["disks"][0]["index_key"], len(want2[0]))[4] == ZERO_ID
     # every decoder ran: raw (random), zstd (first sync), lz4 (second sync's new text)
     assert set(reader.codecs) == {0, 1, 2}, reader.codecs

@@ -63,7 +63,7 @@ def test_worker_runs_the_drill_and_the_server_records_the_verdict(
     repo = str(tmp_path / "repo")
     openbdr("repo", "init", repo)
     openbdr("sync", "--all-data", "--repo", repo, "--host", "tiny", str(disk))
-    point_id = json.loads(openbdr("points", "--repo", repo, "--json").stdout)[0]["point"]
+    point_id = json.loads(openbdr("points", "--repo", repo, "--json").stdout)[0]["id"]
 
     k = kind("drill")
     passed = k.run(JobContext(_spec(repo, {"plan": TINY, "point": "latest"})))

@@ -71,7 +71,7 @@ def build(where: Path) -> Pristine:
             code, out, err = openbdr("sync", "-r", str(repo), "-H", host, "-c", "zstd",
                                      "--all-data", "--json", str(img))
             assert code == 0, err
-            expected[(host, json.loads(out)["point"])] = img.read_bytes()
+            expected[(host, json.loads(out)["id"])] = img.read_bytes()
     # gc intents: h3's only point forgotten, its chunks collected
     assert openbdr("forget", "-r", str(repo), "-H", "h3", "--keep-last", "0",
                    "--keep-daily", "0")[0] != 0  # a policy that keeps nothing is refused
@@ -215,7 +215,22 @@ def check(run: Callable[..., tuple[int, str, str]], t: Tally, what: str, *args: 
     return code, out, err
 
 
-def trial(p: Pristine, where: Path, kind: str, rng: random.Random, t: Tally) -> None:
+def upload(local: Path, url: str) -> None:
+    """The damaged repository as objects under an S3 prefix (the fixture's gateway)."""
+    import boto3
+
+    bucket, _, prefix = url.removeprefix("s3://").partition("/")
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket=bucket)
+    for f in local.rglob("*"):
+        if f.is_file():
+            s3.put_object(Bucket=bucket, Key=f"{prefix}/{f.relative_to(local)}", Body=f.read_bytes())
+
+
+def trial(
+    p: Pristine, where: Path, kind: str, rng: random.Random, t: Tally, s3: str | None = None
+) -> None:
+    """One damage and every command after it; on `s3` (a fresh s3:// prefix) when given."""
     repo = where / "repo"
     shutil.rmtree(repo, ignore_errors=True)
     shutil.copytree(p.root, repo)
@@ -225,10 +240,13 @@ def trial(p: Pristine, where: Path, kind: str, rng: random.Random, t: Tally) -> 
     safe = set(p.expected) - deps
     t.trials += 1
     r = str(repo)
+    if s3:
+        upload(repo, s3)
+        r = s3
     # points: every point that does not depend on the damage is listed
     code, out, _ = check(openbdr, t, what, "points", "-r", r, "--json", ok={0, 3})
     if kind != "config":
-        listed = {(row["host"], row["point"]) for row in json.loads(out)} if code == 0 else set()
+        listed = {(row["host"], row["id"]) for row in json.loads(out)} if code == 0 else set()
         lost = safe - listed
         if lost:
             t.violations.append(f"{what}: points does not list {sorted(lost)}")
@@ -249,15 +267,30 @@ def trial(p: Pristine, where: Path, kind: str, rng: random.Random, t: Tally) -> 
     stop = {0, 3} if kind == "config" else {0}
     code, out, _ = check(openbdr, t, what, "sync", "-r", r, "-H", "h1", "--all-data", "--json",
                          str(img), ok=stop)
-    new = json.loads(out)["point"] if code == 0 else None
+    new = json.loads(out)["id"] if code == 0 else None
     fresh = img.read_bytes()
     img.write_bytes(saved)
     check(openbdr, t, what, "forget", "-r", r, "--keep-last", "10", ok=stop)
     # gc deletes nothing while an index a point needs is unreadable: it says so (exit 3)
     check(openbdr, t, what, "gc", "-r", r, "--margin", "0",
           ok={0, 3} if kind in ("config", "index") else {0})
+    if kind == "manifest":  # repair rebuilds a manifest from the point's intact indexes
+        code, _, err = check(openbdr, t, what, "repo", "repair", "-r", r, ok={0, 3})
+        if how not in ("delete", "version") and code != 0:
+            t.violations.append(f"{what}: repo repair could not: {err.strip()[-200:]}")
+        if how not in ("delete", "version"):
+            todo_first = [(k, v) for k, v in p.expected.items() if k in deps]
+            for (host, point), want in todo_first:
+                out_img = where / "repaired.img"
+                out_img.unlink(missing_ok=True)
+                code, _, err = openbdr("restore", "-r", r, "-H", host, "-p", point,
+                                       "--to", str(out_img))
+                if code != 0 or out_img.read_bytes() != want:
+                    t.violations.append(f"{what}: repaired {point} does not restore: {err[-200:]}")
     # nothing that did not depend on the damage was lost, gc included
     todo = [(k, v) for k, v in sorted(p.expected.items()) if k in safe]
+    if new and kind == "chunk" and s3:
+        new = None  # dedup may reuse the damaged chunk: only local copies are inspected here
     if new and not (kind == "chunk" and _uses(repo, new, rel)):  # dedup may reuse the chunk
         todo.append((("h1", new), fresh))
     for (host, point), want in todo:

@@ -268,7 +268,9 @@ class AgentlessDisk(DiskSnapshot):
             self.valid_bytes = total(data)
         else:
             self._zero = clip(zero, self.size)
-            listed, self.layout, why = valid_data(self, data, f"{self.source} disk {self.name}")
+            listed, layout = valid_data(self, data, f"{self.source} disk {self.name}")
+            self.layout = layout.to_json()
+            why = layout.fallbacks()
             if why:
                 self.fallback_reason = "; ".join(
                     filter(None, [self.fallback_reason, "valid data: " + "; ".join(why)])

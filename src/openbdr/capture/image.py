@@ -23,6 +23,7 @@ from typing import Any
 
 from ..errors import SourceError
 from ..extents import Extent, clip, intersect, normalize
+from ..volume.model import DiskLayout
 from ..volume.reader import FileReader
 from .base import BlockReader, ChangeToken, DiskSnapshot, Host, Snapshot
 from .registry import SourceType, register_source
@@ -65,11 +66,11 @@ def data_extents(fd: int, size: int) -> list[Extent]:
 
 def valid_data(
     reader: BlockReader, present: Iterable[Extent], label: str, path: str | None = None
-) -> tuple[list[Extent], dict[str, Any], list[str]]:
+) -> tuple[list[Extent], DiskLayout]:
     """Valid data of a disk: what its storage holds (`present`: non-hole extents, a
     platform's allocation) narrowed to what the partition table and file systems use;
-    with the layout found, for the point, and why it fell back to more than the file
-    systems use. With a local `path`, volumes whose log needs replay are mapped after a
+    with the layout found (for the point; `fallbacks()` says why it is more than the
+    file systems use). With a local `path`, volumes whose log needs replay are mapped after a
     replay on an overlay (`capture.replay`); without one they stay whole. Every full pass
     of valid data (images, agentless platform snapshots) goes through here."""
     if path is not None:
@@ -82,8 +83,7 @@ def valid_data(
         layout = analyze(reader)
     for note in layout.notes:
         log.info("%s: %s", label, note)
-    valid = intersect(present, clip(layout.valid_extents, reader.size))
-    return valid, layout.to_json(), layout.fallbacks()
+    return intersect(present, clip(layout.valid_extents, reader.size)), layout
 
 
 class ImageDisk(DiskSnapshot):
@@ -123,6 +123,8 @@ class ImageDisk(DiskSnapshot):
         self._probe_readable()
         self.valid_only = valid_only
         self.layout: dict[str, Any] | None = None
+        #: the partition table and file systems found by the last `extents()`
+        self.analysis: DiskLayout | None = None
         self.valid_bytes = self.size
 
     def _probe_readable(self) -> None:
@@ -140,7 +142,10 @@ class ImageDisk(DiskSnapshot):
         if not self.valid_only:
             self.valid_bytes = sum(e.length for e in present)
             return present
-        valid, self.layout, why = valid_data(self.reader, present, self.path, self.path)
+        valid, layout = valid_data(self.reader, present, self.path, self.path)
+        self.analysis = layout
+        self.layout = layout.to_json()
+        why = layout.fallbacks()
         if why:
             self.fallback_reason = "; ".join(
                 filter(None, [self.fallback_reason, "valid data: " + "; ".join(why)])

@@ -22,6 +22,7 @@ BUILTIN = [
     "openbdr.capture.synthetic",
     "openbdr.capture.linux.served",
     "openbdr.capture.libvirt",
+    "openbdr.capture.aws",
 ]
 
 

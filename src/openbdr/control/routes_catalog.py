@@ -68,7 +68,7 @@ def list_targets(s: DB, _p: Viewer) -> list[dict[str, Any]]:
 def _check_root(url: str, svc: Any) -> None:
     """Keep local repositories inside the directories the server was given (if any)."""
     roots = svc.extra.get("repository_roots") or ()
-    if not roots or url.startswith("s3://"):
+    if not roots or url.startswith(("s3://", "gateway://")):
         return
     path = Path(url.removeprefix("file://")).resolve()
     if not any(path.is_relative_to(r) for r in roots):

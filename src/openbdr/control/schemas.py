@@ -77,9 +77,9 @@ class TokenIn(Strict):
 # -- targets ----------------------------------------------------------------------
 def _target_url(url: str | None) -> str | None:
     """A repository URL must not depend on the server's working directory."""
-    if url is None or url.startswith("s3://") or url.startswith("/") or url.startswith("file:///"):
+    if url is None or url.startswith(("s3://", "gateway://", "/", "file:///")):
         return url
-    raise ValueError("must be an absolute directory path or s3://bucket/prefix")
+    raise ValueError("must be an absolute directory path, s3://bucket/prefix or gateway://host")
 
 
 TargetUrl = Annotated[str, AfterValidator(_target_url)]
@@ -88,7 +88,7 @@ TargetUrl = Annotated[str, AfterValidator(_target_url)]
 class TargetIn(Strict):
     name: str = Name
     url: TargetUrl = Field(
-        min_length=1, max_length=1024, description="absolute directory path or s3://bucket/prefix"
+        min_length=1, max_length=1024, description="absolute directory path, s3://bucket/prefix or gateway://host:port"
     )
     secrets: dict[str, str] | None = Field(
         default=None, description="e.g. AWS_ACCESS_KEY_ID…; encrypted at rest, never returned"

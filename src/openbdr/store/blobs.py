@@ -32,6 +32,9 @@ class Blobs(abc.ABC):
     url: str
     #: requests in flight that keep this store busy (object stores want many)
     concurrency: int = 8
+    #: puts in flight a writer should keep (0: whatever the writer's CPU-bound default is;
+    #: a store with a round trip per put wants many)
+    put_concurrency: int = 0
     #: `list` gives keys in ascending order (a broken-off listing can resume after a key)
     sorted_listing: bool = False
 
@@ -81,6 +84,7 @@ class BlobsWrapper(Blobs):
         self.inner = inner
         self.url = inner.url
         self.concurrency = inner.concurrency
+        self.put_concurrency = inner.put_concurrency
         self.sorted_listing = inner.sorted_listing
 
     def is_transient(self, exc: BaseException) -> bool:

@@ -42,6 +42,7 @@ def new_point_id(after: str | None = None, now: datetime | None = None) -> str:
 
 #: the newest manifest format this code reads
 FORMAT = 1
+NEWER = "newer than this OpenBDR reads"
 
 
 def _fields(cls: type, raw: object, skip: frozenset[str] | set[str] = frozenset()) -> dict[str, Any]:
@@ -94,8 +95,10 @@ class DiskRecord:
     read_bytes: int = 0
     #: bytes of read blocks that were all zero
     zero_bytes: int = 0
-    #: bytes of new chunk objects written (after compression)
+    #: bytes of new chunk objects written (after compression); block mode: bytes on the wire
     stored_bytes: int = 0
+    #: block mode: bytes the gateway wrote into the volume (decompressed); 0 in object mode
+    written_bytes: int = 0
     new_chunks: int = 0
     #: blocks whose content matched what the repository already held
     reused_blocks: int = 0
@@ -146,7 +149,7 @@ class RestorePoint:
             raise ValueError(f"not a JSON object but {type(raw).__name__}")
         fmt = raw.get("format", 1)
         if not isinstance(fmt, int) or fmt > FORMAT:
-            raise ValueError(f"format version {fmt!r}: newer than this OpenBDR reads ({FORMAT})")
+            raise ValueError(f"format version {fmt!r}: {NEWER} ({FORMAT})")
         out = cls(**_fields(cls, raw, skip={"disks", "unreadable"}), disks=[])
         disks = raw.get("disks")
         if not isinstance(disks, list):
@@ -164,7 +167,7 @@ class RestorePoint:
     def summary(self) -> dict[str, Any]:
         return {
             "host": self.host,
-            "point": self.id,
+            "id": self.id,
             "created": self.created,
             "consistency": self.consistency,
             "status": self.status,

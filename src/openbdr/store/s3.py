@@ -42,7 +42,7 @@ class S3Blobs(Blobs):
         if parsed.scheme != "s3" or not parsed.netloc:
             raise RepositoryError(f"bad S3 repository URL {url!r}", "write s3://bucket/prefix")
         self.url = url
-        self.concurrency = max_connections
+        self.concurrency = self.put_concurrency = max_connections
         self.sorted_listing = True  # ListObjectsV2 returns keys in UTF-8 binary order
         self.bucket = parsed.netloc
         self.prefix = parsed.path.strip("/")
@@ -144,13 +144,19 @@ class S3Blobs(Blobs):
             raise
         if obj["Data"] != expected:
             return False
-        try:
-            self._call("put_object", Key=self._key(key), Body=data, IfMatch=obj["ETag"])
-        except botocore.exceptions.ClientError as exc:
-            if self._code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
-                return self._is_ours(key, data)
-            raise
-        return True
+        etag = str(obj["ETag"])
+        # RFC 9110 quotes entity tags, and AWS compares them so; Ceph RGW 16 compares the
+        # bare value and answers 412 to a quoted one: the bare form is tried next
+        for tag in dict.fromkeys([etag, etag.strip('"')]):
+            try:
+                self._call("put_object", Key=self._key(key), Body=data, IfMatch=tag)
+                return True
+            except botocore.exceptions.ClientError as exc:
+                if self._code(exc) not in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+                    raise
+                if self._is_ours(key, data):
+                    return True
+        return False
 
     def get(self, key: str) -> bytes:
         try:
@@ -174,7 +180,7 @@ class S3Blobs(Blobs):
         cut = len(self.prefix)
         token: dict[str, str] = {}
         while True:  # page by page, each page retried on its own
-            page = self._call("list_objects_v2", Prefix=self._key(prefix), **token)
+            page = self._call("list_objects_v2", False, Prefix=self._key(prefix), **token)
             for item in page.get("Contents", []):
                 yield BlobInfo(
                     item["Key"][cut:], int(item["Size"]), item["LastModified"].timestamp()

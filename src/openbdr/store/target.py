@@ -100,6 +100,8 @@ class SyncSession(AbstractContextManager["SyncSession"]):
     latest: RestorePoint | None
     #: the point the sync builds on (None for a full sync)
     parent: RestorePoint | None
+    #: puts in flight this target wants from the pipeline (0: the pipeline's default)
+    concurrency: int = 0
 
     @abc.abstractmethod
     def chunk_id(self, block: memoryview) -> bytes:
@@ -161,6 +163,11 @@ class PointReader(abc.ABC):
         """Many blocks with up to `in_flight` reads at once, in completion order."""
         for i in blocks:
             yield i, self.read_block(i)
+
+    def direct_source(self) -> dict[str, Any] | None:
+        """A QEMU `-blockdev` spec that reads this disk in place (an RBD snapshot), so a
+        drill boots it without a copy; None: read it through `read_block`."""
+        return None
 
     def close(self) -> None:  # noqa: B027 - readers without resources hold nothing
         """Release what the reader holds."""
@@ -286,7 +293,7 @@ class TargetKind:
 
 
 #: modules that register target kinds when imported; object mode handles every other URL
-_MODULES = ["openbdr.store.objects.target"]
+_MODULES = ["openbdr.store.objects.target", "openbdr.store.block.target"]
 _KINDS: list[TargetKind] = []
 
 

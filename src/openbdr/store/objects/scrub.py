@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterable, Mapping
 
 from ...blocks import BLOCK_SIZE
-from ...errors import LockedError
+from ...errors import CorruptionError, LockedError
 from ...extents import Extent
 from ..blobs import NotFound
 from ..manifest import RestorePoint
@@ -38,6 +38,9 @@ def load_state(repo: Repository) -> dict[bytes, int]:
     try:
         data = repo.blobs.get(STATE_KEY)
     except NotFound:
+        return {}
+    except CorruptionError:
+        log.warning("%s is damaged; starting the scrub cycle afresh", STATE_KEY)
         return {}
     if len(data) % RECORD.size:
         log.warning("%s is damaged; starting the scrub cycle afresh", STATE_KEY)

@@ -150,6 +150,7 @@ class ObjectSession(SyncSession):
         self.codec: ChunkCodec = repo.codec(options.compression, options.level)
         self.lease = repo.host_lease(host)
         self.stored: set[bytes] = set()
+        self.concurrency = repo.blobs.put_concurrency
         self.writers: list[ObjectDiskWriter] = []
         self.latest = None
         self.parent = None
@@ -346,10 +347,7 @@ class ObjectTarget(Target):
     def __init__(self, repo: Repository) -> None:
         self.repo = repo
         self.url = repo.url
-
-    @property
-    def meta(self) -> Any:
-        return self.repo.blobs
+        self.meta = repo.blobs  # sealed in an encrypted repository
 
     def begin(self, host: str, options: WriteOptions) -> ObjectSession:
         return ObjectSession(self.repo, host, options)
