@@ -25,7 +25,7 @@ from ..errors import SourceError
 from ..extents import Extent, clip, intersect, normalize
 from ..volume.model import DiskLayout
 from ..volume.reader import FileReader
-from .base import ChangeToken, DiskSnapshot, Host, Snapshot
+from .base import BlockReader, ChangeToken, DiskSnapshot, Host, Snapshot
 from .registry import SourceType, register_source
 
 log = logging.getLogger(__name__)
@@ -62,6 +62,28 @@ def data_extents(fd: int, size: int) -> list[Extent]:
             return [Extent(0, size)]
         raise
     return normalize(out)
+
+
+def valid_data(
+    reader: BlockReader, present: Iterable[Extent], label: str, path: str | None = None
+) -> tuple[list[Extent], DiskLayout]:
+    """Valid data of a disk: what its storage holds (`present`: non-hole extents, a
+    platform's allocation) narrowed to what the partition table and file systems use;
+    with the layout found (for the point; `fallbacks()` says why it is more than the
+    file systems use). With a local `path`, volumes whose log needs replay are mapped after a
+    replay on an overlay (`capture.replay`); without one they stay whole. Every full pass
+    of valid data (images, agentless platform snapshots) goes through here."""
+    if path is not None:
+        from .replay import analyze_replayed
+
+        layout = analyze_replayed(reader, path)
+    else:
+        from ..volume import analyze
+
+        layout = analyze(reader)
+    for note in layout.notes:
+        log.info("%s: %s", label, note)
+    return intersect(present, clip(layout.valid_extents, reader.size)), layout
 
 
 class ImageDisk(DiskSnapshot):
@@ -120,9 +142,7 @@ class ImageDisk(DiskSnapshot):
         if not self.valid_only:
             self.valid_bytes = sum(e.length for e in present)
             return present
-        from .replay import analyze_replayed
-
-        layout = analyze_replayed(self.reader, self.path)
+        valid, layout = valid_data(self.reader, present, self.path, self.path)
         self.analysis = layout
         self.layout = layout.to_json()
         why = layout.fallbacks()
@@ -130,9 +150,6 @@ class ImageDisk(DiskSnapshot):
             self.fallback_reason = "; ".join(
                 filter(None, [self.fallback_reason, "valid data: " + "; ".join(why)])
             )
-        for note in layout.notes:
-            log.info("%s: %s", self.path, note)
-        valid = intersect(present, clip(layout.valid_extents, self.size))
         self.valid_bytes = sum(e.length for e in valid)
         return valid
 
