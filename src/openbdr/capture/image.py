@@ -24,7 +24,7 @@ from typing import Any
 from ..errors import SourceError
 from ..extents import Extent, clip, intersect, normalize
 from ..volume.reader import FileReader
-from .base import ChangeToken, DiskSnapshot, Host, Snapshot
+from .base import BlockReader, ChangeToken, DiskSnapshot, Host, Snapshot
 from .registry import SourceType, register_source
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,21 @@ def data_extents(fd: int, size: int) -> list[Extent]:
             return [Extent(0, size)]
         raise
     return normalize(out)
+
+
+def valid_data(
+    reader: BlockReader, present: Iterable[Extent], label: str
+) -> tuple[list[Extent], dict[str, Any]]:
+    """Valid data of a disk: what its storage holds (`present`: non-hole extents, a
+    platform's allocation) narrowed to what the partition table and file systems use
+    (`volume.analyze`); with the layout found, for the point. Every full pass of valid
+    data (images, agentless platform snapshots) goes through here."""
+    from ..volume import analyze
+
+    layout = analyze(reader)
+    for note in layout.notes:
+        log.info("%s: %s", label, note)
+    return intersect(present, clip(layout.valid_extents, reader.size)), layout.to_json()
 
 
 class ImageDisk(DiskSnapshot):
@@ -117,13 +132,7 @@ class ImageDisk(DiskSnapshot):
         if not self.valid_only:
             self.valid_bytes = sum(e.length for e in present)
             return present
-        from ..volume import analyze
-
-        layout = analyze(self.reader)
-        self.layout = layout.to_json()
-        for note in layout.notes:
-            log.info("%s: %s", self.path, note)
-        valid = intersect(present, clip(layout.valid_extents, self.size))
+        valid, self.layout = valid_data(self.reader, present, self.path)
         self.valid_bytes = sum(e.length for e in valid)
         return valid
 
