@@ -17,7 +17,7 @@ from ..errors import OpenBDRError
 from .base import Host
 
 #: modules that register source types when imported (each imports only what it needs)
-BUILTIN = ["openbdr.capture.image"]
+BUILTIN = ["openbdr.capture.image", "openbdr.capture.openstack"]
 
 
 class UnknownSource(OpenBDRError):

@@ -415,7 +415,7 @@ class Cloud:
         gs = GroupSnapshot(new_id(), group.id, group.group_type, body.get("name") or "",
                            body.get("description") or "", project_id)
         snaps = [
-            Snapshot(new_id(), v.id, f"group-snapshot-{gs.id}", "", v.size, project_id,
+            Snapshot(new_id(), v.id, gs.name, gs.description, v.size, project_id,
                      group_snapshot_id=gs.id)
             for v in members
         ]

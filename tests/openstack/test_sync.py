@@ -1,0 +1,77 @@
+"""Agentless syncs of an OpenStack instance whose volumes are real RBD images."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from ..fakes.openstack.cloud import GIB, Server
+from ..helpers import make_ext4
+from .conftest import Stack, discard, scribble, write
+from .helpers import (
+    assert_point_is_snapshot,
+    init_repo,
+    openbdr_snapshots,
+    run_sync,
+    spec,
+)
+
+pytestmark = pytest.mark.s3  # needs the Ceph fixture
+
+MIB = 1 << 20
+
+
+def make_instance(stack: Stack, tmp: Path, rng: random.Random,
+                  group: str | None = None) -> Server:
+    """A server booted from a volume holding ext4 (64 MiB), with a raw 1 GiB data volume."""
+    cloud = stack.cloud
+    boot = cloud.add_volume("boot", 1, stack.project, bootable=True, group_id=group)
+    data = cloud.add_volume("data", 1, stack.project, group_id=group)
+    content = tmp / "content"
+    content.mkdir(exist_ok=True)
+    for k in range(20):
+        (content / f"f{k}").write_bytes(rng.randbytes(rng.randrange(1, 400_000)))
+    img = make_ext4(tmp / "boot.ext4", 64, content)
+    raw = img.read_bytes()
+    for off in range(0, len(raw), 4 * MIB):
+        write(cloud, boot.id, off, raw[off:off + 4 * MIB])
+    scribble(cloud, data.id, rng, 30, 200 * MIB)
+    return cloud.add_server("web1", stack.project, stack.user.id, [boot, data])
+
+
+def test_full_and_three_incrementals(fresh: Stack, tmp_path: Path) -> None:
+    rng = random.Random(15)
+    cloud = fresh.cloud
+    server = make_instance(fresh, tmp_path, rng)
+    boot, data = (v for v, _, _ in server.volumes)
+    repo = init_repo(tmp_path / "repo")
+    src = spec(fresh, server)
+
+    full = run_sync(repo, "web1", src)
+    assert {d.name for d in full.disks} == {boot, data}
+    assert all(d.mode == "full" for d in full.disks)
+    assert full.consistency == "crash-per-disk"
+    assert_point_is_snapshot(repo, cloud, full)
+    snaps = openbdr_snapshots(cloud)
+    assert {v: len(n) for v, n in snaps.items()} == {boot: 1, data: 1}
+    # the ext4 volume: only what the file system uses (well under its 64 MiB) is read
+    boot_rec = next(d for d in full.disks if d.name == boot)
+    assert boot_rec.read_bytes < 40 * MIB
+    assert boot_rec.layout is not None
+
+    for round_ in range(3):
+        scribble(cloud, boot, rng, 5, 64 * MIB)
+        scribble(cloud, data, rng, 10, 300 * MIB)
+        if round_ == 1:
+            discard(cloud, data, 0, 64 * MIB)  # a guest's fstrim: zeros, not read
+        if round_ == 2:
+            write(cloud, data, GIB - 4096, b"\xee" * 4096)  # the very last bytes
+        point = run_sync(repo, "web1", src)
+        assert all(d.mode == "incremental" for d in point.disks), point.disks
+        assert all(d.fallback_reason is None for d in point.disks)
+        assert_point_is_snapshot(repo, cloud, point)
+        snaps = openbdr_snapshots(cloud)
+        assert {v: len(n) for v, n in snaps.items()} == {boot: 1, data: 1}
+        assert sum(d.read_bytes for d in point.disks) < sum(d.read_bytes for d in full.disks)
