@@ -93,6 +93,7 @@ def fresh(stack: Stack) -> Iterator[Stack]:
         cloud.servers.clear()
         cloud.groups.clear()
         cloud.group_snapshots.clear()
+        cloud.stuck.clear()
 
 
 def write(cloud: Cloud, volume_id: str, offset: int, data: bytes) -> None:

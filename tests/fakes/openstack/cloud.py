@@ -183,6 +183,8 @@ class Cloud:
         self.groups: dict[str, Group] = {}
         self.group_snapshots: dict[str, GroupSnapshot] = {}
         self.timers: list[threading.Timer] = []
+        #: snapshots (and their group snapshot) held in `creating` by `Faults.snapshot_stuck`
+        self.stuck: list[tuple[list[Snapshot], GroupSnapshot | None]] = []
         #: every request seen: (method, path), for tests that check what a client did
         self.requests: list[tuple[str, str]] = []
 
@@ -359,6 +361,7 @@ class Cloud:
     def _after_create(self, snaps: list[Snapshot], gs: GroupSnapshot | None = None) -> None:
         """cinder-volume takes the RBD snapshots when it gets to it, then marks them."""
         if self.faults.snapshot_stuck:
+            self.stuck.append((snaps, gs))
             return
 
         def finish() -> None:
@@ -380,6 +383,13 @@ class Cloud:
                     gs.status = "available"
 
         self._later(self.faults.snapshot_delay, finish)
+
+    def unstick(self) -> None:
+        """cinder-volume comes back: snapshots stuck in `creating` are finished now."""
+        self.faults.snapshot_stuck = False
+        stuck, self.stuck = self.stuck, []
+        for snaps, gs in stuck:
+            self._after_create(snaps, gs)
 
     def _rbd_remove_snap(self, snap: Snapshot) -> None:
         try:
