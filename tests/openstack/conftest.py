@@ -84,6 +84,8 @@ def fresh(stack: Stack) -> Iterator[Stack]:
             try:
                 with rbd.Image(cloud.ioctx, cloud.image_name(v.id)) as img:
                     for s in list(img.list_snaps()):
+                        if img.is_protected_snap(s["name"]):
+                            img.unprotect_snap(s["name"])
                         img.remove_snap(s["name"])
                 rbd.RBD().remove(cloud.ioctx, cloud.image_name(v.id))
             except rbd.ImageNotFound:

@@ -79,6 +79,7 @@ def test_base_rbd_snapshot_removed_behind_cinder(fresh: Stack, tmp_path: Path) -
     latest = run_sync(repo, "db1", src)  # a second point, so that a base exists
     victim = server.volumes[0][0]
     img = f"{fresh.cloud.pool}/volume-{victim}@snapshot-{snap_of(latest, victim)}"
+    subprocess.run(["rbd", "snap", "unprotect", img], check=True, capture_output=True)
     subprocess.run(["rbd", "snap", "rm", img], check=True, capture_output=True)
     scribble(fresh.cloud, victim, rng, 3, 64 * MIB)
     point = run_sync(repo, "db1", src)

@@ -11,6 +11,7 @@ lists each rule and its source.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import uuid
@@ -224,11 +225,12 @@ class Cloud:
 
     def add_volume(
         self, name: str, size_gib: int, project_id: str, bootable: bool = False,
-        group_id: str | None = None,
+        group_id: str | None = None, features: int | None = None,
     ) -> Volume:
-        """A volume created synchronously (the test's set-up, not the async API path)."""
+        """A volume created synchronously (the test's set-up, not the async API path);
+        `features`: the RBD image features (default: librbd's, with fast-diff)."""
         vol = Volume(new_id(), name, size_gib, project_id, bootable, group_id=group_id)
-        self._rbd_create(vol)
+        self._rbd_create(vol, features)
         vol.status = "available"
         self.volumes[vol.id] = vol
         return vol
@@ -294,9 +296,10 @@ class Cloud:
         self.timers.append(t)
         t.start()
 
-    def _rbd_create(self, vol: Volume) -> None:
+    def _rbd_create(self, vol: Volume, features: int | None = None) -> None:
         rbd.RBD().create(self.ioctx, self.image_name(vol.id), vol.size * GIB,
-                         old_format=False, features=self.features)
+                         old_format=False,
+                         features=self.features if features is None else features)
 
     def create_volume(self, body: dict[str, Any], project_id: str) -> Volume:
         size = body.get("size")
@@ -376,7 +379,8 @@ class Cloud:
                     if s.id not in self.snapshots:
                         continue
                     with rbd.Image(self.ioctx, self.image_name(s.volume_id)) as img:
-                        img.create_snap(f"snapshot-{s.id}")
+                        img.create_snap(f"snapshot-{s.id}")  # then protected, as the
+                        img.protect_snap(f"snapshot-{s.id}")  # driver does for clones
                 for s in snaps:
                     s.status, s.updated_at = "available", now()
                 if gs is not None:
@@ -392,11 +396,15 @@ class Cloud:
             self._after_create(snaps, gs)
 
     def _rbd_remove_snap(self, snap: Snapshot) -> None:
+        name = f"snapshot-{snap.id}"
         try:
             with rbd.Image(self.ioctx, self.image_name(snap.volume_id)) as img:
-                img.remove_snap(f"snapshot-{snap.id}")
+                # the driver logs "Unable to unprotect" and goes on
+                with contextlib.suppress(rbd.InvalidArgument, rbd.ImageNotFound):
+                    img.unprotect_snap(name)
+                img.remove_snap(name)
         except (rbd.ImageNotFound, rbd.ObjectNotFound):
-            pass  # the driver logs "snapshot not found" and carries on
+            pass  # the driver logs "Snapshot ... does not exist in backend"
 
     def delete_snapshot(self, snap: Snapshot, force: bool = False) -> None:
         if snap.group_snapshot_id is not None and not force:
