@@ -55,7 +55,7 @@ from tests.agent.tracing import WriteCounter, thawed
 
 from openbdr.capture.linux.source import AgentHost, CaptureOptions, DiskSpec
 from openbdr.chunk import Codec
-from openbdr.store.repository import Repository
+from openbdr.store.target import init_target
 from openbdr.sync import SyncOptions, SyncRun, disk_capture
 
 DEFAULT_WORKDIR = ROOT / ".work" / "bench-agent"
@@ -222,7 +222,7 @@ class Bench:
         self.pg = pg
         self.dev = dev
         self.state = top / "state"
-        self.repo = Repository.init(str(top / "repo"))
+        self.repo = init_target(str(top / "repo"))
         opts = CaptureOptions(max_passes=args.max_passes,
                               freeze_copy_blocks=args.freeze_copy_blocks,
                               stage_blocks=args.stage_blocks,

@@ -106,7 +106,7 @@ def repo_init(
     ] = False,
 ) -> None:
     """Create an empty repository."""
-    from .store.repository import Repository
+    from .store.objects.repository import Repository
 
     r = Repository.init(repo, encrypt=encrypt)
     out.print(f"created repository {r.id} at {r.url}")
@@ -116,7 +116,15 @@ def repo_init(
 def sync_cmd(
     repo: RepoOpt,
     host: Annotated[str, typer.Option("--host", "-H", help="Name of the protected host.")],
-    sources: Annotated[list[str], typer.Argument(help="Disk images or block devices.")],
+    sources: Annotated[
+        list[str] | None, typer.Argument(help="Disk images or block devices (source image).")
+    ] = None,
+    source: Annotated[
+        str | None,
+        typer.Option(
+            "--source", help='Another source: TYPE:ARG or a JSON spec ({"type": …}).'
+        ),
+    ] = None,
     compress: Annotated[str, typer.Option("--compress", "-c", help="zstd, lz4 or none.")] = "none",
     level: Annotated[int, typer.Option(help="Compression level (zstd).")] = 1,
     bwlimit: Annotated[str, typer.Option(help="Limit on bytes sent, e.g. 50M (per second).")] = "0",
@@ -134,9 +142,9 @@ def sync_cmd(
     json_out: JsonOpt = False,
 ) -> None:
     """Sync disks to a new restore point (full first, then only what differs)."""
-    from .capture.image import open_host
+    from .capture.registry import open_source, parse_spec
     from .store.manifest import check_host_name
-    from .store.repository import Repository
+    from .store.target import open_target
     from .sync import SyncOptions, sync
     from .throttle import parse_rate
 
@@ -150,8 +158,18 @@ def sync_cmd(
     )
     if threads > 0:
         options.threads = threads
-    r = Repository.open(repo)
-    src = open_host(host, sources, valid_only=not all_data)
+    if bool(sources) == bool(source):
+        raise OpenBDRError(
+            "name the disks to sync: image paths, or --source", "give one of them, not both"
+        )
+    if source:
+        spec = json.loads(source) if source.lstrip().startswith("{") else parse_spec(source)
+    else:
+        spec = {"type": "image", "paths": sources}
+    if all_data:
+        spec["valid_only"] = False
+    r = open_target(repo)
+    src = open_source(host, spec)
     with _bar() as bar:
         task = bar.add_task(f"sync {host}", total=None)
 
@@ -180,9 +198,9 @@ def points(
     json_out: JsonOpt = False,
 ) -> None:
     """List restore points."""
-    from .store.repository import Repository
+    from .store.target import open_target
 
-    pts = Repository.open(repo).points(host)
+    pts = open_target(repo).points(host)
     rows = [p.summary() for p in pts]
     if json_out:
         out.print_json(json.dumps(rows))
@@ -220,9 +238,9 @@ def restore(
 ) -> None:
     """Write a restore point's disks to files or block devices."""
     from .restore import restore as do_restore
-    from .store.repository import Repository
+    from .store.target import open_target
 
-    r = Repository.open(repo)
+    r = open_target(repo)
     p = r.point(host, point)
     with _bar() as bar:
         task = bar.add_task(f"restore {p.id}", total=None)
@@ -249,14 +267,12 @@ def verify(
     json_out: JsonOpt = False,
 ) -> None:
     """Check that restore points are complete (and, with --deep, intact)."""
-    from .store.repository import Repository
-    from .verify import verify as do_verify
+    from .store.target import open_target
 
-    r = Repository.open(repo)
+    r = open_target(repo)
     with _bar(transient=True) as bar:
         task = bar.add_task("verify", total=None)
-        report = do_verify(
-            r,
+        report = r.verify(
             host=host,
             deep=deep,
             sample=sample,
@@ -316,8 +332,8 @@ NewPassOpt = Annotated[
 
 def _unlocked(repo: str) -> tuple[Any, str]:
     """An encrypted repository and the key slot its passphrase opened."""
-    from .store import keys
-    from .store.repository import Repository
+    from .store.objects import keys
+    from .store.objects.repository import Repository
 
     r = Repository.open(repo)
     if r.keys is None:
@@ -327,7 +343,7 @@ def _unlocked(repo: str) -> tuple[Any, str]:
 
 
 def _new_passphrase(path: str | None) -> str:
-    from .store import keys
+    from .store.objects import keys
 
     if path:
         os.environ["OPENBDR_NEW_PASSWORD_FILE"] = path
@@ -337,7 +353,7 @@ def _new_passphrase(path: str | None) -> str:
 @key_app.command("list")
 def key_list(repo: RepoOpt) -> None:
     """List key slots (the one your passphrase opens is marked)."""
-    from .store import keys
+    from .store.objects import keys
 
     r, mine = _unlocked(repo)
     for s in keys.slots(r.raw_blobs):
@@ -348,7 +364,7 @@ def key_list(repo: RepoOpt) -> None:
 @key_app.command("add")
 def key_add(repo: RepoOpt, new_password_file: NewPassOpt = None) -> None:
     """Add a passphrase (a new key slot wrapping the same master key)."""
-    from .store import keys
+    from .store.objects import keys
 
     r, _ = _unlocked(repo)
     slot = keys.add_slot(r.raw_blobs, r.id, r.keys, _new_passphrase(new_password_file))
@@ -358,7 +374,7 @@ def key_add(repo: RepoOpt, new_password_file: NewPassOpt = None) -> None:
 @key_app.command("remove")
 def key_remove(repo: RepoOpt, slot: Annotated[str, typer.Argument(help="Slot id.")]) -> None:
     """Remove a key slot (never the last one)."""
-    from .store import keys
+    from .store.objects import keys
 
     r, _ = _unlocked(repo)
     keys.remove_slot(r.raw_blobs, slot)
@@ -368,7 +384,7 @@ def key_remove(repo: RepoOpt, slot: Annotated[str, typer.Argument(help="Slot id.
 @key_app.command("rotate-passphrase")
 def key_rotate(repo: RepoOpt, new_password_file: NewPassOpt = None) -> None:
     """Replace the passphrase you opened with by a new one (data is not re-encrypted)."""
-    from .store import keys
+    from .store.objects import keys
 
     r, old = _unlocked(repo)
     slot = keys.add_slot(r.raw_blobs, r.id, r.keys, _new_passphrase(new_password_file))
@@ -389,12 +405,12 @@ def forget(
     json_out: JsonOpt = False,
 ) -> None:
     """Remove restore points a retention policy does not keep (per host; chunks go at gc)."""
-    from .retention import Policy
-    from .retention import forget as do_forget
-    from .store.repository import Repository
+    from .store.retention import Policy
+    from .store.retention import forget as do_forget
+    from .store.target import open_target
 
     policy = Policy(keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly)
-    decisions = do_forget(Repository.open(repo), policy, host, dry_run=dry_run)
+    decisions = do_forget(open_target(repo), policy, host, dry_run=dry_run)
     rows = [
         {"host": d.point.host, "point": d.point.id, "created": d.point.created,
          "keep": d.keep, "reasons": d.reasons}
@@ -419,14 +435,9 @@ def protect(
     off: Annotated[bool, typer.Option("--off", help="Remove the protection.")] = False,
 ) -> None:
     """Keep a restore point whatever the retention policy says (or stop keeping it)."""
-    from .gc import maintenance_lease
-    from .store.repository import Repository
+    from .store.target import open_target
 
-    r = Repository.open(repo)
-    with maintenance_lease(r):
-        p = r.point(host, point)
-        p.protected = not off
-        r.update_point(p)
+    p = open_target(repo).protect(host, point, not off)
     out.print(f"{host} point {p.id} {'unprotected' if off else 'protected'}")
 
 
@@ -440,12 +451,11 @@ def gc_cmd(
     json_out: JsonOpt = False,
 ) -> None:
     """Delete chunks no restore point, checkpoint or running sync references."""
-    from .gc import gc as do_gc
-    from .store.repository import Repository
+    from .store.target import open_target
 
     if margin < 0:
         raise OpenBDRError(f"bad --margin {margin}", "give 0 or more seconds")
-    rep = do_gc(Repository.open(repo), margin=margin, dry_run=dry_run)
+    rep = open_target(repo).gc(margin=margin, dry_run=dry_run)
     if json_out:
         out.print_json(json.dumps(vars(rep)))
         return

@@ -1,27 +1,24 @@
 """Restore: a restore point's disks back to image files (sparse) or block devices.
 
-Chunks are fetched and decoded by worker threads; every block is re-hashed against its
-id before it is written, so a damaged repository makes the restore fail with the block
-named instead of writing wrong data.
+Blocks come through the target's point reader with many reads in flight (what an object
+store needs to be fast); each is checked against its recorded hash before it is written,
+so a damaged repository makes the restore fail with the block named instead of writing
+wrong data.
 """
 
 from __future__ import annotations
 
 import os
-import queue
 import stat
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from .blocks import BLOCK_SIZE, ZERO_BLOCK, block_span
+from .blocks import BLOCK_SIZE, ZERO_BLOCK, block_count, block_span
 from .capture.image import device_size
-from .chunk import ZERO_ID
-from .errors import CorruptionError, OpenBDRError, TargetError
+from .errors import OpenBDRError, TargetError
 from .store.manifest import DiskRecord, RestorePoint
-from .store.repository import Repository
+from .store.target import Target
 from .writeback import Writeback
 
 
@@ -35,10 +32,6 @@ class RestoreResult:
 
 
 ProgressFn = Callable[[int, int], None]
-
-#: Fetch-and-decode threads. A restore is bound by the device (reading chunk objects,
-#: writing blocks), not the CPU: more requests in flight than cores keep the queue full.
-THREADS = 8
 
 
 def _looks_empty(fd: int, size: int) -> bool:
@@ -94,85 +87,47 @@ def _open_target(path: Path, size: int, force: bool) -> tuple[int, bool, bool]:
 
 
 def restore_disk(
-    repo: Repository,
+    target: Target,
     point: RestorePoint,
     disk: DiskRecord,
-    target: str | os.PathLike[str],
+    dest: str | os.PathLike[str],
     *,
     force: bool = False,
-    threads: int = THREADS,
+    in_flight: int | None = None,
     progress: ProgressFn | None = None,
 ) -> RestoreResult:
-    path = Path(target)
-    index = repo.get_index(disk.index_key)
-    codec = repo.codec()
+    path = Path(dest)
+    reader = target.reader(point, disk)
     fd, is_device, created = _open_target(path, disk.size, force)
     writeback = Writeback(fd)
-    done = 0
-    results: queue.Queue[Any] = queue.Queue()
-    written = zeros = 0
-
-    def fetch(i: int, cid: bytes) -> None:
-        try:
-            where = (
-                f"point {point.id} disk {disk.index} ({disk.name}) block {i} "
-                f"(offset {i * BLOCK_SIZE})"
-            )
-            try:
-                raw = repo.get_chunk(cid)
-            except CorruptionError:
-                raise CorruptionError(f"{where}: chunk {cid.hex()[:16]}… is missing") from None
-            data = codec.decode(cid, raw, where=where)
-            os.pwrite(fd, data, i * BLOCK_SIZE)
-            results.put(len(data))
-        except BaseException as exc:
-            results.put(exc)
-
+    n = block_count(disk.size)
+    written = done = 0
     try:
-        pending = 0
-        limit = threads * 4
-        with ThreadPoolExecutor(threads, thread_name_prefix="restore") as pool:
-            error: BaseException | None = None
-
-            def collect() -> None:
-                """Take one finished block: count it, or keep the first error."""
-                nonlocal pending, error, written, done
-                item = results.get()
-                pending -= 1
-                if isinstance(item, BaseException):
-                    error = error or item
-                else:
-                    written += item
-                    done += item
-                    writeback.wrote(item)
-
-            for i in range(index.count):
-                cid = index[i]
-                span = block_span(i, disk.size)
-                if cid == ZERO_ID:
-                    if is_device:
-                        os.pwrite(fd, ZERO_BLOCK[:span], i * BLOCK_SIZE)
-                        writeback.wrote(span)
-                    zeros += span
-                    done += span
-                    continue
-                while pending >= limit:
-                    collect()
-                if error:
-                    break
-                pool.submit(fetch, i, cid)
-                pending += 1
-                if progress:
-                    progress(done, disk.size)
-            while pending:
-                collect()
-            if error:
-                raise error
+        allocated = bytearray(n)
+        blocks = []
+        for i in reader.allocated():
+            allocated[i] = 1
+            blocks.append(i)
+        if is_device:  # a file is sparse and zero already; a device holds old data
+            for i in range(n):
+                if not allocated[i]:
+                    span = block_span(i, disk.size)
+                    os.pwrite(fd, ZERO_BLOCK[:span], i * BLOCK_SIZE)
+                    writeback.wrote(span)
+        done = disk.size - sum(block_span(i, disk.size) for i in blocks)
+        for i, data in reader.read_blocks(blocks, in_flight or reader.in_flight):
+            os.pwrite(fd, data, i * BLOCK_SIZE)
+            writeback.wrote(len(data))
+            written += len(data)
+            done += len(data)
+            if progress:
+                progress(done, disk.size)
         os.fsync(fd)
         if progress:
             progress(disk.size, disk.size)
     except BaseException as exc:
         os.close(fd)
+        reader.close()
         if created:
             path.unlink(missing_ok=True)
         if isinstance(exc, OpenBDRError):
@@ -183,17 +138,18 @@ def restore_disk(
             ) from None
         raise
     os.close(fd)
-    return RestoreResult(disk.name, str(path), disk.size, written, zeros)
+    reader.close()
+    return RestoreResult(disk.name, str(path), disk.size, written, disk.size - written)
 
 
 def restore(
-    repo: Repository,
+    target: Target,
     point: RestorePoint,
     to: str,
     *,
     disk: int | None = None,
     force: bool = False,
-    threads: int = THREADS,
+    in_flight: int | None = None,
     progress: ProgressFn | None = None,
 ) -> list[RestoreResult]:
     """One disk to a path, or every disk into a directory as `<name>.img`."""
@@ -205,24 +161,24 @@ def restore(
                 f"it has disks {', '.join(str(d.index) for d in point.disks)}",
             )
         return [
-            restore_disk(repo, point, match[0], to, force=force, threads=threads, progress=progress)
+            restore_disk(target, point, match[0], to, force=force, in_flight=in_flight, progress=progress)
         ]
     if len(point.disks) == 1:
         return [
             restore_disk(
-                repo, point, point.disks[0], to, force=force, threads=threads, progress=progress
+                target, point, point.disks[0], to, force=force, in_flight=in_flight, progress=progress
             )
         ]
     out_dir = Path(to)
     out_dir.mkdir(parents=True, exist_ok=True)
     return [
         restore_disk(
-            repo,
+            target,
             point,
             d,
             out_dir / f"{d.name}.img",
             force=force,
-            threads=threads,
+            in_flight=in_flight,
             progress=progress,
         )
         for d in point.disks

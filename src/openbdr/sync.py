@@ -1,14 +1,14 @@
 """The sync pipeline: from a source snapshot to a committed restore point.
 
 One reader (the calling thread) walks the snapshot's extents block by block into a
-bounded pool of 1 MiB buffers; worker threads zero-check, hash (keyed BLAKE3), drop
-blocks the repository already holds, compress and put. BLAKE3, zstd, lz4, pread and the
+bounded pool of 1 MiB buffers; worker threads zero-check, hash with the target's keyed
+hash and hand each block to the target's disk writer, which decides what it costs (known
+content, a chunk stored, a block sent to a gateway). BLAKE3, zstd, lz4, pread and the
 stores all release the GIL, so the pipeline uses every core without per-4 KiB Python.
 
-Progress is checkpointed in the repository (the ids stored so far and a bitmap of
-finished blocks), after a flush that makes those chunks durable; a killed sync run again
-skips what was finished. The manifest is written last: until then no restore point
-exists and earlier points are untouched.
+This module knows the source and target contracts only (`capture.base`,
+`store.target`): progress is checkpointed through the session, which a killed sync run
+again resumes from, and the point exists once the session commits it.
 """
 
 from __future__ import annotations
@@ -24,25 +24,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from . import gc, scrub
-from .blocks import BLOCK_SIZE, ZERO_BLOCK, block_count, block_span, is_zero
+from .blocks import BLOCK_SIZE, ZERO_BLOCK, block_span, is_zero
 from .capture.base import ChangeToken, DiskSnapshot, Host, Snapshot
-from .chunk import ZERO_ID, ChunkCodec, Codec
+from .chunk import ZERO_ID, Codec
 from .errors import LockedError, OpenBDRError, SourceError
 from .extents import Extent, normalize, to_blocks, total
-from .store.index import DiskIndex
-from .store.manifest import DiskRecord, RestorePoint, index_key, new_point_id
-from .store.repository import Repository
-from .throttle import TokenBucket
+from .store.manifest import RestorePoint, new_point_id
+from .store.target import DiskWriter, Mode, PointReader, SyncSession, Target, WriteOptions
 
 log = logging.getLogger(__name__)
-
-#: below this many blocks the previous point's ids are kept in a set for dedup across
-#: positions; above it only the same position is compared (memory stays bounded)
-DEDUP_SET_LIMIT = 1 << 18
-#: ids stored in this run kept for dedup across positions; past this the set starts over
-#: (a missed dedup only costs an idempotent re-put), so memory does not grow with the disk
-STORED_SET_LIMIT = 1 << 16
 
 
 @dataclass
@@ -89,24 +79,13 @@ class Progress:
 ProgressFn = Callable[[Progress], None]
 
 
-class _Bitmap:
-    def __init__(self, n: int, data: bytes | None = None) -> None:
-        self.n = n
-        self.bits = bytearray(data) if data is not None else bytearray((n + 7) // 8)
-
-    def __contains__(self, i: int) -> bool:
-        return bool(self.bits[i >> 3] & (1 << (i & 7)))
-
-    def add(self, i: int) -> None:
-        self.bits[i >> 3] |= 1 << (i & 7)
+Pieces = list[tuple[int, int]]
 
 
-def _block_pieces(
-    extents: Iterable[Extent], size: int
-) -> Iterator[tuple[int, list[tuple[int, int]]]]:
+def _block_pieces(extents: Iterable[Extent], size: int) -> Iterator[tuple[int, Pieces]]:
     """(block, [(offset, length) …]) for every block the extents touch, in order."""
     cur = -1
-    pieces: list[tuple[int, int]] = []
+    pieces: Pieces = []
     for ext in extents:
         pos, end = ext.offset, min(ext.end, size)
         while pos < end:
@@ -122,47 +101,42 @@ def _block_pieces(
         yield cur, pieces
 
 
-class _DiskSync:
-    """Moves one disk's listed blocks into the repository and fills its index."""
+def _merged_pieces(
+    read: Iterable[Extent], zero: Iterable[Extent], size: int
+) -> Iterator[tuple[int, Pieces, Pieces]]:
+    """(block, pieces to read, pieces known zero) for every block either list touches."""
+    a, b = _block_pieces(read, size), _block_pieces(zero, size)
+    na, nb = next(a, None), next(b, None)
+    while na is not None or nb is not None:
+        if nb is None or (na is not None and na[0] < nb[0]):
+            assert na is not None
+            yield na[0], na[1], []
+            na = next(a, None)
+        elif na is None or nb[0] < na[0]:
+            yield nb[0], [], nb[1]
+            nb = next(b, None)
+        else:
+            yield na[0], na[1], nb[1]
+            na, nb = next(a, None), next(b, None)
 
-    def __init__(
-        self,
-        run: SyncRun,
-        no: int,
-        disk: DiskSnapshot,
-        prev: DiskIndex | None,
-        resume: dict[str, Any] | None,
-    ) -> None:
+
+class _DiskSync:
+    """Moves one disk's listed blocks to the target through its disk writer."""
+
+    def __init__(self, run: SyncRun, no: int, disk: DiskSnapshot, writer: DiskWriter) -> None:
         self.run = run
         self.no = no
         self.disk = disk
+        self.writer = writer
         self.size = disk.size
-        n = block_count(self.size)
-        self.prev = prev.resized(self.size) if prev is not None else None
-        if disk.incremental and self.prev is not None:
-            self.index = self.prev.copy()
-            self.mode = "incremental"
-        else:
-            self.index = DiskIndex(self.size)
-            self.mode = "hash-compare" if self.prev is not None else "full"
-        self.done = _Bitmap(n)
-        if resume is not None:
-            self.index = DiskIndex(self.size, ids=bytearray(resume["index"]))
-            self.done = _Bitmap(n, resume["done"])
-        self.known: set[bytes] = set()
-        if self.prev is not None and self.prev.count <= DEDUP_SET_LIMIT:
-            self.known = self.prev.unique_ids()
-        self.known -= run.bad_ids  # chunks a scrub found bad are written again
-        self.record = DiskRecord(
-            index=no,
-            name=disk.name,
-            size=self.size,
-            source=str(disk.fingerprint()),
-            index_key="",
-            block_size=BLOCK_SIZE,
-            mode=self.mode,
-            fallback_reason=disk.fallback_reason,
-        )
+        self.record = writer.record
+        self.record.fallback_reason = disk.fallback_reason
+        self.zeros: list[Extent] = []
+        self._parent: PointReader | None = None
+
+    @property
+    def mode(self) -> Mode:
+        return self.writer.mode
 
     # -- worker side (threads) -------------------------------------------------
     def _work(
@@ -170,25 +144,29 @@ class _DiskSync:
     ) -> tuple[int, bytes, int, str, bytearray]:
         if is_zero(view):
             return i, ZERO_ID, 0, "zero", buf
-        codec = self.run.codec
-        cid = codec.chunk_id(view)
-        if (cid in self.run.stored) or (
-            cid not in self.run.bad_ids
-            and ((self.prev is not None and self.prev[i] == cid) or cid in self.known)
-        ):
-            return i, cid, 0, "reused", buf
-        enc = codec.encode(view, cid)
-        if self.run.bucket is not None:
-            self.run.bucket.take(len(enc.data))
-        self.run.repo.put_chunk(enc)
-        stored = self.run.stored
-        if len(stored) >= STORED_SET_LIMIT:
-            stored.clear()
-        stored.add(cid)
-        return i, cid, len(enc.data), "stored", buf
+        cid = self.run.session.chunk_id(view)
+        kind, stored = self.writer.put(i, view, cid)
+        return i, cid, stored, kind, buf
 
     # -- reader side (calling thread) -------------------------------------------
-    def _read(self, i: int, pieces: list[tuple[int, int]], buf: bytearray) -> memoryview:
+    def _unchanged(self, i: int, buf: memoryview) -> None:
+        """An incremental's bytes of block `i` that no extent lists: the parent's."""
+        if self._parent is None:
+            parent = self.run.session.parent
+            match = [d for d in parent.disks if d.name == self.disk.name] if parent else []
+            if not match:
+                buf[:] = ZERO_BLOCK[: len(buf)]
+                return
+            self._parent = self.run.target.reader(parent, match[0])  # type: ignore[arg-type]
+        if i * BLOCK_SIZE >= self._parent.size:
+            buf[:] = ZERO_BLOCK[: len(buf)]
+            return
+        data = self._parent.read_block(i)
+        n = min(len(data), len(buf))
+        buf[:n] = data[:n]
+        buf[n:] = ZERO_BLOCK[: len(buf) - n]
+
+    def _read(self, i: int, pieces: Pieces, zeros: Pieces, buf: bytearray) -> memoryview:
         """Block `i`: in `buf`, or a view of the source's own memory when it holds it."""
         span = block_span(i, self.size)
         base = i * BLOCK_SIZE
@@ -197,6 +175,10 @@ class _DiskSync:
             if held is not None:  # no copy: a memcpy costs as much as hashing here
                 self.record.read_bytes += span
                 return held
+        elif self.mode == "incremental" and zeros != [(base, span)]:
+            self._unchanged(i, memoryview(buf)[:span])
+            for off, length in zeros:
+                buf[off - base : off - base + length] = ZERO_BLOCK[:length]
         else:
             buf[:span] = ZERO_BLOCK[:span]  # bytes outside valid extents are stored as zero
         view = memoryview(buf)
@@ -219,8 +201,7 @@ class _DiskSync:
 
     def sync(self, extents: list[Extent]) -> None:
         run = self.run
-        valid = self.disk.valid_bytes
-        self.record.valid_bytes = int(total(extents) if valid is None else valid)
+        writer = self.writer
         results: queue.Queue[Any] = queue.Queue()
         free = [bytearray(BLOCK_SIZE) for _ in range(run.options.threads * 2 + 2)]
         in_flight = 0
@@ -238,14 +219,13 @@ class _DiskSync:
                 raise item
             i, cid, stored, kind, buf = item
             free.append(buf)
-            self.index[i] = cid
-            self.done.add(i)
+            writer.done(i, cid)
             span = block_span(i, self.size)
             run.done_bytes += span
             rec = self.record
             if kind == "zero":
                 rec.zero_bytes += span
-            elif kind == "reused":
+            elif kind == "known":
                 rec.reused_blocks += 1
                 run.reused_bytes += span
             else:
@@ -254,14 +234,14 @@ class _DiskSync:
 
         with ThreadPoolExecutor(run.options.threads, thread_name_prefix="sync") as pool:
             try:
-                for i, pieces in _block_pieces(extents, self.size):
-                    if i in self.done:
+                for i, pieces, zeros in _merged_pieces(extents, self.zeros, self.size):
+                    if writer.is_done(i):
                         run.done_bytes += block_span(i, self.size)
                         continue
                     while not free:
                         handle(results.get())
                     buf = free.pop()
-                    data = self._read(i, pieces, buf)
+                    data = self._read(i, pieces, zeros, buf)
                     pool.submit(task, i, buf, data)
                     in_flight += 1
                     while not results.empty():
@@ -274,48 +254,45 @@ class _DiskSync:
                     item = results.get()
                     in_flight -= 1
                     if not isinstance(item, BaseException):
-                        i, cid, _s, _k, _b = item
-                        self.index[i] = cid
-                        self.done.add(i)
+                        writer.done(item[0], item[1])
                 raise
 
     def trust_but_verify(self, extents: list[Extent]) -> list[int]:
         """Re-read a few blocks the tracker calls unchanged; return those that differ."""
-        if self.prev is None or not self.disk.incremental:
+        if self.mode != "incremental":
             return []
-        changed = set(to_blocks(extents, self.size))
-        candidates = [i for i, _ in self.prev.nonzero() if i not in changed]
+        changed = set(to_blocks([*extents, *self.zeros], self.size))
+        candidates = [i for i in self.writer.previous_blocks() if i not in changed]
         # live sources: blocks written since T0, or known changed but not listed yet
-        known = self.disk.moved_blocks(candidates)  # sample only what it calls unchanged
+        known = self.disk.moved_blocks(candidates)
         candidates = [i for i in candidates if i not in known]
         bad = []
         buf = bytearray(BLOCK_SIZE)
-        k = self.disk.trust_sample
-        for i in random.sample(candidates, min(k, len(candidates))):
+        for i in random.sample(candidates, min(self.disk.trust_sample, len(candidates))):
             span = block_span(i, self.size)
             self.disk.read_into(i * BLOCK_SIZE, memoryview(buf)[:span])
-            if self.run.codec.chunk_id(memoryview(buf)[:span]) != self.prev[i]:
+            if self.run.session.chunk_id(memoryview(buf)[:span]) != self.writer.previous(i):
                 bad.append(i)
         return [i for i in bad if i not in self.disk.moved_blocks(bad)] if bad else bad
+
+    def close(self) -> None:
+        if self._parent is not None:
+            self._parent.close()
 
 
 class SyncRun:
     def __init__(
         self,
-        repo: Repository,
+        target: Target,
         host: Host,
         options: SyncOptions,
         progress: ProgressFn | None = None,
     ) -> None:
-        self.repo = repo
+        self.target = target
         self.host = host
         self.options = options
         self.progress = progress
-        self.codec: ChunkCodec = repo.codec(options.compression, options.level)
-        self.bucket = TokenBucket(options.bwlimit) if options.bwlimit > 0 else None
-        self.stored: set[bytes] = set()
-        #: ids a scrub marked bad in the host's latest point: never reused, always re-put
-        self.bad_ids: set[bytes] = set()
+        self.session: SyncSession  # set by run()
         self.total_bytes = 0
         self.done_bytes = 0
         self.reused_bytes = 0
@@ -324,7 +301,6 @@ class SyncRun:
         self._last_ckpt = time.monotonic()
         self.disk_syncs: list[_DiskSync] = []
         self.state: dict[str, Any] = {}
-        self.lease: Any = None
         #: seconds spent per phase (snapshot, first pass, settle, commit…): where the time goes
         self.phases: dict[str, float] = {}
         self._phase_at = self.started
@@ -342,215 +318,162 @@ class SyncRun:
                 f"the sync of host {self.host.name} was stopped on request",
                 "run it again to continue from its checkpoint",
             )
-        if self.lease is not None and self.lease.lost.is_set():
-            raise LockedError(
-                f"lost the lease of host {self.host.name} (another process took it over)",
-                "check for a second sync of this host",
-            )
+        why = self.session.stopped()
+        if why is not None:
+            raise LockedError(why, "check for a second sync of this host")
         if self.progress and (force or now - self._last_tick >= 0.2):
             self._last_tick = now
-            recs = [d.record for d in self.disk_syncs]
-            self.progress(
-                Progress(
-                    host=self.host.name,
-                    disk=current.disk.name,
-                    total_bytes=self.total_bytes,
-                    done_bytes=self.done_bytes,
-                    read_bytes=sum(r.read_bytes for r in recs),
-                    stored_bytes=sum(r.stored_bytes for r in recs),
-                    zero_bytes=sum(r.zero_bytes for r in recs),
-                    reused_bytes=self.reused_bytes,
-                    elapsed=now - self.started,
-                )
-            )
+            self._report(current.disk.name, self.done_bytes, now)
         if force or now - self._last_ckpt >= self.options.checkpoint_every:
             self.checkpoint()
 
-    def checkpoint(self) -> None:
-        """Durably record finished blocks; chunks are flushed before the state names them."""
-        self._last_ckpt = time.monotonic()
-        if not self.disk_syncs:
-            return
-        self.repo.blobs.flush()
-        blobs: dict[str, bytes] = {}
-        disks = []
-        for ds in self.disk_syncs:
-            blobs[f"disk{ds.no}.index"] = bytes(ds.index.ids)
-            blobs[f"disk{ds.no}.done"] = bytes(ds.done.bits)
-            disks.append({"no": ds.no, "fingerprint": ds.disk.fingerprint(), "mode": ds.mode})
-        state = dict(self.state, disks=disks, saved=datetime.now(UTC).isoformat())
-        self.repo.save_checkpoint(self.host.name, state, blobs)
+    def _report(self, disk: str, done: int, now: float) -> None:
+        assert self.progress is not None
+        recs = [d.record for d in self.disk_syncs]
+        self.progress(
+            Progress(
+                host=self.host.name,
+                disk=disk,
+                total_bytes=self.total_bytes,
+                done_bytes=done,
+                read_bytes=sum(r.read_bytes for r in recs),
+                stored_bytes=sum(r.stored_bytes for r in recs),
+                zero_bytes=sum(r.zero_bytes for r in recs),
+                reused_bytes=self.reused_bytes,
+                elapsed=now - self.started,
+            )
+        )
 
-    def _resume_for(
-        self, ckpt: dict[str, Any] | None, no: int, disk: DiskSnapshot, mode: str
-    ) -> dict[str, Any] | None:
-        if not ckpt or ckpt.get("parent") != self.state.get("parent"):
-            return None
-        for d in ckpt.get("disks", []):
-            if d["no"] == no and d["fingerprint"] == disk.fingerprint() and d["mode"] == mode:
-                index = self.repo.get_checkpoint_blob(self.host.name, f"disk{no}.index")
-                done = self.repo.get_checkpoint_blob(self.host.name, f"disk{no}.done")
-                n = block_count(disk.size)
-                if (
-                    index is not None
-                    and done is not None
-                    and len(index) == n * 32
-                    and len(done) == (n + 7) // 8
-                ):
-                    return {"index": index, "done": done}
-        return None
+    def checkpoint(self) -> None:
+        """Durably record finished blocks (the session flushes what they name first)."""
+        self._last_ckpt = time.monotonic()
+        if self.disk_syncs:
+            self.session.checkpoint(self.state)
 
     # -- the run ----------------------------------------------------------------------
     def run(self) -> RestorePoint:
-        repo, host = self.repo, self.host
-        with repo.host_lease(host.name) as lease:
-            self.lease = lease
-            latest = repo.latest(host.name)
-            prev = None if self.options.full else latest
+        host = self.host
+        write = WriteOptions(
+            compression=self.options.compression,
+            level=self.options.level,
+            bwlimit=self.options.bwlimit,
+            full=self.options.full,
+        )
+        with self.target.begin(host.name, write) as session:
+            self.session = session
+            latest, prev = session.latest, session.parent
             since = ChangeToken.from_json(prev.token) if prev else None
-            ckpt = repo.load_checkpoint(host.name)
-            self.bad_ids = scrub.damaged_ids(latest)
             self._phase("prepare")
             with host.snapshot(since) as snap:
                 self._phase("snapshot")
                 point_id = new_point_id(after=latest.id if latest else None)
                 created = datetime.now(UTC).isoformat(timespec="seconds")
-                self.state = {"parent": prev.id if prev else None, "point": point_id}
-                plans = []
-                for no, disk in enumerate(snap.disks):
-                    prev_index = None
-                    if prev is not None:
-                        match = [d for d in prev.disks if d.name == disk.name]
-                        if match:
-                            prev_index = repo.get_index(match[0].index_key)
-                    extents = normalize(
-                        [*disk.extents(), *scrub.damaged_extents(prev, disk.name, disk.size)]
-                    )
-                    ds = _DiskSync(self, no, disk, prev_index, None)
-                    resume = self._resume_for(ckpt, no, disk, ds.mode)
-                    if resume is not None:
-                        ds = _DiskSync(self, no, disk, prev_index, resume)
-                        log.info("%s: resuming from checkpoint", disk.name)
-                    elif ckpt:
-                        self._adopt_known(ckpt, no)
-                    bad = ds.trust_but_verify(extents)
-                    if bad:
-                        log.warning(
-                            "%s: change tracking missed changes in blocks %s: hash-compare pass",
-                            disk.name,
-                            bad,
-                        )
-                        ds.index = DiskIndex(disk.size)
-                        ds.done = _Bitmap(block_count(disk.size))
-                        ds.mode = ds.record.mode = "hash-compare"
-                        ds.record.fallback_reason = "change tracking missed changes"
-                        extents = [Extent(0, disk.size)]
-                    plans.append((ds, extents))
-                    self.total_bytes += sum(
-                        block_span(i, disk.size) for i in to_blocks(extents, disk.size)
-                    )
-                self.stored -= self.bad_ids  # adopted from a checkpoint, but scrubbed bad
+                self.state = {"point": point_id}
+                plans = [self._plan(no, disk, prev) for no, disk in enumerate(snap.disks)]
                 self._phase("plan")
                 try:
-                    for ds, extents in plans:
-                        self.disk_syncs.append(ds)
-                        ds.sync(extents)
-                        self.tick(ds, force=False)
-                    self._phase("first pass")
-                    self._settle(snap, plans)
-                    self._gc_fence(plans)
-                    self._phase("gc fence")
-                except BaseException:
                     try:
-                        self.checkpoint()
-                    except Exception as exc:  # keep the original error
-                        log.warning("could not save the checkpoint: %s", exc)
-                    raise
-                if self.progress and self.disk_syncs:
-                    self.tick(self.disk_syncs[-1], force=False)
-                    self._final_progress()
-                disks = []
-                for ds, _ in plans:
-                    key = index_key(point_id, ds.no)
-                    repo.put_index(key, ds.index)
-                    ds.record.index_key = key
-                    ds.record.layout = ds.disk.layout
-                    disks.append(ds.record)
-                point = RestorePoint(
-                    host=host.name,
-                    id=point_id,
-                    created=created,
-                    consistency=snap.consistency,
-                    disks=disks,
-                    parent=prev.id if prev else None,
-                    token=ChangeToken.to_json(snap_token(snap.disks)),
-                    source=host.describe(),
-                    codec=self.options.compression.name.lower(),
-                    duration_s=round(time.monotonic() - self.started, 3),
-                )
-                repo.commit(point)
-                repo.drop_checkpoint(host.name)
-                self._phase("commit")
+                        for ds, extents in plans:
+                            self.disk_syncs.append(ds)
+                            ds.sync(extents)
+                            self.tick(ds, force=False)
+                        self._phase("first pass")
+                        self._settle(snap, plans)
+                        self._lost(plans)
+                        self._phase("gc fence")
+                    except BaseException:
+                        try:
+                            self.checkpoint()
+                        except Exception as exc:  # keep the original error
+                            log.warning("could not save the checkpoint: %s", exc)
+                        raise
+                    if self.progress and self.disk_syncs:
+                        self._report(self.disk_syncs[-1].disk.name, self.total_bytes,
+                                     time.monotonic())
+                    for ds, _ in plans:
+                        ds.record.layout = ds.disk.layout
+                    point = RestorePoint(
+                        host=host.name,
+                        id=point_id,
+                        created=created,
+                        consistency=snap.consistency,
+                        disks=[ds.record for ds, _ in plans],
+                        parent=prev.id if prev else None,
+                        token=ChangeToken.to_json(snap_token(snap.disks)),
+                        source=host.describe(),
+                        codec=self.options.compression.name.lower(),
+                        duration_s=round(time.monotonic() - self.started, 3),
+                    )
+                    point = session.commit(point)
+                    snap.committed()
+                    self._phase("commit")
+                finally:
+                    for ds, _ in plans:
+                        ds.close()
             self._phase("release")
             log.info("sync of %s: %s", host.name, self.phases)
             return point
 
+    def _plan(
+        self, no: int, disk: DiskSnapshot, prev: RestorePoint | None
+    ) -> tuple[_DiskSync, list[Extent]]:
+        """The disk's writer and the extents to read: the source's, and what the target
+        needs again; a change tracker caught lying turns the disk into a hash-compare."""
+        session = self.session
+        has_parent = prev is not None and any(d.name == disk.name for d in prev.disks)
+        mode: Mode = (
+            ("incremental" if disk.incremental else "hash-compare") if has_parent else "full"
+        )
+        writer = session.disk(no, disk.name, disk.size, disk.fingerprint(), mode)
+        source = normalize(disk.extents())
+        extents = normalize([*source, *session.repair_extents(disk.name, disk.size)])
+        ds = _DiskSync(self, no, disk, writer)
+        if mode == "incremental":
+            ds.zeros = normalize(disk.zero_extents())
+        valid = disk.valid_bytes
+        ds.record.valid_bytes = int(total(source) if valid is None else valid)
+        bad = ds.trust_but_verify(extents)
+        if bad:
+            log.warning(
+                "%s: change tracking missed changes in blocks %s: hash-compare pass",
+                disk.name,
+                bad,
+            )
+            writer.reset("hash-compare", "change tracking missed changes")
+            ds.zeros = []
+            extents = [Extent(0, disk.size)]
+        self.total_bytes += sum(
+            block_span(i, disk.size) for i in to_blocks([*extents, *ds.zeros], disk.size)
+        )
+        return ds, extents
+
     def _settle(self, snap: Snapshot, plans: list[tuple[_DiskSync, list[Extent]]]) -> None:
         """Live sources (the agent) read the first pass while the disk changes; `settle()`
         re-copies what changed meanwhile, last under freeze, and lists it: stored over the
-        first pass, it makes the point one instant. Sources without it are frozen already."""
+        first pass, it makes the point one instant. Frozen sources have nothing to settle."""
         again = snap.settle()
         if not again:
             return
         self._phase("settle")
         for ds, extents in plans:
             more = again.get(ds.disk.name) or []
-            for i in to_blocks(more, ds.size):
-                ds.done.bits[i >> 3] &= ~(1 << (i & 7))
-                self.total_bytes += block_span(i, ds.size)  # progress stays within 100 %
+            blocks = to_blocks(more, ds.size)
+            ds.writer.undo(blocks)
+            self.total_bytes += sum(block_span(i, ds.size) for i in blocks)
             if more:
                 ds.sync(more)
                 extents[:] = normalize([*extents, *more])
         self._phase("staged blocks")
 
-    def _gc_fence(self, plans: list[tuple[_DiskSync, list[Extent]]]) -> None:
-        """Put again what a concurrent gc deleted after this run wrote it (see gc.py)."""
+    def _lost(self, plans: list[tuple[_DiskSync, list[Extent]]]) -> None:
+        """Put again what the target lost after this run wrote it (a concurrent gc)."""
         self.checkpoint()
-        lost = gc.fence(self.repo, self.lease.acquired)
-        self.stored -= lost
+        lost = self.session.lost()
         for ds, extents in plans:
-            redo = [i for i, cid in ds.index.nonzero() if cid in lost] if lost else []
-            for i in redo:
-                ds.done.bits[i >> 3] &= ~(1 << (i & 7))
+            redo = lost.get(ds.no) or []
             if redo:
+                ds.writer.undo(redo)
                 ds.sync(extents)
-
-    def _adopt_known(self, ckpt: dict[str, Any], no: int) -> None:
-        """Ids a stale checkpoint names were durable when it was saved: no need to resend."""
-        index = self.repo.get_checkpoint_blob(self.host.name, f"disk{no}.index")
-        if index:
-            self.stored.update(
-                cid
-                for cid in (index[k : k + 32] for k in range(0, len(index), 32))
-                if cid != ZERO_ID
-            )
-
-    def _final_progress(self) -> None:
-        if self.progress and self.disk_syncs:
-            recs = [d.record for d in self.disk_syncs]
-            self.progress(
-                Progress(
-                    host=self.host.name,
-                    disk=self.disk_syncs[-1].disk.name,
-                    total_bytes=self.total_bytes,
-                    done_bytes=self.total_bytes,
-                    read_bytes=sum(r.read_bytes for r in recs),
-                    stored_bytes=sum(r.stored_bytes for r in recs),
-                    zero_bytes=sum(r.zero_bytes for r in recs),
-                    reused_bytes=self.reused_bytes,
-                    elapsed=time.monotonic() - self.started,
-                )
-            )
 
 
 def snap_token(disks: list[DiskSnapshot]) -> ChangeToken:
@@ -569,9 +492,9 @@ def disk_capture(token: dict[str, Any] | None, disk: str) -> dict[str, Any]:
 
 
 def sync(
-    repo: Repository,
+    target: Target,
     host: Host,
     options: SyncOptions | None = None,
     progress: ProgressFn | None = None,
 ) -> RestorePoint:
-    return SyncRun(repo, host, options or SyncOptions(), progress).run()
+    return SyncRun(target, host, options or SyncOptions(), progress).run()

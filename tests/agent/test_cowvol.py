@@ -21,7 +21,7 @@ from openbdr.capture.linux import cowvol
 from openbdr.capture.linux.cowstore import CowStore
 from openbdr.extents import Extent, to_blocks
 from openbdr.restore import restore_disk
-from openbdr.store.repository import Repository
+from openbdr.store.target import Target, init_target
 from openbdr.sync import SyncOptions, disk_capture, sync
 from openbdr.volume import FileReader, analyze
 
@@ -124,7 +124,7 @@ def test_raw_volume_lists_exactly_the_written_blocks(
     volume: tuple[Path, str], tmp_path: Path
 ) -> None:
     root, dev = volume
-    repo = Repository.init(str(tmp_path / "repo"))
+    repo = init_target(str(tmp_path / "repo"))
     host = cowvol.CowVolHost("raw", [cowvol.VolumeSpec("disk0", root)])
 
     def write(offset: int, data: bytes) -> None:
@@ -156,7 +156,7 @@ def test_raw_volume_lists_exactly_the_written_blocks(
         subprocess.run(["cmp", str(out), dev], check=True)  # byte-identical, whole volume
 
 
-def p1_token(repo: Repository):  # type: ignore[no-untyped-def]
+def p1_token(repo: Target):  # type: ignore[no-untyped-def]
     from openbdr.capture.base import ChangeToken
 
     latest = repo.latest("raw")
@@ -183,7 +183,7 @@ def test_live_ext4_points_are_the_snapshot_instant(
 ) -> None:
     root, dev = volume
     subprocess.run(["mkfs.ext4", "-q", "-E", "nodiscard", dev], check=True)
-    repo = Repository.init(str(tmp_path / "repo"))
+    repo = init_target(str(tmp_path / "repo"))
     refs = tmp_path / "refs"
     refs.mkdir()
     # the test's copy of the device while frozen: what the point must hold

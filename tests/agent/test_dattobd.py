@@ -26,7 +26,7 @@ from openbdr.errors import SourceError
 from openbdr.extents import Extent
 from openbdr.restore import restore_disk
 from openbdr.store.manifest import RestorePoint
-from openbdr.store.repository import Repository
+from openbdr.store.target import init_target
 from openbdr.sync import SyncOptions, sync
 
 from ..helpers import loop_device, make_ext4, mounted
@@ -90,7 +90,7 @@ def test_driver_cycle_full_incremental_failed_sync_and_failure_state(
     fake_driver: Driver, tmp_path: Path
 ) -> None:
     img = make_ext4(tmp_path / "disk.img", 64)
-    repo = Repository.init(str(tmp_path / "repo"))
+    repo = init_target(str(tmp_path / "repo"))
     with loop_device(img) as dev, mounted(dev, tmp_path / "mnt") as mnt:
         host = DriverHost("h", [DriverDiskSpec("disk0", dev)], tmp_path / "state", fake_driver)
         host.start()

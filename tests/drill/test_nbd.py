@@ -10,7 +10,7 @@ import pytest
 
 from openbdr.drill.export import serve_point
 from openbdr.drill.image import CowImage, PointImage
-from openbdr.store.repository import Repository
+from openbdr.store.target import open_target
 
 from ..helpers import openbdr, run, sha256
 
@@ -21,7 +21,7 @@ def test_qemu_img_reads_the_exact_image_over_unix_socket(
     small_repo: tuple[str, Path], tmp_path: Path
 ) -> None:
     url, img = small_repo
-    repo = Repository.open(url)
+    repo = open_target(url)
     point = repo.point("h1", "latest")
     sock = tmp_path / "nbd.sock"
     with serve_point(repo, point, unix_path=str(sock)) as exports:
@@ -43,7 +43,7 @@ def test_qemu_img_reads_the_exact_image_over_unix_socket(
 
 def test_libnbd_random_reads_over_tcp(small_repo: tuple[str, Path]) -> None:
     url, img = small_repo
-    repo = Repository.open(url)
+    repo = open_target(url)
     point = repo.point("h1", "latest")
     data = img.read_bytes()
     with serve_point(repo, point) as exports:
@@ -71,7 +71,7 @@ def test_overlay_takes_writes_and_the_point_stays_intact(
     small_repo: tuple[str, Path], tmp_path: Path
 ) -> None:
     url, img = small_repo
-    repo = Repository.open(url)
+    repo = open_target(url)
     point = repo.point("h1", "latest")
     data = img.read_bytes()
     with serve_point(repo, point, overlay=True) as exports:
@@ -102,9 +102,9 @@ def test_overlay_takes_writes_and_the_point_stays_intact(
 
 def test_point_image_cache_is_bounded(small_repo: tuple[str, Path]) -> None:
     url, img = small_repo
-    repo = Repository.open(url)
+    repo = open_target(url)
     point = repo.point("h1", "latest")
-    pi = PointImage(repo, point, point.disks[0], cache_blocks=2)
+    pi = PointImage(repo.reader(point, point.disks[0]), cache_blocks=2)
     data = img.read_bytes()
     for _ in range(2):
         for mib in (0, 1, 2, 7, 19):

@@ -10,8 +10,9 @@ import pytest
 
 from openbdr.errors import OpenBDRError
 from openbdr.restore import restore
-from openbdr.store.repository import Repository
-from openbdr.verify import verify
+from openbdr.store.objects.repository import Repository
+from openbdr.store.objects.target import ObjectTarget
+from openbdr.store.objects.verify import verify
 
 from ..helpers import openbdr, sha256
 
@@ -82,7 +83,7 @@ def _check_everything(repo_dir: Path, out: Path) -> None:
     if not report.ok:
         raise OpenBDRError(str(report.problems[0]))
     for p in repo.points():
-        restore(repo, p, str(out), force=True)
+        restore(ObjectTarget(repo), p, str(out), force=True)
 
 
 def test_tampering_with_any_byte_is_detected(tmp_path: Path) -> None:

@@ -9,11 +9,11 @@ import time
 from pathlib import Path
 
 from openbdr.capture.image import open_host
-from openbdr.gc import CLOCK_SLACK, gc
-from openbdr.retention import Policy, forget
-from openbdr.store.repository import Repository
+from openbdr.store.objects.gc import CLOCK_SLACK
+from openbdr.store.objects.verify import verify
+from openbdr.store.retention import Policy, forget
+from openbdr.store.target import init_target, open_target
 from openbdr.sync import SyncOptions, sync
-from openbdr.verify import verify
 
 from ..helpers import openbdr, sha256
 
@@ -29,7 +29,7 @@ def _write(path: Path, rng: random.Random, blocks: int) -> None:
 
 def test_gc_loop_while_two_hosts_sync(tmp_path: Path) -> None:
     url = str(tmp_path / "repo")
-    Repository.init(url)
+    init_target(url)
     images = {h: tmp_path / f"{h}.img" for h in ("alpha", "beta")}
     errors: list[BaseException] = []
     stop = threading.Event()
@@ -38,7 +38,7 @@ def test_gc_loop_while_two_hosts_sync(tmp_path: Path) -> None:
     def syncer(host: str, seed: int) -> None:
         rng = random.Random(seed)
         try:
-            repo = Repository.open(url)
+            repo = open_target(url)
             for i in range(6):
                 if i:
                     # gc spares chunks younger than a live sync's start minus CLOCK_SLACK;
@@ -53,10 +53,10 @@ def test_gc_loop_while_two_hosts_sync(tmp_path: Path) -> None:
 
     def collector() -> None:
         try:
-            repo = Repository.open(url)
+            repo = open_target(url)
             while not stop.is_set():
                 forget(repo, Policy(last=2))
-                rep = gc(repo, margin=0.0)
+                rep = repo.gc(margin=0.0)
                 gc_runs[0] += 1
                 gc_runs[1] += rep.deleted
         except BaseException as exc:
@@ -73,8 +73,8 @@ def test_gc_loop_while_two_hosts_sync(tmp_path: Path) -> None:
     janitor.join(timeout=600)
     assert not errors, errors
     assert gc_runs[0] >= 3 and gc_runs[1] > 0, gc_runs  # it really ran and really deleted
-    repo = Repository.open(url)
-    report = verify(repo, deep=True, mark=False)
+    repo = open_target(url)
+    report = verify(repo.repo, deep=True, mark=False)
     assert report.ok, [str(p) for p in report.problems]
     assert report.points >= 2
     for host, image in images.items():

@@ -11,8 +11,8 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from openbdr.retention import Policy, decide
 from openbdr.store.manifest import RestorePoint
+from openbdr.store.retention import Policy, decide
 
 from ..helpers import openbdr, sha256
 

@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ..errors import OpenBDRError
-from ..store.repository import Repository
+from ..store.target import open_target
 from ..sync import SyncOptions, disk_capture, sync
 from . import control
 from .config import AgentConfig
@@ -38,7 +38,7 @@ class Agent:
         self.config = config
         if config.password_file:
             os.environ["OPENBDR_PASSWORD_FILE"] = config.password_file
-        self.repo = Repository.open(config.repo)
+        self.repo = open_target(config.repo)
         self.host: AnyHost = open_host(config)
         self.sync_lock = threading.Lock()
         self.stopping = threading.Event()

@@ -17,7 +17,6 @@ from ..chunk import Codec
 from ..errors import OpenBDRError
 from ..restore import restore
 from ..sync import Progress, SyncOptions, sync
-from ..verify import verify
 from . import alerts
 from .mirror import point_json, upsert_point
 from .models import Host, Job, Point, utcnow
@@ -50,12 +49,12 @@ def _created(value: str) -> datetime:
 def run_sync(ctx: JobContext) -> dict[str, Any]:
     spec = ctx.spec
     host_name = spec.host["name"] if spec.host else ""
-    repo = ctx.open_repository()
+    target = ctx.open_target()
     try:
         if spec.attempt > 1 and spec.first_started:
             # an earlier attempt may have committed just before its worker died
             first = datetime.fromisoformat(spec.first_started).replace(microsecond=0)
-            latest = repo.latest(host_name)
+            latest = target.latest(host_name)
             if latest is not None and _created(latest.created) >= first:
                 ctx.log(f"an earlier attempt committed point {latest.id}: adopting it")
                 return {"point": point_json(latest), "adopted": True}
@@ -92,12 +91,12 @@ def run_sync(ctx: JobContext) -> dict[str, Any]:
                 compression=options.compression.name.lower(),
             )
 
-        point = sync(repo, source, options, on_progress)
+        point = sync(target, source, options, on_progress)
         ctx.progress(percent=100.0)
         ctx.log(f"committed restore point {point.id}")
         return {"point": point_json(point), "adopted": False}
     finally:
-        repo.close()
+        target.close()
 
 
 def sync_done(s: Session, job: Job, result: dict[str, Any]) -> None:
@@ -112,9 +111,9 @@ def run_restore(ctx: JobContext) -> dict[str, Any]:
     params = spec.params
     if not params.get("to"):
         raise OpenBDRError(f"restore job {spec.id} has no destination", "give params.to")
-    repo = ctx.open_repository()
+    target = ctx.open_target()
     try:
-        point = repo.point(spec.host["name"] if spec.host else "", params.get("point", "latest"))
+        point = target.point(spec.host["name"] if spec.host else "", params.get("point", "latest"))
 
         def on_progress(done: int, total: int) -> None:
             ctx.check_stop()
@@ -122,18 +121,18 @@ def run_restore(ctx: JobContext) -> dict[str, Any]:
                          percent=round(100.0 * done / total, 1) if total else 0)
 
         results = restore(
-            repo, point, str(params["to"]), disk=params.get("disk"),
+            target, point, str(params["to"]), disk=params.get("disk"),
             force=bool(params.get("force", False)), progress=on_progress,
         )
         return {"point": point.id, "disks": [asdict(r) for r in results]}
     finally:
-        repo.close()
+        target.close()
 
 
 # -- verify ---------------------------------------------------------------------------
 def run_verify(ctx: JobContext) -> dict[str, Any]:
     spec = ctx.spec
-    repo = ctx.open_repository()
+    target = ctx.open_target()
     try:
         def on_progress(done: int, total: int) -> None:
             if ctx.should_stop():
@@ -141,8 +140,7 @@ def run_verify(ctx: JobContext) -> dict[str, Any]:
             ctx.progress(done=done, total=total,
                          percent=round(100.0 * done / total, 1) if total else 0)
 
-        report = verify(
-            repo,
+        report = target.verify(
             host=spec.host["name"] if spec.host else None,
             deep=bool(spec.params.get("deep", False)),
             sample=float(spec.params.get("sample", 100.0)),
@@ -157,7 +155,7 @@ def run_verify(ctx: JobContext) -> dict[str, Any]:
             "deep": bool(spec.params.get("deep", False)),
         }
     finally:
-        repo.close()
+        target.close()
 
 
 def verify_done(s: Session, job: Job, result: dict[str, Any]) -> None:

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from typing import Any, Protocol
 
 from ..errors import LockedError, OpenBDRError
-from ..store.repository import Repository
+from ..store import target as store
 from .jobs import JobQueue, JobSpec, LeaseLost
 from .registry import kind as job_kind
 from .registry import load_plugins, source_type
@@ -82,16 +82,16 @@ def target_env(secrets: dict[str, Any]) -> Iterator[None]:
                     os.environ[k] = v
 
 
-def open_target(url: str, secrets: dict[str, Any], init: bool = False) -> Repository:
-    """Open (or create) a target's repository with its stored credentials and passphrase."""
+def open_target(url: str, secrets: dict[str, Any], init: bool = False) -> store.Target:
+    """Open (or create) a catalog target with its stored credentials and passphrase."""
     passphrase = secrets.get("passphrase") or None
     with target_env(secrets):
         if init:
             try:
-                return Repository.open(url, passphrase=passphrase)
+                return store.open_target(url, passphrase=passphrase)
             except OpenBDRError:
-                return Repository.init(url, encrypt=bool(passphrase), passphrase=passphrase)
-        return Repository.open(url, passphrase=passphrase)
+                return store.init_target(url, encrypt=bool(passphrase), passphrase=passphrase)
+        return store.open_target(url, passphrase=passphrase)
 
 
 class JobContext:
@@ -122,7 +122,7 @@ class JobContext:
         if self._stop.is_set():
             raise JobStopped(f"job {self.spec.id} stopped ({self.stop_reason})")
 
-    def open_repository(self) -> Repository:
+    def open_target(self) -> store.Target:
         if not self.spec.target:
             raise OpenBDRError(f"job {self.spec.id} has no target")
         return open_target(self.spec.target["url"], self.spec.target.get("secrets") or {})

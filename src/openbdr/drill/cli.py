@@ -21,7 +21,7 @@ err = Console(stderr=True)
 RepoOpt = Annotated[
     str,
     typer.Option(
-        "--repo", "-r", help="Repository: a directory or s3://bucket/prefix.", envvar="OPENBDR_REPO"
+        "--repo", "-r", help="Target: a directory or s3://bucket/prefix.", envvar="OPENBDR_REPO"
     ),
 ]
 HostOpt = Annotated[str, typer.Option("--host", "-H", help="Host whose point to drill.")]
@@ -57,12 +57,12 @@ def run_cmd(
     json_out: JsonOpt = False,
 ) -> None:
     """Drill a restore point; exit 0 only when every check and probe passed."""
-    from ..store.repository import Repository
+    from ..store.target import open_target
     from .plan import load_plan
     from .runner import DrillOptions, run_drill
 
     p = load_plan(plan)
-    r = Repository.open(repo)
+    r = open_target(repo)
 
     def say(msg: str) -> None:
         err.print(msg, highlight=False, markup=False)
@@ -97,10 +97,10 @@ def report_cmd(
     json_out: JsonOpt = False,
 ) -> None:
     """Show a stored drill report (needs only the repository)."""
-    from ..store.repository import Repository
+    from ..store.target import open_target
     from .report import find_report, get_artifact, load_report
 
-    r = Repository.open(repo)
+    r = open_target(repo)
     h, d = find_report(r, drill_id, host)
     rep = load_report(r, h, d)
     if html:
@@ -136,10 +136,10 @@ def list_cmd(
     json_out: JsonOpt = False,
 ) -> None:
     """List stored drill reports, oldest first."""
-    from ..store.repository import Repository
+    from ..store.target import open_target
     from .report import list_reports, load_report
 
-    r = Repository.open(repo)
+    r = open_target(repo)
     reps = [load_report(r, h, d) for h, d in list_reports(r, host)]
     if json_out:
         out.print_json(
@@ -198,15 +198,15 @@ def serve_cmd(
     ] = False,
 ) -> None:
     """Instant access: serve a point's disks over NBD until interrupted."""
-    from ..store.repository import Repository
+    from ..store.target import open_target
     from .image import CowImage, Image, PointImage
     from .nbd import NbdServer
 
-    r = Repository.open(repo)
+    r = open_target(repo)
     p = r.point(host, point)
     images: dict[str, Image] = {}
     for d in p.disks:
-        img: Image = PointImage(r, p, d)
+        img: Image = PointImage(r.reader(p, d))
         images[d.name] = CowImage(img) if overlay else img
     with NbdServer(images, unix_path=socket_path, port=port) as srv:
         for name in images:
@@ -226,10 +226,10 @@ def mount_cmd(
     ] = None,
 ) -> None:
     """Read-only file access to a restore point, until interrupted (Ctrl-C unmounts)."""
-    from ..store.repository import Repository
+    from ..store.target import open_target
     from .mount import mount_point
 
-    r = Repository.open(repo)
+    r = open_target(repo)
     p = r.point(host, point)
     with mount_point(r, p, mountpoint, disk=disk, volume=volume) as info:
         out.print(

@@ -39,7 +39,7 @@ def run_drill_job(ctx: JobContext) -> dict[str, Any]:
     if not spec.host:
         raise OpenBDRError(f"drill job {spec.id} names no host")
     plan = job_plan(spec.params, spec.policy or {})
-    repo = ctx.open_repository()
+    target = ctx.open_target()
     stopped: list[str] = []
 
     def say(msg: str) -> None:
@@ -49,11 +49,11 @@ def run_drill_job(ctx: JobContext) -> dict[str, Any]:
             raise JobStopped(f"drill job {spec.id} stopped ({stopped[0]})")
 
     try:
-        point = repo.point(spec.host["name"], str(spec.params.get("point") or "latest"))
+        point = target.point(spec.host["name"], str(spec.params.get("point") or "latest"))
         ctx.progress(point=point.id, phase="running")
-        rep = Drill(repo, point, plan, DrillOptions(say=say)).run()
+        rep = Drill(target, point, plan, DrillOptions(say=say)).run()
     finally:
-        repo.close()
+        target.close()
     if stopped:
         raise JobStopped(f"drill job {spec.id} stopped ({stopped[0]}); torn down")
     return {

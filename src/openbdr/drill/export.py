@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from ..store.manifest import RestorePoint
-from ..store.repository import Repository
+from ..store.target import Target
 from .image import CowImage, Image, PointImage
 from .nbd import NbdServer
 
@@ -21,7 +21,7 @@ class Export:
 
 @contextlib.contextmanager
 def serve_point(
-    repo: Repository,
+    repo: Target,
     point: RestorePoint,
     *,
     unix_path: str | None = None,
@@ -35,7 +35,7 @@ def serve_point(
     with contextlib.ExitStack() as stack:
         images: dict[str, Image] = {}
         for d in point.disks:
-            base = PointImage(repo, point, d)
+            base = PointImage(repo.reader(point, d))
             stack.callback(base.close)
             img: Image = base
             if overlay:

@@ -119,7 +119,7 @@ def serve(images: dict[str, Image], mountpoint: str, writable: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..store.repository import Repository
+    from ..store.target import open_target
 
     ap = argparse.ArgumentParser(prog="python -m openbdr.drill.fusefile")
     ap.add_argument("repo")
@@ -129,11 +129,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--overlay", action="store_true", help="writable, writes thrown away")
     ap.add_argument("--tmpdir")
     args = ap.parse_args(argv)
-    repo = Repository.open(args.repo)
+    repo = open_target(args.repo)
     point = repo.point(args.host, args.point)
     images: dict[str, Image] = {}
     for d in point.disks:
-        img: Image = PointImage(repo, point, d)
+        img: Image = PointImage(repo.reader(point, d))
         if args.overlay:
             img = CowImage(img, args.tmpdir)
         images[d.name] = img

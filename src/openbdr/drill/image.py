@@ -1,7 +1,7 @@
 """Random-access views of a disk: a restore point read in place, and a throwaway overlay.
 
-`PointImage` reads a point's disk straight from the repository (index + chunk decode,
-through a small LRU of decoded blocks), so a drill can start in seconds whatever the
+`PointImage` reads a point's disk straight from its target (the point reader, through a
+small LRU of decoded blocks), so a drill can start in seconds whatever the
 disk size. `CowImage` puts a sparse temporary file in front of any image so that a guest
 or a service may write while the restore point stays untouched.
 """
@@ -14,11 +14,10 @@ import threading
 from collections import OrderedDict
 from typing import Protocol
 
-from ..blocks import BLOCK_SIZE, ZERO_BLOCK, block_span
-from ..chunk import ZERO_ID
-from ..errors import CorruptionError, OpenBDRError
+from ..blocks import BLOCK_SIZE, ZERO_BLOCK
+from ..errors import OpenBDRError
 from ..store.manifest import DiskRecord, RestorePoint
-from ..store.repository import Repository
+from ..store.target import PointReader
 
 
 class Image(Protocol):
@@ -61,23 +60,15 @@ def find_disk(point: RestorePoint, disk: int | str | None) -> DiskRecord:
 
 
 class PointImage:
-    """A point's disk read from the repository; every block re-hashed on decode."""
+    """A point's disk read through the target's point reader, with a small LRU of blocks."""
 
     writable = False
 
-    def __init__(
-        self, repo: Repository, point: RestorePoint, disk: DiskRecord, cache_blocks: int = 64
-    ) -> None:
-        self.repo = repo
-        self.point = point
-        self.disk = disk
-        self.index = repo.get_index(disk.index_key)
-        if self.index.block_size != BLOCK_SIZE:
-            raise CorruptionError(
-                f"index {disk.index_key}: block size {self.index.block_size} is not {BLOCK_SIZE}"
-            )
-        self.size = disk.size
-        self.codec = repo.codec()
+    def __init__(self, reader: PointReader, cache_blocks: int = 64) -> None:
+        self.reader = reader
+        self.point = reader.point
+        self.disk = reader.disk
+        self.size = reader.size
         self.cache_blocks = cache_blocks
         self._cache: OrderedDict[int, bytes] = OrderedDict()
         self._lock = threading.Lock()
@@ -85,17 +76,12 @@ class PointImage:
 
     def block(self, i: int) -> bytes:
         """Block `i` decoded (short for the last block of an odd-sized disk)."""
-        cid = self.index[i]
-        span = block_span(i, self.size)
-        if cid == ZERO_ID:
-            return ZERO_BLOCK[:span]
         with self._lock:
             hit = self._cache.get(i)
             if hit is not None:
                 self._cache.move_to_end(i)
                 return hit
-        where = f"point {self.point.id} disk {self.disk.index} block {i}"
-        data = self.codec.decode(cid, self.repo.get_chunk(cid), where=where)
+        data = self.reader.read_block(i)
         with self._lock:
             self.fetches += 1
             self._cache[i] = data
@@ -130,6 +116,7 @@ class PointImage:
     def close(self) -> None:
         with self._lock:
             self._cache.clear()
+        self.reader.close()
 
 
 GRAIN = 4096

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..errors import OpenBDRError
 from ..store.manifest import RestorePoint
-from ..store.repository import Repository
+from ..store.target import Target
 from .checks import mount_volume
 from .image import PointImage, find_disk
 from .resources import Resources
@@ -26,7 +26,7 @@ class MountError(OpenBDRError):
 
 @contextlib.contextmanager
 def mount_point(
-    repo: Repository,
+    repo: Target,
     point: RestorePoint,
     mountpoint: Path,
     *,
@@ -40,7 +40,7 @@ def mount_point(
     if os.path.ismount(mp) or any(mp.iterdir()):
         raise MountError(f"mount point {mp} is not empty or already mounted")
     d = find_disk(point, disk if disk is not None else (None if len(point.disks) == 1 else "0"))
-    vols = volumes(PointImage(repo, point, d, cache_blocks=8))
+    vols = volumes(PointImage(repo.reader(point, d), cache_blocks=8))
     v = find_volume(vols, volume)
     if v is None or not v.fstype:
         have = ", ".join(f"{x.number} ({x.fstype or 'unknown'})" for x in vols) or "none"

@@ -17,7 +17,7 @@ from typing import Any
 
 from ..errors import OpenBDRError
 from ..store.blobs import NotFound
-from ..store.repository import Repository
+from ..store.target import Target
 
 RTO_DEFINITION = (
     "Seconds from the start of `drill run` (before the disks are exported) until the first "
@@ -123,7 +123,7 @@ def render_html(rep: Report, screenshot_png: bytes | None) -> str:
 <p>{e(rep.reason)}</p>
 <dl>
 <dt>Restore point</dt><dd>{e(rep.point)}</dd>
-<dt>Repository</dt><dd>{e(rep.repository)}</dd>
+<dt>Target</dt><dd>{e(rep.repository)}</dd>
 <dt>Plan</dt><dd>{e(rep.plan)} ({e(rep.kind)} drill)</dd>
 <dt>Started</dt><dd>{e(rep.started)}</dd>
 <dt>Finished</dt><dd>{e(rep.finished)} ({rep.duration_s:.1f} s)</dd>
@@ -143,29 +143,29 @@ def render_html(rep: Report, screenshot_png: bytes | None) -> str:
 """
 
 
-def store_report(repo: Repository, rep: Report, screenshot_png: bytes | None) -> str:
+def store_report(repo: Target, rep: Report, screenshot_png: bytes | None) -> str:
     """Write the report (and screenshot) into the repository; returns its prefix."""
     pre = prefix(rep.host, rep.id)
     if screenshot_png:
-        repo.blobs.put(pre + "screenshot.png", screenshot_png)
+        repo.meta.put(pre + "screenshot.png", screenshot_png)
         rep.screenshot = "screenshot.png"
-    repo.blobs.put(pre + "report.html", render_html(rep, screenshot_png).encode())
-    repo.blobs.put(pre + "report.json", json.dumps(rep.to_json(), indent=1).encode())
-    repo.blobs.flush()
+    repo.meta.put(pre + "report.html", render_html(rep, screenshot_png).encode())
+    repo.meta.put(pre + "report.json", json.dumps(rep.to_json(), indent=1).encode())
+    repo.meta.flush()
     return pre
 
 
-def list_reports(repo: Repository, host: str | None = None) -> list[tuple[str, str]]:
+def list_reports(repo: Target, host: str | None = None) -> list[tuple[str, str]]:
     """(host, drill id) of every stored report, oldest first."""
     out = set()
-    for info in repo.blobs.list(f"drills/{host}/" if host else "drills/"):
+    for info in repo.meta.list(f"drills/{host}/" if host else "drills/"):
         parts = info.key.split("/")
         if len(parts) == 4 and parts[3] == "report.json":
             out.add((parts[1], parts[2]))
     return sorted(out, key=lambda hd: hd[1])
 
 
-def find_report(repo: Repository, drill_id: str, host: str | None = None) -> tuple[str, str]:
+def find_report(repo: Target, drill_id: str, host: str | None = None) -> tuple[str, str]:
     matches = [(h, d) for h, d in list_reports(repo, host) if d == drill_id]
     if not matches:
         matches = [(h, d) for h, d in list_reports(repo, host) if d.startswith(drill_id)]
@@ -178,16 +178,16 @@ def find_report(repo: Repository, drill_id: str, host: str | None = None) -> tup
     return matches[0]
 
 
-def load_report(repo: Repository, host: str, drill_id: str) -> Report:
+def load_report(repo: Target, host: str, drill_id: str) -> Report:
     try:
-        raw = repo.blobs.get(prefix(host, drill_id) + "report.json")
+        raw = repo.meta.get(prefix(host, drill_id) + "report.json")
     except NotFound:
         raise ReportNotFound(f"no drill report {drill_id!r} of {host} in {repo.url}") from None
     return Report.from_json(json.loads(raw))
 
 
-def get_artifact(repo: Repository, host: str, drill_id: str, name: str) -> bytes:
+def get_artifact(repo: Target, host: str, drill_id: str, name: str) -> bytes:
     try:
-        return repo.blobs.get(prefix(host, drill_id) + name)
+        return repo.meta.get(prefix(host, drill_id) + name)
     except NotFound:
         raise ReportNotFound(f"drill {drill_id} of {host} has no {name}") from None

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..errors import OpenBDRError
 from ..store.manifest import RestorePoint, new_point_id
-from ..store.repository import Repository
+from ..store.target import Target
 from .accel import choose_accel
 from .checks import Check, boot_signature, fsck_volume, mount_volume
 from .export import serve_point
@@ -50,7 +50,7 @@ def _tail(text: str, lines: int = 40) -> str:
 
 
 class Drill:
-    def __init__(self, repo: Repository, point: RestorePoint, plan: Plan, opts: DrillOptions):
+    def __init__(self, repo: Target, point: RestorePoint, plan: Plan, opts: DrillOptions):
         self.repo = repo
         self.point = point
         self.plan = plan
@@ -87,7 +87,7 @@ class Drill:
         file_probes = [p for p in self.plan.probes if p.type in kinds]
         mounts: dict[str, Path] = {}
         if self.plan.kind == "vm":
-            first = PointImage(self.repo, self.point, self.point.disks[0], cache_blocks=2)
+            first = PointImage(self.repo.reader(self.point, self.point.disks[0]), cache_blocks=2)
             self.checks.append(boot_signature(first, self.point.disks[0].name))
         if not (self.plan.fsck or file_probes):
             return mounts
@@ -97,7 +97,7 @@ class Drill:
         self.mark("disks_as_files")
         all_vols = []
         for d in self.point.disks:
-            vols = volumes(PointImage(self.repo, self.point, d, cache_blocks=8))
+            vols = volumes(PointImage(self.repo.reader(self.point, d), cache_blocks=8))
             all_vols += [(d, v) for v in vols]
             for v in vols:
                 if not v.fstype:
@@ -260,6 +260,6 @@ class Drill:
 
 
 def run_drill(
-    repo: Repository, host: str, point: str, plan: Plan, opts: DrillOptions | None = None
+    repo: Target, host: str, point: str, plan: Plan, opts: DrillOptions | None = None
 ) -> Report:
     return Drill(repo, repo.point(host, point), plan, opts or DrillOptions()).run()

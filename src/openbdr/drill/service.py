@@ -208,7 +208,7 @@ def run_service(drill: Drill, res: Resources, work: Path, ctx: ProbeContext) -> 
 
     found = None
     for d in point.disks:
-        v = find_volume(volumes(PointImage(drill.repo, point, d, cache_blocks=8)), svc.volume)
+        v = find_volume(volumes(PointImage(drill.repo.reader(point, d), cache_blocks=8)), svc.volume)
         if v is not None and v.fstype:
             found = (d, v)
             break

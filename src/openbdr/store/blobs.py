@@ -30,6 +30,8 @@ class Blobs(abc.ABC):
     """An object store: a directory or an S3 bucket prefix."""
 
     url: str
+    #: requests in flight that keep this store busy (object stores want many)
+    concurrency: int = 8
 
     @abc.abstractmethod
     def put(self, key: str, data: bytes | memoryview) -> None:
@@ -63,6 +65,43 @@ class Blobs(abc.ABC):
 
     def close(self) -> None:  # noqa: B027
         """Release connections."""
+
+
+class BlobsWrapper(Blobs):
+    """A store in front of another (sealing, throttling, retries): each wrapper overrides
+    what it changes and passes the rest through."""
+
+    def __init__(self, inner: Blobs) -> None:
+        self.inner = inner
+        self.url = inner.url
+        self.concurrency = inner.concurrency
+
+    def put(self, key: str, data: bytes | memoryview) -> None:
+        self.inner.put(key, data)
+
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        return self.inner.put_if_absent(key, data)
+
+    def replace_if(self, key: str, expected: bytes, data: bytes) -> bool:
+        return self.inner.replace_if(key, expected, data)
+
+    def get(self, key: str) -> bytes:
+        return self.inner.get(key)
+
+    def exists(self, key: str) -> bool:
+        return self.inner.exists(key)
+
+    def list(self, prefix: str = "") -> Iterator[BlobInfo]:
+        return self.inner.list(prefix)
+
+    def delete(self, key: str) -> None:
+        self.inner.delete(key)
+
+    def flush(self) -> None:
+        self.inner.flush()
+
+    def close(self) -> None:
+        self.inner.close()
 
 
 def open_blobs(url: str, *, create: bool = False) -> Blobs:

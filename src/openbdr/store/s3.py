@@ -42,6 +42,7 @@ class S3Blobs(Blobs):
         if parsed.scheme != "s3" or not parsed.netloc:
             raise RepositoryError(f"bad S3 repository URL {url!r}", "write s3://bucket/prefix")
         self.url = url
+        self.concurrency = max_connections
         self.bucket = parsed.netloc
         self.prefix = parsed.path.strip("/")
         if self.prefix:

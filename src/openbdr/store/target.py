@@ -140,6 +140,8 @@ class PointReader(abc.ABC):
     point: RestorePoint
     disk: DiskRecord
     size: int
+    #: reads in flight that keep this target's store busy (a restore's default)
+    in_flight: int = 8
 
     @abc.abstractmethod
     def allocated(self) -> Iterator[int]:
@@ -150,9 +152,9 @@ class PointReader(abc.ABC):
         """Block `i` (short at the end of an odd-sized disk); `CorruptionError` naming the
         point, disk, block and stored object when it is missing or damaged."""
 
-    def read_blocks(self, blocks: Iterable[int], in_flight: int = 32) -> Iterator[
-        tuple[int, bytes]
-    ]:
+    def read_blocks(
+        self, blocks: Iterable[int], in_flight: int | None = None
+    ) -> Iterator[tuple[int, bytes]]:
         """Many blocks with up to `in_flight` reads at once, in completion order."""
         for i in blocks:
             yield i, self.read_block(i)
@@ -193,23 +195,17 @@ class VerifyReport:
 
 
 @dataclass
-class ForgetReport:
-    """What retention decided for each point: kept (with the rules that keep it) or not."""
-
-    kept: list[tuple[RestorePoint, list[str]]] = field(default_factory=list)
-    forgotten: list[RestorePoint] = field(default_factory=list)
-
-
-@dataclass
 class GCReport:
-    """What garbage collection reclaimed."""
+    """What garbage collection found and reclaimed (objects: chunks, or volume snapshots)."""
 
+    chunks: int = 0
     referenced: int = 0
     deleted: int = 0
     deleted_bytes: int = 0
-    kept_young: int = 0
-    orphan_indexes: int = 0
-    seconds: float = 0.0
+    #: unreferenced, but younger than the safety margin or a running sync: kept this time
+    young: int = 0
+    indexes_deleted: int = 0
+    dry_run: bool = False
 
 
 class Target(abc.ABC):
@@ -242,11 +238,16 @@ class Target(abc.ABC):
         """Store changed annotations of a committed point (drill verdict, damage, protect)."""
 
     @abc.abstractmethod
+    def protect(self, host: str, ref: str, on: bool) -> RestorePoint:
+        """Keep a point whatever retention decides (or stop keeping it)."""
+
+    @abc.abstractmethod
     def reader(self, point: RestorePoint, disk: DiskRecord) -> PointReader: ...
 
     @abc.abstractmethod
     def forget(self, points: list[RestorePoint]) -> None:
-        """Remove these points (retention decided); their data goes at the next gc."""
+        """Remove these points (retention decided; a point protected meanwhile stays);
+        their data goes at the next gc."""
 
     @abc.abstractmethod
     def verify(
@@ -259,8 +260,9 @@ class Target(abc.ABC):
     ) -> VerifyReport: ...
 
     @abc.abstractmethod
-    def gc(self, margin: float | None = None) -> GCReport:
-        """Reclaim what no point, checkpoint or running sync needs."""
+    def gc(self, *, margin: float | None = None, dry_run: bool = False) -> GCReport:
+        """Reclaim what no point, checkpoint or running sync needs (`margin`: seconds an
+        unreferenced object is kept after it was written; None: the target's default)."""
 
     def close(self) -> None:  # noqa: B027
         """Release connections."""

@@ -20,7 +20,7 @@ from ..control.services import Services
 from ..control.worker import open_target
 from ..drill.report import ReportNotFound, get_artifact, list_reports, load_report
 from ..errors import OpenBDRError
-from ..store.repository import Repository
+from ..store import target as store
 
 router = APIRouter(prefix="/api/v1/console", responses=RESPONSES, include_in_schema=False)
 Svc = Annotated[Services, Depends(services)]
@@ -30,7 +30,7 @@ ARTIFACTS = {"report.html": "text/html; charset=utf-8", "report.json": "applicat
              "screenshot.png": "image/png"}
 
 
-def _repo_of(s: Session, svc: Services, host: Host) -> Repository:
+def _target_of(s: Session, svc: Services, host: Host) -> store.Target:
     t = s.get(Target, host.target_id)
     if t is None:
         raise not_found(f"target of host {host.name!r}")
@@ -61,7 +61,7 @@ def drills(
     out: list[dict[str, Any]] = []
     for members in by_target.values():
         names = {h.name for h in members}
-        repo = _repo_of(s, svc, members[0])
+        repo = _target_of(s, svc, members[0])
         try:
             found = [hd for hd in list_reports(repo, host) if hd[0] in names]
             for h, d in sorted(found, key=lambda hd: hd[1], reverse=True)[:limit]:
@@ -78,7 +78,7 @@ def drills(
 @router.get("/drills/{host}/{drill_id}")
 def drill_report(host: str, drill_id: DrillId, s: DB, _p: Viewer, svc: Svc) -> dict[str, Any]:
     h = host_by_name(s, host)
-    repo = _repo_of(s, svc, h)
+    repo = _target_of(s, svc, h)
     try:
         return load_report(repo, h.name, drill_id).to_json()
     except ReportNotFound:
@@ -96,7 +96,7 @@ def drill_artifact(
     if artifact not in ARTIFACTS:
         raise not_found(f"drill artifact {artifact!r}", f"use one of {', '.join(ARTIFACTS)}")
     h = host_by_name(s, host)
-    repo = _repo_of(s, svc, h)
+    repo = _target_of(s, svc, h)
     try:
         data = get_artifact(repo, h.name, drill_id, artifact)
     except ReportNotFound:

@@ -12,22 +12,23 @@ Everything a restore or a verify needs is here; the catalog DB only mirrors it.
 
 from __future__ import annotations
 
+import copy
 import json
 import secrets
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from ..blocks import BLOCK_SIZE
-from ..chunk import ChunkCodec, Codec, Encoded, chunk_key
-from ..errors import CorruptionError, RepositoryError
-from .blobs import Blobs, NotFound, open_blobs
+from ...blocks import BLOCK_SIZE
+from ...chunk import ChunkCodec, Codec, Encoded, chunk_key
+from ...errors import CorruptionError, RepositoryError
+from ..blobs import Blobs, NotFound, open_blobs
+from ..index import DiskIndex
+from ..manifest import RestorePoint, check_host_name, point_key
 from .crypto import AeadCipher, RepoKeys
-from .index import DiskIndex
 from .keys import encrypted_config, open_keys, read_passphrase
 from .lease import Lease
-from .manifest import RestorePoint, check_host_name, point_key
 from .sealed import SealedBlobs
 
 FORMAT = "openbdr-repository"
@@ -116,6 +117,12 @@ class Repository:
             return cls(blobs, config)
         except (KeyError, ValueError, TypeError):
             raise RepositoryError(f"{url}: config is damaged", "restore it from a copy") from None
+
+    def wrapped(self, wrap: Callable[[Blobs], Blobs]) -> Repository:
+        """The same repository with its store behind a wrapper (a bandwidth limit)."""
+        other = copy.copy(self)
+        other.blobs = wrap(self.blobs)
+        return other
 
     @property
     def url(self) -> str:

@@ -7,10 +7,8 @@ key; chunks pass through (the chunk envelope has its own AEAD), and so do `confi
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-from ..chunk import Cipher
-from .blobs import BlobInfo, Blobs, NotFound
+from ...chunk import Cipher
+from ..blobs import Blobs, BlobsWrapper, NotFound
 from .crypto import open_object, seal_object
 
 SEALED_PREFIXES = ("points/", "indexes/", "checkpoints/", "scrub/", "gc/")
@@ -20,11 +18,10 @@ def is_sealed(key: str) -> bool:
     return key.startswith(SEALED_PREFIXES)
 
 
-class SealedBlobs(Blobs):
+class SealedBlobs(BlobsWrapper):
     def __init__(self, inner: Blobs, cipher: Cipher) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.cipher = cipher
-        self.url = inner.url
 
     def _seal(self, key: str, data: bytes | memoryview) -> bytes | memoryview:
         return seal_object(self.cipher, key, bytes(data)) if is_sealed(key) else data
@@ -51,18 +48,3 @@ class SealedBlobs(Blobs):
 
     def get(self, key: str) -> bytes:
         return self._open(key, self.inner.get(key))
-
-    def exists(self, key: str) -> bool:
-        return self.inner.exists(key)
-
-    def list(self, prefix: str = "") -> Iterator[BlobInfo]:
-        return self.inner.list(prefix)
-
-    def delete(self, key: str) -> None:
-        self.inner.delete(key)
-
-    def flush(self) -> None:
-        self.inner.flush()
-
-    def close(self) -> None:
-        self.inner.close()

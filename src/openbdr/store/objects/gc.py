@@ -23,13 +23,13 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
 
-from .chunk import ID_SIZE, ZERO_ID, chunk_id_from_key, chunk_key
-from .errors import CorruptionError, LockedError
-from .store.blobs import NotFound
-from .store.lease import Lease
-from .store.repository import Repository
+from ...chunk import ID_SIZE, ZERO_ID, chunk_id_from_key, chunk_key
+from ...errors import CorruptionError, LockedError
+from ..blobs import NotFound
+from ..target import GCReport
+from .lease import Lease
+from .repository import Repository
 
 log = logging.getLogger(__name__)
 
@@ -82,17 +82,6 @@ def referenced(repo: Repository) -> set[bytes]:
                     ) from None
     ids.discard(ZERO_ID)
     return ids
-
-
-@dataclass
-class GCReport:
-    chunks: int = 0
-    referenced: int = 0
-    deleted: int = 0
-    deleted_bytes: int = 0
-    young: int = 0
-    indexes_deleted: int = 0
-    dry_run: bool = False
 
 
 def gc(

@@ -24,8 +24,8 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-from ..chunk import Cipher
-from ..errors import CorruptionError
+from ...chunk import Cipher
+from ...errors import CorruptionError
 
 NONCE = 12
 TAG = 16

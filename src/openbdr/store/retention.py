@@ -13,10 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from .errors import OpenBDRError
-from .gc import maintenance_lease
-from .store.manifest import RestorePoint
-from .store.repository import Repository
+from ..errors import OpenBDRError
+from .manifest import RestorePoint
+from .target import Target
 
 BUCKETS: dict[str, Callable[[datetime], str]] = {
     "hourly": lambda t: t.strftime("%Y-%m-%dT%H"),
@@ -88,27 +87,13 @@ def decide(points: list[RestorePoint], policy: Policy) -> list[Decision]:
 
 
 def forget(
-    repo: Repository, policy: Policy, host: str | None = None, *, dry_run: bool = False
+    target: Target, policy: Policy, host: str | None = None, *, dry_run: bool = False
 ) -> list[Decision]:
-    """Apply the policy to each host (or one); remove what it does not keep.
-
-    The manifest goes first (the point stops existing), then its indexes; chunks are
-    left to `gc`. Runs under the maintenance lease so that gc never marks half a point.
-    """
+    """Apply the policy to each host (or one); the target removes what it does not keep
+    (its data goes at the next gc)."""
     policy.check()
-    hosts = [host] if host else repo.hosts()
-    if dry_run:
-        return [d for h in hosts for d in decide(repo.points(h), policy)]
-    decisions: list[Decision] = []
-    with maintenance_lease(repo):
-        for h in hosts:
-            decisions += decide(repo.points(h), policy)
-        for d in decisions:
-            if d.keep:
-                continue
-            repo.blobs.delete(d.point.key)
-            repo.blobs.flush()
-            for disk in d.point.disks:
-                repo.blobs.delete(disk.index_key)
-        repo.blobs.flush()
+    hosts = [host] if host else target.hosts()
+    decisions = [d for h in hosts for d in decide(target.points(h), policy)]
+    if not dry_run:
+        target.forget([d.point for d in decisions if not d.keep])
     return decisions

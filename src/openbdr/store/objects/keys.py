@@ -18,8 +18,8 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
-from ..errors import OpenBDRError, RepositoryError
-from .blobs import Blobs, NotFound
+from ...errors import OpenBDRError, RepositoryError
+from ..blobs import Blobs, NotFound
 from .crypto import RepoKeys, ScryptParams, unwrap, wrap
 
 PREFIX = "keys/"

@@ -15,8 +15,8 @@ import time
 import uuid
 from typing import Any
 
-from ..errors import LockedError
-from .blobs import Blobs, NotFound
+from ...errors import LockedError
+from ..blobs import Blobs, NotFound
 
 
 def _boot_id() -> str:

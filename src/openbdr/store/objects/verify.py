@@ -10,42 +10,14 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 
+from ...blocks import BLOCK_SIZE
+from ...chunk import chunk_id_from_key
+from ...errors import CorruptionError, OpenBDRError
+from ..manifest import RestorePoint
+from ..target import Problem, VerifyReport
 from . import scrub
-from .blocks import BLOCK_SIZE
-from .chunk import chunk_id_from_key
-from .errors import CorruptionError, OpenBDRError
-from .store.manifest import RestorePoint
-from .store.repository import Repository
-
-
-@dataclass
-class Problem:
-    host: str
-    point: str
-    disk: int
-    offset: int | None
-    reason: str
-
-    def __str__(self) -> str:
-        where = f"{self.host} point {self.point} disk {self.disk}"
-        if self.offset is not None:
-            where += f" block {self.offset // BLOCK_SIZE} (offset {self.offset})"
-        return f"{where}: {self.reason}"
-
-
-@dataclass
-class VerifyReport:
-    points: int = 0
-    chunks_referenced: int = 0
-    chunks_checked: int = 0
-    problems: list[Problem] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
-
+from .repository import Repository
 
 ProgressFn = Callable[[int, int], None]
 

@@ -18,12 +18,12 @@ import struct
 import time
 from collections.abc import Iterable, Mapping
 
-from .blocks import BLOCK_SIZE
-from .errors import LockedError
-from .extents import Extent
-from .store.blobs import NotFound
-from .store.manifest import RestorePoint
-from .store.repository import Repository
+from ...blocks import BLOCK_SIZE
+from ...errors import LockedError
+from ...extents import Extent
+from ..blobs import NotFound
+from ..manifest import RestorePoint
+from .repository import Repository
 
 log = logging.getLogger(__name__)
 
