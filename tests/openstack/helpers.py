@@ -1,54 +1,18 @@
-"""Syncing an OpenStack instance into a repository and checking points against RBD."""
+"""Syncing an OpenStack instance into a target and checking points against RBD."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from openbdr.blocks import BLOCK_SIZE
-from openbdr.capture.base import ChangeToken, Host, Snapshot
 from openbdr.capture.registry import open_source
-from openbdr.chunk import ZERO_ID
 from openbdr.store.manifest import RestorePoint
-from openbdr.store.repository import Repository
+from openbdr.store.target import init_target, open_target
 from openbdr.sync import SyncOptions, sync
 
 from ..fakes.openstack import Cloud
 from ..fakes.openstack.cloud import Server
 from .conftest import Stack, snapshot_blocks
-
-
-class _Committing(Snapshot):
-    """Until the engine calls `Snapshot.committed()` itself (the integrator's sync
-    refactor), call it once the point that names this snapshot is committed."""
-
-    def __init__(self, inner: Snapshot, repo: Repository, host: str) -> None:
-        self.inner, self.repo, self.host = inner, repo, host
-        self.disks, self.consistency = inner.disks, inner.consistency
-        self._done = False
-
-    def committed(self) -> None:
-        self._done = True
-        self.inner.committed()
-
-    def release(self) -> None:
-        if not self._done:
-            latest = self.repo.latest(self.host)
-            mine = {d.name: d.token.to_json() for d in self.disks}
-            if latest is not None and (latest.token or {}).get("value") == mine:
-                self.committed()
-        self.inner.release()
-
-
-class _Host(Host):
-    def __init__(self, inner: Host, repo: Repository) -> None:
-        self.inner, self.repo, self.name = inner, repo, inner.name
-
-    def snapshot(self, since: ChangeToken | None) -> Snapshot:
-        return _Committing(self.inner.snapshot(since), self.repo, self.name)
-
-    def describe(self) -> str:
-        return self.inner.describe()
 
 
 def spec(stack: Stack, server: Server, **options: Any) -> dict[str, Any]:
@@ -57,12 +21,15 @@ def spec(stack: Stack, server: Server, **options: Any) -> dict[str, Any]:
 
 def run_sync(repo_path: Path, host: str, source: dict[str, Any],
              full: bool = False) -> RestorePoint:
-    repo = Repository.open(str(repo_path))
-    return sync(repo, _Host(open_source(host, source), repo), SyncOptions(full=full, threads=4))
+    target = open_target(str(repo_path))
+    try:
+        return sync(target, open_source(host, source), SyncOptions(full=full, threads=4))
+    finally:
+        target.close()
 
 
 def init_repo(path: Path) -> Path:
-    Repository.init(str(path))
+    init_target(str(path)).close()
     return path
 
 
@@ -73,22 +40,23 @@ def snap_of(point: RestorePoint, disk: str) -> str:
 
 def assert_point_is_snapshot(repo_path: Path, cloud: Cloud, point: RestorePoint) -> None:
     """Every block of every disk of `point` equals its RBD snapshot's, zeros included."""
-    repo = Repository.open(str(repo_path))
-    codec = repo.codec()
-    for rec in point.disks:
-        want = snapshot_blocks(cloud, rec.name, f"snapshot-{snap_of(point, rec.name)}")
-        index = repo.get_index(rec.index_key)
-        assert index.size == rec.size
-        for i in range((rec.size + BLOCK_SIZE - 1) // BLOCK_SIZE):
-            cid = index[i]
-            if i not in want:
-                if cid != ZERO_ID:
-                    data = codec.decode(cid, repo.get_chunk(cid), where=f"{rec.name}:{i}")
-                    assert data.count(0) == len(data), f"{rec.name} block {i} is not zero"
-                continue
-            assert cid != ZERO_ID, f"{rec.name} block {i}: data missing from the point"
-            data = codec.decode(cid, repo.get_chunk(cid), where=f"{rec.name}:{i}")
-            assert data == want[i], f"{rec.name} block {i} differs from the RBD snapshot"
+    target = open_target(str(repo_path))
+    try:
+        for rec in point.disks:
+            want = snapshot_blocks(cloud, rec.name, f"snapshot-{snap_of(point, rec.name)}")
+            reader = target.reader(point, rec)
+            assert reader.size == rec.size
+            have = set(reader.allocated())
+            for i in have - set(want):
+                data = reader.read_block(i)
+                assert data.count(0) == len(data), f"{rec.name} block {i} is not zero"
+            missing = set(want) - have
+            assert not missing, f"{rec.name}: blocks {sorted(missing)[:5]} missing"
+            for i, data in reader.read_blocks(sorted(want)):
+                assert data == want[i], f"{rec.name} block {i} differs from the RBD snapshot"
+            reader.close()
+    finally:
+        target.close()
 
 
 def openbdr_snapshots(cloud: Cloud) -> dict[str, list[str]]:

@@ -18,7 +18,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from ...blocks import BLOCK_SIZE
-from ...extents import Extent, normalize
+from ...extents import Extent, normalize, subtract
 from ..agentless import AgentlessDisk, DiskPlan
 from ..base import ChangeToken
 from ..platform import PlatformError
@@ -140,7 +140,9 @@ class RbdDisk(AgentlessDisk):
     existing (discarded, trimmed) is zero and not read. A full pass starts from the
     allocated extents (the diff from nothing). Blocks are fetched ahead in parallel."""
 
-    partial_blocks = False
+    #: the engine takes the bytes of a touched block that no extent lists from the
+    #: parent point: only the bytes RBD reports changed are read
+    partial_blocks = True
 
     def __init__(
         self,
@@ -195,6 +197,15 @@ class RbdDisk(AgentlessDisk):
     def changed(self) -> list[Extent]:
         written, gone = self._changes()
         return normalize([*written, *gone])
+
+    def extents(self) -> list[Extent]:
+        """What to read: of the changes, only what exists; the rest is `zero_extents`."""
+        listed = super().extents()
+        if self.incremental and self._zero:
+            listed = subtract(listed, self._zero)
+            self._listed = listed
+            self.plan_reads(listed)
+        return listed
 
     # -- reading ahead -------------------------------------------------------------------
     def plan_reads(self, extents: Sequence[Extent]) -> None:
