@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ..fakes.openstack.cloud import GIB, Server
+from ..fakes.openstack.cloud import GIB, Cloud, Server
 from ..helpers import make_ext4
 from .conftest import Stack, discard, scribble, write
 from .helpers import (
@@ -15,6 +15,7 @@ from .helpers import (
     init_repo,
     openbdr_snapshots,
     run_sync,
+    snap_of,
     spec,
 )
 
@@ -78,24 +79,39 @@ def test_full_and_three_incrementals(fresh: Stack, tmp_path: Path) -> None:
 
 
 def test_without_fast_diff(fresh: Stack, tmp_path: Path) -> None:
-    """Images without object-map/fast-diff (layering only): the diff lists objects' snapshot
-    sets instead of object maps; the points are as exact."""
+    """Images without object-map/fast-diff (layering only): the diff comes from the
+    objects' snapshot sets, in byte extents; only those are read, discarded ranges are
+    zeros not read, and the point is as exact."""
     import rbd
 
     rng = random.Random(16)
     cloud = fresh.cloud
     vol = cloud.add_volume("plain", 1, fresh.project, features=rbd.RBD_FEATURE_LAYERING)
     scribble(cloud, vol.id, rng, 10, 128 * MIB)
+    write(cloud, vol.id, 200 * MIB, rng.randbytes(8 * MIB))
     server = cloud.add_server("plain1", fresh.project, fresh.user.id, [vol])
     repo = init_repo(tmp_path / "repo")
     src = spec(fresh, server)
     first = run_sync(repo, "plain1", src)
     assert first.consistency == "crash"  # one volume: one instant
     scribble(cloud, vol.id, rng, 6, 128 * MIB)
-    discard(cloud, vol.id, 8 * MIB, 3 * MIB + 4096)
+    discard(cloud, vol.id, 201 * MIB, 3 * MIB + 4096)
     point = run_sync(repo, "plain1", src)
     assert [d.mode for d in point.disks] == ["incremental"]
-    # byte extents: only what the guest wrote (6 writes under 300 KiB) is read; the
-    # discarded 3 MiB are recorded as zeros without being read
-    assert point.disks[0].read_bytes < 6 * 300 * 1024
+    written, gone = rbd_diff(cloud, vol.id, snap_of(first, vol.id), snap_of(point, vol.id))
+    assert gone and written
+    assert point.disks[0].read_bytes == sum(n for _, n in written)
     assert_point_is_snapshot(repo, cloud, point)
+
+
+def rbd_diff(cloud: Cloud, volume: str, base: str, snap: str) -> tuple[
+        list[tuple[int, int]], list[tuple[int, int]]]:
+    """The RBD diff between two Cinder snapshots: (existing, not existing) extents."""
+    import rbd
+
+    out: tuple[list[tuple[int, int]], list[tuple[int, int]]] = ([], [])
+    with rbd.Image(cloud.ioctx, cloud.image_name(volume), snapshot=f"snapshot-{snap}",
+                   read_only=True) as img:
+        img.diff_iterate(0, img.size(), f"snapshot-{base}",
+                         lambda o, n, e: out[0 if e else 1].append((o, n)) or 0)
+    return out
