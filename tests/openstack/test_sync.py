@@ -115,3 +115,20 @@ def rbd_diff(cloud: Cloud, volume: str, base: str, snap: str) -> tuple[
         img.diff_iterate(0, img.size(), f"snapshot-{base}",
                          lambda o, n, e: out[0 if e else 1].append((o, n)) or 0)
     return out
+
+
+def test_rbd_diff_off_is_a_hash_compare(fresh: Stack, tmp_path: Path) -> None:
+    rng = random.Random(17)
+    cloud = fresh.cloud
+    vol = cloud.add_volume("hc", 1, fresh.project)
+    scribble(cloud, vol.id, rng, 6, 64 * MIB)
+    server = cloud.add_server("hc1", fresh.project, fresh.user.id, [vol])
+    repo = init_repo(tmp_path / "repo")
+    src = spec(fresh, server, rbd_diff="false")
+    run_sync(repo, "hc1", src)
+    scribble(cloud, vol.id, rng, 2, 64 * MIB)
+    point = run_sync(repo, "hc1", src)
+    assert [d.mode for d in point.disks] == ["hash-compare"]
+    assert "rbd_diff=false" in (point.disks[0].fallback_reason or "")
+    assert_point_is_snapshot(repo, cloud, point)
+    assert all(len(v) == 1 for v in openbdr_snapshots(cloud).values())

@@ -48,6 +48,8 @@ OPTIONS = {
     "snapshot_timeout": "seconds a snapshot may stay in `creating` (default 600)",
     "consistency_groups": "use group snapshots when the volumes share a consistent group "
     "(default true)",
+    "rbd_diff": "false: ignore RBD diffs, every sync reads all valid data and stores what "
+    "differs from the previous point (hash-compare)",
 }
 
 
@@ -301,6 +303,13 @@ class OpenStackHost(AgentlessHost):
     def __init__(self, name: str, ops: OpenStackOps, where: str) -> None:
         super().__init__(name, ops, where)
         self.ops: OpenStackOps = ops
+
+    def plan(self, since: Any) -> Any:
+        base, plans, changes = super().plan(since)
+        if since is not None and not _opt_bool(self.ops.platform.options.get("rbd_diff")):
+            why = "RBD diffs are off (option rbd_diff=false): hash-compare pass"
+            plans = [DiskPlan(p.name, p.size, False, why) for p in plans]
+        return base, plans, changes
 
     def snapshot(self, since: Any) -> Any:
         self.ops._volumes = None  # the attachments as they are now
