@@ -26,16 +26,16 @@ and file systems (`image.valid_data`), as for disk images.
 from __future__ import annotations
 
 import abc
+import itertools
 import logging
 import os
 import re
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from ..blocks import BLOCK_SIZE
-from ..extents import Extent, clip, from_blocks, intersect, normalize, subtract, to_blocks, total
+from ..extents import Extent, clip, from_blocks, intersect, normalize, to_blocks, total
 from .base import ChangeToken, Consistency, DiskSnapshot, Host, Snapshot
 from .image import valid_data
 
@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 #: scratch files, temporary volumes) or carries the tag `OWNER_TAG`
 OWNER = "openbdr"
 OWNER_TAG = "openbdr:host"
+_serial = itertools.count(1)
 
 
 def _slug(host: str) -> str:
@@ -59,9 +60,11 @@ def owned_prefix(host: str) -> str:
 
 def owned_name(host: str, now: float | None = None) -> str:
     """A new platform object name for `host`, sortable by creation time:
-    `openbdr-<host>-<UTC yyyymmddThhmmss>-<pid hex>` (the pid tells concurrent makers apart)."""
-    t = time.gmtime(time.time() if now is None else now)
-    return f"{owned_prefix(host)}{time.strftime('%Y%m%dT%H%M%S', t)}-{os.getpid():x}"
+    `openbdr-<host>-<UTC yyyymmddThhmmss.mmm>-<pid hex>-<n>` (pid and counter tell
+    concurrent makers and quick successions apart)."""
+    now = time.time() if now is None else now
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}"
+    return f"{owned_prefix(host)}{stamp}-{os.getpid():x}-{next(_serial)}"
 
 
 def is_owned(name: str, host: str) -> bool:
@@ -172,6 +175,11 @@ class Session:
     #: notes for the log and the point (quiesce failed, domain shut off, …)
     notes: list[str] = field(default_factory=list)
 
+    def export_uri(self, disk: str) -> str | None:
+        """Where the frozen `disk` can be read independently of the source (an NBD URI),
+        for tools and tests; None when the platform offers no such view."""
+        return None
+
 
 class PlatformOps(abc.ABC):
     """The part each platform implements; `AgentlessHost` runs the shared flow over it."""
@@ -199,7 +207,9 @@ class PlatformOps(abc.ABC):
 
     @abc.abstractmethod
     def take(self, host: str, name: str, base: str | None, plans: list[DiskPlan]) -> Session:
-        """Snapshot all disks at one instant as `name` and open them for reading."""
+        """Snapshot all disks at one instant as `name` and open them for reading; `base`
+        is the previous point's platform snapshot when it still tracks changes (the
+        plans say which disks read changes since it)."""
 
     @abc.abstractmethod
     def end(self, session: Session) -> None:
@@ -249,9 +259,11 @@ class AgentlessDisk(DiskSnapshot):
             changed = clip(self.changed(), self.size)
             self.changed_bytes = total(changed)
             self._zero = intersect(changed, zero)
-            listed = changed
-            if not self.partial_blocks:
-                listed = from_blocks(to_blocks(changed, self.size), self.size)
+            listed = (
+                changed
+                if self.partial_blocks
+                else from_blocks(to_blocks(changed, self.size), self.size)
+            )
             self.valid_bytes = total(data)
         else:
             self._zero = clip(zero, self.size)
@@ -266,7 +278,7 @@ class AgentlessDisk(DiskSnapshot):
             self.extents()
         return self._zero
 
-    def plan_reads(self, extents: Sequence[Extent]) -> None:  # noqa: B027 - optional
+    def plan_reads(self, extents: Sequence[Extent]) -> None:
         """The extents the engine is about to read, in order: a reader may fetch ahead."""
 
     @property
@@ -276,7 +288,7 @@ class AgentlessDisk(DiskSnapshot):
     def fingerprint(self) -> dict[str, Any]:
         return {"name": self.name, "size": self.size, "base": self.base}
 
-    def close(self) -> None:  # noqa: B027 - readers without a handle hold nothing
+    def close(self) -> None:
         """Close the reader (the session's `end` releases the platform side)."""
 
 
@@ -340,7 +352,9 @@ class AgentlessHost(Host):
     def describe(self) -> str:
         return f"{self.ops.source}:{self.where}"
 
-    def plan(self, since: ChangeToken | None) -> tuple[str | None, list[DiskPlan], list[DiskChange]]:
+    def plan(
+        self, since: ChangeToken | None
+    ) -> tuple[str | None, list[DiskPlan], list[DiskChange]]:
         """Which disks can be read incrementally from which base, and why not."""
         prev = previous_point(since, self.ops.source)
         current = self.ops.disks()
@@ -359,7 +373,9 @@ class AgentlessHost(Host):
             elif name not in prev.disks:
                 reason = f"disk {name} is new since the previous point: full pass"
             elif prev.sizes[name] != size:
-                reason = f"disk {name} was resized from {prev.sizes[name]} to {size} bytes: full pass"
+                reason = (
+                    f"disk {name} was resized from {prev.sizes[name]} to {size} bytes: full pass"
+                )
             elif not tracked:
                 reason = (
                     f"the platform snapshot {base} of the previous point is gone "
@@ -379,16 +395,5 @@ class AgentlessHost(Host):
                 removed.append(name)
         if removed:
             log.warning("%s: removed leftovers of an earlier run: %s", self.name, removed)
-        new = owned_name(self.name)
-        use_base = base if any(p.incremental for p in plans) else None
-        session = self.ops.take(self.name, new, use_base, plans)
+        session = self.ops.take(self.name, owned_name(self.name), base, plans)
         return AgentlessSnapshot(self.ops, self.name, session, changes)
-
-
-def aligned(extents: Iterable[Extent], size: int, unit: int = BLOCK_SIZE) -> list[Extent]:
-    """Extents widened to whole `unit` blocks (clipped to the disk)."""
-    return from_blocks(to_blocks(extents, size, unit), size, unit)
-
-
-def data_minus_zero(extents: Iterable[Extent], zero: Iterable[Extent]) -> list[Extent]:
-    return subtract(extents, zero)
