@@ -114,7 +114,7 @@ def test_volume_resized_and_volume_attached(fresh: Stack, tmp_path: Path) -> Non
     assert len(openbdr_snapshots(fresh.cloud)) == 3
 
 
-@pytest.mark.parametrize("fault", ["500", "stuck", "error"])
+@pytest.mark.parametrize("fault", ["500", "500-second", "stuck", "error"])
 def test_cinder_failures(fresh: Stack, tmp_path: Path, fault: str) -> None:
     """Cinder 500s, a snapshot stuck in `creating` past the timeout, a snapshot ending in
     `error`: one clear error, the previous point stays the latest and its base is kept;
@@ -125,6 +125,9 @@ def test_cinder_failures(fresh: Stack, tmp_path: Path, fault: str) -> None:
     faults = fresh.cloud.faults
     if fault == "500":
         faults.http_500[("POST", "/snapshots")] = 2
+    elif fault == "500-second":  # the first volume's snapshot is made, then Cinder fails
+        faults.snapshot_delay = 0.5
+        faults.http_500_nth[("POST", "/snapshots")] = {2}
     elif fault == "stuck":
         faults.snapshot_stuck = True
     else:
@@ -133,7 +136,8 @@ def test_cinder_failures(fresh: Stack, tmp_path: Path, fault: str) -> None:
     with pytest.raises(PlatformError) as err:
         run_sync(repo, "db1", src)
     msg = str(err.value)
-    assert {"500": "answered 500", "stuck": "still creating after 1 s",
+    assert {"500": "answered 500", "500-second": "answered 500",
+            "stuck": "still creating after 1 s",
             "error": "ended in status error"}[fault] in msg, msg
     if fault == "stuck":
         assert "could not be deleted yet" in msg
@@ -141,6 +145,7 @@ def test_cinder_failures(fresh: Stack, tmp_path: Path, fault: str) -> None:
     fresh.cloud.unstick()
     faults.snapshot_error = False
     faults.http_500.clear()
+    faults.http_500_nth.clear()
     fresh.cloud.wait_idle()
     if fault != "stuck":  # a snapshot in `error` is deleted at once, a 500 made none
         assert openbdr_snapshots(fresh.cloud) == before

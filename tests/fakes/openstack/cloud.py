@@ -67,8 +67,16 @@ class Faults:
     snapshot_error: bool = False
     #: (method, path substring) -> number of 500 answers still to give
     http_500: dict[tuple[str, str], int] = field(default_factory=dict)
+    #: (method, path substring) -> which matching requests (1 = the first) get a 500
+    http_500_nth: dict[tuple[str, str], set[int]] = field(default_factory=dict)
+    _seen: dict[tuple[str, str], int] = field(default_factory=dict)
 
     def take_500(self, method: str, path: str) -> bool:
+        for (m, sub), nth in self.http_500_nth.items():
+            if m == method and sub in path:
+                k = self._seen[(m, sub)] = self._seen.get((m, sub), 0) + 1
+                if k in nth:
+                    return True
         for (m, sub), n in list(self.http_500.items()):
             if n > 0 and m == method and sub in path:
                 self.http_500[(m, sub)] = n - 1

@@ -273,6 +273,7 @@ class OpenStackOps(PlatformOps):
         """Delete what this run created; what Cinder refuses to delete yet is named."""
         bs = self.conn.block_storage
         left: list[str] = []
+        self._settled(made, gsnap)
         targets = ([(lambda: bs.delete_group_snapshot(gsnap.id), f"group snapshot {gsnap.id}")]
                    if gsnap is not None else
                    [(lambda s=s: bs.delete_snapshot(s.id), f"snapshot {s.id}") for s in made])
@@ -287,6 +288,26 @@ class OpenStackOps(PlatformOps):
             exc.what += (f"; {', '.join(left)} could not be deleted yet: the next sync "
                          "removes it")
             exc.args = (f"{exc.what} ({exc.hint})" if exc.hint else exc.what,)
+
+    def _settled(self, made: list[Any], gsnap: Any) -> None:
+        """Give snapshots of a failed run that are still `creating` (another volume's
+        snapshot failed first) a short while to finish: Cinder deletes only settled ones."""
+        bs = self.conn.block_storage
+        getters = ([lambda: bs.get_group_snapshot(gsnap.id)] if gsnap is not None else
+                   [lambda s=s: bs.get_snapshot(s.id) for s in made])
+        deadline = time.monotonic() + min(self.timeout, 60.0)
+        pending = list(getters)
+        while pending and time.monotonic() < deadline:
+            still = []
+            for get in pending:
+                try:
+                    if get().status == "creating":
+                        still.append(get)
+                except Exception:  # gone or unreadable: nothing to wait for
+                    continue
+            pending = still
+            if pending:
+                time.sleep(0.2)
 
     def end(self, session: Session) -> None:
         if self._ceph is not None:
