@@ -253,3 +253,19 @@ def test_wrong_password_is_one_line(fresh: Stack) -> None:
                          {"ceph_conf": fresh.ceph_conf})
     with pytest.raises(PlatformError, match="refused the credentials"):
         plat.discover()
+
+
+def test_hosts_whose_names_share_a_prefix_keep_their_bases(fresh: Stack,
+                                                            tmp_path: Path) -> None:
+    """`openbdr-db1-…` names also start like host `db1-x`'s: neither deletes the other's."""
+    rng = random.Random(10)
+    a, b = instance(fresh, rng, 1), instance(fresh, rng, 1)
+    repo = init_repo(tmp_path / "repo")
+    for _ in range(2):
+        for host, server in (("db1", a), ("db1-x", b)):
+            scribble(fresh.cloud, server.volumes[0][0], rng, 2, 32 * MIB)
+            run_sync(repo, host, spec(fresh, server))
+    for host, server in (("db1", a), ("db1-x", b)):
+        point = run_sync(repo, host, spec(fresh, server))
+        assert [d.mode for d in point.disks] == ["incremental"], (host, point.disks)
+    assert sorted(len(v) for v in openbdr_snapshots(fresh.cloud).values()) == [1, 1]

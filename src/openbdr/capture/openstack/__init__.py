@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 GIB = 1 << 30
 #: Nova's power_state codes (nova/compute/power_state.py)
 POWER = {0: "nostate", 1: "running", 3: "paused", 4: "shutdown", 6: "crashed", 7: "suspended"}
+#: snapshot metadata naming the OpenBDR host a snapshot was made for
+HOST_KEY = "openbdr-host"
 #: the group spec that makes Cinder take a group's snapshots at one instant
 CONSISTENT = "consistent_group_snapshot_enabled"
 
@@ -106,11 +108,14 @@ class OpenStackOps(PlatformOps):
 
     # -- OpenBDR's snapshots ----------------------------------------------------------------
     def _ours(self, host: str) -> list[Any]:
-        """Cinder snapshots made for `host` that are not being deleted, oldest first."""
+        """Cinder snapshots made for `host` that are not being deleted, oldest first. The
+        name prefix of host `db1` also matches host `db1-x`'s names: the `openbdr-host`
+        metadata of per-volume snapshots tells them apart."""
         with api(self.endpoint, "list volume snapshots"):
             snaps = [
                 s for s in self.conn.block_storage.snapshots(details=True)
                 if s.name and is_owned(s.name, host) and s.status != "deleting"
+                and (s.metadata or {}).get(HOST_KEY, host) == host
             ]
         snaps.sort(key=lambda s: (s.name, s.created_at or ""))
         return snaps
@@ -200,7 +205,7 @@ class OpenStackOps(PlatformOps):
                     with api(self.endpoint, f"snapshot volume {vid}"):
                         made.append(bs.create_snapshot(
                             volume_id=vid, name=name, description=desc, force=True,
-                            metadata={"openbdr-host": host}))
+                            metadata={HOST_KEY: host}))
                 for s in made:
                     self._wait(lambda s=s: bs.get_snapshot(s.id), f"snapshot {s.id} of volume "
                                f"{s.volume_id}")
