@@ -85,10 +85,11 @@ class Handler(BaseHTTPRequestHandler):
         cloud.requests.append((method, path))
         extra: dict[str, str] = {}
         try:
+            body = self._body() if method in ("POST", "PUT") else {}  # read it whatever
+            # the answer: an unread body would corrupt the next request of the connection
             if cloud.faults.take_500(method, path):
                 raise ApiError(500, "computeFault", "The server has either erred or is "
                                "incapable of performing the requested operation.")
-            body = self._body() if method in ("POST", "PUT") else {}
             status, out, extra = self.server.route(self, method, path, query, body)
             self._send(status, out, extra)
         except ApiError as err:

@@ -63,6 +63,10 @@ def _opt_bool(value: Any, default: bool = True) -> bool:
     return bool(value)
 
 
+class SnapshotTimeout(PlatformError):
+    """A snapshot stayed in `creating` past `snapshot_timeout`."""
+
+
 class OpenStackOps(PlatformOps):
     """One instance's volumes: Cinder snapshots taken, listed and deleted by name."""
 
@@ -266,7 +270,7 @@ class OpenStackOps(PlatformOps):
                     "check cinder-volume's log; the next sync tries again",
                 )
             if time.monotonic() >= deadline:
-                raise PlatformError(
+                raise SnapshotTimeout(
                     f"OpenStack at {self.endpoint}: {what} still {obj.status} after "
                     f"{self.timeout:g} s",
                     "check cinder-volume, or raise option snapshot_timeout",
@@ -278,7 +282,8 @@ class OpenStackOps(PlatformOps):
         """Delete what this run created; what Cinder refuses to delete yet is named."""
         bs = self.conn.block_storage
         left: list[str] = []
-        self._settled(made, gsnap)
+        if not isinstance(exc, SnapshotTimeout):  # a stuck one would not settle now
+            self._settled(made, gsnap)
         targets = ([(lambda: bs.delete_group_snapshot(gsnap.id), f"group snapshot {gsnap.id}")]
                    if gsnap is not None else
                    [(lambda s=s: bs.delete_snapshot(s.id), f"snapshot {s.id}") for s in made])
@@ -300,7 +305,7 @@ class OpenStackOps(PlatformOps):
         bs = self.conn.block_storage
         getters = ([lambda: bs.get_group_snapshot(gsnap.id)] if gsnap is not None else
                    [lambda s=s: bs.get_snapshot(s.id) for s in made])
-        deadline = time.monotonic() + min(self.timeout, 60.0)
+        deadline = time.monotonic() + min(max(self.timeout, 10.0), 60.0)
         pending = list(getters)
         while pending and time.monotonic() < deadline:
             still = []
