@@ -103,8 +103,16 @@ def run(cmd: list[str]) -> str:
 
 @contextmanager
 def partition(image: Path, mnt: Path) -> Iterator[str]:
-    """The image's ext4 partition on its own read-write loop device, mounted at `mnt`."""
-    dev = run(["losetup", "-f", "--show", "-o", str(PART_OFFSET), str(image)]).strip()
+    """The image's ext4 partition on its own read-write loop device, mounted at `mnt`.
+
+    Sized to the partition (`--sizelimit`): without it the device runs on to the end of
+    the disk image and ends with the disk's backup GPT header."""
+    table = json.loads(run(["sfdisk", "--json", str(image)]))["partitiontable"]
+    part = next(p for p in table["partitions"] if int(p["start"]) * 512 == PART_OFFSET)
+    size = int(part["size"]) * int(table.get("sectorsize", 512))
+    dev = run(
+        ["losetup", "-f", "--show", "-o", str(PART_OFFSET), "--sizelimit", str(size), str(image)]
+    ).strip()
     try:
         mnt.mkdir(parents=True, exist_ok=True)
         run(["mount", "-t", "ext4", dev, str(mnt)])

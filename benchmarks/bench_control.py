@@ -7,7 +7,7 @@
 Starts a throw-away PostgreSQL, one API node (`openbdr server --workers 0
 --no-scheduler`) and one or more worker nodes (embedded workers; one of them leads
 the scheduler) on the same catalog, adds N hosts backed by a fast synthetic source
-(2 MiB disks, one changed block per snapshot), each with an RPO target, and measures:
+(2 MiB disks that change by a known rule), each with an RPO target, and measures:
 
 - time until every host has its first restore point, then the largest restore-point
   age reached over the rest of the run (from every finished sync, not only samples);
@@ -17,9 +17,8 @@ the scheduler) on the same catalog, adds N hosts backed by a fast synthetic sour
   throughput, and latencies that Little's law makes 50 / throughput);
 - peak resident memory of each server process.
 
-docs/benchmarks.md explains the method. The synthetic source is registered through
-`OPENBDR_PLUGINS=bench_control` (this module, importable from the servers with
-PYTHONPATH=benchmarks).
+docs/benchmarks.md explains the method. The hosts use the source type `synthetic`
+(`capture/synthetic.py`, shared with the tests' conformance suite).
 """
 
 from __future__ import annotations
@@ -41,92 +40,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from openbdr.blocks import BLOCK_SIZE
-from openbdr.capture.base import ChangeToken, DiskSnapshot, Host, Snapshot
-from openbdr.control.registry import SourceType, register_source
-from openbdr.extents import Extent
-
 ROOT = Path(__file__).resolve().parents[1]
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
-
-
-# -- the synthetic source -------------------------------------------------------------
-class SynthDisk(DiskSnapshot):
-    """`blocks` MiB; snapshot generation g changes block g mod blocks."""
-
-    def __init__(self, host: str, blocks: int, gen: int, incremental: bool) -> None:
-        self.name = "disk0"
-        self.host = host
-        self.blocks = blocks
-        self.size = blocks * BLOCK_SIZE
-        self.gen = gen
-        self.incremental = incremental
-
-    def extents(self) -> list[Extent]:
-        if self.incremental:
-            return [Extent((self.gen % self.blocks) * BLOCK_SIZE, BLOCK_SIZE)]
-        return [Extent(0, self.size)]
-
-    def _version(self, block: int) -> int:
-        last = self.gen - ((self.gen - block) % self.blocks)
-        return max(last, 0)
-
-    def read_into(self, offset: int, buf: bytearray | memoryview) -> int:
-        view = memoryview(buf)
-        n = min(len(view), self.size - offset)
-        pos = 0
-        while pos < n:
-            block = (offset + pos) // BLOCK_SIZE
-            end = min(n, (block + 1) * BLOCK_SIZE - offset)
-            pattern = f"{self.host}:{block}:{self._version(block)};".encode() * 64
-            span = end - pos
-            reps = pattern * (span // len(pattern) + 1)
-            view[pos:end] = reps[:span]
-            pos = end
-        return n
-
-    @property
-    def token(self) -> ChangeToken:
-        return ChangeToken("synthetic", {"gen": self.gen})
-
-    def fingerprint(self) -> dict[str, Any]:
-        return {"name": self.name, "size": self.size, "gen": self.gen}
-
-
-class SynthSnapshot(Snapshot):
-    def __init__(self, disks: list[DiskSnapshot]) -> None:
-        self.disks = disks
-        self.consistency = "crash"
-
-
-class SynthHost(Host):
-    def __init__(self, name: str, blocks: int) -> None:
-        self.name = name
-        self.blocks = blocks
-
-    def snapshot(self, since: ChangeToken | None) -> Snapshot:
-        gen = (
-            int((since.value.get("disk0") or {}).get("value", {}).get("gen", 0)) + 1 if since else 1
-        )
-        return SynthSnapshot([SynthDisk(self.name, self.blocks, gen, since is not None)])
-
-    def describe(self) -> str:
-        return "synthetic"
-
-
-def _open(name: str, spec: dict[str, Any]) -> Host:
-    return SynthHost(name, int(spec.get("blocks", 2)))
-
-
-register_source(
-    SourceType(
-        "synthetic",
-        _open,
-        lambda spec: None,
-        "benchmark source: N MiB, one changed block per snapshot",
-        {"blocks": "int"},
-    )
-)
 
 
 # -- harness --------------------------------------------------------------------------
@@ -202,9 +117,6 @@ def rss_kib(pid: int) -> int:
 
 
 def start_server(data: Path, db: str, port: int, extra: list[str], log: Path) -> Any:
-    path = os.pathsep.join(p for p in (str(ROOT / "benchmarks"), os.environ.get("PYTHONPATH"))
-                           if p)
-    env = {**os.environ, "PYTHONPATH": path, "OPENBDR_PLUGINS": "bench_control"}
     return subprocess.Popen(
         [
             str(ROOT / ".venv/bin/openbdr"),
@@ -219,7 +131,6 @@ def start_server(data: Path, db: str, port: int, extra: list[str], log: Path) ->
         ],
         stdout=open(log, "ab"),
         stderr=subprocess.STDOUT,
-        env=env,
     )
 
 

@@ -12,6 +12,8 @@ import os
 import re
 import shutil
 import subprocess
+import sys
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +54,8 @@ class Bench:
     keep: bool = False
     verify: bool = True  # check restores (the first round only: it costs minutes)
     logs: Path = field(init=False)
+    #: the S3 gateway's settings, once an S3 contender started it
+    s3: dict[str, str] | None = None
 
     def __post_init__(self) -> None:
         self.logs = self.runs / "logs"
@@ -235,6 +239,72 @@ def partclone(b: Bench) -> Iterator[Step]:
     b.done_with(d)
 
 
+# -- the same against S3 (the Ceph fixture's gateway) ---------------------------------
+def _s3(b: Bench) -> dict[str, str]:
+    if b.s3 is None:
+        from s3bench import start_gateway
+
+        b.s3 = start_gateway(b.runs / "ceph")
+    return b.s3
+
+
+def openbdr_s3(b: Bench) -> Iterator[Step]:
+    from s3bench import bucket_bytes
+
+    name = "openbdr (S3)"
+    env = _s3(b)
+    d = b.fresh_dir(slug(name))
+    url = f"s3://openbdr-{uuid.uuid4().hex[:8]}/repo"
+    setup_cmd([OPENBDR, "repo", "init", url], env)
+    stored = 0
+    for phase, img in (("full", b.corpus.disk), ("incremental", b.corpus.disk2)):
+        cmd = [OPENBDR, "sync", "-r", url, "-H", HOST, "-c", "zstd", "--json", str(img)]
+        step = b.step(name, phase, cmd, [img], env=env)
+        _openbdr_report(step)
+        now = bucket_bytes(url, env)
+        step.stored, stored = now - stored, now
+        yield step
+    target = d / "restore.img"
+    cmd = [OPENBDR, "restore", "-r", url, "-H", HOST, "--to", str(target)]
+    step = b.step(name, "restore", cmd, [], env=env)
+    b.check(step, lambda: verify_same_files(target, b.corpus.disk2, d / "mnt"))
+    b.done_with(d)
+    yield step
+    # the floor: every chunk object the point needs (and the rest), 32 GETs in flight
+    get = [sys.executable, str(ROOT / "benchmarks" / "s3bench.py"), "get", url + "/chunks/", "32"]
+    yield b.step("S3 GET x32 (openbdr chunks)", "restore", get, [], env=env)
+
+
+def restic_s3(b: Bench) -> Iterator[Step]:
+    from s3bench import bucket_bytes
+
+    name = "restic (S3)"
+    env = _s3(b)
+    d = b.fresh_dir(slug(name))
+    bucket = f"restic-{uuid.uuid4().hex[:8]}"
+    env = {
+        **env,
+        "RESTIC_REPOSITORY": f"s3:{env['S3_ENDPOINT_URL']}/{bucket}/repo",
+        "RESTIC_PASSWORD": "bench",
+        "RESTIC_CACHE_DIR": str(d / "cache"),
+    }
+    setup_cmd(["restic", "init", "--repository-version", "2"], env)
+    stored = 0
+    for phase, img in (("full", b.corpus.disk), ("incremental", b.corpus.disk2)):
+        cmd = ["restic", "backup", "-q", "--host", HOST, "--compression", "auto", img.name]
+        step = b.step(name, phase, cmd, [img], cwd=b.corpus.dir, env=env)
+        now = bucket_bytes(f"s3://{bucket}/repo", env)
+        step.stored, stored = now - stored, now
+        yield step
+    target = d / "restore"
+    restored = target / b.corpus.disk2.name
+    cmd = shell(f"restic restore -q latest --target '{target}' && sync '{restored}'")
+    step = b.step(name, "restore", cmd, [], env=env)
+    b.check(step, lambda: verify_same_bytes(restored, b.corpus.disk2))
+    b.done_with(d)
+    yield step
+
+
 Contender = Callable[[Bench], Iterator[Step]]
 
 CONTENDERS: dict[str, tuple[str, Contender]] = {
@@ -244,4 +314,6 @@ CONTENDERS: dict[str, tuple[str, Contender]] = {
     "borg": ("borg", borg),
     "zstd": ("zstd -1 -T2", zstd_raw),
     "partclone": (PARTCLONE, partclone),
+    "openbdr-s3": ("openbdr (S3)", openbdr_s3),
+    "restic-s3": ("restic (S3)", restic_s3),
 }

@@ -77,8 +77,25 @@ RATIO_TARGETS = [
 ]
 
 
+#: the S3 variant (issue 20): against restic on the same gateway, and a bare GET of our chunks
+S3_TARGETS = [
+    (20, "full sync wall / restic (S3) backup", "full", "restic (S3)", "full", 0.5),
+    (20, "incremental wall / restic (S3) 2nd backup", "incremental", "restic (S3)",
+     "incremental", 0.5),
+    (20, "restore wall / restic (S3) restore", "restore", "restic (S3)", "restore", 0.5),
+    (20, "restore wall / S3 GET x32 of the chunks", "restore", "S3 GET x32 (openbdr chunks)",
+     "restore", 1.3),
+]
+
+
 def targets(steps: list[Step], contender: str, allocated: int) -> list[Target]:
-    """The targets of issue 2 (and, for the valid-data variant, issue 3) for one variant."""
+    """The targets of issue 2 (and, for the valid-data variant, issue 3) for one variant;
+    the S3 variant's of issue 20."""
+    if contender.endswith("(S3)"):
+        return [
+            Target(issue, what, _ratio(steps, contender, phase, peer, peer_phase), limit, "x")
+            for issue, what, phase, peer, peer_phase, limit in S3_TARGETS
+        ]
     valid_only = "--all-data" not in contender
     out = [
         Target(issue, what, _ratio(steps, contender, phase, peer, peer_phase), limit, "x")

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import sys
+import traceback
 from typing import Annotated, Any
 
 import typer
@@ -26,17 +27,20 @@ from .agent.cli import register as register_agent
 from .chunk import Codec
 from .control.cli import register as register_control
 from .drill.cli import drill_app, mount_cmd
-from .errors import OpenBDRError
+from .errors import ExitCode, OpenBDRError
+from .gateway.cli import gateway_app
 
 app = typer.Typer(
     name="openbdr",
     no_args_is_help=True,
     add_completion=False,
+    pretty_exceptions_enable=False,
     help="OpenBDR: block-level disaster recovery with restore points proved by drills.",
 )
 repo_app = typer.Typer(no_args_is_help=True, help="Create and inspect repositories.")
 app.add_typer(repo_app, name="repo")
 app.add_typer(drill_app, name="drill")
+app.add_typer(gateway_app, name="gateway")
 app.command("mount")(mount_cmd)
 register_control(app)
 register_agent(app)  # after the control plane: joins its `agent` group
@@ -82,6 +86,9 @@ def _root(
         str | None,
         typer.Option("--password-file", help="File holding an encrypted repository's passphrase."),
     ] = None,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show the traceback of an error.")
+    ] = False,
 ) -> None:
     if password_file:
         os.environ["OPENBDR_PASSWORD_FILE"] = password_file
@@ -110,6 +117,33 @@ def repo_init(
 
     r = Repository.init(repo, encrypt=encrypt)
     out.print(f"created repository {r.id} at {r.url}")
+
+
+@repo_app.command("repair")
+def repo_repair(
+    repo: RepoOpt,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only say what would be done.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Rebuild damaged manifests from their indexes; remove bookkeeping nobody can read."""
+    from .store.objects.repair import repair
+    from .store.objects.repository import Repository
+
+    rep = repair(Repository.open(repo), dry_run=dry_run)
+    if json_out:
+        out.print_json(json.dumps(vars(rep)))
+    else:
+        verb = "would rebuild" if dry_run else "rebuilt"
+        for line in rep.rebuilt:
+            out.print(f"{verb} {line}", highlight=False, markup=False)
+        for line in rep.removed:
+            out.print(f"{'would remove' if dry_run else 'removed'} {line}", highlight=False)
+        for line in rep.failed:
+            err.print(f"cannot repair {line}", highlight=False, markup=False, soft_wrap=True)
+        if not (rep.rebuilt or rep.removed or rep.failed):
+            out.print("nothing to repair (damaged chunks: run `openbdr verify --deep`)")
+    if rep.failed:
+        raise typer.Exit(ExitCode.DAMAGED)
 
 
 @app.command("sync")
@@ -189,6 +223,9 @@ def sync_cmd(
         f"{_size(rec['size'])}, valid {_size(valid)}, read {_size(read)}, "
         f"stored {_size(stored)} in {point.duration_s:.1f} s ({rec['mode']})"
     )
+    for d in point.disks:
+        if d.fallback_reason:
+            out.print(f"  {d.name}: {d.mode}; fallback: {d.fallback_reason}")
 
 
 @app.command()
@@ -197,12 +234,19 @@ def points(
     host: Annotated[str | None, typer.Option("--host", "-H")] = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """List restore points."""
+    """List restore points (with --json, per disk: bytes valid, read, zero and stored, the
+    freeze windows and why a pass fell back, as `disk_stats`)."""
     from .store.target import open_target
 
     pts = open_target(repo).points(host)
     rows = [p.summary() for p in pts]
     if json_out:
+        from .control.mirror import point_json
+
+        for row, p in zip(rows, pts, strict=True):
+            row["disk_stats"] = [
+                {k: v for k, v in d.items() if k != "layout"} for d in point_json(p)["disks"]
+            ]
         out.print_json(json.dumps(rows))
         return
     table = Table(
@@ -211,7 +255,7 @@ def points(
     for r in rows:
         table.add_row(
             r["host"],
-            r["point"],
+            r["id"],
             r["created"],
             r["consistency"],
             r["status"],
@@ -299,7 +343,7 @@ def verify(
             + ("OK" if report.ok else f"{len(report.problems)} problem(s)")
         )
     if not report.ok:
-        raise typer.Exit(1)
+        raise typer.Exit(ExitCode.DAMAGED)
 
 
 @app.command()
@@ -307,19 +351,29 @@ def inspect(
     source: Annotated[str, typer.Argument(help="Disk image or block device.")],
     json_out: JsonOpt = False,
 ) -> None:
-    """Show a disk's partitions, file systems and used bytes."""
+    """Show a disk's partitions, file systems and used bytes, and what a sync reads."""
     from .capture.image import ImageDisk
-    from .volume import analyze, render_text
+    from .volume import render_text
 
     disk = ImageDisk("disk0", source, valid_only=True)
     try:
-        layout = analyze(disk.reader)
+        list(disk.extents())  # exactly what a full sync reads: valid data, holes left out
+        layout = disk.analysis
+        reads = disk.valid_bytes
     finally:
         disk.close()
     if json_out:
-        out.print_json(json.dumps(layout.to_json()))
-    else:
+        out.print_json(json.dumps({**(disk.layout or {}), "sync_valid_bytes": reads}))
+        return
+    if layout is not None:
         out.print(render_text(layout), highlight=False, markup=False)
+    out.print(
+        f"a full sync reads {_size(reads or 0)} ({reads} bytes: the valid data above that "
+        "is not a hole in the image; `sync` reports it as valid)",
+        highlight=False,
+    )
+    if disk.fallback_reason:
+        out.print(f"note: {disk.fallback_reason}", highlight=False, markup=False)
 
 
 key_app = typer.Typer(no_args_is_help=True, help="Passphrases (key slots) of an encrypted repository.")
@@ -412,7 +466,7 @@ def forget(
     policy = Policy(keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly)
     decisions = do_forget(open_target(repo), policy, host, dry_run=dry_run)
     rows = [
-        {"host": d.point.host, "point": d.point.id, "created": d.point.created,
+        {"host": d.point.host, "id": d.point.id, "created": d.point.created,
          "keep": d.keep, "reasons": d.reasons}
         for d in decisions
     ]
@@ -422,7 +476,7 @@ def forget(
     for row in rows:
         verdict = "keep  " if row["keep"] else ("would forget" if dry_run else "forget")
         why = ",".join(row["reasons"])
-        out.print(f"{verdict} {row['host']} {row['point']} {row['created']} {why}", highlight=False)
+        out.print(f"{verdict} {row['host']} {row['id']} {row['created']} {why}", highlight=False)
     gone = sum(not r["keep"] for r in rows)
     out.print(f"{len(rows) - gone} kept, {gone} {'to forget' if dry_run else 'forgotten'}")
 
@@ -467,17 +521,42 @@ def gc_cmd(
     )
 
 
-def main() -> None:
+def run(argv: list[str] | None = None) -> int:
+    """Run one command; every failure is one line on stderr and an exit code of the table
+    in docs/errors.md (a traceback only with --debug)."""
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args or os.environ.get("OPENBDR_DEBUG") == "1"
     try:
-        app()
+        app(args=args, prog_name="openbdr")
+    except SystemExit as exc:
+        code = exc.code
+        return code if isinstance(code, int) else (0 if code is None else ExitCode.FAILED)
     except OpenBDRError as exc:
+        if debug:
+            traceback.print_exc()
         err.print(f"openbdr: error: {exc}", highlight=False, markup=False, soft_wrap=True)
-        sys.exit(exc.exit_code)
+        return exc.exit_code
     except KeyboardInterrupt:
         err.print("openbdr: interrupted; a sync resumes from its checkpoint when run again")
-        sys.exit(130)
+        return 130
     except BrokenPipeError:
-        os._exit(1)
+        os._exit(ExitCode.FAILED)
+    except Exception as exc:
+        if debug:
+            traceback.print_exc()
+        err.print(
+            f"openbdr: internal error: {type(exc).__name__}: {exc} (a bug: please report it "
+            "with the output of the same command run as `openbdr --debug …`)",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
+        return ExitCode.FAILED
+    return ExitCode.OK
+
+
+def main() -> None:
+    sys.exit(run())
 
 
 if __name__ == "__main__":

@@ -10,7 +10,14 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import (
+    FIRST_COMPLETED,
+    Future,
+    ThreadPoolExecutor,
+    as_completed,
+    wait,
+)
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,6 +93,26 @@ def _open_target(path: Path, size: int, force: bool) -> tuple[int, bool, bool]:
     return fd, False, st is None
 
 
+def _in_pool(fn: Callable[[int], int], items: list[int], threads: int) -> Iterator[int]:
+    """`fn` over `items` with `threads` at work and a bounded queue; results as they come,
+    the first error raised once the running calls are done."""
+    with ThreadPoolExecutor(threads, thread_name_prefix="restore") as pool:
+        pending: set[Future[int]] = set()
+        it = iter(items)
+        try:
+            for i in it:
+                pending.add(pool.submit(fn, i))
+                if len(pending) >= threads * 2:
+                    finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    for f in finished:
+                        yield f.result()
+            for f in as_completed(pending):
+                yield f.result()
+        finally:
+            for f in pending:
+                f.cancel()
+
+
 def restore_disk(
     target: Target,
     point: RestorePoint,
@@ -115,11 +142,19 @@ def restore_disk(
                     os.pwrite(fd, ZERO_BLOCK[:span], i * BLOCK_SIZE)
                     writeback.wrote(span)
         done = disk.size - sum(block_span(i, disk.size) for i in blocks)
-        for i, data in reader.read_blocks(blocks, in_flight or reader.in_flight):
+
+        def fetch_and_write(i: int) -> int:
+            """Reads in flight and writes in parallel: a write stalled by the kernel's
+            dirty-page throttling must not stop the next fetches (a single writer made a
+            restore three times slower)."""
+            data = reader.read_block(i)
             os.pwrite(fd, data, i * BLOCK_SIZE)
-            writeback.wrote(len(data))
-            written += len(data)
-            done += len(data)
+            return len(data)
+
+        for n in _in_pool(fetch_and_write, blocks, in_flight or reader.in_flight):
+            writeback.wrote(n)
+            written += n
+            done += n
             if progress:
                 progress(done, disk.size)
         os.fsync(fd)

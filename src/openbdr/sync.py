@@ -130,7 +130,8 @@ class _DiskSync:
         self.writer = writer
         self.size = disk.size
         self.record = writer.record
-        self.record.fallback_reason = disk.fallback_reason
+        reasons = [writer.record.fallback_reason, disk.fallback_reason]
+        self.record.fallback_reason = "; ".join(r for r in reasons if r) or None
         self.zeros: list[Extent] = []
         self._parent: PointReader | None = None
 
@@ -203,7 +204,7 @@ class _DiskSync:
         run = self.run
         writer = self.writer
         results: queue.Queue[Any] = queue.Queue()
-        free = [bytearray(BLOCK_SIZE) for _ in range(run.options.threads * 2 + 2)]
+        free = [bytearray(BLOCK_SIZE) for _ in range(run.threads * 2 + 2)]
         in_flight = 0
 
         def task(i: int, buf: bytearray, data: memoryview) -> None:
@@ -232,7 +233,7 @@ class _DiskSync:
                 rec.stored_bytes += stored
                 rec.new_chunks += 1
 
-        with ThreadPoolExecutor(run.options.threads, thread_name_prefix="sync") as pool:
+        with ThreadPoolExecutor(run.threads, thread_name_prefix="sync") as pool:
             try:
                 for i, pieces, zeros in _merged_pieces(extents, self.zeros, self.size):
                     if writer.is_done(i):
@@ -293,6 +294,7 @@ class SyncRun:
         self.options = options
         self.progress = progress
         self.session: SyncSession  # set by run()
+        self.threads = options.threads
         self.total_bytes = 0
         self.done_bytes = 0
         self.reused_bytes = 0
@@ -361,6 +363,8 @@ class SyncRun:
         )
         with self.target.begin(host.name, write) as session:
             self.session = session
+            # a store with a round trip per put (S3) wants more puts in flight than cores
+            self.threads = max(self.options.threads, session.concurrency)
             latest, prev = session.latest, session.parent
             since = ChangeToken.from_json(prev.token) if prev else None
             self._phase("prepare")
@@ -428,8 +432,10 @@ class SyncRun:
         source = normalize(disk.extents())
         extents = normalize([*source, *session.repair_extents(disk.name, disk.size)])
         ds = _DiskSync(self, no, disk, writer)
-        if mode == "incremental":
+        if writer.mode == "incremental":
             ds.zeros = normalize(disk.zero_extents())
+        elif mode == "incremental":  # the target cannot build on the parent: all of it
+            extents = [Extent(0, disk.size)]
         valid = disk.valid_bytes
         ds.record.valid_bytes = int(total(source) if valid is None else valid)
         bad = ds.trust_but_verify(extents)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import subprocess
 import threading
@@ -25,6 +26,7 @@ from openbdr.store.target import Target, init_target
 from openbdr.sync import SyncOptions, disk_capture, sync
 from openbdr.volume import FileReader, analyze
 
+from ..conformance.sources import check_source
 from ..helpers import mounted
 from .tracing import WriteCounter
 
@@ -222,6 +224,10 @@ def test_live_ext4_points_are_the_snapshot_instant(
     freezes = [disk_capture(p.token, "disk0")["freezes"] for p in points]
     assert all(len(f) == 1 for f in freezes)
     assert [p.disks[0].mode for p in points] == ["full", "incremental", "incremental"]
+    # the mounted file system of the full pass was mapped by the kernel under the freeze
+    layout = points[0].disks[0].layout or {}
+    assert (layout.get("filesystem") or {}).get("mapped_by") == "kernel", layout
+    assert points[0].disks[0].fallback_reason is None
     prev_ref: Path | None = None
     for i, p in enumerate(points):
         ref = refs / f"ref{i}"
@@ -245,3 +251,26 @@ def test_live_ext4_points_are_the_snapshot_instant(
             assert _same_on(out, ref, listed) == []
         prev_ref = ref
 
+
+
+@pytest.mark.root
+def test_cow_volume_passes_the_source_conformance_suite(
+    volume: tuple[Path, str], tmp_path: Path
+) -> None:
+    """A COW volume is frozen and lists exact changes: each point equals its snapshot."""
+    root, dev = volume
+    host = cowvol.CowVolHost("conf", [cowvol.VolumeSpec("disk0", root)])
+    rng = random.Random(3)
+
+    def change(r: int) -> None:
+        fd = os.open(dev, os.O_WRONLY)
+        try:
+            os.pwrite(fd, rng.randbytes(3000), r * 7 * MiB + 512)  # less than a block
+            os.pwrite(fd, rng.randbytes(2 * MiB), 100 * MiB + r * MiB)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    change(0)
+    rounds = check_source(host, change, rounds=3)
+    assert all(d["incremental"] for info in rounds[1:] for d in info.values())

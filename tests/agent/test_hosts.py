@@ -6,7 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from openbdr.agent.config import ConfigError, credential_path, is_credential, load
+from openbdr.agent.config import (
+    ConfigError,
+    credential_path,
+    is_credential,
+    load,
+    remove_disk,
+    running_configs,
+)
 from openbdr.agent.hosts import open_host
 from openbdr.capture.linux.cowvol import CowVolHost
 from openbdr.capture.linux.snapdriver import DriverHost
@@ -77,3 +84,38 @@ def test_control_table_and_where_enrol_writes_the_credential(tmp_path: Path) -> 
         credential_path(tmp_path / "missing.toml")
     with pytest.raises(ConfigError, match=r"\[control\] takes only"):
         load(_cfg(tmp_path, '[control]\nserver = "http://x"\n' + disk))
+
+
+def test_remove_disk_keeps_the_rest_of_the_file(tmp_path: Path) -> None:
+    p = tmp_path / "agent.toml"
+    p.write_text(
+        'host = "h1"\nrepo = "/r"\n# disks below\n'
+        '[[disk]]\ndevice = "/dev/a"\n\n'  # unnamed: disk0
+        '[[disk]]\nname = "logs"\ndevice = "/dev/b"\nfreeze = false\n\n'
+        '[control]\ncredential = "/c.json"\n'
+    )
+    p.chmod(0o640)
+    remove_disk(p, "logs")
+    cfg = load(p)
+    assert [d.name for d in cfg.disks] == ["disk0"]
+    assert cfg.control is not None and "# disks below" in p.read_text()
+    assert p.stat().st_mode & 0o777 == 0o640
+    with pytest.raises(ConfigError, match="no \\[\\[disk\\]\\] named 'logs'"):
+        remove_disk(p, "logs")
+    remove_disk(p, "disk0")
+    assert "[[disk]]" not in p.read_text() and "[control]" in p.read_text()
+
+
+def test_clients_find_the_one_running_daemon(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                             ) -> None:  # fmt: skip
+    import json
+    import os
+
+    monkeypatch.setenv("OPENBDR_RUN_DIR", str(tmp_path))
+    (tmp_path / "agents").mkdir()
+    (tmp_path / "agents" / "1.json").write_text(json.dumps({"pid": 2**22 + 7, "config": "/x"}))
+    assert running_configs() == []  # a killed daemon's stale record
+    (tmp_path / "agents" / f"{os.getpid()}.json").write_text(
+        json.dumps({"pid": os.getpid(), "config": "/etc/a.toml"})
+    )
+    assert running_configs() == [Path("/etc/a.toml")]

@@ -30,7 +30,8 @@ VIEWER = {
         "/api/v1/policies/{name}", "/api/v1/hosts", "/api/v1/hosts/{name}", "/api/v1/points",
         "/api/v1/points/{host}/{point_id}", "/api/v1/jobs", "/api/v1/jobs/{job_id}",
         "/api/v1/jobs/{job_id}/logs", "/api/v1/alerts", "/api/v1/overview", "/api/v1/kinds",
-        "/metrics")
+        "/metrics", "/api/v1/platforms", "/api/v1/platforms/{name}",
+        "/api/v1/platforms/{name}/vms")
 }
 OPERATOR = {
     ("POST", "/api/v1/policies"), ("PATCH", "/api/v1/policies/{name}"),
@@ -39,7 +40,8 @@ OPERATOR = {
     ("POST", "/api/v1/hosts/{name}/sync"), ("POST", "/api/v1/jobs"),
     ("POST", "/api/v1/jobs/{job_id}/pause"), ("POST", "/api/v1/jobs/{job_id}/resume"),
     ("POST", "/api/v1/jobs/{job_id}/cancel"), ("POST", "/api/v1/alerts/{alert_id}/ack"),
-    ("POST", "/api/v1/targets/{name}/refresh"),
+    ("POST", "/api/v1/targets/{name}/refresh"), ("POST", "/api/v1/platforms/{name}/test"),
+    ("POST", "/api/v1/platforms/{name}/discover"), ("POST", "/api/v1/platforms/{name}/protect"),
 }
 ADMIN = {
     ("POST", "/api/v1/targets"), ("PATCH", "/api/v1/targets/{name}"),
@@ -48,6 +50,8 @@ ADMIN = {
     ("POST", "/api/v1/tokens"), ("DELETE", "/api/v1/tokens/{token_id}"),
     ("GET", "/api/v1/audit"), ("GET", "/api/v1/agents"),
     ("POST", "/api/v1/agents/enrolment-tokens"), ("DELETE", "/api/v1/agents/{agent_id}"),
+    ("POST", "/api/v1/platforms"), ("PATCH", "/api/v1/platforms/{name}"),
+    ("DELETE", "/api/v1/platforms/{name}"),
 }
 AGENT = {("POST", "/api/v1/agent/lease"), ("POST", "/api/v1/agent/jobs/{job_id}/heartbeat"),
          ("POST", "/api/v1/agent/jobs/{job_id}/finish")}

@@ -44,7 +44,7 @@ def test_upgrade_from_first_revision_keeps_data(catalog_url: str) -> None:
                 "(1, :p, :t, 'crash', 'ok', 0, :r, :s, 'none', 'full', 1.0, '[]', '{}')"),
                 {"p": f"p{k}", "t": utcnow(), "r": read, "s": stored})
     migrate(engine)
-    assert current_revision(engine) == "0004"
+    assert current_revision(engine) == "0005"
     factory = session_factory(engine)
     with factory() as s:
         host = s.scalar(select(Host).where(Host.name == "old"))

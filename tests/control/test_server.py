@@ -77,6 +77,8 @@ def test_pause_change_compression_resume(server: ServerProc, tmp_path: Path) -> 
     points = c.get("/points", params={"host": "web1"}).json()
     assert len(points) == 1 and points[0]["codec"] == "zstd"
     assert points[0]["freeze_s"] is None  # an image source freezes nothing
+    disk = points[0]["disks"][0]
+    assert disk["fallback_reason"] is None and disk["valid_bytes"] > 0, disk
     # the resumed run read only what was left (nothing resent)
     assert points[0]["read_bytes"] <= total - done_at_pause + (8 << 20)
     _restore_and_compare(c, tmp_path, image, points[0]["id"])

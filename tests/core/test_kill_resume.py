@@ -23,7 +23,7 @@ def test_sigkill_at_20_random_moments(tmp_path: Path) -> None:
     repo = str(tmp_path / "repo")
     openbdr("repo", "init", repo)
     openbdr("sync", "-r", repo, "-H", "h", "-c", "zstd", "--all-data", str(image))
-    first = json.loads(openbdr("points", "-r", repo, "--json").stdout)[0]["point"]
+    first = json.loads(openbdr("points", "-r", repo, "--json").stdout)[0]["id"]
     want_first = sha256(image)
     # the disk changes everywhere: the next sync must move ~56 MiB, slowly enough to be killed
     with open(image, "r+b") as f:
@@ -55,7 +55,7 @@ def test_sigkill_at_20_random_moments(tmp_path: Path) -> None:
         kills += rc == -signal.SIGKILL
         points = json.loads(openbdr("points", "-r", repo, "--json").stdout)
         committed_early += len(points) > 1
-        assert points[0]["point"] == first
+        assert points[0]["id"] == first
         restored = tmp_path / "first.img"
         openbdr("restore", "-r", repo, "-H", "h", "-p", first, "--to", str(restored), "--force")
         assert sha256(restored) == want_first

@@ -50,7 +50,7 @@ def _round_trip(tmp_path: Path, repo: str, extra: list[str], delete: bool) -> No
     assert len(points) == 2 and all(p["consistency"] == "crash" for p in points)
     # the incremental stored far less than the full
     assert points[1]["stored_bytes"] < points[0]["stored_bytes"] / 2
-    for point, ref in ((points[0]["point"], ref1), (points[1]["point"], image)):
+    for point, ref in ((points[0]["id"], ref1), (points[1]["id"], image)):
         out_img = tmp_path / f"restored-{point}.img"
         openbdr("restore", "-r", repo, "-H", "web01", "-p", point, "--to", str(out_img))
         assert sha256(out_img) == sha256(ref), f"point {point} differs from its source"
@@ -103,8 +103,8 @@ def test_disk_that_grows_and_shrinks(tmp_path: Path) -> None:
 
     points = json.loads(openbdr("points", "-r", repo, "--json").stdout)
     for p, want in zip(points, versions, strict=True):
-        out = tmp_path / f"{p['point']}.img"
-        openbdr("restore", "-r", repo, "-H", "h", "-p", p["point"], "--to", str(out))
+        out = tmp_path / f"{p['id']}.img"
+        openbdr("restore", "-r", repo, "-H", "h", "-p", p["id"], "--to", str(out))
         assert sha256(out) == want
     openbdr("verify", "-r", repo, "--deep")
 

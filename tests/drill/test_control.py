@@ -10,12 +10,12 @@ import pytest
 from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session
 
+from openbdr.control.drills import job_plan
 from openbdr.control.jobs import JobSpec
 from openbdr.control.models import Alert, Base, Host, Job, Point, Target, utcnow
 from openbdr.control.registry import kind
 from openbdr.control.worker import JobContext
 from openbdr.drill.accel import boot_sector
-from openbdr.drill.control import job_plan
 from openbdr.drill.plan import PlanError
 
 from ..helpers import openbdr
@@ -63,7 +63,7 @@ def test_worker_runs_the_drill_and_the_server_records_the_verdict(
     repo = str(tmp_path / "repo")
     openbdr("repo", "init", repo)
     openbdr("sync", "--all-data", "--repo", repo, "--host", "tiny", str(disk))
-    point_id = json.loads(openbdr("points", "--repo", repo, "--json").stdout)[0]["point"]
+    point_id = json.loads(openbdr("points", "--repo", repo, "--json").stdout)[0]["id"]
 
     k = kind("drill")
     passed = k.run(JobContext(_spec(repo, {"plan": TINY, "point": "latest"})))

@@ -198,13 +198,13 @@ def test_vm_drill_boots_from_the_repository_and_marks_the_point_verified(
 def _failed_drill(
     tmp_path: Path, img: Path, host: str, drill_env: dict[str, str]
 ) -> tuple[str, dict[str, Any]]:
-    """Sync `img` as `host`, drill it with the quick plan; the drill must fail (exit 2)."""
+    """Sync `img` as `host`, drill it with the quick plan; the drill must fail (exit 3)."""
     repo = _repo_with(tmp_path, img, host)
     plan = tmp_path / "plan.toml"
     plan.write_text(QUICK_PLAN)
     proc = openbdr("drill", "run", "--repo", repo, "--host", host, "--plan", str(plan),
                    "--json", check=False, env=drill_env, timeout=600)
-    assert proc.returncode == 2, proc.stderr
+    assert proc.returncode == 3, proc.stderr
     return repo, dict(json.loads(proc.stdout))
 
 

@@ -151,7 +151,7 @@ def test_wrong_passphrase_and_key_slots(tmp_path: Path) -> None:
     openbdr("--password-file", str(pw2), "repo", "key", "rotate-passphrase", "-r", str(repo),
             "--new-password-file", str(pw3), env=env)
     assert openbdr("points", "-r", str(repo), check=False,
-                   env=dict(env, OPENBDR_PASSWORD_FILE=str(pw2))).returncode == 2
+                   env=dict(env, OPENBDR_PASSWORD_FILE=str(pw2))).returncode == 7
     slots = openbdr("--password-file", str(pw3), "repo", "key", "list", "-r", str(repo), env=env)
     assert len(slots.stdout.strip().splitlines()) == 2
     mine = next(ln.split()[1] for ln in slots.stdout.splitlines() if ln.startswith("*"))
@@ -161,7 +161,7 @@ def test_wrong_passphrase_and_key_slots(tmp_path: Path) -> None:
                    check=False, env=env)
     assert proc.returncode != 0 and "last one" in proc.stderr
     assert openbdr("points", "-r", str(repo), check=False,
-                   env=dict(env, OPENBDR_PASSWORD_FILE=str(pw1))).returncode == 2
+                   env=dict(env, OPENBDR_PASSWORD_FILE=str(pw1))).returncode == 7
     openbdr("--password-file", str(pw3), "restore", "-r", str(repo), "-H", "h",
             "--to", str(tmp_path / "r.img"), env=env)
     assert sha256(tmp_path / "r.img") == sha256(image)

@@ -117,6 +117,6 @@ def test_scrub_samples_marks_damage_and_sync_repairs(tmp_path: Path) -> None:
     pts = json.loads(openbdr("points", "-r", url, "--json").stdout)
     assert [p["status"] for p in pts] == ["ok", "ok"]  # the old point is repaired too
     for p in pts:
-        out = tmp_path / f"{p['point']}.img"
-        openbdr("restore", "-r", url, "-H", "h", "-p", p["point"], "--to", str(out))
+        out = tmp_path / f"{p['id']}.img"
+        openbdr("restore", "-r", url, "-H", "h", "-p", p["id"], "--to", str(out))
         assert sha256(out) == sha256(image)

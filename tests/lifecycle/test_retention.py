@@ -78,13 +78,13 @@ def test_forget_and_protect_cli(tmp_path: Path) -> None:
         image.write_bytes(os.urandom(1 << 20) + bytes([i]) * 1000)
         shas.append(sha256(image))
         openbdr("sync", "-r", repo, "-H", "h", "--all-data", str(image))
-    pts = [p["point"] for p in json.loads(openbdr("points", "-r", repo, "--json").stdout)]
+    pts = [p["id"] for p in json.loads(openbdr("points", "-r", repo, "--json").stdout)]
     openbdr("protect", "-r", repo, "-H", "h", "-p", pts[0])
     dry = json.loads(openbdr("forget", "-r", repo, "--keep-last", "1", "--dry-run", "--json").stdout)
-    assert {r["point"] for r in dry["points"] if r["keep"]} == {pts[0], pts[3]}
+    assert {r["id"] for r in dry["points"] if r["keep"]} == {pts[0], pts[3]}
     assert len(json.loads(openbdr("points", "-r", repo, "--json").stdout)) == 4  # dry run
     openbdr("forget", "-r", repo, "--keep-last", "1")
-    left = [p["point"] for p in json.loads(openbdr("points", "-r", repo, "--json").stdout)]
+    left = [p["id"] for p in json.loads(openbdr("points", "-r", repo, "--json").stdout)]
     assert left == [pts[0], pts[3]]
     assert not list((tmp_path / "repo" / "indexes").glob(f"{pts[1]}/*"))
     proc = openbdr("forget", "-r", repo, check=False)

@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from ..control.conftest import ServerProc
+from ..helpers import ROOT
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -32,7 +33,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc]:
     base = tmp_path_factory.mktemp("web")
     srv = ServerProc(base / "data", f"sqlite:///{base / 'catalog.db'}",
                      ["--tick", "0.5", "--lease-ttl", "4", "--workers", "2", "--no-scheduler"])
-    srv.start()
+    with pytest.MonkeyPatch.context() as env:  # the platforms page's fake platform type
+        env.setenv("OPENBDR_PLUGINS", "tests.control.fakeplatform")
+        env.setenv("PYTHONPATH", f"{ROOT}:{os.environ.get('PYTHONPATH', '')}")
+        srv.start()
     try:
         with srv.client() as c:
             for role, password in PASSWORDS.items():

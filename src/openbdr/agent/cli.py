@@ -46,10 +46,26 @@ def _config(given: Path | None) -> Path:
     return DEFAULT_CONFIG
 
 
+def _client_config(given: Path | None) -> Path:
+    """The configuration of the agent to talk to: the one given (--config or
+    OPENBDR_AGENT_CONFIG), else the default file, else that of the one daemon running here."""
+    from .config import running_configs
+
+    if given is not None or DEFAULT_CONFIG.exists() or LEGACY_CREDENTIAL.exists():
+        return _config(given)
+    running = list(dict.fromkeys(running_configs()))
+    if len(running) > 1:
+        raise OpenBDRError(
+            f"{len(running)} agents run here and {DEFAULT_CONFIG} does not exist",
+            "name one with --config: " + ", ".join(str(p) for p in running),
+        )
+    return running[0] if running else DEFAULT_CONFIG
+
+
 def _socket(config: Path | None) -> str:
     from .config import load
 
-    return str(load(_config(config)).socket)
+    return str(load(_client_config(config)).socket)
 
 
 def run(
@@ -125,6 +141,44 @@ def status(config: ConfigOpt = None) -> None:
     typer.echo(json.dumps(request(_socket(config), "status", timeout=30), indent=1))
 
 
+def unprotect(
+    disk: Annotated[str, typer.Argument(help="The disk's name in the configuration.")],
+    config: ConfigOpt = None,
+) -> None:
+    """Stop protecting DISK: tracking ends, what the agent made for it is removed (its
+    tracefs instance, tracking state, staging files) and its [[disk]] table leaves the
+    configuration. Its restore points stay (remove them with `openbdr forget`)."""
+    from ..capture.linux.source import AgentHost
+    from .config import load, remove_disk
+    from .daemon import request
+    from .hosts import open_host
+
+    path = _client_config(config)
+    cfg = load(path)
+    try:
+        reply = request(str(cfg.socket), "unprotect", timeout=3600, disk=disk)
+        if not reply.get("ok"):
+            raise OpenBDRError(f"unprotect {disk}: {reply.get('error')}")
+        removed = list(reply.get("removed") or [])
+    except OpenBDRError as exc:
+        if not str(exc).startswith("no agent listens"):
+            raise
+        host = open_host(cfg)  # the daemon is not running: clean up here
+        if not isinstance(host, AgentHost):
+            raise OpenBDRError(
+                "unprotect handles traced disks",
+                "detach a copy-on-write volume with `openbdr agent volume detach`",
+            ) from None
+        removed = host.unprotect(disk)
+    remove_disk(path, disk)
+    for what in removed:
+        typer.echo(f"removed {what}")
+    typer.echo(f"disk {disk} is no longer protected; its [[disk]] table left {path}")
+    if len(cfg.disks) + len(cfg.volumes) == 1:
+        typer.echo(f"{path} lists no disks now: the agent will not start until one is added",
+                   err=True)  # fmt: skip
+
+
 volume_app = typer.Typer(
     no_args_is_help=True,
     help="Copy-on-write volumes: disks this agent creates, with instant snapshots.",
@@ -184,4 +238,5 @@ def register(app: typer.Typer) -> None:
     agent_app.command("enrol")(enrol)
     agent_app.command("sync")(sync_now)
     agent_app.command("status")(status)
+    agent_app.command("unprotect")(unprotect)
     agent_app.add_typer(volume_app, name="volume")

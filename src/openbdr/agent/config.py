@@ -24,7 +24,9 @@ device = "/dev/sda"
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -228,3 +230,44 @@ def load(path: str | Path) -> AgentConfig:
         cow_dirs=cow_dirs,
         control=_control(raw, p),
     )
+
+
+def remove_disk(path: str | Path, name: str) -> None:
+    """Delete the `[[disk]]` table named `name` from the configuration file, keeping the
+    rest as written (comments too); the file is replaced atomically."""
+    p = Path(path)
+    lines = p.read_text().splitlines(keepends=True)
+    starts = [i for i, ln in enumerate(lines) if ln.strip().startswith("[")]
+    for k, i in enumerate(starts):
+        if lines[i].strip() != "[[disk]]":
+            continue
+        end = starts[k + 1] if k + 1 < len(starts) else len(lines)
+        table = tomllib.loads("".join(lines[i + 1 : end]))
+        index = sum(1 for j in starts[:k] if lines[j].strip() == "[[disk]]")
+        if str(table.get("name") or f"disk{index}") == name:
+            break
+    else:
+        raise ConfigError(f"{p}: no [[disk]] named {name!r}")
+    text = "".join(lines[:i] + lines[end:])
+    tmp = p.with_name(p.name + ".tmp")
+    tmp.write_text(text)
+    os.chmod(tmp, p.stat().st_mode & 0o7777)
+    os.replace(tmp, p)
+
+
+def run_dir() -> Path:
+    """Where running daemons say which configuration they use (one file per process)."""
+    return Path(os.environ.get("OPENBDR_RUN_DIR", "/run/openbdr")) / "agents"
+
+
+def running_configs() -> list[Path]:
+    """Configurations of the agent daemons running on this machine."""
+    out = []
+    for f in sorted(run_dir().glob("*.json")):
+        try:
+            rec = json.loads(f.read_text())
+            os.kill(int(rec["pid"]), 0)
+        except (OSError, ValueError, KeyError):
+            continue  # a daemon that was killed: its record is stale
+        out.append(Path(rec["config"]))
+    return out

@@ -21,13 +21,15 @@ import socketserver
 import threading
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+from ..capture.linux import served
+from ..capture.linux.source import AgentHost
 from ..errors import OpenBDRError
 from ..store.target import open_target
 from ..sync import SyncOptions, disk_capture, sync
-from . import control
-from .config import AgentConfig
+from .config import AgentConfig, run_dir
 from .hosts import AnyHost, open_host
 
 log = logging.getLogger(__name__)
@@ -115,6 +117,33 @@ class Agent:
             "control": None if self.puller is None else self.puller.describe(),
         }
 
+    def unprotect(self, disk: str) -> dict[str, Any]:
+        """Stop tracking `disk` and remove what the agent made for it (after a running
+        sync). The configuration file is edited by the caller."""
+        if not isinstance(self.host, AgentHost):
+            return {
+                "ok": False,
+                "error": "unprotect handles traced disks; detach a copy-on-write volume with "
+                "`openbdr agent volume detach`, a driver snapshot with the driver's tool",
+            }
+        with self.sync_lock:
+            try:
+                removed = self.host.unprotect(disk)
+            except OpenBDRError as exc:
+                return {"ok": False, "error": str(exc)}
+        log.info("disk %s unprotected: %s", disk, "; ".join(removed) or "nothing to remove")
+        return {"ok": True, "disk": disk, "removed": removed}
+
+    def _record(self) -> Path:
+        """Say which configuration this daemon uses, so `agent sync|status` find it."""
+        d = run_dir()
+        d.mkdir(parents=True, exist_ok=True)
+        f = d / f"{os.getpid()}.json"
+        rec = {"pid": os.getpid(), "config": str(self.config.path.resolve()),
+               "socket": str(self.config.socket)}  # fmt: skip
+        f.write_text(json.dumps(rec))
+        return f
+
     # -- serving ----------------------------------------------------------------------
     def _handle(self, req: dict[str, Any]) -> dict[str, Any]:
         cmd = req.get("cmd")
@@ -122,6 +151,8 @@ class Agent:
             return self.sync()
         if cmd == "status":
             return self.status()
+        if cmd == "unprotect":
+            return self.unprotect(str(req.get("disk")))
         return {"ok": False, "error": f"unknown command {cmd!r}"}
 
     def _serve(self) -> None:
@@ -167,12 +198,14 @@ class Agent:
 
             self.puller = JobPuller(link.credential, link.workers, link.poll)
         self.host.start()
+        record: Path | None = None
         try:
             self._serve()
+            record = self._record()
             log.info("agent for host %s up: %s", self.config.host, self.host.describe())
             interval = self.config.interval
             if self.puller is not None:
-                control.serve(self.host, self.sync_lock)
+                served.serve(self.host, self.sync_lock)
                 self.puller.start()
                 if interval > 0:
                     log.info("enrolled: the server's policy schedules syncs, not interval")
@@ -186,11 +219,13 @@ class Agent:
         finally:
             if self.puller is not None:  # running jobs stop at a checkpoint, reported
                 self.puller.stop()
-                control.withdraw(self.host.name)
+                served.withdraw(self.host.name)
             if self._server is not None:
                 self._server.shutdown()
                 self._server.server_close()
                 self.config.socket.unlink(missing_ok=True)
+            if record is not None:
+                record.unlink(missing_ok=True)
             with self.sync_lock:  # let a running sync finish before the trackers stop
                 self.host.stop()
             log.info("agent stopped")
@@ -200,7 +235,7 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def request(sock_path: str, cmd: str, timeout: float = 3600.0) -> dict[str, Any]:
+def request(sock_path: str, cmd: str, timeout: float = 3600.0, **kw: Any) -> dict[str, Any]:
     """Send one command to a running agent and return its answer."""
     s = socket.socket(socket.AF_UNIX)
     s.settimeout(timeout)
@@ -211,7 +246,7 @@ def request(sock_path: str, cmd: str, timeout: float = 3600.0) -> dict[str, Any]
             f"no agent listens on {sock_path}", "start it: openbdr agent run --config FILE"
         ) from None
     try:
-        s.sendall(json.dumps({"cmd": cmd}).encode() + b"\n")
+        s.sendall(json.dumps({"cmd": cmd, **kw}).encode() + b"\n")
         data = b""
         while not data.endswith(b"\n"):
             part = s.recv(65536)

@@ -23,6 +23,7 @@ from typing import Any
 
 from ..errors import SourceError
 from ..extents import Extent, clip, intersect, normalize
+from ..volume.model import DiskLayout
 from ..volume.reader import FileReader
 from .base import BlockReader, ChangeToken, DiskSnapshot, Host, Snapshot
 from .registry import SourceType, register_source
@@ -115,6 +116,8 @@ class ImageDisk(DiskSnapshot):
         self._probe_readable()
         self.valid_only = valid_only
         self.layout: dict[str, Any] | None = None
+        #: the partition table and file systems found by the last `extents()`
+        self.analysis: DiskLayout | None = None
         self.valid_bytes = self.size
 
     def _probe_readable(self) -> None:
@@ -132,7 +135,19 @@ class ImageDisk(DiskSnapshot):
         if not self.valid_only:
             self.valid_bytes = sum(e.length for e in present)
             return present
-        valid, self.layout = valid_data(self.reader, present, self.path)
+        from .replay import analyze_replayed
+
+        layout = analyze_replayed(self.reader, self.path)
+        self.analysis = layout
+        self.layout = layout.to_json()
+        why = layout.fallbacks()
+        if why:
+            self.fallback_reason = "; ".join(
+                filter(None, [self.fallback_reason, "valid data: " + "; ".join(why)])
+            )
+        for note in layout.notes:
+            log.info("%s: %s", self.path, note)
+        valid = intersect(present, clip(layout.valid_extents, self.size))
         self.valid_bytes = sum(e.length for e in valid)
         return valid
 

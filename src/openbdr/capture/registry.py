@@ -17,7 +17,12 @@ from ..errors import OpenBDRError
 from .base import Host
 
 #: modules that register source types when imported (each imports only what it needs)
-BUILTIN = ["openbdr.capture.image", "openbdr.capture.openstack"]
+BUILTIN = [
+    "openbdr.capture.image",
+    "openbdr.capture.synthetic",
+    "openbdr.capture.linux.served",
+    "openbdr.capture.openstack",
+]
 
 
 class UnknownSource(OpenBDRError):
@@ -37,21 +42,14 @@ class SourceType:
 
 
 SOURCES: dict[str, SourceType] = {}
-_extra: list[str] = []
 
 
 def register_source(source: SourceType) -> None:
     SOURCES[source.name] = source
 
 
-def add_module(name: str) -> None:
-    """A module (a plug-in, or a layer above) whose import registers more source types."""
-    if name not in _extra:
-        _extra.append(name)
-
-
 def _load() -> None:
-    for name in BUILTIN + _extra:
+    for name in BUILTIN:
         importlib.import_module(name)
 
 

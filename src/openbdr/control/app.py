@@ -23,7 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import func, select
 
 from .. import __version__
-from . import apierrors, routes_admin, routes_catalog, routes_jobs
+from . import apierrors, routes_admin, routes_catalog, routes_jobs, routes_platforms
 from .auth import DB, require
 from .crypto import SecretBox, digest, new_token
 from .db import make_engine, migrate, session_factory, transaction
@@ -169,6 +169,7 @@ def create_app(config: ServerConfig, svc: Services | None = None,
     app.include_router(routes_admin.router)
     app.include_router(routes_catalog.router)
     app.include_router(routes_jobs.router)
+    app.include_router(routes_platforms.router)
     from ..web import install as install_console
 
     install_console(app)  # the web console: `/`, `/console/…`, `/api/v1/console/…`

@@ -169,15 +169,34 @@ def _source(spec: str) -> dict[str, Any]:
 @host_app.command("add")
 def host_add(
     name: str,
-    source: Annotated[str, typer.Option("--source", help="image:/path[,…] or JSON.")],
     target: Annotated[str, typer.Option("--target")],
+    source: Annotated[str | None, typer.Option("--source", help="image:/path[,…] or JSON.")]
+    = None,
     policy: Annotated[str | None, typer.Option("--policy")] = None,
     pool: Annotated[str | None, typer.Option("--pool", help="Agent pool running its jobs.")]
     = None,
+    platform: Annotated[str | None, typer.Option(
+        "--platform", help="A VM of this platform (agentless; with --vm).")] = None,
+    vm: Annotated[str | None, typer.Option("--vm", help="The VM's id or unique name.")] = None,
 ) -> None:
-    """Protect a host: its source, target and policy."""
-    h = client().post("/hosts", {"name": name, "source": _source(source), "target": target,
-                                 "policy": policy, "pool": pool})
+    """Protect a host: its source (or a platform's VM), target and policy."""
+    if (platform is None) != (vm is None) or (platform is None) == (source is None):
+        raise OpenBDRError(f"host {name}: give --source, or --platform and --vm",
+                           "e.g. --source image:/var/lib/images/web1.img, or "
+                           "--platform kvm1 --vm web1")
+    body: dict[str, Any] = {"name": name, "target": target, "policy": policy, "pool": pool}
+    if platform is not None:
+        body.update(platform=platform, vm=vm)
+        c = client()
+        c.http.timeout = 120  # a VM not in the last discovery: the server discovers again
+    else:
+        body["source"] = _source(source or "")
+        c = client()
+    h = c.post("/hosts", body)
+    if h.get("platform"):
+        out.print(f"host {h['name']} added: VM {h['vm']} of platform {h['platform']} "
+                  f"({h['status']['protection']})")
+        return
     out.print(f"host {h['name']} added ({h['status']['protection']})")
 
 
@@ -440,3 +459,6 @@ def register(app: typer.Typer) -> None:
     app.add_typer(point_app, name="point")
     app.add_typer(alert_app, name="alert")
     app.add_typer(user_app, name="user")
+    from .cli_platforms import platform_app
+
+    app.add_typer(platform_app, name="platform")

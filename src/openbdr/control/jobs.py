@@ -13,7 +13,7 @@ States: queued → running → succeeded | failed; running → pausing → pause
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -25,6 +25,7 @@ from . import alerts
 from .crypto import SecretBox
 from .db import transaction
 from .models import Host, Job, JobLog, Policy, Target, utcnow
+from .platforms import host_pool, host_source, job_platform
 from .registry import kind as job_kind
 
 log = logging.getLogger(__name__)
@@ -56,13 +57,16 @@ class JobSpec:
     policy: dict[str, Any]
     first_started: str | None
     lease_ttl: float
+    #: a platform job's platform (type, endpoint, credentials, options): only in the spec
+    platform: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> JobSpec:
-        return cls(**data)
+        known = {f.name for f in fields(cls)}  # a newer server's extra fields are ignored
+        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 def policy_json(policy: Policy | None) -> dict[str, Any]:
@@ -101,7 +105,10 @@ class JobQueue:
         params: dict[str, Any] | None = None,
         created_by: str = "scheduler",
         priority: int = 0,
+        pool: str | None = None,
     ) -> Job:
+        """`pool`: where a job without a host runs (a platform's proxies); a host's jobs
+        run where the host's pool (or its platform's) says."""
         jk = job_kind(kind)
         if jk.needs_host and host is None:
             raise JobError(f"a {kind} job needs a host", "give the host's name")
@@ -121,7 +128,7 @@ class JobQueue:
             state="queued",
             host_id=host.id if host else None,
             target_id=(host.target_id if host else target.id if target else None),
-            pool=host.pool if host else None,
+            pool=host_pool(session, host) if host else pool,
             params=params or {},
             progress={},
             result={},
@@ -178,7 +185,7 @@ class JobQueue:
             kind=job.kind,
             attempt=job.attempts,
             params=dict(job.params),
-            host={"name": host.name, "source": host.source} if host else None,
+            host={"name": host.name, "source": host_source(s, host, self.box)} if host else None,
             target=(
                 {"name": target.name, "url": target.url, "secrets": self.box.open(target.secrets)}
                 if target
@@ -187,6 +194,7 @@ class JobQueue:
             policy=policy_json(policy),
             first_started=job.first_started.isoformat() if job.first_started else None,
             lease_ttl=self.lease_ttl,
+            platform=job_platform(s, job, self.box),
         )
 
     def _owned(self, s: Session, job_id: int, worker: str) -> Job:
@@ -257,6 +265,10 @@ class JobQueue:
             else:
                 job.state = "failed"
                 job.error = error or "failed"
+                job.result = result or {}
+                failed = job_kind(job.kind).on_failure
+                if failed is not None:
+                    failed(s, job, job.error)
                 alerts.open_alert(
                     s,
                     "job_failed",

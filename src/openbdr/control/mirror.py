@@ -46,6 +46,7 @@ def point_json(p: RestorePoint) -> dict[str, Any]:
                 "zero_bytes": d.zero_bytes,
                 "stored_bytes": d.stored_bytes,
                 "mode": d.mode,
+                "fallback_reason": d.fallback_reason,
                 "layout": d.layout,
                 "freezes_s": _freeze_windows(disk_capture(p.token, d.name)),
             }

@@ -103,6 +103,31 @@ class Policy(Base):
     created: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class Platform(Base):
+    """A hypervisor or cloud endpoint through which agentless hosts are discovered and read.
+
+    `credentials` is sealed JSON (like target secrets): opened only to put it into the job
+    spec a worker or sync proxy leases, never returned by the API."""
+
+    __tablename__ = "platforms"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    #: a type of `capture.platform`: libvirt, openstack, aws, vmware, oci, fusioncompute
+    type: Mapped[str] = mapped_column(String(64))
+    endpoint: Mapped[str] = mapped_column(String(1024))
+    credentials: Mapped[str | None] = mapped_column(Text, nullable=True)
+    options: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    #: sync proxies of this pool reach the platform; None = the server's embedded workers
+    pool: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    created: Mapped[datetime] = mapped_column(default=utcnow)
+    last_test: Mapped[datetime | None] = mapped_column(nullable=True)
+    last_test_ok: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    last_test_message: Mapped[str | None] = mapped_column(Text, nullable=True)
+    last_discovery: Mapped[datetime | None] = mapped_column(nullable=True)
+    #: the VMs of the last discovery (ids, names, disks, power state)
+    vms: Mapped[list[Any]] = mapped_column(default=list)
+
+
 class Host(Base):
     __tablename__ = "hosts"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -121,6 +146,12 @@ class Host(Base):
     #: reported: Prometheus counters, which must not fall when retention forgets points
     read_bytes_total: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     stored_bytes_total: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    #: an agentless host: a VM of this platform (its source spec gets the platform's
+    #: endpoint and credentials only in the job spec a worker leases)
+    platform_id: Mapped[int | None] = mapped_column(
+        ForeignKey("platforms.id"), nullable=True, index=True
+    )
+    vm: Mapped[str | None] = mapped_column(String(256), nullable=True)
 
 
 class Job(Base):

@@ -30,10 +30,10 @@ log = logging.getLogger(__name__)
 #: modules that register job kinds or sources when they exist (others' packages)
 PLUGINS = [
     "openbdr.control.runners",
-    "openbdr.drill.control",
+    "openbdr.control.platform_jobs",
+    "openbdr.control.drills",
     "openbdr.retention.control",
     "openbdr.gc.control",
-    "openbdr.agent.control",
 ]
 
 __all__ = ["KINDS", "SOURCES", "JobKind", "SourceType", "UnknownKind", "kind", "source_type"]
@@ -54,6 +54,8 @@ class JobKind:
     exclusive: bool = False
     #: runs in the server after success, inside the finishing transaction
     on_success: Callable[[Session, Job, dict[str, Any]], None] | None = None
+    #: runs in the server after a failure (the error line), inside the finishing transaction
+    on_failure: Callable[[Session, Job, str], None] | None = None
     description: str = ""
 
 

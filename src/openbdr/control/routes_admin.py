@@ -14,6 +14,7 @@ from .auth import DB, Admin, Operator, Principal, Viewer, audit, principal, serv
 from .crypto import check_password, digest, hash_password, new_token
 from .jobs import ACTIVE
 from .models import Agent, Alert, ApiToken, AuditEntry, Host, Job, Point, Policy, User, utcnow
+from .platforms import platform_types
 from .registry import KINDS, SOURCES, load_plugins
 from .schemas import (
     AlertOut,
@@ -235,4 +236,6 @@ def kinds(_p: Viewer) -> dict[str, Any]:
                  for k, v in sorted(KINDS.items())},
         "sources": {k: {"description": v.description, "fields": v.fields}
                     for k, v in sorted(SOURCES.items())},
+        "platforms": {k: {"description": v.description, "credentials": v.credentials,
+                          "options": v.options} for k, v in sorted(platform_types().items())},
     }

@@ -14,8 +14,10 @@ from .apierrors import RESPONSES, ApiError, not_found
 from .auth import DB, Admin, Operator, Viewer, audit, services
 from .mirror import refresh_target
 from .models import Host, Job, Point, Policy, Target, utcnow
+from .platforms import platform_types
 from .registry import source_type
 from .schemas import (
+    ErrorBody,
     HostIn,
     HostOut,
     HostPatch,
@@ -66,7 +68,7 @@ def list_targets(s: DB, _p: Viewer) -> list[dict[str, Any]]:
 def _check_root(url: str, svc: Any) -> None:
     """Keep local repositories inside the directories the server was given (if any)."""
     roots = svc.extra.get("repository_roots") or ()
-    if not roots or url.startswith("s3://"):
+    if not roots or url.startswith(("s3://", "gateway://")):
         return
     path = Path(url.removeprefix("file://")).resolve()
     if not any(path.is_relative_to(r) for r in roots):
@@ -221,8 +223,23 @@ def list_hosts(
     return host_rows(s, hosts)
 
 
-@router.post("/hosts", response_model=HostOut, status_code=201, tags=["hosts"])
-def add_host(body: HostIn, s: DB, p: Operator) -> dict[str, Any]:
+@router.post("/hosts", response_model=HostOut, status_code=201, tags=["hosts"],
+             responses={502: {"model": ErrorBody, "description": "discovering the VM failed"},
+                        504: {"model": ErrorBody, "description": "discovering the VM timed out"}})
+def add_host(body: HostIn, s: DB, p: Operator, svc: Svc) -> dict[str, Any]:
+    """A host with a `source`, or a VM of a platform (`platform` and `vm`)."""
+    if body.platform is not None or body.vm is not None:
+        from .routes_platforms import add_platform_host
+
+        return add_platform_host(body, s, p, svc)
+    if body.source is None:
+        raise ApiError(422, "invalid", f"host {body.name}: no source",
+                       'give a source ({"type": …}), or a platform and a VM')
+    if str(body.source.get("type")) in platform_types():
+        raise ApiError(400, "bad_request", f"host {body.name}: source type "
+                       f"{body.source.get('type')!r} is a platform's",
+                       "add the platform (POST /platforms), then the host with `platform` and "
+                       "`vm` (openbdr host add NAME --platform P --vm VM)")
     source_type(body.source).validate(body.source)
     target = target_by_name(s, body.target)
     policy = policy_by_name(s, body.policy) if body.policy else None
@@ -246,6 +263,9 @@ def patch_host(name: str, body: HostPatch, s: DB, p: Operator) -> dict[str, Any]
     h = host_by_name(s, name)
     changed = body.model_dump(exclude_unset=True)
     if body.source is not None:
+        if h.platform_id is not None:
+            raise ApiError(400, "bad_request", f"host {name} is a VM of a platform: its "
+                           "source is the platform's", "remove the host and add it again")
         source_type(body.source).validate(body.source)
         h.source = body.source
     if body.target is not None:

@@ -87,6 +87,9 @@ def list_jobs(
 @router.post("/jobs", response_model=JobOut, status_code=201, tags=["jobs"])
 def start_job(body: JobIn, s: DB, p: Operator, svc: Svc) -> dict[str, Any]:
     """Start any installed job kind (sync, restore, verify, and drill/gc when installed)."""
+    if body.kind.startswith("platform-"):
+        raise ApiError(400, "bad_request", f"a {body.kind} job is started through its platform",
+                       f"POST /api/v1/platforms/{{name}}/{body.kind.removeprefix('platform-')}")
     host = host_by_name(s, body.host) if body.host else None
     target = target_by_name(s, body.target) if body.target else None
     job = svc.queue.enqueue(s, body.kind, host=host, target=target, params=body.params,

@@ -20,6 +20,7 @@ from ..sync import Progress, SyncOptions, sync
 from . import alerts
 from .mirror import point_json, upsert_point
 from .models import Host, Job, Point, utcnow
+from .platforms import sync_failed, sync_succeeded
 from .registry import JobKind, register_kind
 from .worker import JobContext, JobStopped
 
@@ -102,6 +103,7 @@ def run_sync(ctx: JobContext) -> dict[str, Any]:
 def sync_done(s: Session, job: Job, result: dict[str, Any]) -> None:
     host = s.get(Host, job.host_id) if job.host_id else None
     if host is not None and result.get("point"):
+        sync_succeeded(s, host, job, result["point"])  # compares with host.disks: first
         upsert_point(s, host, result["point"])
 
 
@@ -183,6 +185,7 @@ def verify_done(s: Session, job: Job, result: dict[str, Any]) -> None:
 
 
 register_kind(JobKind("sync", run_sync, exclusive=True, on_success=sync_done,
+                      on_failure=sync_failed,
                       description="copy the host's disks to a new restore point"))
 register_kind(JobKind("restore", run_restore,
                       description="write a restore point's disks to files or devices"))

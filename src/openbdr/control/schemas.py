@@ -77,9 +77,9 @@ class TokenIn(Strict):
 # -- targets ----------------------------------------------------------------------
 def _target_url(url: str | None) -> str | None:
     """A repository URL must not depend on the server's working directory."""
-    if url is None or url.startswith("s3://") or url.startswith("/") or url.startswith("file:///"):
+    if url is None or url.startswith(("s3://", "gateway://", "/", "file:///")):
         return url
-    raise ValueError("must be an absolute directory path or s3://bucket/prefix")
+    raise ValueError("must be an absolute directory path, s3://bucket/prefix or gateway://host")
 
 
 TargetUrl = Annotated[str, AfterValidator(_target_url)]
@@ -88,7 +88,7 @@ TargetUrl = Annotated[str, AfterValidator(_target_url)]
 class TargetIn(Strict):
     name: str = Name
     url: TargetUrl = Field(
-        min_length=1, max_length=1024, description="absolute directory path or s3://bucket/prefix"
+        min_length=1, max_length=1024, description="absolute directory path, s3://bucket/prefix or gateway://host:port"
     )
     secrets: dict[str, str] | None = Field(
         default=None, description="e.g. AWS_ACCESS_KEY_ID…; encrypted at rest, never returned"
@@ -161,7 +161,13 @@ class PolicyOut(BaseModel):
 # -- hosts ------------------------------------------------------------------------
 class HostIn(Strict):
     name: str = Name
-    source: dict[str, Any] = Field(description='{"type": "image", "paths": [...]}; see /kinds')
+    source: dict[str, Any] | None = Field(
+        default=None, description='{"type": "image", "paths": [...]}; see /kinds. '
+        "None for a VM of a platform (give `platform` and `vm`)")
+    platform: str | None = Field(default=None, pattern=NAME, max_length=128,
+                                 description="an agentless host: a VM of this platform")
+    vm: str | None = Field(default=None, min_length=1, max_length=256,
+                           description="the VM's platform id or its (unique) name")
     target: str = Name
     policy: str | None = Field(default=None, pattern=NAME, max_length=128)
     pool: str | None = Field(
@@ -223,6 +229,8 @@ class HostOut(BaseModel):
     disks: list[dict[str, Any]]
     created: datetime
     status: HostStatus
+    platform: str | None = None
+    vm: str | None = None
 
 
 # -- jobs -------------------------------------------------------------------------
@@ -369,6 +377,88 @@ class FinishIn(Strict):
 class KindsOut(BaseModel):
     jobs: dict[str, dict[str, Any]]
     sources: dict[str, dict[str, Any]]
+    platforms: dict[str, dict[str, Any]] = {}
+
+
+# -- platforms --------------------------------------------------------------------
+class PlatformIn(Strict):
+    name: str = Name
+    type: str = Field(min_length=1, max_length=64,
+                      description="libvirt, openstack, aws, vmware, oci, fusioncompute; see /kinds")
+    endpoint: str = Field(min_length=1, max_length=1024,
+                          description="e.g. qemu+ssh://root@kvm1/system, https://vcenter…")
+    credentials: dict[str, str] | None = Field(
+        default=None, description="sealed in the catalog, sent only to the workers that run "
+        "the platform's jobs; never returned")
+    options: dict[str, Any] = {}
+    pool: str | None = Field(
+        default=None, pattern=NAME, max_length=128,
+        description="sync proxies of this pool reach the platform; none = the server itself")
+
+
+class PlatformPatch(Strict):
+    endpoint: str | None = Field(default=None, min_length=1, max_length=1024)
+    credentials: dict[str, str] | None = None
+    options: dict[str, Any] | None = None
+    pool: str | None = Field(default=None, pattern=NAME, max_length=128)
+
+
+class PlatformOut(BaseModel):
+    id: int
+    name: str
+    type: str
+    endpoint: str
+    options: dict[str, Any]
+    pool: str | None
+    has_credentials: bool
+    created: datetime
+    last_test: datetime | None
+    last_test_ok: bool | None
+    last_test_message: str | None
+    last_discovery: datetime | None
+    vm_count: int
+    hosts: int
+
+
+class PlatformTestOut(BaseModel):
+    platform: str
+    ok: bool
+    message: str
+    job: int
+
+
+class VMDiskOut(BaseModel):
+    name: str
+    size: int
+    bus: str = ""
+    backing: str = ""
+    format: str = ""
+    unsupported: str | None = None
+
+
+class VMOut(BaseModel):
+    id: str
+    name: str
+    power_state: str
+    disks: list[VMDiskOut]
+    tags: dict[str, str] = {}
+    #: the host protecting this VM (None: not protected)
+    host: str | None = None
+
+
+class DiscoverOut(BaseModel):
+    platform: str
+    discovered: datetime | None
+    job: int | None
+    vms: list[VMOut]
+
+
+class ProtectIn(Strict):
+    vms: list[str] = Field(min_length=1, max_length=1000, description="VM ids or names")
+    target: str = Name
+    policy: str | None = Field(default=None, pattern=NAME, max_length=128)
+    #: VM id → host name (default: the VM's name, made a valid host name)
+    names: dict[str, Annotated[str, Field(pattern=NAME, max_length=128)]] = {}
 
 
 class OverviewOut(BaseModel):

@@ -17,7 +17,7 @@ from sqlalchemy import ColumnElement, Row, Select, bindparam, func, select, true
 from sqlalchemy.orm import InstrumentedAttribute, Session, aliased
 
 from .jobs import ACTIVE, FINAL
-from .models import Alert, Host, Job, Point, Policy, Target, utcnow
+from .models import Alert, Host, Job, Platform, Point, Policy, Target, utcnow
 
 #: a job as the status shows it (columns, not ORM objects)
 JOB_COLUMNS = (Job.id, Job.host_id, Job.kind, Job.state, Job.created, Job.finished, Job.error,
@@ -116,6 +116,7 @@ LATEST_POINTS = select(
     Point.host_id, Point.point_id, Point.created, Point.consistency, Point.status, Point.verified
 ).where(_among(Point.id, False))
 TARGETS = select(Target.id, Target.name).where(_among(Target.id, False))
+PLATFORMS = select(Platform.id, Platform.name).where(_among(Platform.id, False))
 
 
 def collect(s: Session, ids: list[int] | None, now: datetime | None = None,
@@ -166,6 +167,8 @@ def host_rows(s: Session, hosts: list[Host], now: datetime | None = None) -> lis
     targets = dict(s.execute(TARGETS, {IDS: list({h.target_id for h in hosts})}).all())
     points = list(f.newest_point.values())
     latest = {r.host_id: r for r in s.execute(LATEST_POINTS, {IDS: points})} if points else {}
+    pids = list({h.platform_id for h in hosts if h.platform_id is not None})
+    platforms = dict(s.execute(PLATFORMS, {IDS: pids}).all()) if pids else {}
     out = []
     for h in hosts:
         protection, rpo, _age = f.state(h.id, h.enabled, h.policy_id)
@@ -176,6 +179,7 @@ def host_rows(s: Session, hosts: list[Host], now: datetime | None = None) -> lis
             "id": h.id, "name": h.name, "source": h.source, "target": targets.get(h.target_id, ""),
             "policy": policy[0] if policy else None, "pool": h.pool, "enabled": h.enabled,
             "disks": h.disks, "created": h.created,
+            "platform": platforms.get(h.platform_id), "vm": h.vm,
             "status": {
                 "protection": protection,
                 "rpo_seconds": rpo,

@@ -199,6 +199,10 @@ class Worker(threading.Thread):
         except OpenBDRError as exc:
             outcome = "stopped" if ctx.should_stop() and _is_stop(exc) else "failed"
             error = None if outcome == "stopped" else str(exc)
+            # the server's failure hooks tell errors apart by kind (an unknown VM…)
+            result = {"error_types": [c.__name__ for c in type(exc).__mro__
+                                      if issubclass(c, OpenBDRError)]} \
+                if outcome == "failed" else None
         except Exception as exc:
             log.error("job %s crashed:\n%s", spec.id, traceback.format_exc())
             outcome, error = "failed", f"internal error: {type(exc).__name__}: {exc}"

@@ -1,12 +1,14 @@
 """Which accelerator really works: a `/dev/kvm` can exist and still fail to run guests.
 
-The probe boots a 512-byte boot sector under `-accel kvm -cpu host` that writes "OK" to
-the serial port and leaves through `isa-debug-exit`; anything else means TCG. The
+The probe boots a 512-byte boot sector under `-accel kvm -cpu host` that enters 32-bit
+protected mode, returns through `iretd`, writes "OK" to the serial port and leaves
+through `isa-debug-exit`; anything else means TCG. The
 verdict is cached per kernel and QEMU binary in the drill state directory.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -19,9 +21,15 @@ from .state import state_dir
 
 QEMU = "qemu-system-x86_64"
 
-# mov dx,0x3f8; mov al,'O'; out dx,al; mov al,'K'; out dx,al; mov al,0x10; out 0xf4,al;
-# hlt; jmp hlt
-_BOOT = bytes.fromhex("baf803b04feeb04beeb010e6f4f4ebfd")
+# Real mode: cli; lgdt; set CR0.PE; far jump to 32-bit code; load data segments; then an
+# `iretd` (what real boot loaders do, and what a nested PVM "KVM" cannot emulate: a
+# real-mode-only probe ran there while SYSLINUX died with "KVM internal error"); then
+# "OK" to COM1 and out 0xf4 (isa-debug-exit). GDT: null, 4 GiB code, 4 GiB data.
+_BOOT = bytes.fromhex(
+    "fa31c08ed80f0116587c0f20c06683c8010f22c0ea197c080066b810008ed88ed0bc00700000"
+    "9c6a08682f7c0000cf66baf803b04feeb04beeb010e6f4f4ebfd0000000000000000ffff0000"
+    "009acf00ffff00000092cf001700407c0000"
+)
 _EXIT_OK = (0x10 << 1) | 1
 
 
@@ -96,7 +104,8 @@ def _cache_key(qemu: str) -> str:
         stamp = f"{st.st_ino}-{st.st_mtime_ns}"
     except OSError:
         stamp = "missing"
-    return f"{os.uname().release}|{path}|{stamp}"
+    # the probe's own bytes too: a verdict of an older, weaker probe is not reused
+    return f"{os.uname().release}|{path}|{stamp}|{hashlib.sha256(_BOOT).hexdigest()[:12]}"
 
 
 def choose_accel(qemu: str = QEMU, force: str | None = None, refresh: bool = False) -> Accel:

@@ -12,6 +12,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from ..errors import ExitCode
+
 drill_app = typer.Typer(
     no_args_is_help=True, help="DR drills: boot restore points in isolation, probe, report."
 )
@@ -81,8 +83,8 @@ def run_cmd(
             markup=False,
         )
         out.print(f"report: openbdr drill report --repo {repo} {rep.id}", highlight=False)
-    if rep.verdict != "passed":
-        raise typer.Exit(2 if rep.verdict == "failed" else 1)
+    if rep.verdict != "passed":  # a point that failed its drill is not recoverable as it is
+        raise typer.Exit(ExitCode.DAMAGED if rep.verdict == "failed" else ExitCode.FAILED)
 
 
 @drill_app.command("report")

@@ -1,40 +1,24 @@
 """Random-access views of a disk: a restore point read in place, and a throwaway overlay.
 
 `PointImage` reads a point's disk straight from its target (the point reader, through a
-small LRU of decoded blocks), so a drill can start in seconds whatever the
-disk size. `CowImage` puts a sparse temporary file in front of any image so that a guest
-or a service may write while the restore point stays untouched.
+small LRU of decoded blocks), so a drill can start in seconds whatever the disk size.
+`CowImage` (in `openbdr.overlay`, shared with the sources' log replay) puts a sparse
+temporary file in front of any image so that a guest or a service may write while the
+restore point stays untouched.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
 import threading
 from collections import OrderedDict
-from typing import Protocol
 
-from ..blocks import BLOCK_SIZE, ZERO_BLOCK
+from ..blocks import BLOCK_SIZE
 from ..errors import OpenBDRError
+from ..overlay import GRAIN, CowImage, Image
 from ..store.manifest import DiskRecord, RestorePoint
 from ..store.target import PointReader
 
-
-class Image(Protocol):
-    """What the NBD server and the FUSE file serve."""
-
-    size: int
-    writable: bool
-
-    def pread(self, offset: int, length: int) -> bytes: ...
-
-    def pwrite(self, offset: int, data: bytes | memoryview) -> None: ...
-
-    def write_zeroes(self, offset: int, length: int) -> None: ...
-
-    def flush(self) -> None: ...
-
-    def close(self) -> None: ...
+__all__ = ["GRAIN", "CowImage", "Image", "PointImage", "ReadOnlyError", "find_disk"]
 
 
 class ReadOnlyError(OpenBDRError):
@@ -117,87 +101,3 @@ class PointImage:
         with self._lock:
             self._cache.clear()
         self.reader.close()
-
-
-GRAIN = 4096
-
-
-class CowImage:
-    """Copy-on-write overlay: writes land in a sparse temp file, tracked per 4 KiB grain.
-
-    The temp file is unlinked at once, so nothing is left behind even if the process is
-    killed. Partial-grain writes first copy the grain from the base.
-    """
-
-    writable = True
-
-    def __init__(self, base: Image, tmpdir: str | None = None) -> None:
-        self.base = base
-        self.size = base.size
-        fd, path = tempfile.mkstemp(prefix="openbdr-cow-", dir=tmpdir)
-        os.unlink(path)
-        self.fd = fd
-        os.ftruncate(fd, self.size)
-        self.dirty = bytearray((self.size + GRAIN - 1) // GRAIN)
-        self._lock = threading.Lock()
-        self.written = 0
-
-    def pread(self, offset: int, length: int) -> bytes:
-        end = min(self.size, offset + length)
-        if offset >= end:
-            return b""
-        g0, g1 = offset // GRAIN, (end - 1) // GRAIN + 1
-        if self.dirty.find(1, g0, g1) < 0:
-            return self.base.pread(offset, end - offset)
-        out = bytearray(end - offset)
-        g = g0
-        while g < g1:
-            state = self.dirty[g]
-            nxt = self.dirty.find(0 if state else 1, g, g1)
-            nxt = g1 if nxt < 0 else nxt
-            a, b = max(offset, g * GRAIN), min(end, nxt * GRAIN)
-            if state:
-                got = os.pread(self.fd, b - a, a)
-                out[a - offset : a - offset + len(got)] = got
-            else:
-                out[a - offset : b - offset] = self.base.pread(a, b - a)
-            g = nxt
-        return bytes(out)
-
-    def _check(self, offset: int, length: int) -> None:
-        if offset < 0 or offset + length > self.size:
-            raise OpenBDRError(f"write beyond the end of the disk ({offset}+{length})")
-
-    def pwrite(self, offset: int, data: bytes | memoryview) -> None:
-        view = memoryview(data)
-        self._check(offset, len(view))
-        if not len(view):
-            return
-        end = offset + len(view)
-        g0, g1 = offset // GRAIN, (end - 1) // GRAIN + 1
-        with self._lock:
-            for g in {g0, g1 - 1}:
-                gs = g * GRAIN
-                ge = min(self.size, gs + GRAIN)
-                if not self.dirty[g] and (offset > gs or end < ge):
-                    os.pwrite(self.fd, self.base.pread(gs, ge - gs), gs)
-                    self.dirty[g] = 1
-            os.pwrite(self.fd, view, offset)
-            self.dirty[g0:g1] = b"\x01" * (g1 - g0)
-            self.written += len(view)
-
-    def write_zeroes(self, offset: int, length: int) -> None:
-        self._check(offset, length)
-        pos = offset
-        while pos < offset + length:
-            n = min(BLOCK_SIZE, offset + length - pos)
-            self.pwrite(pos, ZERO_BLOCK[:n])
-            pos += n
-
-    def flush(self) -> None:
-        pass  # the overlay is thrown away: nothing to make durable
-
-    def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1

@@ -17,7 +17,7 @@ from typing import Any
 
 from ..errors import OpenBDRError
 from ..store.blobs import NotFound
-from ..store.target import Target
+from ..store.target import DRILLS, Target
 
 RTO_DEFINITION = (
     "Seconds from the start of `drill run` (before the disks are exported) until the first "
@@ -66,7 +66,7 @@ class Report:
 
 
 def prefix(host: str, drill_id: str) -> str:
-    return f"drills/{host}/{drill_id}/"
+    return f"{DRILLS}{host}/{drill_id}/"
 
 
 def _css() -> str:
@@ -158,7 +158,7 @@ def store_report(repo: Target, rep: Report, screenshot_png: bytes | None) -> str
 def list_reports(repo: Target, host: str | None = None) -> list[tuple[str, str]]:
     """(host, drill id) of every stored report, oldest first."""
     out = set()
-    for info in repo.meta.list(f"drills/{host}/" if host else "drills/"):
+    for info in repo.meta.list(f"{DRILLS}{host}/" if host else DRILLS):
         parts = info.key.split("/")
         if len(parts) == 4 and parts[3] == "report.json":
             out.add((parts[1], parts[2]))

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import OpenBDRError
@@ -46,6 +47,17 @@ class Resources:
             self.stack.close()
         finally:
             self.registry.close()
+
+    @contextlib.contextmanager
+    def scope(self) -> Iterator[None]:
+        """What is started inside the block is torn down when it ends, not with the drill
+        (a mount that must be gone before the next step: replay, then fsck)."""
+        outer, self.stack = self.stack, contextlib.ExitStack()
+        try:
+            with self.stack:
+                yield
+        finally:
+            self.stack = outer
 
     def tempdir(self, prefix: str = "openbdr-drill-") -> Path:
         d = Path(tempfile.mkdtemp(prefix=prefix))

@@ -25,7 +25,7 @@ from .plan import Plan
 from .probes import ProbeContext, ProbeResult, run_probe
 from .report import Report, store_report
 from .resources import Resources
-from .vm import Vm, VmConfig, free_port
+from .vm import DirectDrive, Vm, VmConfig, direct_drives, free_port
 from .volumes import find_volume, volumes
 
 log = logging.getLogger(__name__)
@@ -114,8 +114,8 @@ class Drill:
             if self.plan.fsck:
                 for v in vols:
                     if v.fstype:
-                        self.say(f"fsck -n {d.name} volume {v.number} ({v.fstype})")
-                        self.checks.append(fsck_volume(res, fuse / d.name, d.name, v))
+                        self.say(f"replay and fsck -n {d.name} volume {v.number} ({v.fstype})")
+                        self.checks.append(fsck_volume(res, fuse / d.name, d.name, v, work))
         self.mark("fsck")
         wanted = {p.volume or "" for p in file_probes}
         for key in sorted(wanted):
@@ -135,21 +135,31 @@ class Drill:
         )
         self.report.accel = {"name": accel.name, "reason": accel.reason}
         self.say(f"accelerator {accel.name}: {accel.reason}")
-        exports = res.stack.enter_context(
-            serve_point(
-                self.repo,
-                self.point,
-                unix_path=str(work / "nbd.sock"),
-                overlay=True,
-                tmpdir=str(work),
+        readers = [self.repo.reader(self.point, d) for d in self.point.disks]
+        for r in readers:
+            res.stack.callback(r.close)
+        direct = direct_drives(readers)  # block mode on RBD: QEMU reads the snapshots
+        if direct is not None:
+            drives: list[str | DirectDrive] = list(direct)
+            names, where = [d.name for d in self.point.disks], "in place from their snapshots"
+        else:
+            exports = res.stack.enter_context(
+                serve_point(
+                    self.repo,
+                    self.point,
+                    unix_path=str(work / "nbd.sock"),
+                    overlay=True,
+                    tmpdir=str(work),
+                )
             )
-        )
+            drives = [e.uri for e in exports]
+            names, where = [e.name for e in exports], "from the repository"
         self.mark("exported")
         forwards = {}
         if self.plan.network == "probes":
             forwards = {port: free_port() for port in self.plan.forwarded_ports}
         cfg = VmConfig(
-            drives=[e.uri for e in exports],
+            drives=drives,
             accel=accel,
             memory_mib=self.plan.memory,
             cpus=self.plan.cpus,
@@ -160,7 +170,7 @@ class Drill:
         )
         vm = Vm(cfg, work, res.registry)
         res.stack.callback(vm.stop)
-        self.say("booting " + ", ".join(e.name for e in exports) + " from the repository")
+        self.say(f"booting {', '.join(names)} {where}")
         vm.start()
         self.mark("vm_started")
         ctx.vm, ctx.ports = vm, forwards

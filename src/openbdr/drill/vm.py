@@ -1,5 +1,10 @@
 """A drill VM: QEMU booting NBD-served disks, isolated, with console log, QMP and screenshots.
 
+A disk whose point reader offers a direct source (`PointReader.direct_source()`: a block-mode
+point on RBD) is booted straight from the snapshot: QEMU reads it natively as the read-only
+backing of a throwaway qcow2 overlay in the drill's work directory, with no copy and no NBD
+server in between.
+
 Networking is either none or QEMU user networking with `restrict=on`: the guest can
 reach nothing (not the host, not the outside); only the forwarded probe ports on
 127.0.0.1 reach the guest. QEMU gets PR_SET_PDEATHSIG so it dies with its runner, and
@@ -18,6 +23,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..errors import OpenBDRError
 from .accel import QEMU, Accel
@@ -40,9 +46,47 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
+@dataclass(frozen=True)
+class DirectDrive:
+    """A disk QEMU reads in place (`source`: a `-blockdev` spec such as an RBD snapshot),
+    behind a qcow2 overlay that takes the guest's writes and is thrown away."""
+
+    source: dict[str, Any]
+    size: int
+
+
+def _opt(value: Any) -> str:
+    text = str(value).lower() if isinstance(value, bool) else str(value)
+    return text.replace(",", ",,")  # QEMU's option syntax doubles a literal comma
+
+
+def drive_option(drive: str | DirectDrive, overlay: Path, bus: str) -> str:
+    """The `-drive` value of one disk: an NBD URI, or a direct source under an overlay."""
+    if isinstance(drive, str):
+        return f"file={drive},format=raw,if={bus},cache=writeback"
+    backing = ",".join(f"backing.{k}={_opt(v)}" for k, v in drive.source.items())
+    return (
+        f"if={bus},driver=qcow2,file.driver=file,file.filename={_opt(overlay)},"
+        f"{backing},backing.read-only=on,cache=writeback"
+    )
+
+
+def direct_drives(readers: list[Any]) -> list[DirectDrive] | None:
+    """Direct sources of every disk of a point (PointReaders), or None when any disk has
+    none (then the drill serves them all over NBD, as before)."""
+    out = []
+    for r in readers:
+        src = r.direct_source()
+        if src is None:
+            return None
+        out.append(DirectDrive(src, r.size))
+    return out
+
+
 @dataclass
 class VmConfig:
-    drives: list[str]
+    #: NBD URIs (or image paths), or disks read in place
+    drives: list[str | DirectDrive]
     accel: Accel
     memory_mib: int = 512
     cpus: int = 1
@@ -97,8 +141,8 @@ class Vm:
             "-qmp",
             f"unix:{self.qmp_path},server=on,wait=off",
         ]
-        for i, uri in enumerate(c.drives):
-            cmd += ["-drive", f"file={uri},format=raw,if={c.disk_bus},cache=writeback"]
+        for i, drive in enumerate(c.drives):
+            cmd += ["-drive", drive_option(drive, self.overlay(i), c.disk_bus)]
             if i == 0:
                 cmd[-1] += ",index=0"
         if c.network:
@@ -117,7 +161,30 @@ class Vm:
             ]
         return cmd
 
+    def overlay(self, i: int) -> Path:
+        return self.workdir / f"overlay-{i}.qcow2"
+
+    def _make_overlays(self) -> None:
+        for i, drive in enumerate(self.config.drives):
+            if isinstance(drive, DirectDrive):
+                proc = subprocess.run(
+                    [
+                        "qemu-img",
+                        "create",
+                        "-q",
+                        "-f",
+                        "qcow2",
+                        str(self.overlay(i)),
+                        str(drive.size),
+                    ],
+                    capture_output=True,
+                    text=True,
+                )
+                if proc.returncode != 0:
+                    raise VmError(f"cannot create the drill overlay: {proc.stderr.strip()}")
+
     def start(self) -> None:
+        self._make_overlays()
         self.console.touch()
         with open(self.stderr_path, "wb") as errf:
             self.proc = subprocess.Popen(
@@ -225,6 +292,9 @@ class Vm:
             self.registry.remove("pid", self.proc.pid)
         for p in (self.qmp_path, self.qga_path, self.serial_path):
             p.unlink(missing_ok=True)
+        for i, drive in enumerate(self.config.drives):
+            if isinstance(drive, DirectDrive):
+                self.overlay(i).unlink(missing_ok=True)
 
     def __enter__(self) -> Vm:
         self.start()

@@ -32,6 +32,15 @@ class Blobs(abc.ABC):
     url: str
     #: requests in flight that keep this store busy (object stores want many)
     concurrency: int = 8
+    #: puts in flight a writer should keep (0: whatever the writer's CPU-bound default is;
+    #: a store with a round trip per put wants many)
+    put_concurrency: int = 0
+    #: `list` gives keys in ascending order (a broken-off listing can resume after a key)
+    sorted_listing: bool = False
+
+    def is_transient(self, exc: BaseException) -> bool:
+        """The error may pass if the operation is tried again (`RetryingBlobs`)."""
+        return False
 
     @abc.abstractmethod
     def put(self, key: str, data: bytes | memoryview) -> None:
@@ -75,6 +84,11 @@ class BlobsWrapper(Blobs):
         self.inner = inner
         self.url = inner.url
         self.concurrency = inner.concurrency
+        self.put_concurrency = inner.put_concurrency
+        self.sorted_listing = inner.sorted_listing
+
+    def is_transient(self, exc: BaseException) -> bool:
+        return self.inner.is_transient(exc)
 
     def put(self, key: str, data: bytes | memoryview) -> None:
         self.inner.put(key, data)
@@ -105,11 +119,16 @@ class BlobsWrapper(Blobs):
 
 
 def open_blobs(url: str, *, create: bool = False) -> Blobs:
-    """A directory path (or `file://`) or `s3://bucket/prefix`."""
+    """A directory path (or `file://`), `s3://bucket/prefix` or `memory://name`."""
+    if url.startswith("memory://"):
+        from .memory import MemoryBlobs
+
+        return MemoryBlobs(url, create=create)
     if url.startswith("s3://"):
+        from .retry import RetryingBlobs
         from .s3 import S3Blobs
 
-        return S3Blobs(url, create=create)
+        return RetryingBlobs(S3Blobs(url, create=create))
     from .directory import DirectoryBlobs
 
     path = url[len("file://") :] if url.startswith("file://") else url

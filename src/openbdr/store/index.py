@@ -72,6 +72,11 @@ class DiskIndex:
     def unique_ids(self) -> set[bytes]:
         return {cid for _, cid in self.nonzero()}
 
+    def digest(self) -> str:
+        """BLAKE3 of the index as stored (its trailer): what a manifest records of it."""
+        head = HEADER.pack(MAGIC, VERSION, self.block_size, self.size, self.count)
+        return blake3.blake3(head + bytes(self.ids)).hexdigest()
+
     def to_bytes(self) -> bytes:
         head = HEADER.pack(MAGIC, VERSION, self.block_size, self.size, self.count)
         body = head + bytes(self.ids)

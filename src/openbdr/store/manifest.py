@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -40,6 +40,47 @@ def new_point_id(after: str | None = None, now: datetime | None = None) -> str:
     return now.strftime("%Y%m%dT%H%M%S.%fZ") + "-" + secrets.token_hex(3)
 
 
+#: the newest manifest format this code reads
+FORMAT = 1
+NEWER = "newer than this OpenBDR reads"
+
+
+def _fields(cls: type, raw: object, skip: frozenset[str] | set[str] = frozenset()) -> dict[str, Any]:
+    """The dataclass's fields from a JSON object, type-checked against their defaults or
+    annotations; unknown keys (a newer release's) dropped."""
+    if not isinstance(raw, dict):
+        raise ValueError(f"{cls.__name__}: not a JSON object")
+    out: dict[str, Any] = {}
+    for f in fields(cls):
+        if f.name in skip:
+            continue
+        if f.name not in raw:
+            if f.default is MISSING and f.default_factory is MISSING:
+                raise ValueError(f"{cls.__name__}: no {f.name!r}")
+            continue
+        value = raw[f.name]
+        want = _TYPES.get(str(f.type))
+        if want is not None and (
+            not isinstance(value, want) or (isinstance(value, bool) and bool not in want)
+        ):
+            raise ValueError(f"{cls.__name__}.{f.name} is {type(value).__name__}")
+        out[f.name] = value
+    return out
+
+
+_NONE = type(None)
+#: JSON types each annotation accepts (annotations are strings: `from __future__`)
+_TYPES: dict[str, tuple[type, ...]] = {
+    "int": (int,),
+    "str": (str,),
+    "float": (int, float),
+    "bool": (bool,),
+    "str | None": (str, _NONE),
+    "dict[str, Any] | None": (dict, _NONE),
+    "list[dict[str, Any]]": (list,),
+}
+
+
 @dataclass
 class DiskRecord:
     index: int
@@ -54,14 +95,19 @@ class DiskRecord:
     read_bytes: int = 0
     #: bytes of read blocks that were all zero
     zero_bytes: int = 0
-    #: bytes of new chunk objects written (after compression)
+    #: bytes of new chunk objects written (after compression); block mode: bytes on the wire
     stored_bytes: int = 0
+    #: block mode: bytes the gateway wrote into the volume (decompressed); 0 in object mode
+    written_bytes: int = 0
     new_chunks: int = 0
     #: blocks whose content matched what the repository already held
     reused_blocks: int = 0
     mode: str = "full"
     fallback_reason: str | None = None
     layout: dict[str, Any] | None = None
+    #: BLAKE3 of the disk's index object as committed: an index damaged or swapped with
+    #: another point's is refused instead of restoring that point's bytes
+    index_blake3: str | None = None
 
 
 @dataclass
@@ -84,24 +130,44 @@ class RestorePoint:
     verified_at: str | None = None
     #: the last drill of this point: {"id", "verdict", "finished"} (drill/ reports)
     drill: dict[str, Any] | None = None
-
-    @property
-    def key(self) -> str:
-        return point_key(self.host, self.id)
+    #: why the point's record cannot be read (set on a stand-in listed as `damaged`, never
+    #: written): the point is shown, and anything that needs its data fails in one line
+    unreadable: str | None = None
 
     def to_bytes(self) -> bytes:
-        return json.dumps(asdict(self), indent=1, sort_keys=True).encode()
+        raw = asdict(self)
+        raw.pop("unreadable")
+        return json.dumps(raw, indent=1, sort_keys=True).encode()
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> RestorePoint:
+    def from_bytes(cls, data: bytes, host: str | None = None, point: str | None = None) -> RestorePoint:
+        """The record, checked: shape and types, a format this code reads, and (when the
+        caller knows them from where it was stored) its host and id. Fields a newer
+        release added are ignored. Raises ValueError saying what is wrong."""
         raw = json.loads(data)
-        raw["disks"] = [DiskRecord(**d) for d in raw["disks"]]
-        return cls(**raw)
+        if not isinstance(raw, dict):
+            raise ValueError(f"not a JSON object but {type(raw).__name__}")
+        fmt = raw.get("format", 1)
+        if not isinstance(fmt, int) or fmt > FORMAT:
+            raise ValueError(f"format version {fmt!r}: {NEWER} ({FORMAT})")
+        out = cls(**_fields(cls, raw, skip={"disks", "unreadable"}), disks=[])
+        disks = raw.get("disks")
+        if not isinstance(disks, list):
+            raise ValueError("no list of disks")
+        out.disks = [DiskRecord(**_fields(DiskRecord, d)) for d in disks]
+        if host is not None and out.host != host:
+            raise ValueError(f"it is the record of host {out.host!r}, not {host!r}")
+        if point is not None and out.id != point:
+            raise ValueError(f"it is the record of point {out.id!r}, not {point!r}")
+        for i, d in enumerate(out.disks):
+            if d.index != i or d.size < 0 or d.block_size <= 0:
+                raise ValueError(f"disk {i} is malformed")
+        return out
 
     def summary(self) -> dict[str, Any]:
         return {
             "host": self.host,
-            "point": self.id,
+            "id": self.id,
             "created": self.created,
             "consistency": self.consistency,
             "status": self.status,
@@ -110,11 +176,3 @@ class RestorePoint:
             "stored_bytes": sum(d.stored_bytes for d in self.disks),
             "mode": ",".join(sorted({d.mode for d in self.disks})),
         }
-
-
-def point_key(host: str, point: str) -> str:
-    return f"points/{host}/{point}.json"
-
-
-def index_key(point: str, disk: int) -> str:
-    return f"indexes/{point}/{disk}"

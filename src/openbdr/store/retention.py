@@ -83,6 +83,8 @@ def decide(points: list[RestorePoint], policy: Policy) -> list[Decision]:
     for d in out:
         if d.point.protected:
             d.reasons.append("protected")
+        if d.point.unreadable:
+            d.reasons.append("damaged")  # its record cannot be read: kept for repair
     return out
 
 

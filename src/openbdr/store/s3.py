@@ -16,7 +16,7 @@ import boto3
 import botocore.exceptions
 from botocore.config import Config
 
-from ..errors import RepositoryError
+from ..errors import AuthError, RepositoryError, UnreachableError
 from .blobs import BlobInfo, Blobs, NotFound
 from .retry import deadline_seconds, is_transient, with_retries
 
@@ -42,7 +42,8 @@ class S3Blobs(Blobs):
         if parsed.scheme != "s3" or not parsed.netloc:
             raise RepositoryError(f"bad S3 repository URL {url!r}", "write s3://bucket/prefix")
         self.url = url
-        self.concurrency = max_connections
+        self.concurrency = self.put_concurrency = max_connections
+        self.sorted_listing = True  # ListObjectsV2 returns keys in UTF-8 binary order
         self.bucket = parsed.netloc
         self.prefix = parsed.path.strip("/")
         if self.prefix:
@@ -61,9 +62,6 @@ class S3Blobs(Blobs):
         )
         self._check(create)
 
-    def _where(self) -> str:
-        return f"{self.url} at {self.endpoint or 'AWS'}"
-
     def _check(self, create: bool) -> None:
         try:
             with_retries(
@@ -72,7 +70,7 @@ class S3Blobs(Blobs):
                 deadline=min(30.0, deadline_seconds()),
             )
         except _UNREACHABLE as exc:
-            raise RepositoryError(
+            raise UnreachableError(
                 f"cannot reach S3 endpoint {self.endpoint or 'AWS'}: {exc}",
                 "check AWS_ENDPOINT_URL_S3 and the network",
             ) from None
@@ -91,37 +89,28 @@ class S3Blobs(Blobs):
                     f"create it with `openbdr repo init {self.url}`",
                 ) from None
             if code in ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
-                raise RepositoryError(
+                raise AuthError(
                     f"S3 denied access to bucket {self.bucket!r} ({code})",
                     "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY",
                 ) from None
             raise RepositoryError(f"S3 error on bucket {self.bucket!r}: {exc}") from None
         except botocore.exceptions.NoCredentialsError:
-            raise RepositoryError(
+            raise AuthError(
                 "no S3 credentials found", "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
             ) from None
 
     def _key(self, key: str) -> str:
         return self.prefix + key
 
+    def is_transient(self, exc: BaseException) -> bool:
+        return is_transient(exc)
+
     def _call(self, op: str, read: bool = False, **kwargs: Any) -> Any:
-        """One S3 operation, retried on transient errors; `read` also reads the body."""
-
-        def once() -> Any:
-            res = getattr(self.client, op)(Bucket=self.bucket, **kwargs)
-            if read:
-                res["Data"] = res["Body"].read()
-            return res
-
-        try:
-            return with_retries(once, f"S3 {op} {kwargs.get('Key', '')}")
-        except Exception as exc:
-            if not is_transient(exc):
-                raise
-            raise RepositoryError(
-                f"S3 endpoint {self.endpoint or 'AWS'} stopped answering during {op}: {exc}",
-                "check the S3 service; a sync resumes from its checkpoint when run again",
-            ) from None
+        """One S3 operation (retries wrap the store: `RetryingBlobs`); `read` reads the body."""
+        res = getattr(self.client, op)(Bucket=self.bucket, **kwargs)
+        if read:
+            res["Data"] = res["Body"].read()
+        return res
 
     @staticmethod
     def _code(exc: botocore.exceptions.ClientError) -> str:
@@ -155,13 +144,19 @@ class S3Blobs(Blobs):
             raise
         if obj["Data"] != expected:
             return False
-        try:
-            self._call("put_object", Key=self._key(key), Body=data, IfMatch=obj["ETag"])
-        except botocore.exceptions.ClientError as exc:
-            if self._code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
-                return self._is_ours(key, data)
-            raise
-        return True
+        etag = str(obj["ETag"])
+        # RFC 9110 quotes entity tags, and AWS compares them so; Ceph RGW 16 compares the
+        # bare value and answers 412 to a quoted one: the bare form is tried next
+        for tag in dict.fromkeys([etag, etag.strip('"')]):
+            try:
+                self._call("put_object", Key=self._key(key), Body=data, IfMatch=tag)
+                return True
+            except botocore.exceptions.ClientError as exc:
+                if self._code(exc) not in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+                    raise
+                if self._is_ours(key, data):
+                    return True
+        return False
 
     def get(self, key: str) -> bytes:
         try:

@@ -31,6 +31,9 @@ from ..extents import Extent
 from .blobs import Blobs
 from .manifest import DiskRecord, RestorePoint
 
+#: where drill reports live in a target's `meta` store: drills/<host>/<drill id>/…
+DRILLS = "drills/"
+
 #: full: no earlier point of this disk; incremental: the source lists changes and the
 #: rest is the parent's; hash-compare: every valid block read, only differing ones stored
 Mode = Literal["full", "incremental", "hash-compare"]
@@ -97,6 +100,8 @@ class SyncSession(AbstractContextManager["SyncSession"]):
     latest: RestorePoint | None
     #: the point the sync builds on (None for a full sync)
     parent: RestorePoint | None
+    #: puts in flight this target wants from the pipeline (0: the pipeline's default)
+    concurrency: int = 0
 
     @abc.abstractmethod
     def chunk_id(self, block: memoryview) -> bytes:
@@ -159,6 +164,11 @@ class PointReader(abc.ABC):
         for i in blocks:
             yield i, self.read_block(i)
 
+    def direct_source(self) -> dict[str, Any] | None:
+        """A QEMU `-blockdev` spec that reads this disk in place (an RBD snapshot), so a
+        drill boots it without a copy; None: read it through `read_block`."""
+        return None
+
     def close(self) -> None:  # noqa: B027 - readers without resources hold nothing
         """Release what the reader holds."""
 
@@ -212,7 +222,7 @@ class Target(abc.ABC):
     """Where a host's restore points live: an object repository or a block-mode site."""
 
     url: str
-    #: small metadata objects that belong with the points (drill reports, scrub state)
+    #: small metadata objects that belong with the points: drill reports under `DRILLS`
     meta: Blobs
 
     @abc.abstractmethod
@@ -283,7 +293,7 @@ class TargetKind:
 
 
 #: modules that register target kinds when imported; object mode handles every other URL
-_MODULES = ["openbdr.store.objects.target"]
+_MODULES = ["openbdr.store.objects.target", "openbdr.store.block.target"]
 _KINDS: list[TargetKind] = []
 
 

@@ -128,6 +128,11 @@ def has_gpt_signature(reader: BlockReader) -> bool:
     return False
 
 
+def has_primary_signature(reader: BlockReader) -> bool:
+    """A primary GPT header's signature at LBA 1 (valid or not)."""
+    return any(read_at(reader, ss, 8) == SIGNATURE for ss in (512, 4096))
+
+
 def _parse(reader: BlockReader, ss: int) -> GptTable | None:
     last_lba = reader.size // ss - 1
     primary, why_primary = _read_header(reader, 1, ss)

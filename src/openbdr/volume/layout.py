@@ -9,6 +9,7 @@ always valid. Every such fallback leaves a note and a log line.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from types import ModuleType
 
 from ..extents import Extent, clip, intersect, normalize, union
@@ -64,8 +65,15 @@ def probe_filesystem(reader: BlockReader, base: int = 0, size: int | None = None
 
 
 def _partition_fs(
-    reader: BlockReader, part: Partition, notes: list[str], others: list[Partition]
+    reader: BlockReader,
+    part: Partition,
+    notes: list[str],
+    others: list[Partition],
+    known: Mapping[int, FilesystemInfo],
 ) -> None:
+    if part.start in known:
+        part.filesystem = known[part.start]
+        return
     sub = SubReader(reader, part.start, part.length)
     part.filesystem = probe_filesystem(sub, part.start, sub.size)
     _look_past_the_end(reader, part, others)
@@ -99,8 +107,28 @@ def _look_past_the_end(reader: BlockReader, part: Partition, others: list[Partit
         part.filesystem = wider
 
 
-def analyze(reader: BlockReader) -> DiskLayout:
-    """Parse the disk behind `reader`; only the reader's I/O errors escape."""
+def _fs_before_stray_backup(reader: BlockReader, sector0: bytes) -> FilesystemInfo | None:
+    """A device that starts with a file system and ends with a backup GPT header that is
+    not its own (a partition attached with `losetup -o` and no size limit runs on to the
+    end of the disk and its backup header): the file system, when its superblock fits the
+    device and maps exactly. A real partition table needs its primary header (damaged or
+    not) or a protective MBR; a consistent backup was already taken by `parse_gpt`."""
+    if mbr.is_protective(sector0) or gpt.has_primary_signature(reader):
+        return None
+    if not gpt.has_gpt_signature(reader):
+        return None
+    fs = probe_filesystem(reader, 0, reader.size)
+    return fs if fs.kind is not None and fs.exact else None
+
+
+def analyze(reader: BlockReader, known: Mapping[int, FilesystemInfo] | None = None) -> DiskLayout:
+    """Parse the disk behind `reader`; only the reader's I/O errors escape.
+
+    `known`: file systems whose allocation the caller already has, by the byte offset where
+    they start (a mounted file system's map from the kernel, `volume.fsmap`): they are not
+    parsed, since a live log may contradict their on-disk structures.
+    """
+    known = known or {}
     size = reader.size
     layout = DiskLayout(size=size, table="none")
     structures: list[Extent] = []
@@ -114,6 +142,14 @@ def analyze(reader: BlockReader) -> DiskLayout:
             layout.partitions.append(
                 Partition(e.number, e.start, e.length, e.type_name, name=e.name)
             )
+    elif (fs := _fs_before_stray_backup(reader, sector0)) is not None:
+        layout.filesystem = fs
+        layout.notes.append(
+            f"a backup GPT header at the end is not this device's (no primary, and it names "
+            f"another place); the {fs.kind} file system at its start fits it and wins"
+        )
+        structures += fs.used_extents
+        structures.append(Extent(size - size % 512 - 512, 512))  # the stray header itself
     elif gpt.has_gpt_signature(reader) or mbr.is_protective(sector0):
         layout.table = "gpt"
         layout.notes.append("GPT present but neither header is usable; keeping the whole disk")
@@ -128,7 +164,7 @@ def analyze(reader: BlockReader) -> DiskLayout:
                 Partition(e.number, e.start, e.length, e.type_name, container=container)
             )
     else:
-        layout.filesystem = probe_filesystem(reader, 0, size)
+        layout.filesystem = known[0] if 0 in known else probe_filesystem(reader, 0, size)
         if layout.filesystem.note:
             layout.notes.append(f"whole disk: {layout.filesystem.note}")
         structures += layout.filesystem.used_extents
@@ -141,7 +177,7 @@ def analyze(reader: BlockReader) -> DiskLayout:
         elif layout.table == "mbr" or table is not None:
             layout.notes.append("the partition table lists no partitions")
     for part in data:
-        _partition_fs(reader, part, layout.notes, data)
+        _partition_fs(reader, part, layout.notes, data, known)
         assert part.filesystem is not None
         structures += part.filesystem.used_extents
     layout.valid_extents = clip(normalize(structures), size)

@@ -45,6 +45,9 @@ class FilesystemInfo:
     variant: str | None = None
     #: bytes the file system claims when that is more than its volume (see `Overrun`)
     overrun_bytes: int = 0
+    #: where the allocation comes from: "on-disk" structures, or the "kernel" map of the
+    #: mounted file system (FS_IOC_GETFSMAP)
+    mapped_by: str = "on-disk"
 
     @property
     def used_bytes(self) -> int:
@@ -61,6 +64,7 @@ class FilesystemInfo:
             "uuid": self.uuid,
             "exact": self.exact,
             "note": self.note,
+            "mapped_by": self.mapped_by,
         }
 
 
@@ -107,6 +111,24 @@ class DiskLayout:
     @property
     def valid_bytes(self) -> int:
         return total(self.valid_extents)
+
+    def filesystems(self) -> list[FilesystemInfo]:
+        """The whole-disk file system and those of the partitions."""
+        out = [self.filesystem] if self.filesystem is not None else []
+        return out + [p.filesystem for p in self.partitions if p.filesystem is not None]
+
+    def fallbacks(self) -> list[str]:
+        """Why valid data fell back to more than the file systems use: recognised file
+        systems kept whole (a log to replay, damaged structures), or an unusable table.
+        Unknown volumes (a BIOS boot partition, LVM) are whole by design, not listed."""
+        out = [n for n in self.notes if n.startswith("GPT present but")]
+        if self.filesystem is not None and self.filesystem.kind and not self.filesystem.exact:
+            out.append(f"whole disk: {self.filesystem.note}")
+        for p in self.partitions:
+            fs = p.filesystem
+            if fs is not None and fs.kind and not fs.exact:
+                out.append(f"partition {p.index}: {fs.note}")
+        return out
 
     def to_json(self) -> dict[str, Any]:
         return {

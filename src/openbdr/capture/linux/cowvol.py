@@ -31,11 +31,13 @@ from typing import Any
 
 from ...blocks import BLOCK_SIZE
 from ...extents import Extent, clip, from_blocks, intersect, to_blocks
+from ...volume.model import FilesystemInfo
 from ..base import ChangeToken, Consistency, DiskSnapshot, Host, Snapshot
 from .cowfuse import FILE, control_path
 from .cowstore import UNMAPPED, CowStore, VolumeError
 from .devices import mounts_of, resolve
 from .freeze import Freezer, FreezeWindow, syncfs
+from .source import kernel_maps
 
 log = logging.getLogger(__name__)
 
@@ -196,6 +198,7 @@ class CowVolDisk(DiskSnapshot):
         self.first_pass: list[Extent] = []
         self.window: FreezeWindow | None = None
         self.bytes_read = 0
+        self.layout: dict[str, Any] | None = None
 
     def mapped(self) -> list[Extent]:
         """Blocks that hold data (the others were never written or were discarded)."""
@@ -319,6 +322,8 @@ class CowVolHost(Host):
         mps, unfrozen = self._mounts()
         syncfs(mps)  # write back first, so the freeze has little to flush
         snaps: list[tuple[VolumeSpec, dict[str, Any]]] = []
+        #: a full pass's mounted file systems, mapped by the kernel at the snapshot instant
+        known: dict[str, dict[int, FilesystemInfo]] = {}
         fz = Freezer(mps, self.freeze_timeout)
         try:
             with fz:
@@ -326,6 +331,8 @@ class CowVolHost(Host):
                     tok = ((prev.get(v.name) or {}).get("value")) or None
                     want = None if since is None or not tok else tok
                     snaps.append((v, request(v.dir, "snapshot", since=want)))
+                    if want is None and v.name not in unfrozen:
+                        known[v.name] = self._kernel_maps(v)
                 if self.frozen_hook:
                     self._hook()
             if fz.expired:
@@ -353,20 +360,38 @@ class CowVolHost(Host):
                     f"{d.snap.get('why') or 'the previous point was not taken from this volume'}"
                     ": hash-compare resync"
                 )
-            d.first_pass = self._valid(d, current=d.name not in unfrozen)
+            d.first_pass = self._valid(d, d.name not in unfrozen, known.get(d.name))
         return CowVolSnapshot(disks, "crash" if unfrozen else "filesystem")
 
     @staticmethod
-    def _valid(d: CowVolDisk, current: bool) -> list[Extent]:
+    def _kernel_maps(v: VolumeSpec) -> dict[int, FilesystemInfo]:
+        info = attached(v.dir)
+        if info is None:
+            return {}
+        dev = resolve(info["loop"])
+        return kernel_maps(dev, mounts_of(dev))
+
+    @staticmethod
+    def _valid(
+        d: CowVolDisk, current: bool, known: dict[int, FilesystemInfo] | None = None
+    ) -> list[Extent]:
         """Mapped blocks, narrowed by the file-system bitmaps when they are current (frozen
-        or unmounted: FIFREEZE writes them back). Whole blocks: the point then holds each
+        or unmounted) — for mounted ones the kernel's map taken under the freeze (`known`):
+        a frozen XFS log still holds transactions. Whole blocks: the point then holds each
         block exactly as frozen, so later trust-but-verify reads compare like with like."""
         mapped = d.mapped()
         if not current:
             return mapped
         from ...volume import analyze
 
-        valid = intersect(mapped, clip(analyze(d).valid_extents, d.size))
+        layout = analyze(d, known)
+        d.layout = layout.to_json()
+        why = layout.fallbacks()
+        if why:
+            d.fallback_reason = "; ".join(
+                filter(None, [d.fallback_reason, "valid data: " + "; ".join(why)])
+            )
+        valid = intersect(mapped, clip(layout.valid_extents, d.size))
         return from_blocks(to_blocks(valid, d.size), d.size)
 
     def _hook(self) -> None:

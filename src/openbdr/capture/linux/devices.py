@@ -136,6 +136,13 @@ def _parent(major: int, minor: int) -> tuple[int, int] | None:
     return int(a), int(b)
 
 
+def span_on_disk(major: int, minor: int) -> tuple[int, int]:
+    """(start, length) in bytes of a block device on its disk (start 0 for a whole disk)."""
+    sysdir = _sys(major, minor)
+    start = int((sysdir / "start").read_text()) * 512 if (sysdir / "partition").exists() else 0
+    return start, int((sysdir / "size").read_text()) * 512
+
+
 def boot_id() -> str:
     return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
 

@@ -259,9 +259,16 @@ class DriverHost(Host):
         else:
             if tok is not None:
                 d.fallback_reason = f"{why}: hash-compare resync"
-            from ...volume import analyze
+            from ..replay import analyze_replayed
 
-            d.first_pass = clip(analyze(d.reader).valid_extents, d.size)
+            # a snapshot of a mounted XFS or ext4 has a log to replay: on an overlay
+            layout = analyze_replayed(d.reader, path)
+            d.first_pass = clip(layout.valid_extents, d.size)
+            why = layout.fallbacks()
+            if why:
+                d.fallback_reason = "; ".join(
+                    filter(None, [d.fallback_reason, "valid data: " + "; ".join(why)])
+                )
         return d, minor
 
     def _fold(self, cow: Path, uuid: str, seq: int, size: int) -> None:

@@ -36,9 +36,12 @@ from typing import Any
 from ...blocks import BLOCK_SIZE
 from ...errors import SourceError
 from ...extents import Extent, clip, from_blocks, to_blocks
+from ...volume import fsmap
+from ...volume.model import DiskLayout, FilesystemInfo
 from ..base import ChangeToken, Consistency, DiskSnapshot, Host, Snapshot
+from ..replay import analyze_replayed, needs_replay
 from .bitmap import DirtyBitmap
-from .devices import BlockDevice, Mount, boot_id, device_of_path, mounts_of, resolve
+from .devices import BlockDevice, Mount, boot_id, device_of_path, mounts_of, resolve, span_on_disk
 from .direct import DirectReader
 from .freeze import Freezer, FreezeWindow, syncfs
 from .staging import Staging, StagingMemory, memory_budget
@@ -315,6 +318,38 @@ class LiveSnapshot(Snapshot):
             d.close()
 
 
+def mount_spans(dev: BlockDevice, mounts: list[Mount]) -> list[tuple[Mount, int, int]]:
+    """Each mount of `dev` (or of its partitions) with its (start, length) on `dev`."""
+    out = []
+    for m in mounts:
+        start, length = span_on_disk(m.major, m.minor)
+        base = 0 if (m.major, m.minor) == (dev.major, dev.minor) else start - dev.start
+        if base >= 0 and base + length <= dev.size:
+            out.append((m, base, length))
+    return out
+
+
+def kernel_maps(dev: BlockDevice, mounts: list[Mount]) -> dict[int, FilesystemInfo]:
+    """The allocation of each file system mounted from `dev` (or its partitions) as the
+    kernel has it, by its start on `dev`. File systems without GETFSMAP are left out
+    (their on-disk structures are parsed, as for unmounted ones)."""
+    out: dict[int, FilesystemInfo] = {}
+    for m, base, length in mount_spans(dev, mounts):
+        try:
+            used = fsmap.used_extents(m.mountpoint, m.major, m.minor, length, base)
+        except OSError as exc:
+            log.info("%s: no kernel allocation map (%s): on-disk structures", m.mountpoint, exc)
+            continue
+        out[base] = FilesystemInfo(
+            kind="ext4" if m.fstype in ("ext2", "ext3", "ext4") else m.fstype,
+            total_bytes=length,
+            used_extents=used,
+            variant=m.fstype if m.fstype.startswith("ext") else None,
+            mapped_by="kernel",
+        )
+    return out
+
+
 class AgentHost(Host):
     """A host protected by the agent: trackers run from `start()` to `stop()`."""
 
@@ -370,6 +405,33 @@ class AgentHost(Host):
         for memory in self._memory.values():
             memory.close()
         self._memory.clear()
+
+    def unprotect(self, name: str) -> list[str]:
+        """Stop tracking disk `name` for good and remove what the agent made for it: its
+        tracefs instance (which would otherwise keep recording), saved tracking state and
+        staging files. Works whether or not the trackers run. Returns what was removed."""
+        spec = next((s for s in self.specs if s.name == name), None)
+        if spec is None:
+            have = ", ".join(s.name for s in self.specs) or "none"
+            raise SourceError(f"host {self.name} has no disk {name!r}", f"its disks: {have}")
+        tracker = self.trackers.pop(name, None)
+        if tracker is None:
+            tracker = DiskTracker(self.devices.get(name) or resolve(spec.device), self.state_dir)
+        removed = []
+        if tracker.instance.exists():
+            removed.append(f"tracefs instance {tracker.instance.path}")
+        if tracker.state_path.exists():
+            removed.append(f"tracking state {tracker.state_path}")
+        tracker.release()
+        for f in sorted((self.state_dir / "staging").glob(f"{name}-*.staging")):
+            f.unlink(missing_ok=True)
+            removed.append(f"staging file {f}")
+        memory = self._memory.pop(name, None)
+        if memory is not None:
+            memory.close()
+        self.specs = [s for s in self.specs if s.name != name]
+        self.devices.pop(name, None)
+        return removed
 
     def _staging_memory(self, name: str, budget: int) -> StagingMemory | None:
         """The disk's staging memory of the last capture while it is kept (its size was
@@ -449,32 +511,45 @@ class AgentHost(Host):
         return st.f_bavail * st.f_frsize >= nbytes
 
     def _analyse(self, disks: list[LiveDisk]) -> None:
-        """Valid extents at T0, read under a brief freeze (on-disk bitmaps are current then)."""
+        """Valid extents at T0, found under a brief freeze: mounted file systems by the
+        kernel's allocation map (`volume.fsmap`: a live log may contradict what is on
+        disk), unmounted ones by their on-disk structures."""
         from ...volume import analyze
 
         mps = [m.mountpoint for d in disks if d.spec.freeze for m in d.rw_mounts]
         fz = Freezer(mps, self.options.freeze_timeout)
         t0 = time.monotonic()
+        found: list[tuple[LiveDisk, dict[int, FilesystemInfo], DiskLayout]] = []
         with fz:
             for d in disks:
                 d.tracker.begin(None, 0)
-                layout = analyze(d.reader)
-                d.layout = layout.to_json()
-                valid = clip(layout.valid_extents, d.size)
-                d.valid_bytes = sum(e.length for e in valid)
-                # whole blocks: the point holds each block as read, so a later
-                # trust-but-verify read of an unchanged block compares like with like
-                d.first_pass = from_blocks(to_blocks(valid, d.size), d.size)
-                for note in layout.notes:
-                    log.info("%s: %s", d.dev.path, note)
+                known = kernel_maps(d.dev, d.mounts)
+                found.append((d, known, analyze(d.reader, known)))
         if fz.expired:
             raise SourceError(
                 f"host {self.name}: analysing the file systems outlived the freeze bound",
                 "raise freeze_timeout in the agent configuration",
             )
-        for d in disks:
+        for d, known, layout in found:
             if mps:
                 d.windows.append(fz.window)
+            if any(needs_replay(fs) for fs in layout.filesystems()):
+                # unmounted volumes do not change: replayed after the thaw
+                mounted = {base for _m, base, _n in mount_spans(d.dev, d.mounts)}
+                layout = analyze_replayed(d.reader, d.dev.path, known, skip=mounted)
+            d.layout = layout.to_json()
+            valid = clip(layout.valid_extents, d.size)
+            d.valid_bytes = sum(e.length for e in valid)
+            # whole blocks: the point holds each block as read, so a later
+            # trust-but-verify read of an unchanged block compares like with like
+            d.first_pass = from_blocks(to_blocks(valid, d.size), d.size)
+            why = layout.fallbacks()
+            if why:
+                d.fallback_reason = "; ".join(
+                    filter(None, [d.fallback_reason, "valid data: " + "; ".join(why)])
+                )
+            for note in layout.notes:
+                log.info("%s: %s", d.dev.path, note)
         log.info("valid data analysed in %.3f s", time.monotonic() - t0)
 
     def describe(self) -> str:

@@ -24,16 +24,27 @@ import json
 import logging
 import time
 
-from ...chunk import ID_SIZE, ZERO_ID, chunk_id_from_key, chunk_key
+from ...chunk import ID_SIZE, ZERO_ID
 from ...errors import CorruptionError, LockedError
 from ..blobs import NotFound
 from ..target import GCReport
+from .layout import (
+    CHECKPOINTS,
+    CHUNKS,
+    GC_INTENTS,
+    HOST_LOCKS,
+    INDEXES,
+    chunk_id_from_key,
+    chunk_key,
+    lock_key,
+    point_key,
+)
 from .lease import Lease
 from .repository import Repository
 
 log = logging.getLogger(__name__)
 
-INTENTS = "gc/intents/"
+INTENTS = GC_INTENTS
 #: allowed disagreement between this machine's clock and the store's object times
 CLOCK_SLACK = 5.0
 #: finished intents are kept this long (a sync older than this is long gone)
@@ -51,34 +62,54 @@ def _split_ids(data: bytes) -> set[bytes]:
 
 def live_sync_leases(repo: Repository, now: float) -> list[dict[str, object]]:
     out = []
-    for info in list(repo.blobs.list("locks/host-")):
+    for info in list(repo.blobs.list(HOST_LOCKS)):
         try:
             held = json.loads(repo.blobs.get(info.key))
-        except (NotFound, ValueError):
-            continue
-        if float(held.get("expires", 0)) >= now:
-            out.append(held)
+            if float(held.get("expires", 0)) < now:
+                continue
+        except (NotFound, ValueError, TypeError, AttributeError, CorruptionError):
+            continue  # gone, or not a lease any process could renew
+        try:
+            held["acquired"] = float(held.get("acquired", 0))
+        except (TypeError, ValueError):
+            held["acquired"] = 0.0  # a live lease of unknown age: spare every chunk
+        out.append(held)
     return out
 
 
+class Unprovable(CorruptionError):
+    """An index that a point needs cannot be read: no chunk can be proved unreferenced."""
+
+
 def referenced(repo: Repository) -> set[bytes]:
-    """Every chunk id a checkpoint or a committed point names (checkpoints first)."""
+    """Every chunk id a checkpoint or a committed point names (checkpoints first).
+
+    A point whose manifest is damaged still holds its chunks: its indexes are found by
+    its id (`indexes/<point>/`). An index that cannot be read makes every chunk a possible
+    reference (`Unprovable`)."""
     ids: set[bytes] = set()
-    for info in list(repo.blobs.list("checkpoints/")):
+    for info in list(repo.blobs.list(CHECKPOINTS)):
         if info.key.endswith(".index"):
             try:
                 ids |= _split_ids(repo.blobs.get(info.key))
             except NotFound:
                 continue  # dropped after its commit: the manifest is read below
-    for p in repo.points():
-        for d in p.disks:
-            try:
-                ids |= repo.get_index(d.index_key).unique_ids()
             except CorruptionError:
-                if repo.blobs.exists(p.key):
-                    raise CorruptionError(
-                        f"cannot read index {d.index_key} of {p.host} point {p.id}",
-                        "gc stopped without deleting anything; run `openbdr verify`",
+                continue  # a damaged checkpoint is not resumed from: it references nothing
+    for p in repo.points():
+        keys = (
+            [i.key for i in repo.blobs.list(f"{INDEXES}{p.id}/")]
+            if p.unreadable
+            else [d.index_key for d in p.disks]
+        )
+        for key in keys:
+            try:
+                ids |= repo.get_index(key).unique_ids()
+            except CorruptionError as exc:
+                if repo.blobs.exists(point_key(p.host, p.id)):
+                    raise Unprovable(
+                        f"{exc.what} (of {p.host} point {p.id}): gc deleted nothing",
+                        "repair or forget that point, then run gc again",
                     ) from None
     ids.discard(ZERO_ID)
     return ids
@@ -93,7 +124,7 @@ def gc(
     with maintenance_lease(repo, ttl) as lease:
         start = time.time()
         listed = {}
-        for info in repo.blobs.list("chunks/"):
+        for info in repo.blobs.list(CHUNKS):
             cid = chunk_id_from_key(info.key)
             if cid is not None:
                 listed[cid] = info
@@ -134,29 +165,46 @@ def _set_state(repo: Repository, name: str, state: str, token: str) -> None:
 
 
 def _orphan_indexes(repo: Repository, older_than: float) -> int:
-    """Indexes whose point was forgotten (or never committed) and are old enough."""
-    live = {d.index_key for p in repo.points() for d in p.disks}
+    """Indexes whose point was forgotten (or never committed) and are old enough; those
+    of a point whose manifest is damaged are kept (repair may need them)."""
+    points = repo.points()
+    live = {d.index_key for p in points for d in p.disks}
+    damaged = tuple(f"{INDEXES}{p.id}/" for p in points if p.unreadable)
     n = 0
-    for info in list(repo.blobs.list("indexes/")):
-        if info.key not in live and info.mtime < older_than:
+    for info in list(repo.blobs.list(INDEXES)):
+        if info.key not in live and not info.key.startswith(damaged) and info.mtime < older_than:
             repo.blobs.delete(info.key)
             n += 1
     return n
 
 
 def _expire_intents(repo: Repository, now: float) -> None:
+    """Old intents go, and unreadable ones at once: this run holds the maintenance lease,
+    so no gc is deleting for them, and a sync's fence would redo all its chunks for them."""
     for info in list(repo.blobs.list(INTENTS)):
-        if info.mtime < now - INTENT_KEEP:
+        old = info.mtime < now - INTENT_KEEP
+        if not old and info.key.endswith(".json"):
+            try:
+                state = json.loads(repo.blobs.get(info.key))
+                state.get("state")
+            except NotFound:
+                continue
+            except (ValueError, AttributeError, CorruptionError):
+                old = True
+        if old:
             repo.blobs.delete(info.key)
+            repo.blobs.delete(info.key.removesuffix(".json") + ".ids")
 
 
-def fence(repo: Repository, since: float, timeout: float = 3600.0) -> set[bytes]:
-    """Ids that a gc overlapping a sync begun at `since` may have deleted.
+def fence(repo: Repository, since: float, timeout: float = 3600.0) -> set[bytes] | None:
+    """Ids that a gc overlapping a sync begun at `since` may have deleted (None: any of
+    them, because an intent cannot be read).
 
     Called by a sync after its last checkpoint: waits for each such gc to finish, so the
     caller can put again, safely, any of these ids its new point references.
     """
     hit: set[bytes] = set()
+    unknown = False
     for info in list(repo.blobs.list(INTENTS)):
         if not info.key.endswith(".json"):
             continue
@@ -164,12 +212,18 @@ def fence(repo: Repository, since: float, timeout: float = 3600.0) -> set[bytes]
         try:
             state = json.loads(repo.blobs.get(info.key))
             ids = _split_ids(repo.blobs.get(name + ".ids"))
-        except (NotFound, ValueError):
+            done = state.get("state") == "done"
+            updated = float(state.get("updated", 0))
+            token = str(state.get("token"))
+        except NotFound:
             continue
-        if state.get("state") == "done" and float(state.get("updated", 0)) < since - CLOCK_SLACK:
+        except (ValueError, TypeError, AttributeError, CorruptionError):
+            log.warning("gc intent %s is unreadable: every chunk of this sync is put again", name)
+            unknown, done, updated, token, ids = True, False, 0.0, "", set()
+        if done and updated < since - CLOCK_SLACK:
             continue  # finished before this sync began: its later puts are safe
         deadline = time.monotonic() + timeout
-        while not _finished(repo, name, str(state.get("token"))):
+        while not _finished(repo, name, token):
             if time.monotonic() > deadline:
                 raise LockedError(
                     f"gc run {name} is still deleting chunks",
@@ -177,17 +231,22 @@ def fence(repo: Repository, since: float, timeout: float = 3600.0) -> set[bytes]
                 )
             time.sleep(0.5)
         hit |= ids
-    return hit
+    return None if unknown else hit
 
 
 def _finished(repo: Repository, name: str, token: str) -> bool:
+    """No gc is deleting for this intent any more (an unreadable one: no gc at all)."""
     try:
         if json.loads(repo.blobs.get(name + ".json")).get("state") == "done":
             return True
-    except (NotFound, ValueError):
+    except NotFound:
         return True
+    except (ValueError, AttributeError, CorruptionError):
+        token = ""
     try:
-        held = json.loads(repo.blobs.get("locks/maintenance.json"))
-    except (NotFound, ValueError):
+        held = json.loads(repo.blobs.get(lock_key("maintenance")))
+        return bool(token and held.get("token") != token) or float(
+            held.get("expires", 0)
+        ) < time.time()
+    except (NotFound, ValueError, TypeError, AttributeError, CorruptionError):
         return True  # the gc died: nothing deletes any more
-    return held.get("token") != token or float(held.get("expires", 0)) < time.time()

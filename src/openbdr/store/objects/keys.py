@@ -18,17 +18,16 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
-from ...errors import OpenBDRError, RepositoryError
+from ...errors import AuthError, CorruptionError, OpenBDRError, RepositoryError
 from ..blobs import Blobs, NotFound
 from .crypto import RepoKeys, ScryptParams, unwrap, wrap
+from .layout import KEYS
 
-PREFIX = "keys/"
+PREFIX = KEYS
 
 
-class PassphraseError(OpenBDRError):
+class PassphraseError(AuthError):
     """No passphrase given, or none of the key slots opens with it."""
-
-    exit_code = 2
 
 
 def _aad(repo_id: str, slot: dict[str, Any]) -> bytes:
@@ -84,7 +83,7 @@ def unlock(blobs: Blobs, repo_id: str, passphrase: str) -> tuple[RepoKeys, str]:
     """The repository keys and the id of the slot that opened; nothing is written."""
     found = slots(blobs)
     if not found:
-        raise RepositoryError(
+        raise CorruptionError(
             f"{blobs.url} is encrypted but has no key slots under keys/",
             "restore keys/ from a copy; without a slot the data cannot be read",
         )
@@ -173,7 +172,7 @@ def open_keys(blobs: Blobs, config: dict[str, Any], passphrase: str | None) -> R
     """Unlock an encrypted repository and prove its config was not altered."""
     keys, _slot = unlock(blobs, str(config.get("id")), passphrase or read_passphrase())
     if keys.config_mac(_config_body(config)) != config.get("mac"):
-        raise RepositoryError(
+        raise CorruptionError(
             f"{blobs.url}: config fails its authentication (altered)",
             "restore the config object from a copy",
         )

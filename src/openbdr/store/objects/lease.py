@@ -13,10 +13,10 @@ import socket
 import threading
 import time
 import uuid
-from typing import Any
 
 from ...errors import LockedError
 from ..blobs import Blobs, NotFound
+from .layout import lock_key
 
 
 def _boot_id() -> str:
@@ -44,10 +44,14 @@ def _pid_start(pid: int) -> str:
         return ""
 
 
+#: no lease is renewed for longer than this: a record claiming more is not a lease
+MAX_TTL = 86400.0
+
+
 class Lease:
     def __init__(self, blobs: Blobs, name: str, purpose: str, ttl: float = 60.0) -> None:
         self.blobs = blobs
-        self.key = f"locks/{name}.json"
+        self.key = lock_key(name)
         self.name = name
         self.purpose = purpose
         self.ttl = ttl
@@ -74,13 +78,23 @@ class Lease:
             }
         ).encode()
 
-    def _is_stale(self, data: dict[str, Any]) -> bool:
-        if float(data.get("expires", 0)) < time.time():
+    def _is_stale(self, data: object) -> bool:
+        """Expired, its owner dead, or not a lease at all (no process could renew a record
+        that is not one, nor one that claims to last more than a day): taken over."""
+        if not isinstance(data, dict):
+            return True
+        try:
+            expires = float(data.get("expires", 0))
+            pid = int(data.get("pid", 0))
+        except (TypeError, ValueError):
+            return True
+        now = time.time()
+        if expires < now or expires > now + MAX_TTL:
             return True
         same_machine = (
             data.get("hostname") == socket.gethostname() and data.get("boot_id") == _boot_id()
         )
-        return same_machine and not _pid_alive(int(data.get("pid", 0)), str(data.get("pid_start")))
+        return same_machine and not _pid_alive(pid, str(data.get("pid_start")))
 
     def acquire(self) -> Lease:
         self.acquired = time.time()
@@ -97,13 +111,14 @@ class Lease:
             try:
                 held = json.loads(raw)
             except ValueError:
-                held = {}
+                held = None
             if self._is_stale(held):
                 if self.blobs.replace_if(self.key, raw, record):
                     self._content = record
                     self._start_heartbeat()
                     return self
                 continue
+            assert isinstance(held, dict)
             raise LockedError(
                 f"{self.purpose} is already running "
                 f"(pid {held.get('pid')} on {held.get('hostname')})",

@@ -14,22 +14,35 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import secrets
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 from ...blocks import BLOCK_SIZE
-from ...chunk import ChunkCodec, Codec, Encoded, chunk_key
+from ...chunk import ChunkCodec, Codec, Encoded
 from ...errors import CorruptionError, RepositoryError
 from ..blobs import Blobs, NotFound, open_blobs
 from ..index import DiskIndex
-from ..manifest import RestorePoint, check_host_name, point_key
+from ..manifest import DiskRecord, RestorePoint, check_host_name
 from .crypto import AeadCipher, RepoKeys
 from .keys import encrypted_config, open_keys, read_passphrase
+from .layout import (
+    CHUNKS,
+    CONFIG,
+    KEYS,
+    POINTS,
+    checkpoint_prefix,
+    chunk_key,
+    host_points,
+    point_key,
+)
 from .lease import Lease
 from .sealed import SealedBlobs
+
+log = logging.getLogger(__name__)
 
 FORMAT = "openbdr-repository"
 VERSION = 1
@@ -57,7 +70,7 @@ class Repository:
     @classmethod
     def init(cls, url: str, *, encrypt: bool = False, passphrase: str | None = None) -> Repository:
         blobs = open_blobs(url, create=True)
-        if blobs.exists("config"):
+        if blobs.exists(CONFIG):
             raise RepositoryError(
                 f"{blobs.url} is already an OpenBDR repository", "use it as it is"
             )
@@ -78,7 +91,7 @@ class Repository:
         keys = None
         if encrypt:
             keys = encrypted_config(blobs, config, passphrase or read_passphrase(confirm=True))
-        if not blobs.put_if_absent("config", json.dumps(config, indent=1).encode()):
+        if not blobs.put_if_absent(CONFIG, json.dumps(config, indent=1).encode()):
             raise RepositoryError(f"{blobs.url} was initialised concurrently", "use it as it is")
         return cls(blobs, config, keys)
 
@@ -86,8 +99,13 @@ class Repository:
     def open(cls, url: str, *, passphrase: str | None = None) -> Repository:
         blobs = open_blobs(url)
         try:
-            raw = blobs.get("config")
+            raw = blobs.get(CONFIG)
         except NotFound:
+            if _has_repository_objects(blobs):
+                raise CorruptionError(
+                    f"{url}: the config object is missing, but points and chunks are there",
+                    "restore the config object from a copy",
+                ) from None
             raise RepositoryError(
                 f"{url} is not an OpenBDR repository (no config object)",
                 f"check the path, or create one with `openbdr repo init {url}`",
@@ -96,11 +114,19 @@ class Repository:
             config = json.loads(raw)
             fmt, version = config.get("format"), config.get("version")
         except (ValueError, AttributeError):
-            raise RepositoryError(
+            raise CorruptionError(
                 f"{url}: config is not valid JSON", "restore it from a copy"
             ) from None
         if fmt != FORMAT:
+            if _has_repository_objects(blobs):
+                raise CorruptionError(
+                    f"{url}: config is damaged (format {fmt!r})", "restore it from a copy"
+                )
             raise RepositoryError(f"{url} is not an OpenBDR repository (format {fmt!r})")
+        if not isinstance(version, int) or version < VERSION:
+            raise CorruptionError(
+                f"{url}: config is damaged (version {version!r})", "restore it from a copy"
+            )
         if version != VERSION:
             raise RepositoryError(
                 f"{url} has repository format version {version}; this OpenBDR reads {VERSION}",
@@ -108,15 +134,15 @@ class Repository:
             )
         if config.get("encryption"):
             return cls(blobs, config, open_keys(blobs, config, passphrase))
-        if "hash_key" not in config or any(True for _ in blobs.list("keys/")):
-            raise RepositoryError(
+        if "hash_key" not in config or any(True for _ in blobs.list(KEYS)):
+            raise CorruptionError(
                 f"{url}: config is damaged (no hash key, or key slots but no encryption)",
                 "restore the config object from a copy",
             )
         try:
             return cls(blobs, config)
         except (KeyError, ValueError, TypeError):
-            raise RepositoryError(f"{url}: config is damaged", "restore it from a copy") from None
+            raise CorruptionError(f"{url}: config is damaged", "restore it from a copy") from None
 
     def wrapped(self, wrap: Callable[[Blobs], Blobs]) -> Repository:
         """The same repository with its store behind a wrapper (a bandwidth limit)."""
@@ -144,10 +170,20 @@ class Repository:
         except NotFound:
             raise CorruptionError(f"chunk {cid.hex()} is missing from {self.url}") from None
 
-    def has_chunk(self, cid: bytes) -> bool:
-        return self.blobs.exists(chunk_key(cid))
+    def checked_index(self, point: RestorePoint, disk: DiskRecord) -> DiskIndex:
+        """A point's disk index, checked against what the manifest recorded of it."""
+        where = f"{point.host} point {point.id} disk {disk.index}"
+        index = self.get_index(disk.index_key)
+        if disk.index_blake3 is not None and index.digest() != disk.index_blake3:
+            raise CorruptionError(
+                f"{where}: index {disk.index_key} is not the one the point was committed with"
+            )
+        if index.size != disk.size or index.block_size != disk.block_size:
+            raise CorruptionError(f"{where}: index {disk.index_key} does not match the manifest")
+        if index.block_size != BLOCK_SIZE:
+            raise CorruptionError(f"{where}: block size {index.block_size} is not {BLOCK_SIZE}")
+        return index
 
-    # -- indexes -------------------------------------------------------------
     def put_index(self, key: str, index: DiskIndex) -> None:
         self.blobs.put(key, index.to_bytes())
 
@@ -161,33 +197,52 @@ class Repository:
     def commit(self, point: RestorePoint) -> None:
         """Make a restore point exist: everything it names must already be durable."""
         self.blobs.flush()
-        self.blobs.put(point.key, point.to_bytes())
+        self.blobs.put(point_key(point.host, point.id), point.to_bytes())
         self.blobs.flush()
 
     def update_point(self, point: RestorePoint) -> None:
-        self.blobs.put(point.key, point.to_bytes())
+        if point.unreadable:
+            raise CorruptionError(point.unreadable, "the point cannot be changed until repaired")
+        self.blobs.put(point_key(point.host, point.id), point.to_bytes())
         self.blobs.flush()
 
     def hosts(self) -> list[str]:
-        return sorted({info.key.split("/")[1] for info in self.blobs.list("points/")})
+        return sorted({info.key.split("/")[1] for info in self.blobs.list(POINTS)})
+
+    def read_point(self, key: str) -> RestorePoint:
+        """The manifest at `key`, checked against where it is stored; `CorruptionError`
+        (naming it) when it cannot be read, `NotFound` when it is gone."""
+        host, name = key.split("/")[1:3]
+        try:
+            return RestorePoint.from_bytes(
+                self.blobs.get(key), host=host, point=name.removesuffix(".json")
+            )
+        except NotFound:
+            raise
+        except CorruptionError as exc:  # a sealed manifest that fails its authentication
+            raise CorruptionError(f"manifest {key} is damaged ({exc.what})") from None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CorruptionError(f"manifest {key} is damaged ({exc})") from None
+
+    def _listed(self, prefix: str) -> list[str]:
+        return sorted(i.key for i in self.blobs.list(prefix) if i.key.endswith(".json"))
 
     def points(self, host: str | None = None) -> list[RestorePoint]:
-        """Committed restore points, oldest first."""
-        prefix = f"points/{check_host_name(host)}/" if host else "points/"
+        """Committed restore points, oldest first; one whose manifest cannot be read is a
+        stand-in with status `damaged` and the reason, so it damages nothing else."""
+        prefix = host_points(check_host_name(host)) if host else POINTS
         out = []
-        for info in self.blobs.list(prefix):
-            if not info.key.endswith(".json"):
-                continue
+        for key in self._listed(prefix):
             try:
-                out.append(RestorePoint.from_bytes(self.blobs.get(info.key)))
+                out.append(self.read_point(key))
             except NotFound:
                 continue  # removed by retention while listing
-            except (ValueError, KeyError, TypeError) as exc:
-                raise CorruptionError(f"manifest {info.key} is unreadable ({exc})") from None
+            except CorruptionError as exc:
+                out.append(damaged_point(key, exc.what))
         return sorted(out, key=lambda p: (p.host, p.id))
 
     def point(self, host: str, point: str) -> RestorePoint:
-        """A point by id, unique id prefix, or `latest`."""
+        """A point by id, unique id prefix, or `latest` (the newest readable one)."""
         check_host_name(host)
         if point == "latest":
             newest = self.latest(host)
@@ -198,11 +253,13 @@ class Repository:
                 )
             return newest
         try:
-            return RestorePoint.from_bytes(self.blobs.get(point_key(host, point)))
+            return self.read_point(point_key(host, point))
         except NotFound:
             pass
         matches = [p for p in self.points(host) if p.id.startswith(point)]
         if len(matches) == 1:
+            if matches[0].unreadable:
+                raise CorruptionError(matches[0].unreadable)
             return matches[0]
         raise RepositoryError(
             f"host {host!r} has no restore point {point!r} in {self.url}"
@@ -211,32 +268,31 @@ class Repository:
         )
 
     def latest(self, host: str) -> RestorePoint | None:
-        """The newest point, reading one manifest: ids sort in time order (`new_point_id`)."""
-        keys = sorted(
-            info.key
-            for info in self.blobs.list(f"points/{check_host_name(host)}/")
-            if info.key.endswith(".json")
-        )
+        """The newest readable point, reading one manifest when it is intact: ids sort in
+        time order (`new_point_id`). A damaged newer one is passed over (and logged), so
+        the next sync builds on the newest point it can trust."""
+        keys = self._listed(host_points(check_host_name(host)))
         while keys:
+            key = keys.pop()
             try:
-                return RestorePoint.from_bytes(self.blobs.get(keys.pop()))
+                return self.read_point(key)
             except NotFound:
                 continue  # removed by retention while listing
-            except (ValueError, KeyError, TypeError) as exc:
-                raise CorruptionError(f"manifest of host {host} is unreadable ({exc})") from None
+            except CorruptionError as exc:
+                log.warning("%s; passing over it", exc.what)
         return None
 
     # -- checkpoints ---------------------------------------------------------
     def checkpoint_prefix(self, host: str) -> str:
-        return f"checkpoints/{host}/"
+        return checkpoint_prefix(host)
 
     def load_checkpoint(self, host: str) -> dict[str, Any] | None:
+        """An unfinished sync's state; a damaged one is not resumed from (None)."""
         try:
-            return dict(json.loads(self.blobs.get(self.checkpoint_prefix(host) + "state.json")))
-        except NotFound:
+            state = json.loads(self.blobs.get(self.checkpoint_prefix(host) + "state.json"))
+        except (NotFound, ValueError, CorruptionError):
             return None
-        except ValueError:
-            return None
+        return state if isinstance(state, dict) else None
 
     def save_checkpoint(self, host: str, state: dict[str, Any], blobs: dict[str, bytes]) -> None:
         """Durable before returning: the chunks it names were flushed by the caller."""
@@ -250,7 +306,7 @@ class Repository:
     def get_checkpoint_blob(self, host: str, name: str) -> bytes | None:
         try:
             return self.blobs.get(self.checkpoint_prefix(host) + name)
-        except NotFound:
+        except (NotFound, CorruptionError):
             return None
 
     def drop_checkpoint(self, host: str) -> None:
@@ -261,9 +317,19 @@ class Repository:
     def host_lease(self, host: str, ttl: float = 60.0) -> Lease:
         return Lease(self.blobs, f"host-{check_host_name(host)}", f"a sync of host {host}", ttl)
 
-    def iter_indexes(
-        self, points: list[RestorePoint]
-    ) -> Iterator[tuple[RestorePoint, int, DiskIndex]]:
-        for p in points:
-            for d in p.disks:
-                yield p, d.index, self.get_index(d.index_key)
+
+def damaged_point(key: str, reason: str) -> RestorePoint:
+    """The stand-in of a point whose manifest cannot be read: listed, never used."""
+    host, name = key.split("/")[1:3]
+    pid = name.removesuffix(".json")
+    try:
+        created = datetime.strptime(pid.split("-")[0], "%Y%m%dT%H%M%S.%fZ").replace(tzinfo=UTC)
+        when = created.isoformat(timespec="seconds")
+    except ValueError:
+        when = ""
+    return RestorePoint(host, pid, when, "crash", [], status="damaged", unreadable=reason)
+
+
+def _has_repository_objects(blobs: Blobs) -> bool:
+    """Points or chunks: the store was a repository, so a bad config is damage."""
+    return any(True for prefix in (POINTS, CHUNKS) for _ in blobs.list(prefix))

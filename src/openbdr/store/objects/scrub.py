@@ -19,15 +19,16 @@ import time
 from collections.abc import Iterable, Mapping
 
 from ...blocks import BLOCK_SIZE
-from ...errors import LockedError
+from ...errors import CorruptionError, LockedError
 from ...extents import Extent
 from ..blobs import NotFound
 from ..manifest import RestorePoint
+from .layout import SCRUB_STATE, point_key
 from .repository import Repository
 
 log = logging.getLogger(__name__)
 
-STATE_KEY = "scrub/state"
+STATE_KEY = SCRUB_STATE
 RECORD = struct.Struct("<32sQ")
 
 Users = Mapping[bytes, list[tuple[RestorePoint, int, int]]]
@@ -37,6 +38,9 @@ def load_state(repo: Repository) -> dict[bytes, int]:
     try:
         data = repo.blobs.get(STATE_KEY)
     except NotFound:
+        return {}
+    except CorruptionError:
+        log.warning("%s is damaged; starting the scrub cycle afresh", STATE_KEY)
         return {}
     if len(data) % RECORD.size:
         log.warning("%s is damaged; starting the scrub cycle afresh", STATE_KEY)
@@ -100,11 +104,13 @@ def mark(
     new: dict[str, list[dict[str, object]]] = {}
     for cid, reason in bad.items():
         for p, disk, off in users.get(cid, []):
-            new.setdefault(p.key, []).append(
+            new.setdefault(point_key(p.host, p.id), []).append(
                 {"disk": disk, "offset": off, "block": off // BLOCK_SIZE, "chunk": cid.hex(),
                  "reason": reason}
             )
-    touched = [p for p in points if p.key in new or p.damaged]
+    touched = [
+        p for p in points if not p.unreadable and (point_key(p.host, p.id) in new or p.damaged)
+    ]
     if not touched:
         return []
     deadline = time.monotonic() + wait
@@ -124,12 +130,12 @@ def mark(
                 if bytes.fromhex(str(d["chunk"])) not in good
                 and bytes.fromhex(str(d["chunk"])) not in bad
             ]
-            entries = keep + new.get(p.key, [])
+            entries = keep + new.get(point_key(p.host, p.id), [])
             entries.sort(key=lambda d: (int(str(d["disk"])), int(str(d["offset"]))))
             status = "damaged" if entries else ("ok" if p.status == "damaged" else p.status)
             if entries == p.damaged and status == p.status:
                 continue
-            if not repo.blobs.exists(p.key):
+            if not repo.blobs.exists(point_key(p.host, p.id)):
                 continue  # forgotten meanwhile
             p.damaged, p.status = entries, status
             repo.update_point(p)

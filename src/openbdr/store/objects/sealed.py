@@ -10,8 +10,9 @@ from __future__ import annotations
 from ...chunk import Cipher
 from ..blobs import Blobs, BlobsWrapper, NotFound
 from .crypto import open_object, seal_object
+from .layout import SEALED
 
-SEALED_PREFIXES = ("points/", "indexes/", "checkpoints/", "scrub/", "gc/")
+SEALED_PREFIXES = SEALED
 
 
 def is_sealed(key: str) -> bool:

@@ -23,7 +23,7 @@ from ...throttle import TokenBucket
 from ..blobs import NotFound
 from ..index import DiskIndex
 from ..limited import LimitedBlobs
-from ..manifest import DiskRecord, RestorePoint, index_key
+from ..manifest import DiskRecord, RestorePoint
 from ..target import (
     DiskWriter,
     GCReport,
@@ -39,6 +39,7 @@ from ..target import (
 )
 from . import gc, scrub
 from .gc import maintenance_lease
+from .layout import index_key, point_key
 from .repository import Repository
 from .verify import verify
 
@@ -149,6 +150,7 @@ class ObjectSession(SyncSession):
         self.codec: ChunkCodec = repo.codec(options.compression, options.level)
         self.lease = repo.host_lease(host)
         self.stored: set[bytes] = set()
+        self.concurrency = repo.blobs.put_concurrency
         self.writers: list[ObjectDiskWriter] = []
         self.latest = None
         self.parent = None
@@ -181,16 +183,23 @@ class ObjectSession(SyncSession):
         self, no: int, name: str, size: int, fingerprint: dict[str, Any], mode: Mode
     ) -> ObjectDiskWriter:
         prev = None
+        why = None
         if self.parent is not None:
             match = [d for d in self.parent.disks if d.name == name]
             if match:
-                prev = self.repo.get_index(match[0].index_key)
+                try:
+                    prev = self.repo.checked_index(self.parent, match[0])
+                except CorruptionError as exc:  # the rest of the point is still good
+                    why = f"the previous point's index is damaged ({exc.what}): full pass"
+                    log.warning("%s: %s", name, why)
+                    mode = "full"
         resume = self._resume(no, size, fingerprint, mode)
         if resume is not None:
             log.info("%s: resuming from checkpoint", name)
         elif self._ckpt:
             self._adopt_known(no)
         w = ObjectDiskWriter(self, no, name, size, fingerprint, mode, prev, resume)
+        w.record.fallback_reason = why
         self.writers.append(w)
         return w
 
@@ -203,8 +212,11 @@ class ObjectSession(SyncSession):
         ckpt = self._ckpt
         if not ckpt or ckpt.get("parent") != (self.parent.id if self.parent else None):
             return None
-        for d in ckpt.get("disks", []):
-            if d["no"] == no and d["fingerprint"] == fingerprint and d["mode"] == mode:
+        disks = ckpt.get("disks")
+        for d in disks if isinstance(disks, list) else []:
+            if not isinstance(d, dict):
+                continue
+            if d.get("no") == no and d.get("fingerprint") == fingerprint and d.get("mode") == mode:
                 index = self.repo.get_checkpoint_blob(self.host, f"disk{no}.index")
                 done = self.repo.get_checkpoint_blob(self.host, f"disk{no}.done")
                 n = block_count(size)
@@ -249,6 +261,9 @@ class ObjectSession(SyncSession):
     def lost(self) -> dict[int, list[int]]:
         """Chunks a concurrent gc deleted after this run wrote them (see gc.py's fence)."""
         gone = gc.fence(self.repo, self.lease.acquired)
+        if gone is None:  # an intent nobody can read: any chunk may be gone
+            self.stored.clear()
+            return {w.no: [i for i, _ in w.index.nonzero()] for w in self.writers}
         if not gone:
             return {}
         self.stored -= gone
@@ -262,6 +277,7 @@ class ObjectSession(SyncSession):
     def commit(self, point: RestorePoint) -> RestorePoint:
         for w, rec in zip(self.writers, point.disks, strict=True):
             rec.index_key = index_key(point.id, w.no)
+            rec.index_blake3 = w.index.digest()
             self.repo.put_index(rec.index_key, w.index)
         self.repo.commit(point)
         self.repo.drop_checkpoint(self.host)
@@ -276,11 +292,7 @@ class ObjectPointReader(PointReader):
         self.point = point
         self.disk = disk
         self.size = disk.size
-        self.index = repo.get_index(disk.index_key)
-        if self.index.block_size != BLOCK_SIZE:
-            raise CorruptionError(
-                f"index {disk.index_key}: block size {self.index.block_size} is not {BLOCK_SIZE}"
-            )
+        self.index = repo.checked_index(point, disk)
         self.codec = repo.codec()
         self.in_flight = repo.blobs.concurrency
 
@@ -375,12 +387,15 @@ class ObjectTarget(Target):
             return
         with maintenance_lease(self.repo):
             for p in points:
+                if p.unreadable:
+                    continue  # kept for repair: retention never decides on what it cannot read
+                key = point_key(p.host, p.id)
                 try:
-                    if RestorePoint.from_bytes(self.repo.blobs.get(p.key)).protected:
+                    if RestorePoint.from_bytes(self.repo.blobs.get(key)).protected:
                         continue  # protected since retention decided
                 except NotFound:
                     continue
-                self.repo.blobs.delete(p.key)
+                self.repo.blobs.delete(key)
                 self.repo.blobs.flush()
                 for disk in p.disks:
                     self.repo.blobs.delete(disk.index_key)
@@ -413,4 +428,4 @@ def _init(url: str, *, passphrase: str | None = None, encrypt: bool = False) -> 
     return ObjectTarget(Repository.init(url, encrypt=encrypt, passphrase=passphrase))
 
 
-register_target_kind(TargetKind(("", "file", "s3"), _open, _init))
+register_target_kind(TargetKind(("", "file", "s3", "memory"), _open, _init))

@@ -12,11 +12,11 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from ...blocks import BLOCK_SIZE
-from ...chunk import chunk_id_from_key
 from ...errors import CorruptionError, OpenBDRError
 from ..manifest import RestorePoint
 from ..target import Problem, VerifyReport
 from . import scrub
+from .layout import CHUNKS, chunk_id_from_key
 from .repository import Repository
 
 ProgressFn = Callable[[int, int], None]
@@ -41,27 +41,25 @@ def verify(
     # chunk id -> every (point, disk, offset) using it
     users: dict[bytes, list[tuple[RestorePoint, int, int]]] = defaultdict(list)
     for p in points:
+        if p.unreadable:
+            report.problems.append(Problem(p.host, p.id, -1, None, p.unreadable))
         for d in p.disks:
             try:
-                index = repo.get_index(d.index_key)
+                index = repo.checked_index(p, d)
             except CorruptionError as exc:
                 report.problems.append(Problem(p.host, p.id, d.index, None, exc.what))
                 continue
-            if index.size != d.size:
-                report.problems.append(
-                    Problem(p.host, p.id, d.index, None, "index size differs from manifest")
-                )
             for i, cid in index.nonzero():
                 users[cid].append((p, d.index, i * BLOCK_SIZE))
     report.chunks_referenced = len(users)
-    present = {cid for cid in (chunk_id_from_key(b.key) for b in repo.blobs.list("chunks/")) if cid}
+    present = {cid for cid in (chunk_id_from_key(b.key) for b in repo.blobs.list(CHUNKS)) if cid}
     bad: dict[bytes, str] = {}
     good: set[bytes] = set()
     for cid, where in users.items():
         if cid not in present:
-            bad[cid] = "chunk missing"
+            bad[cid] = f"chunk {cid.hex()} is missing"
             for p, disk, off in where:
-                report.problems.append(Problem(p.host, p.id, disk, off, "chunk missing"))
+                report.problems.append(Problem(p.host, p.id, disk, off, bad[cid]))
     if deep:
         ids = [cid for cid in users if cid in present]
         state = scrub.load_state(repo)

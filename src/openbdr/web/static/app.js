@@ -7,12 +7,13 @@ import { dashboardView } from "./views/dashboard.js";
 import { drillsView, reportView } from "./views/drills.js";
 import { hostView } from "./views/host.js";
 import { loginView } from "./views/login.js";
+import { platformView, platformsView } from "./views/platforms.js";
 import { settingsView } from "./views/settings.js";
 
 const RANK = { viewer: 1, operator: 2, admin: 3 };
 export const session = {
   me: null,
-  kinds: { jobs: {}, sources: {} },
+  kinds: { jobs: {}, sources: {}, platforms: {} },
   can(role) { return !!this.me && (RANK[this.me.role] || 0) >= RANK[role]; },
 };
 
@@ -20,6 +21,8 @@ const ROUTES = [
   [/^\/?$/, "dashboard", () => dashboardView],
   [/^\/hosts\/new$/, "dashboard", () => addHostView],
   [/^\/hosts\/([^/]+)$/, "dashboard", () => hostView],
+  [/^\/platforms$/, "platforms", () => platformsView],
+  [/^\/platforms\/([^/]+)$/, "platforms", () => platformView],
   [/^\/drills$/, "drills", () => drillsView],
   [/^\/drills\/([^/]+)\/([^/]+)$/, "drills", () => reportView],
   [/^\/settings(?:\/([a-z-]+))?$/, "settings", () => settingsView],

@@ -35,7 +35,9 @@ export const addHostView = {
       return;
     }
     const [targets, policies] = await Promise.all([get("targets"), get("policies")]);
-    const sources = st.session.kinds.sources;
+    // a platform's VMs are protected from the platform's page (its credentials live there)
+    const platformTypes = st.session.kinds.platforms || {};
+    const sources = Object.fromEntries(Object.entries(st.session.kinds.sources).filter(([k]) => !(k in platformTypes)));
     const srcBox = h("fieldset", { id: "source-fields" });
     const typeSel = h("select", { id: "source-type", name: "type" },
       Object.entries(sources).map(([k, v]) => h("option", { value: k }, `${k} — ${v.description}`)));
@@ -85,7 +87,10 @@ export const addHostView = {
         location.hash = `#/hosts/${encodeURIComponent(name)}`;
       }, `Host ${name} added`);
     });
-    fill(st.root, h("h1", {}, "Add host"), h("section", { class: "card" }, form));
+    fill(st.root, h("h1", {}, "Add host"),
+      h("p", { class: "hint" }, "VMs of a hypervisor or cloud are protected without an agent from the ",
+        h("a", { href: "#/platforms" }, "Platforms"), " page."),
+      h("section", { class: "card" }, form));
     drawSource();
     form.querySelector("#host-name").focus();
   },

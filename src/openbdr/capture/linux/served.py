@@ -12,10 +12,10 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from ..capture.base import ChangeToken, Host, Snapshot
-from ..capture.registry import SourceType, register_source
-from ..errors import SourceError
-from ..extents import Extent
+from ...errors import SourceError
+from ...extents import Extent
+from ..base import ChangeToken, Host, Snapshot
+from ..registry import SourceType, register_source
 
 #: host name -> the tracked host of the daemon running in this process
 _LIVE: dict[str, Host] = {}

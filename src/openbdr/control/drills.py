@@ -11,18 +11,19 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ..control import alerts
-from ..control.models import Host, Point, utcnow
-from ..control.registry import JobKind, register_kind
-from ..control.worker import JobContext, JobStopped
+from ..drill.plan import DEFAULT_PLAN, Plan, parse_plan, plan_from_mapping
+from ..drill.report import prefix
+from ..drill.runner import Drill, DrillOptions
 from ..errors import OpenBDRError
-from .plan import DEFAULT_PLAN, Plan, parse_plan, plan_from_mapping
-from .runner import Drill, DrillOptions
+from . import alerts
+from .models import Host, Point, utcnow
+from .registry import JobKind, register_kind
+from .worker import JobContext, JobStopped
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
-    from ..control.models import Job
+    from .models import Job
 
 
 def job_plan(params: dict[str, Any], policy: dict[str, Any]) -> Plan:
@@ -65,7 +66,7 @@ def run_drill_job(ctx: JobContext) -> dict[str, Any]:
         "rto_first_s": rep.rto_first_s,
         "rto_all_s": rep.rto_all_s,
         "finished": rep.finished,
-        "report": f"drills/{rep.host}/{rep.id}/report.json",
+        "report": prefix(rep.host, rep.id) + "report.json",
     }
 
 

@@ -1,0 +1,327 @@
+"""Block mode side by side (issue 13): gateway on loopback vs object mode vs the raw tools.
+
+    .venv/bin/python benchmarks/bench_block.py [--workdir DIR] [--json out.json]
+                                               [--only object,gw-file,gw-rbd,qemu-img,rbd-import]
+                                               [--cache cold|warm] [--runs DIR]
+                                               [--ceph-env FILE]
+
+On the shared 8 GiB corpus (../shared/bench: disk.img, then disk2.img after a busy day),
+for every contender a full sync of disk.img and an incremental one of disk2.img, zstd on:
+
+- `object`: `openbdr sync` into an object repository in a directory;
+- `gw-file`: `openbdr sync --repo gateway://…` into `openbdr gateway serve` on loopback
+  writing local raw volumes with an undo journal;
+- `gw-rbd`: the same gateway writing RBD images on the Ceph fixture (started in the workdir
+  with a 24 GiB OSD; `--only` without it skips Ceph);
+- `qemu-img`: `qemu-img convert -O qcow2` of the raw image (full only: it has no increment);
+- `rbd-import`: `rbd import` of the raw image (full only).
+
+Reported per step: wall time, CPU seconds of the sender's process tree and of the gateway
+(its /proc counters before and after), peak RSS of both, bytes on the wire (the points'
+`stored_bytes`: compressed) and bytes written (`written_bytes`: decompressed, block mode).
+Each block-mode point is read back through the gateway and compared with the source image
+(a wrong byte fails the run). Needs root (corpus build, dropping the page cache). Targets:
+gateway full sync <= 1.2x object mode's wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from corpus import ROOT, ensure_corpus
+from measure import BenchError, Cache, Usage, run_measured
+
+sys.path.insert(0, str(ROOT / "src"))
+
+OPENBDR = str(ROOT / ".venv" / "bin" / "openbdr")
+CEPH = ROOT.parent / "shared" / "fixtures" / "ceph-cluster"
+HOST = "bench"
+MIB = 1 << 20
+CONTENDERS = ("object", "gw-file", "gw-rbd", "qemu-img", "rbd-import")
+
+
+@dataclass
+class Row:
+    contender: str
+    phase: str
+    wall: float
+    cpu_sender: float
+    cpu_gateway: float
+    rss_sender: int
+    rss_gateway: int
+    wire_bytes: int
+    written_bytes: int
+    check: str = ""
+
+
+def _proc_cpu(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _proc_hwm(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+class Gateway:
+    def __init__(self, root: Path, volumes: str, env: dict[str, str]) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        token = root / "agent.token"
+        subprocess.run(
+            [OPENBDR, "gateway", "token", "add", "--root", str(root), "bench", "--out", str(token)],
+            check=True,
+            capture_output=True,
+        )
+        port_file = root / "port"
+        self.proc = subprocess.Popen(
+            [
+                OPENBDR,
+                "gateway",
+                "serve",
+                "--root",
+                str(root),
+                "--volumes",
+                volumes,
+                "--listen",
+                "127.0.0.1:0",
+                "--port-file",
+                str(port_file),
+            ],
+            env={**os.environ, **env},
+            stdout=subprocess.DEVNULL,
+            stderr=open(root / "gateway.log", "ab"),  # noqa: SIM115
+        )
+        deadline = time.monotonic() + 60
+        while not port_file.exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise BenchError(f"gateway did not start: see {root / 'gateway.log'}")
+            time.sleep(0.1)
+        port = int(port_file.read_text())
+        self.url = f"gateway://127.0.0.1:{port}?ca={root / 'tls/cert.pem'}&token_file={token}"
+
+    def cpu(self) -> float:
+        return _proc_cpu(self.proc.pid)
+
+    def rss(self) -> int:
+        return _proc_hwm(self.proc.pid)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(30)
+
+
+@contextmanager
+def ceph_cluster(where: Path, env_file: Path | None = None) -> Iterator[dict[str, str]]:
+    """The Ceph fixture started in `where`, or a running one's env file (left running)."""
+    if env_file is not None:
+        yield _env(env_file)
+        return
+    d = where / "ceph"
+    env = {"CEPH_FIXTURE_OSD_SIZE": "24G", **os.environ}
+    proc = subprocess.run([str(CEPH), "start", str(d)], capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise BenchError(f"Ceph fixture failed: {proc.stderr[-2000:]}")
+    try:
+        yield _env(Path(proc.stdout.strip()))
+    finally:
+        subprocess.run([str(CEPH), "stop", str(d)], capture_output=True)
+
+
+def _env(path: Path) -> dict[str, str]:
+    values: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        line = line.removeprefix("export ").strip()
+        if "=" in line and not line.startswith("#"):
+            k, v = line.split("=", 1)
+            values[k] = v.strip("'\"")
+    return values
+
+
+def _read_back_equal(url: str, image: Path) -> str:
+    """Read the newest point through the gateway and compare with the source, block by block."""
+    from openbdr.blocks import BLOCK_SIZE, block_count
+    from openbdr.store.block.target import BlockTarget
+
+    t = BlockTarget(url)
+    p = t.points(HOST)[-1]
+    d = p.disks[0]
+    r = t.reader(p, d)
+    with open(image, "rb") as f:
+        for i, data in r.read_blocks(range(block_count(d.size))):
+            f.seek(i * BLOCK_SIZE)
+            if f.read(len(data)) != data:
+                raise BenchError(f"{url}: point {p.id} block {i} differs from {image}")
+    t.close()
+    return "read back identical"
+
+
+def _sync_rows(
+    name: str, repo: str, images: list[Path], cache: Cache, log: Path, gw: Gateway | None
+) -> Iterator[Row]:
+    env: dict[str, str] = {}
+    for phase, img in zip(("full", "incremental"), images, strict=False):
+        cache.prepare([img])
+        cpu0 = gw.cpu() if gw else 0.0
+        cmd = [OPENBDR, "sync", "--repo", repo, "--host", HOST, "--compress", "zstd", "--json"]
+        out = log / f"{name}-{phase}.log"
+        u: Usage = run_measured([*cmd, str(img)], out, env=env)
+        cpu1 = gw.cpu() if gw else 0.0
+        disks = json.loads(out.read_text())["disks"]
+        row = Row(
+            name,
+            phase,
+            round(u.wall, 2),
+            round(u.cpu, 2),
+            round(cpu1 - cpu0, 2),
+            u.maxrss,
+            gw.rss() if gw else 0,
+            sum(int(d["stored_bytes"]) for d in disks),
+            sum(int(d.get("written_bytes", 0)) for d in disks),
+        )
+        if gw is not None:
+            row.check = _read_back_equal(repo, img)
+        yield row
+
+
+def run(args: argparse.Namespace) -> list[Row]:
+    work: Path = args.workdir
+    corpus = ensure_corpus(work)  # the same corpus directory as bench_core.py
+    images = [corpus.disk, corpus.disk2]
+    runs = args.runs or work / "block-runs"
+    shutil.rmtree(runs, ignore_errors=True)
+    runs.mkdir(parents=True)
+    cache = Cache(args.cache)
+    only = set(args.only.split(","))
+    rows: list[Row] = []
+    if "object" in only:
+        repo = runs / "object-repo"
+        subprocess.run([OPENBDR, "repo", "init", str(repo)], check=True, capture_output=True)
+        rows += _sync_rows("object", str(repo), images, cache, runs, None)
+        shutil.rmtree(repo)
+    if "gw-file" in only:
+        gw = Gateway(runs / "gw-file", f"file://{runs / 'gw-file' / 'volumes'}", {})
+        try:
+            rows += _sync_rows("gw-file", gw.url, images, cache, runs, gw)
+        finally:
+            gw.stop()
+        shutil.rmtree(runs / "gw-file")
+    if "qemu-img" in only:
+        cache.prepare([corpus.disk])
+        out = runs / "disk.qcow2"
+        cmd = ["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(corpus.disk), str(out)]
+        u = run_measured(cmd, runs / "qemu-img.log")
+        written = int(
+            subprocess.run(
+                ["du", "-sb", str(out)], capture_output=True, text=True, check=True
+            ).stdout.split()[0]
+        )
+        rows.append(
+            Row(
+                "qemu-img convert",
+                "full",
+                round(u.wall, 2),
+                round(u.cpu, 2),
+                0.0,
+                u.maxrss,
+                0,
+                0,
+                written,
+            )
+        )
+        out.unlink()
+    if only & {"gw-rbd", "rbd-import"}:
+        with ceph_cluster(runs, args.ceph_env) as env:
+            os.environ.update(env)
+            pool = env.get("RBD_POOL", "rbd")
+            if "gw-rbd" in only:
+                vols = f"rbd://{pool}?conf={env['CEPH_CONF']}"
+                gw = Gateway(runs / "gw-rbd", vols, env)
+                try:
+                    rows += _sync_rows("gw-rbd", gw.url, images, cache, runs, gw)
+                finally:
+                    gw.stop()
+                    from openbdr.store.block.volumes import open_store
+
+                    store = open_store(vols)
+                    for name in store.names():  # the cluster may be a reused one
+                        store.delete(name)
+                    store.close()
+            if "rbd-import" in only:
+                cache.prepare([corpus.disk])
+                cmd = ["rbd", "import", "--no-progress", str(corpus.disk), f"{pool}/bench-import"]
+                u = run_measured(cmd, runs / "rbd-import.log", env=env)
+                subprocess.run(
+                    ["rbd", "rm", "--no-progress", f"{pool}/bench-import"],
+                    capture_output=True,
+                    env={**os.environ, **env},
+                )
+                rows.append(
+                    Row(
+                        "rbd import",
+                        "full",
+                        round(u.wall, 2),
+                        round(u.cpu, 2),
+                        0.0,
+                        u.maxrss,
+                        0,
+                        0,
+                        0,
+                    )
+                )
+    return rows
+
+
+def table(rows: list[Row]) -> str:
+    head = (
+        "| contender | phase | wall s | CPU sender s | CPU gateway s | RSS sender MiB "
+        "| RSS gateway MiB | on the wire MiB | written MiB | check |\n"
+        "|---|---|---|---|---|---|---|---|---|---|\n"
+    )
+    body = "".join(
+        f"| {r.contender} | {r.phase} | {r.wall} | {r.cpu_sender} | {r.cpu_gateway} "
+        f"| {r.rss_sender / MIB:.0f} | {r.rss_gateway / MIB:.0f} | {r.wire_bytes / MIB:.0f} "
+        f"| {r.written_bytes / MIB:.0f} | {r.check} |\n"
+        for r in rows
+    )
+    obj = {r.phase: r.wall for r in rows if r.contender == "object"}
+    notes = []
+    for r in rows:
+        if r.contender.startswith("gw-") and r.phase == "full" and obj.get("full"):
+            notes.append(f"{r.contender} full / object full = {r.wall / obj['full']:.2f} (<= 1.2)")
+    return head + body + "\n" + "\n".join(notes) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(prog="bench_block.py")
+    ap.add_argument("--workdir", type=Path, default=ROOT / ".work" / "bench")
+    ap.add_argument("--json", type=Path)
+    ap.add_argument("--only", default=",".join(CONTENDERS))
+    ap.add_argument("--cache", choices=("cold", "warm"), default="cold")
+    ap.add_argument("--runs", type=Path, help="where repositories and volumes go")
+    ap.add_argument("--ceph-env", type=Path, help="a running Ceph fixture's env file")
+    args = ap.parse_args()
+    args.workdir = args.workdir.resolve()
+    rows = run(args)
+    print(table(rows))
+    if args.json:
+        args.json.write_text(json.dumps([asdict(r) for r in rows], indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""S3 for the core benchmark: the Ceph fixture's gateway, and a bare parallel GET.
+
+    .venv/bin/python benchmarks/s3bench.py get s3://bucket/prefix/chunks/ THREADS
+
+`get` reads every object under a prefix with THREADS requests in flight and discards the
+bytes: what any restore from that store must at least spend, to compare restores with.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from urllib.parse import urlparse
+
+from corpus import ROOT
+
+CEPH = ROOT.parent / "shared" / "fixtures" / "ceph-cluster"
+
+
+def start_gateway(where: Path, osd_size: str = "24G") -> dict[str, str]:
+    """The fixture's cluster under `where` (started once; stopped when the run ends)."""
+    env = {**os.environ, "CEPH_FIXTURE_OSD_SIZE": osd_size}
+    proc = subprocess.run(
+        [str(CEPH), "start", str(where)], capture_output=True, text=True, env=env, check=True
+    )
+    out: dict[str, str] = {}
+    for line in Path(proc.stdout.strip()).read_text().splitlines():
+        line = line.removeprefix("export ").strip()
+        if "=" in line and not line.startswith("#"):
+            k, v = line.split("=", 1)
+            out[k] = v.strip("'\"")
+    atexit.register(lambda: subprocess.run([str(CEPH), "stop", str(where)], capture_output=True))
+    return out
+
+
+def bucket_bytes(url: str, env: dict[str, str]) -> int:
+    """Bytes stored under an s3:// prefix."""
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=env["S3_ENDPOINT_URL"],
+                      aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+                      aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
+    u = urlparse(url)
+    total = 0
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=u.netloc,
+                                                              Prefix=u.path.lstrip("/")):
+        total += sum(int(o["Size"]) for o in page.get("Contents", []))
+    return total
+
+
+def get_all(url: str, threads: int) -> int:
+    import boto3
+    from botocore.config import Config
+
+    s3 = boto3.client("s3", endpoint_url=os.environ["S3_ENDPOINT_URL"],
+                      config=Config(max_pool_connections=threads))
+    u = urlparse(url)
+    keys = [
+        o["Key"]
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=u.netloc,
+                                                                  Prefix=u.path.lstrip("/"))
+        for o in page.get("Contents", [])
+    ]
+
+    def one(key: str) -> int:
+        return len(s3.get_object(Bucket=u.netloc, Key=key)["Body"].read())
+
+    with ThreadPoolExecutor(threads) as pool:
+        got = sum(pool.map(one, keys))
+    print(f"{len(keys)} objects, {got} bytes")
+    return got
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 4 and sys.argv[1] == "get":
+        get_all(sys.argv[2], int(sys.argv[3]))
+    else:
+        sys.exit(__doc__)

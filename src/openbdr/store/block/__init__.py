@@ -1,0 +1,1 @@
+"""Block mode: volume backends, the gateway wire format and the gateway client target."""
