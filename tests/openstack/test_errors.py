@@ -269,3 +269,21 @@ def test_hosts_whose_names_share_a_prefix_keep_their_bases(fresh: Stack,
         point = run_sync(repo, host, spec(fresh, server))
         assert [d.mode for d in point.disks] == ["incremental"], (host, point.disks)
     assert sorted(len(v) for v in openbdr_snapshots(fresh.cloud).values()) == [1, 1]
+
+
+def test_auth_url_with_an_application_credential(fresh: Stack) -> None:
+    from openbdr.capture.platform import open_platform
+
+    rng = random.Random(11)
+    server = instance(fresh, rng, 1)
+    cred = fresh.cloud.add_app_credential(fresh.user)
+    plat = open_platform("openstack", fresh.server.auth_url,
+                         {"application_credential_id": cred.id,
+                          "application_credential_secret": cred.secret},
+                         {"ceph_conf": fresh.ceph_conf})
+    assert [vm.id for vm in plat.discover()] == [server.id]
+    bad = open_platform("openstack", fresh.server.auth_url,
+                        {"application_credential_id": cred.id,
+                         "application_credential_secret": "wrong"}, {})
+    with pytest.raises(PlatformError, match="refused the credentials"):
+        bad.discover()
