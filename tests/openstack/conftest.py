@@ -7,7 +7,7 @@ import os
 import random
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,6 @@ class Stack:
     clouds_yaml: str
     keyring: str
     ceph_conf: str
-    created: list[str] = field(default_factory=list)
 
     def platform(self, **options: Any) -> dict[str, Any]:
         """The `platform` part of an openstack source spec (clouds.yaml cloud name)."""

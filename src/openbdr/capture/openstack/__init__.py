@@ -80,7 +80,6 @@ class OpenStackOps(PlatformOps):
         self.timeout = float(platform.options.get("snapshot_timeout") or 600)
         self._ceph: Ceph | None = None
         self._volumes: dict[str, Any] | None = None
-        self._devices: dict[str, str] = {}
 
     # -- what the instance has ---------------------------------------------------------
     def volumes(self) -> dict[str, Any]:
@@ -90,7 +89,6 @@ class OpenStackOps(PlatformOps):
                 server = self.conn.compute.get_server(self.server_id)
                 atts = list(self.conn.compute.volume_attachments(server))
                 atts.sort(key=lambda a: (a.device or "", a.volume_id))
-                self._devices = {a.volume_id: a.device or "" for a in atts}
                 self._volumes = {
                     a.volume_id: self.conn.block_storage.get_volume(a.volume_id) for a in atts
                 }
