@@ -89,6 +89,16 @@ def fresh(stack: Stack) -> Iterator[Stack]:
                 rbd.RBD().remove(cloud.ioctx, cloud.image_name(v.id))
             except rbd.ImageNotFound:
                 pass
+        for srv in cloud.servers.values():
+            if not srv.image:
+                continue
+            try:
+                with rbd.Image(cloud.ioctx, f"{srv.id}_disk") as img:
+                    for s in list(img.list_snaps()):
+                        img.remove_snap(s["name"])
+                rbd.RBD().remove(cloud.ioctx, f"{srv.id}_disk")
+            except rbd.ImageNotFound:
+                pass
         cloud.volumes.clear()
         cloud.snapshots.clear()
         cloud.servers.clear()
@@ -121,14 +131,15 @@ def scribble(cloud: Cloud, volume_id: str, rng: random.Random, n: int, span: int
 
 
 def snapshot_blocks(cloud: Cloud, volume_id: str, snap: str) -> dict[int, bytes]:
-    """Block index -> bytes of every 1 MiB block holding data in an RBD snapshot."""
+    """Block index -> bytes of every 1 MiB block holding data in an RBD snapshot (of a
+    volume, or of an ephemeral disk `<uuid>_disk`)."""
     import rbd
 
     from openbdr.blocks import BLOCK_SIZE
 
     out: dict[int, bytes] = {}
-    with rbd.Image(cloud.ioctx, cloud.image_name(volume_id), snapshot=snap,
-                   read_only=True) as img:
+    name = volume_id if volume_id.endswith("_disk") else cloud.image_name(volume_id)
+    with rbd.Image(cloud.ioctx, name, snapshot=snap, read_only=True) as img:
         size = img.size()
         touched: set[int] = set()
 

@@ -43,7 +43,10 @@ def assert_point_is_snapshot(repo_path: Path, cloud: Cloud, point: RestorePoint)
     target = open_target(str(repo_path))
     try:
         for rec in point.disks:
-            want = snapshot_blocks(cloud, rec.name, f"snapshot-{snap_of(point, rec.name)}")
+            snap = snap_of(point, rec.name)
+            if not rec.name.endswith("_disk"):  # a Cinder snapshot's RBD snapshot
+                snap = f"snapshot-{snap}"
+            want = snapshot_blocks(cloud, rec.name, snap)
             reader = target.reader(point, rec)
             assert reader.size == rec.size
             have = set(reader.allocated())

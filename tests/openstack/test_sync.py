@@ -132,3 +132,47 @@ def test_rbd_diff_off_is_a_hash_compare(fresh: Stack, tmp_path: Path) -> None:
     assert "rbd_diff=false" in (point.disks[0].fallback_reason or "")
     assert_point_is_snapshot(repo, cloud, point)
     assert all(len(v) == 1 for v in openbdr_snapshots(cloud).values())
+
+
+def test_instance_booted_from_an_image(fresh: Stack, tmp_path: Path) -> None:
+    """The ephemeral root disk (`<uuid>_disk` in Nova's pool) is snapshotted on RBD
+    directly, with a key that may write there; the Cinder volume through Cinder."""
+    import subprocess
+
+    import rbd
+
+    rng = random.Random(18)
+    cloud = fresh.cloud
+    data = cloud.add_volume("data", 1, fresh.project)
+    server = cloud.add_server("img1", fresh.project, fresh.user.id, [data], root_gib=1)
+    root = f"{server.id}_disk"
+    scribble(cloud, data.id, rng, 5, 64 * MIB)
+    with rbd.Image(cloud.ioctx, root) as img:
+        for _ in range(5):
+            img.write(rng.randbytes(200_000), rng.randrange(0, 60 * MIB))
+    key = tmp_path / "nova.keyring"
+    key.write_text(subprocess.run(
+        ["ceph", "auth", "get-or-create", "client.openbdr-nova", "mon", "profile rbd",
+         "osd", "profile rbd pool=rbd"], check=True, capture_output=True, text=True).stdout)
+    repo = init_repo(tmp_path / "repo")
+    src = spec(fresh, server, ceph_user="openbdr-nova", ceph_keyring=str(key), nova_pool="rbd")
+    first = run_sync(repo, "img1", src)
+    assert [d.name for d in first.disks] == [root, data.id]
+    assert first.consistency == "crash-per-disk"
+    assert_point_is_snapshot(repo, cloud, first)
+    for _ in range(2):
+        with rbd.Image(cloud.ioctx, root) as img:
+            img.write(rng.randbytes(100_000), rng.randrange(0, 60 * MIB))
+        point = run_sync(repo, "img1", src)
+        assert [d.mode for d in point.disks] == ["incremental", "incremental"]
+        assert_point_is_snapshot(repo, cloud, point)
+        with rbd.Image(cloud.ioctx, root, read_only=True) as img:
+            assert [s["name"] for s in img.list_snaps()] == [snap_of(point, root)]
+
+    # the read-only key of the volumes cannot snapshot an ephemeral disk: one clear line
+    from openbdr.capture.platform import PlatformError
+
+    with pytest.raises(PlatformError, match="may not snapshot"):
+        run_sync(repo, "img1", spec(fresh, server, nova_pool="rbd"))
+    with rbd.Image(cloud.ioctx, root, read_only=True) as img:
+        assert len(list(img.list_snaps())) == 1

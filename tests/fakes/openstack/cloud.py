@@ -244,8 +244,15 @@ class Cloud:
         return vol
 
     def add_server(self, name: str, project_id: str, user_id: str,
-                   volumes: list[Volume] = ()) -> Server:  # type: ignore[assignment]
+                   volumes: list[Volume] = (),  # type: ignore[assignment]
+                   root_gib: int | None = None) -> Server:
+        """A server; with `root_gib` booted from an image, its ephemeral root disk the RBD
+        image `<uuid>_disk` in the pool (Nova's libvirt RBD image backend)."""
         server = Server(new_id(), name, project_id, user_id)
+        if root_gib is not None:
+            server.image = new_id()
+            rbd.RBD().create(self.ioctx, f"{server.id}_disk", root_gib * GIB,
+                             old_format=False, features=self.features)
         self.servers[server.id] = server
         for vol in volumes:
             self.attach(server, vol.id)

@@ -358,7 +358,9 @@ class FakeServer(ThreadingHTTPServer):
             "status": s.status, "tenant_id": s.project_id, "user_id": s.user_id,
             "metadata": dict(s.metadata), "hostId": uuid.uuid5(uuid.NAMESPACE_DNS,
                                                                s.project_id).hex,
-            "image": s.image or "", "flavor": {"vcpus": 1, "ram": 512, "disk": 0,
+            "image": {"id": s.image, "links": [{"rel": "bookmark", "href":
+                      f"{self.base}/compute/images/{s.image}"}]} if s.image else "",
+            "flavor": {"vcpus": 1, "ram": 512, "disk": 0,
                                                 "ephemeral": 0, "swap": 0,
                                                 "original_name": "m1.tiny", "extra_specs": {}},
             "created": s.created, "updated": s.created, "addresses": {},

@@ -50,9 +50,17 @@ OPTIONS = {
     "snapshot_timeout": "seconds a snapshot may stay in `creating` (default 600)",
     "consistency_groups": "use group snapshots when the volumes share a consistent group "
     "(default true)",
+    "nova_pool": "Nova's images_rbd_pool, for instances booted from an image (default vms)",
     "rbd_diff": "false: ignore RBD diffs, every sync reads all valid data and stores what "
     "differs from the previous point (hash-compare)",
 }
+
+
+def _image_id(image: Any) -> str:
+    """Nova's `image` of a server: "" when booted from a volume, else {"id": …}."""
+    if isinstance(image, dict):
+        return str(image.get("id") or "")
+    return str(getattr(image, "id", "") or "") if image else ""
 
 
 def _opt_bool(value: Any, default: bool = True) -> bool:
@@ -80,6 +88,7 @@ class OpenStackOps(PlatformOps):
         self.timeout = float(platform.options.get("snapshot_timeout") or 600)
         self._ceph: Ceph | None = None
         self._volumes: dict[str, Any] | None = None
+        self._image_boot = False
 
     # -- what the instance has ---------------------------------------------------------
     def volumes(self) -> dict[str, Any]:
@@ -87,6 +96,7 @@ class OpenStackOps(PlatformOps):
         if self._volumes is None:
             with api(self.endpoint, f"list the volumes of instance {self.server_id}"):
                 server = self.conn.compute.get_server(self.server_id)
+                self._image_boot = bool(_image_id(server.image))
                 atts = list(self.conn.compute.volume_attachments(server))
                 atts.sort(key=lambda a: (a.device or "", a.volume_id))
                 self._volumes = {
@@ -94,14 +104,37 @@ class OpenStackOps(PlatformOps):
                 }
         return self._volumes
 
+    @property
+    def root(self) -> str:
+        """Nova's RBD image of the instance's ephemeral root disk (`<uuid>_disk`)."""
+        return f"{self.server_id}_disk"
+
+    def ephemeral(self) -> str | None:
+        """The ephemeral root disk's image when the instance boots from an image."""
+        self.volumes()
+        return self.root if self._image_boot else None
+
     def disks(self) -> dict[str, int]:
         vols = self.volumes()
-        if not vols:
+        out: dict[str, int] = {}
+        root = self.ephemeral()
+        if root is not None:
+            size = self.ceph().ephemeral_size(root)
+            if size is None:
+                raise PlatformError(
+                    f"instance {self.server_id} boots from an image and its root disk is not "
+                    f"{self.ceph().nova_pool}/{root}",
+                    "set option nova_pool to Nova's images_rbd_pool (Nova must keep "
+                    "ephemeral disks in RBD), or boot the instance from a volume",
+                )
+            out[root] = size
+        out.update({vid: int(v.size) * GIB for vid, v in vols.items()})
+        if not out:
             raise PlatformError(
-                f"instance {self.server_id} on {self.endpoint} has no Cinder volume",
-                "only volume-backed instances are protected; boot it from a volume",
+                f"instance {self.server_id} on {self.endpoint} has no disk",
+                "attach a volume or check the instance",
             )
-        return {vid: int(v.size) * GIB for vid, v in vols.items()}
+        return out
 
     def ceph(self) -> Ceph:
         if self._ceph is None:
@@ -123,7 +156,12 @@ class OpenStackOps(PlatformOps):
         return snaps
 
     def owned(self, host: str) -> list[str]:
-        return list(dict.fromkeys(s.name for s in self._ours(host)))
+        names = [s.name for s in self._ours(host)]
+        root = self.ephemeral()
+        if root is not None:
+            names += sorted(n for n in self.ceph().ephemeral_snaps(root) or ()
+                            if is_owned(n, host))
+        return list(dict.fromkeys(names))
 
     def tracks(self, snapshot: str) -> set[str]:
         """Volumes whose Cinder snapshot `snapshot` is available and still has its RBD
@@ -140,6 +178,9 @@ class OpenStackOps(PlatformOps):
                 out.add(s.volume_id)
             else:
                 log.warning("RBD snapshot %s of volume %s is gone", rbd_snap(s.id), s.volume_id)
+        root = self.ephemeral()
+        if root is not None and snapshot in (self.ceph().ephemeral_snaps(root) or ()):
+            out.add(root)
         return out
 
     def cleanup(self, host: str) -> list[str]:
@@ -157,6 +198,12 @@ class OpenStackOps(PlatformOps):
         for s in snaps:
             if not getattr(s, "group_snapshot_id", None) and s.status != "deleting":
                 self._delete_one(lambda s=s: bs.delete_snapshot(s), f"snapshot {s.id}")
+        root = self.ephemeral()
+        if root is not None:
+            try:
+                self.ceph().ephemeral_snap(root, snapshot, create=False)
+            except PlatformError as exc:
+                log.warning("%s (the next sync tries again)", exc)
 
     def _delete_one(self, fn: Any, what: str) -> None:
         from openstack import exceptions as osexc
@@ -188,10 +235,12 @@ class OpenStackOps(PlatformOps):
         ceph = self.ceph()  # before anything is created: an unreachable cluster costs nothing
         vols = self.volumes()
         bs = self.conn.block_storage
-        group = self._group(vols) if len(vols) > 1 else None
+        group = self._group(vols) if len(vols) > 1 and self.ephemeral() is None else None
         desc = f"OpenBDR sync of host {host}"
         made: list[Any] = []
         gsnap = None
+        eph_made = False
+        root: str | None = None
         try:
             if group is not None:
                 with api(self.endpoint, f"create a group snapshot of group {group}"):
@@ -212,12 +261,22 @@ class OpenStackOps(PlatformOps):
                     self._wait(lambda s=s: bs.get_snapshot(s.id), f"snapshot {s.id} of volume "
                                f"{s.volume_id}")
                 consistency = "crash" if len(made) == 1 else "crash-per-disk"  # type: ignore[assignment]
+            root = self.ephemeral()
+            if root is not None:  # Nova has no snapshot API for it: RBD directly
+                ceph.ephemeral_snap(root, name, create=True)
+                eph_made = True
+                consistency = "crash" if not made else "crash-per-disk"  # type: ignore[assignment]
             by_volume = {s.volume_id: s for s in made}
             disks = self._open(ceph, plans, by_volume, base, name)
         except BaseException as exc:
             self._undo(gsnap, made, exc)
+            if eph_made and root is not None:
+                try:
+                    ceph.ephemeral_snap(root, name, create=False)
+                except PlatformError as err:
+                    log.warning("%s (the next sync removes it)", err)
             raise
-        notes = [] if consistency == "crash" or len(made) == 1 else [
+        notes = [] if consistency == "crash" else [
             "per-volume snapshots: each disk is crash-consistent on its own, not across disks "
             "(put the volumes in a group whose type has consistent_group_snapshot_enabled)"]
         return Session(disks, consistency, keep=name, created=name, notes=notes)
@@ -233,6 +292,16 @@ class OpenStackOps(PlatformOps):
         disks: list[AgentlessDisk] = []
         try:
             for plan in plans:
+                if plan.name == self.root and self._image_boot:
+                    image = ceph.open_ephemeral(plan.name, name)
+                    where = f"{ceph.nova_pool}/{plan.name}@{name}"
+                    if image.size() != plan.size:
+                        image.close()
+                        raise SourceError(f"{where} has {image.size()} bytes, not {plan.size}",
+                                          "the disk was resized during the sync; run it again")
+                    bsnap = base if plan.incremental else None
+                    disks.append(RbdDisk(plan, name, image, plan.name, name, bsnap, where))
+                    continue
                 snap = by_volume.get(plan.name)
                 if snap is None:
                     raise PlatformError(
@@ -383,10 +452,11 @@ class OpenStackPlatform(Platform):
     def _vm(self, s: Any, cache: dict[str, Any]) -> VM:
         pool = self.options.get("ceph_pool") or "volumes"
         disks = []
-        if s.image and (s.image.get("id") if isinstance(s.image, dict) else s.image):
+        if _image_id(s.image):  # booted from an image: the root disk is Nova's, in RBD
+            nova = self.options.get("nova_pool") or "vms"
             disks.append(VMDisk(
-                "root", int((s.flavor or {}).get("disk") or 0) * GIB, "virtio", "", "raw",
-                "the root disk is Nova's ephemeral disk, not a Cinder volume: not protected"))
+                f"{s.id}_disk", int((s.flavor or {}).get("disk") or 0) * GIB, "virtio",
+                f"{nova}/{s.id}_disk", "raw"))
         devices = {}
         if s.attached_volumes:
             devices = {a.volume_id: a.device for a in self.conn.compute.volume_attachments(s)}

@@ -98,6 +98,67 @@ class Ceph:
                 f"osd 'profile rbd-read-only pool={self.pool}'",
             ) from None
         self.where = where
+        self.nova_pool = str(options.get("nova_pool") or "vms")
+        self._nova: Any = None
+
+    def nova(self) -> Any:
+        """The ioctx of Nova's images pool (ephemeral disks `<instance>_disk`)."""
+        import rados
+
+        if self._nova is None:
+            try:
+                self._nova = self.cluster.open_ioctx(self.nova_pool)
+            except rados.Error as exc:
+                raise PlatformError(
+                    f"{self.where}: cannot open Nova's pool {self.nova_pool!r} ({exc})",
+                    "set option nova_pool to Nova's images_rbd_pool; the key needs "
+                    f"osd 'profile rbd pool={self.nova_pool}' to snapshot ephemeral disks",
+                ) from None
+        return self._nova
+
+    def ephemeral_snaps(self, image: str) -> set[str] | None:
+        """Snapshot names of an ephemeral disk's image (None: no such image)."""
+        import rbd
+
+        try:
+            with rbd.Image(self.nova(), image, read_only=True) as img:
+                return {s["name"] for s in img.list_snaps()}
+        except rbd.ImageNotFound:
+            return None
+
+    def ephemeral_size(self, image: str) -> int | None:
+        import rbd
+
+        try:
+            with rbd.Image(self.nova(), image, read_only=True) as img:
+                return int(img.size())
+        except rbd.ImageNotFound:
+            return None
+
+    def ephemeral_snap(self, image: str, snap: str, create: bool) -> None:
+        """Create or remove an RBD snapshot of an ephemeral disk (Nova has no API for it)."""
+        import rbd
+
+        try:
+            with rbd.Image(self.nova(), image) as img:
+                if create:
+                    img.create_snap(snap)
+                elif snap in {s["name"] for s in img.list_snaps()}:
+                    img.remove_snap(snap)
+        except rbd.PermissionError:
+            raise PlatformError(
+                f"{self.where}: may not snapshot {self.nova_pool}/{image}",
+                f"give the key osd 'profile rbd pool={self.nova_pool}' for ephemeral disks",
+            ) from None
+
+    def open_ephemeral(self, image: str, snap: str) -> Any:
+        import rbd
+
+        try:
+            return rbd.Image(self.nova(), image, snapshot=snap, read_only=True)
+        except (rbd.ImageNotFound, rbd.ObjectNotFound):
+            raise PlatformError(f"no RBD snapshot {self.nova_pool}/{image}@{snap}",
+                                "run the sync again") from None
 
     def snaps(self, volume_id: str) -> set[str] | None:
         """RBD snapshot names of a volume's image (None: no such image)."""
@@ -128,6 +189,8 @@ class Ceph:
 
     def close(self) -> None:
         try:
+            if self._nova is not None:
+                self._nova.close()
             self.ioctx.close()
         finally:
             self.cluster.shutdown()
