@@ -475,7 +475,7 @@ def forget(
         return
     for row in rows:
         verdict = "keep  " if row["keep"] else ("would forget" if dry_run else "forget")
-        why = ",".join(row["reasons"])
+        why = ",".join(str(r) for r in row["reasons"])  # type: ignore[attr-defined]
         out.print(f"{verdict} {row['host']} {row['id']} {row['created']} {why}", highlight=False)
     gone = sum(not r["keep"] for r in rows)
     out.print(f"{len(rows) - gone} kept, {gone} {'to forget' if dry_run else 'forgotten'}")

@@ -20,7 +20,7 @@ from ..errors import OpenBDRError
 from .base import Host
 
 #: modules that register platform types when imported
-BUILTIN: list[str] = ["openbdr.capture.openstack"]
+BUILTIN: list[str] = ["openbdr.capture.aws", "openbdr.capture.openstack"]
 
 
 class PlatformError(OpenBDRError):

@@ -21,6 +21,7 @@ BUILTIN = [
     "openbdr.capture.image",
     "openbdr.capture.synthetic",
     "openbdr.capture.linux.served",
+    "openbdr.capture.aws",
     "openbdr.capture.openstack",
 ]
 

@@ -20,7 +20,7 @@ class JsonFormatter(logging.Formatter):
         }
         for k, v in vars(record).items():
             if k not in _STD and not k.startswith("_"):
-                out[k] = v if isinstance(v, str | int | float | bool | None) else str(v)
+                out[k] = v if isinstance(v, str | int | float | bool | None) else str(v)  # type: ignore[assignment]
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
         return json.dumps(out)

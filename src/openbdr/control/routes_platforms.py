@@ -38,7 +38,7 @@ Svc = Annotated[Services, Depends(services)]
 WAIT = 60.0
 Timeout = Annotated[float, Query(ge=1, le=600, description="seconds to wait for the job")]
 #: a platform job that failed on its worker (502) or that nobody finished in time (504)
-WAITED = {
+WAITED: dict[int | str, dict[str, Any]] = {
     502: {"model": ErrorBody, "description": "the platform job failed on its worker"},
     504: {"model": ErrorBody, "description": "no proxy (or worker) finished the job in time"},
 }

@@ -95,7 +95,7 @@ class Scheduler(threading.Thread):
                     (ServiceLock.owner == self.owner) | (ServiceLock.expires < now),
                 )
                 .values(owner=self.owner, expires=expires)
-            ).rowcount
+            ).rowcount  # type: ignore[attr-defined]
             if got == 1:
                 return True
         try:

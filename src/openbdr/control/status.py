@@ -99,11 +99,12 @@ def _ids_statement(every: bool) -> Select[Any]:
 
 @cache
 def _points_statement(every: bool) -> Select[Any]:
-    return (
-        select(Point.host_id, func.count(), func.sum(Point.stored_bytes),
+    stmt: Select[Any] = (
+        select(Point.host_id, func.count(), func.sum(Point.stored_bytes),  # type: ignore[assignment]
                func.sum(Point.read_bytes), func.max(Point.created))
         .where(_among(Point.host_id, every)).group_by(Point.host_id)
     )
+    return stmt
 
 
 @cache
@@ -179,7 +180,7 @@ def host_rows(s: Session, hosts: list[Host], now: datetime | None = None) -> lis
             "id": h.id, "name": h.name, "source": h.source, "target": targets.get(h.target_id, ""),
             "policy": policy[0] if policy else None, "pool": h.pool, "enabled": h.enabled,
             "disks": h.disks, "created": h.created,
-            "platform": platforms.get(h.platform_id), "vm": h.vm,
+            "platform": platforms.get(h.platform_id) if h.platform_id else None, "vm": h.vm,
             "status": {
                 "protection": protection,
                 "rpo_seconds": rpo,

@@ -172,11 +172,15 @@ def main(argv: list[str] | None = None) -> int:
             json.dumps(
                 {
                     "instant_large_over_small": round(
-                        float(large["instant_to_marker_s"]) / float(small["instant_to_marker_s"]), 2
-                    ),  # type: ignore[arg-type]
+                        float(str(large["instant_to_marker_s"]))
+                        / float(str(small["instant_to_marker_s"])),
+                        2,
+                    ),
                     "instant_over_full_large": round(
-                        float(large["instant_to_marker_s"]) / float(large["full_to_marker_s"]), 2
-                    ),  # type: ignore[arg-type]
+                        float(str(large["instant_to_marker_s"]))
+                        / float(str(large["full_to_marker_s"])),
+                        2,
+                    ),
                     "targets": "instant_large_over_small <= 1.5, instant_over_full_large <= 0.25",
                 }
             )

@@ -21,7 +21,7 @@ probes read the restored file system before boot, like fsck.
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +88,7 @@ class Plan:
 
 
 def _fields(cls: type, raw: dict[str, Any], where: str) -> dict[str, Any]:
-    known = set(cls.__dataclass_fields__)
+    known = {f.name for f in fields(cls)}
     bad = sorted(set(raw) - known)
     if bad:
         raise PlanError(

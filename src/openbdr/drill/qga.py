@@ -77,10 +77,12 @@ def guest_exec(path: Path, argv: list[str], timeout: float = 30.0) -> tuple[int,
         deadline = time.monotonic() + timeout
         while True:
             st = chan.call("guest-exec-status", pid=pid)
-            if st.get("exited"):  # type: ignore[union-attr]
-                out = base64.b64decode(st.get("out-data", "")).decode(errors="replace")  # type: ignore[union-attr]
-                err = base64.b64decode(st.get("err-data", "")).decode(errors="replace")  # type: ignore[union-attr]
-                return int(st.get("exitcode", -1)), out, err  # type: ignore[union-attr]
+            if not isinstance(st, dict):
+                raise GuestAgentError(f"guest-exec-status answered {st!r}")
+            if st.get("exited"):
+                out = base64.b64decode(st.get("out-data", "")).decode(errors="replace")
+                err = base64.b64decode(st.get("err-data", "")).decode(errors="replace")
+                return int(st.get("exitcode", -1)), out, err
             if time.monotonic() > deadline:
                 raise GuestAgentError(f"guest command {argv[0]} did not finish in {timeout:g} s")
             time.sleep(0.2)

@@ -53,7 +53,7 @@ def serve(
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, _stop)
-    host = srv.server_address[0]
+    host = str(srv.server_address[0])
     print(
         f"gateway {srv.site.config['id']} on gateway://{host}:{srv.port} "
         f"(volumes {srv.site.volumes.url}; certificate {root / 'tls' / 'cert.pem'})",

@@ -180,7 +180,7 @@ class S3Blobs(Blobs):
         cut = len(self.prefix)
         token: dict[str, str] = {}
         while True:  # page by page, each page retried on its own
-            page = self._call("list_objects_v2", Prefix=self._key(prefix), **token)
+            page = self._call("list_objects_v2", False, Prefix=self._key(prefix), **token)
             for item in page.get("Contents", []):
                 yield BlobInfo(
                     item["Key"][cut:], int(item["Size"]), item["LastModified"].timestamp()

@@ -158,10 +158,10 @@ def analyze(reader: BlockReader, known: Mapping[int, FilesystemInfo] | None = No
         layout.table = "mbr"
         layout.notes += old.notes
         structures += old.structures
-        for e in old.entries:
-            container = e.type_id in mbr.EXTENDED_TYPES and not e.logical
+        for m in old.entries:
+            container = m.type_id in mbr.EXTENDED_TYPES and not m.logical
             layout.partitions.append(
-                Partition(e.number, e.start, e.length, e.type_name, container=container)
+                Partition(m.number, m.start, m.length, m.type_name, container=container)
             )
     else:
         layout.filesystem = known[0] if 0 in known else probe_filesystem(reader, 0, size)

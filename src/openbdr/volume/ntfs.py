@@ -48,7 +48,7 @@ def _record(reader: BlockReader, offset: int, size: int) -> bytes:
 
 def _attributes(rec: bytes) -> list[tuple[int, bytes]]:
     """`(type, attribute bytes)` of a record, bounded by the record."""
-    out = []
+    out: list[tuple[int, bytes]] = []
     off = struct.unpack_from("<H", rec, 20)[0]
     while off + 8 <= len(rec):
         atype, alen = struct.unpack_from("<II", rec, off)

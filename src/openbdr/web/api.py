@@ -64,9 +64,9 @@ def drills(
         repo = _target_of(s, svc, members[0])
         try:
             found = [hd for hd in list_reports(repo, host) if hd[0] in names]
-            for h, d in sorted(found, key=lambda hd: hd[1], reverse=True)[:limit]:
+            for name, d in sorted(found, key=lambda hd: hd[1], reverse=True)[:limit]:
                 try:
-                    out.append(_summary(load_report(repo, h, d).to_json()))
+                    out.append(_summary(load_report(repo, name, d).to_json()))
                 except (ReportNotFound, ValueError):
                     continue  # a report being written, or damaged: skip it
         finally:

@@ -68,9 +68,9 @@ def series(s: Session, now: datetime, hours: float = 24.0, buckets: int = 48) ->
         if host_id not in enabled:
             continue
         last: float | None = None
-        for i, c in enumerate(row):
-            if c is not None:
-                last = c
+        for i, when in enumerate(row):
+            if when is not None:
+                last = when
             if last is not None:
                 lags[i].append(instants[i] - last)
     return {

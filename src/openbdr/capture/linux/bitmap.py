@@ -70,7 +70,7 @@ class DirtyBitmap:
         return DirtyBitmap(self.size, self.bits)
 
     def blocks(self) -> list[int]:
-        out = []
+        out: list[int] = []
         for i, byte in enumerate(self.bits):
             if byte:
                 out.extend(i * 8 + k for k in range(8) if byte & (1 << k))

@@ -44,7 +44,7 @@ def _watchdog(timeout: float, mountpoints: list[str]) -> int:
         with contextlib.suppress(OSError):
             fds.append(os.open(mp, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
     os.write(1, b"ready\n")
-    stdin = sys.stdin.buffer.raw  # type: ignore[attr-defined]
+    stdin = sys.stdin.buffer.raw  # type: ignore[attr-defined,union-attr]
     buf = b""
     deadline: float | None = None
     while True:

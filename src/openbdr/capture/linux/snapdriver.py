@@ -264,10 +264,10 @@ class DriverHost(Host):
             # a snapshot of a mounted XFS or ext4 has a log to replay: on an overlay
             layout = analyze_replayed(d.reader, path)
             d.first_pass = clip(layout.valid_extents, d.size)
-            why = layout.fallbacks()
-            if why:
+            fallbacks = layout.fallbacks()
+            if fallbacks:
                 d.fallback_reason = "; ".join(
-                    filter(None, [d.fallback_reason, "valid data: " + "; ".join(why)])
+                    filter(None, [d.fallback_reason, "valid data: " + "; ".join(fallbacks)])
                 )
         return d, minor
 

@@ -185,7 +185,7 @@ class Staging:
 
     def _copy_some(self, src: DirectReader, work: list[tuple[int, int | None]]) -> None:
         # in memory: read into the block's slot; in a file: through a buffer
-        mapped = memoryview(self._memory.map) if self._memory is not None else None
+        mapped = memoryview(self._memory.map) if self._memory is not None else None  # type: ignore[arg-type]
         view = memoryview(bytearray(BLOCK_SIZE)) if mapped is None else None
         n = 0
         try:

@@ -347,10 +347,7 @@ class ObjectTarget(Target):
     def __init__(self, repo: Repository) -> None:
         self.repo = repo
         self.url = repo.url
-
-    @property
-    def meta(self) -> Any:
-        return self.repo.blobs
+        self.meta = repo.blobs  # sealed in an encrypted repository
 
     def begin(self, host: str, options: WriteOptions) -> ObjectSession:
         return ObjectSession(self.repo, host, options)
