@@ -16,7 +16,9 @@ from typing import Any, Literal, Protocol
 
 from ..extents import Extent
 
-Consistency = Literal["application", "filesystem", "crash"]
+#: `crash-per-disk`: each disk crash-consistent on its own, not across disks (per-volume
+#: platform snapshots without a consistency group)
+Consistency = Literal["application", "filesystem", "crash", "crash-per-disk"]
 
 #: unchanged blocks re-read per disk, by default, to check a change tracker's word
 TRUST_SAMPLE = 8

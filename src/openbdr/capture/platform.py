@@ -20,7 +20,7 @@ from ..errors import OpenBDRError
 from .base import Host
 
 #: modules that register platform types when imported
-BUILTIN: list[str] = ["openbdr.capture.libvirt", "openbdr.capture.aws"]
+BUILTIN: list[str] = ["openbdr.capture.libvirt", "openbdr.capture.aws", "openbdr.capture.openstack"]
 
 
 class PlatformError(OpenBDRError):

@@ -23,6 +23,7 @@ BUILTIN = [
     "openbdr.capture.linux.served",
     "openbdr.capture.libvirt",
     "openbdr.capture.aws",
+    "openbdr.capture.openstack",
 ]
 
 

@@ -1,0 +1,339 @@
+"""The Ceph side: RBD snapshots behind Cinder snapshots, read with a key of their own.
+
+The proxy needs only `mon 'profile rbd' osd 'profile rbd-read-only pool=<volumes pool>'`:
+it opens images at a snapshot, read-only, asks for their diffs and reads blocks; Cinder
+creates and deletes the snapshots. Every call that could wait for an unreachable cluster
+has a timeout, so a broken storage network is one error, not a hung sync.
+"""
+
+from __future__ import annotations
+
+import bisect
+import errno
+import logging
+import threading
+from collections import deque
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+from ...blocks import BLOCK_SIZE
+from ...extents import Extent, normalize, subtract
+from ..agentless import AgentlessDisk, DiskPlan
+from ..base import ChangeToken
+from ..platform import PlatformError
+
+log = logging.getLogger(__name__)
+
+#: blocks read ahead of the engine per disk (1 MiB each), in parallel
+READ_AHEAD = 16
+READ_THREADS = 4
+
+
+def rbd_snap(snapshot_id: str) -> str:
+    """Cinder's RBD driver names a snapshot's RBD snapshot `snapshot-<id>`."""
+    return f"snapshot-{snapshot_id}"
+
+
+def rbd_image(volume_id: str) -> str:
+    """…and a volume's RBD image `volume-<id>`."""
+    return f"volume-{volume_id}"
+
+
+class Ceph:
+    """One cluster connection and the volumes pool, opened with the proxy's own key."""
+
+    def __init__(self, options: dict[str, Any], credentials: dict[str, Any]) -> None:
+        import rados
+
+        self.pool = str(options.get("ceph_pool") or "volumes")
+        self.user = str(options.get("ceph_user") or "openbdr")
+        conffile = str(options.get("ceph_conf") or "/etc/ceph/ceph.conf")
+        timeout = str(int(options.get("ceph_timeout") or 20))
+        conf = {
+            "client_mount_timeout": timeout,  # the mon handshake of connect()
+            "rados_mon_op_timeout": timeout,
+            "rados_osd_op_timeout": str(int(options.get("ceph_op_timeout") or 120)),
+        }
+        if credentials.get("ceph_key"):
+            conf["key"] = str(credentials["ceph_key"])
+            conf["keyring"] = ""
+        elif options.get("ceph_keyring"):
+            conf["keyring"] = str(options["ceph_keyring"])
+        where = f"Ceph cluster of {conffile} as client.{self.user}"
+        try:
+            self.cluster = rados.Rados(conffile=conffile, rados_id=self.user, conf=conf)
+        except rados.Error as exc:
+            raise PlatformError(
+                f"{where}: cannot read the configuration ({exc})",
+                "give option ceph_conf, the ceph.conf of the cluster behind Cinder",
+            ) from None
+        try:
+            self.cluster.connect()
+        except rados.TimedOut:
+            self.cluster.shutdown()
+            raise PlatformError(
+                f"{where}: no monitor answered within {timeout} s",
+                "check the storage network from the proxy to the mons (mon host in ceph.conf)",
+            ) from None
+        except (rados.PermissionDeniedError, rados.PermissionError):
+            self.cluster.shutdown()
+            raise PlatformError(
+                f"{where}: the monitors refused the key",
+                "check the keyring (option ceph_keyring or credential ceph_key) and user",
+            ) from None
+        except rados.Error as exc:
+            self.cluster.shutdown()
+            hint = "check the keyring and ceph.conf"
+            if getattr(exc, "errno", None) == errno.ENOENT:
+                hint = "no key found: give option ceph_keyring or credential ceph_key"
+            raise PlatformError(f"{where}: cannot connect ({exc})", hint) from None
+        try:
+            self.ioctx = self.cluster.open_ioctx(self.pool)
+        except rados.Error as exc:
+            self.cluster.shutdown()
+            raise PlatformError(
+                f"{where}: cannot open pool {self.pool!r} ({exc})",
+                "set option ceph_pool to Cinder's rbd_pool; the key needs "
+                f"osd 'profile rbd-read-only pool={self.pool}'",
+            ) from None
+        self.where = where
+        self.nova_pool = str(options.get("nova_pool") or "vms")
+        self._nova: Any = None
+
+    def nova(self) -> Any:
+        """The ioctx of Nova's images pool (ephemeral disks `<instance>_disk`)."""
+        import rados
+
+        if self._nova is None:
+            try:
+                self._nova = self.cluster.open_ioctx(self.nova_pool)
+            except rados.Error as exc:
+                raise PlatformError(
+                    f"{self.where}: cannot open Nova's pool {self.nova_pool!r} ({exc})",
+                    "set option nova_pool to Nova's images_rbd_pool; the key needs "
+                    f"osd 'profile rbd pool={self.nova_pool}' to snapshot ephemeral disks",
+                ) from None
+        return self._nova
+
+    def ephemeral_snaps(self, image: str) -> set[str] | None:
+        """Snapshot names of an ephemeral disk's image (None: no such image)."""
+        import rbd
+
+        try:
+            with rbd.Image(self.nova(), image, read_only=True) as img:
+                return {s["name"] for s in img.list_snaps()}
+        except rbd.ImageNotFound:
+            return None
+
+    def ephemeral_size(self, image: str) -> int | None:
+        import rbd
+
+        try:
+            with rbd.Image(self.nova(), image, read_only=True) as img:
+                return int(img.size())
+        except rbd.ImageNotFound:
+            return None
+
+    def ephemeral_snap(self, image: str, snap: str, create: bool) -> None:
+        """Create or remove an RBD snapshot of an ephemeral disk (Nova has no API for it)."""
+        import rbd
+
+        try:
+            with rbd.Image(self.nova(), image) as img:
+                if create:
+                    img.create_snap(snap)
+                elif snap in {s["name"] for s in img.list_snaps()}:
+                    img.remove_snap(snap)
+        except rbd.PermissionError:
+            raise PlatformError(
+                f"{self.where}: may not snapshot {self.nova_pool}/{image}",
+                f"give the key osd 'profile rbd pool={self.nova_pool}' for ephemeral disks",
+            ) from None
+
+    def open_ephemeral(self, image: str, snap: str) -> Any:
+        import rbd
+
+        try:
+            return rbd.Image(self.nova(), image, snapshot=snap, read_only=True)
+        except (rbd.ImageNotFound, rbd.ObjectNotFound):
+            raise PlatformError(f"no RBD snapshot {self.nova_pool}/{image}@{snap}",
+                                "run the sync again") from None
+
+    def snaps(self, volume_id: str) -> set[str] | None:
+        """RBD snapshot names of a volume's image (None: no such image)."""
+        import rbd
+
+        try:
+            with rbd.Image(self.ioctx, rbd_image(volume_id), read_only=True) as img:
+                return {s["name"] for s in img.list_snaps()}
+        except rbd.ImageNotFound:
+            return None
+        except rbd.PermissionError:
+            raise PlatformError(
+                f"{self.where}: may not read image {self.pool}/{rbd_image(volume_id)}",
+                f"give the key osd 'profile rbd-read-only pool={self.pool}'",
+            ) from None
+
+    def open(self, volume_id: str, snapshot_id: str) -> Any:
+        import rbd
+
+        name, snap = rbd_image(volume_id), rbd_snap(snapshot_id)
+        try:
+            return rbd.Image(self.ioctx, name, snapshot=snap, read_only=True)
+        except (rbd.ImageNotFound, rbd.ObjectNotFound):
+            raise PlatformError(
+                f"Cinder snapshot {snapshot_id} has no RBD snapshot {self.pool}/{name}@{snap}",
+                "is the volume on a Cinder RBD backend whose rbd_pool is option ceph_pool?",
+            ) from None
+
+    def close(self) -> None:
+        try:
+            if self._nova is not None:
+                self._nova.close()
+            self.ioctx.close()
+        finally:
+            self.cluster.shutdown()
+
+
+class RbdDisk(AgentlessDisk):
+    """A Cinder volume at a Cinder snapshot, read from its RBD snapshot.
+
+    Changed extents are `diff_iterate(from_snapshot=base)`; what the diff reports as not
+    existing (discarded, trimmed) is zero and not read. A full pass starts from the
+    allocated extents (the diff from nothing). Blocks are fetched ahead in parallel."""
+
+    #: the engine takes the bytes of a touched block that no extent lists from the
+    #: parent point: only the bytes RBD reports changed are read
+    partial_blocks = True
+
+    def __init__(
+        self,
+        plan: DiskPlan,
+        base: str | None,
+        image: Any,
+        volume_id: str,
+        snapshot_id: str,
+        base_snap: str | None,
+        where: str,
+    ) -> None:
+        super().__init__("openstack", plan, base)
+        import rbd
+
+        self.image = image
+        self.volume_id = volume_id
+        self.snapshot_id = snapshot_id
+        self.base_snap = base_snap
+        self.where = where
+        fast = bool(image.features() & rbd.RBD_FEATURE_FAST_DIFF)
+        self.whole_object = fast and not (image.flags() & rbd.RBD_FLAG_FAST_DIFF_INVALID)
+        self._diff: tuple[list[Extent], list[Extent]] | None = None
+        self._pool = ThreadPoolExecutor(READ_THREADS, thread_name_prefix=f"rbd-{plan.name[:8]}")
+        self._ahead: deque[tuple[int, int, Future[bytes]]] = deque()
+        self._plan: list[tuple[int, int]] = []
+        self._next = 0
+        self._lock = threading.Lock()
+
+    def _iterate(self, from_snap: str | None) -> tuple[list[Extent], list[Extent]]:
+        data: list[Extent] = []
+        gone: list[Extent] = []
+
+        def cb(offset: int, length: int, exists: bool) -> int:
+            (data if exists else gone).append(Extent(offset, length))
+            return 0
+
+        self.image.diff_iterate(0, self.size, from_snap, cb, include_parent=True,
+                                whole_object=self.whole_object)
+        return normalize(data), normalize(gone)
+
+    def allocation(self) -> tuple[list[Extent], list[Extent]]:
+        if self.incremental:  # zero = what the diff since the base says no longer exists
+            data, _ = self._iterate(None)
+            return data, self._changes()[1]
+        return self._iterate(None)
+
+    def _changes(self) -> tuple[list[Extent], list[Extent]]:
+        if self._diff is None:
+            self._diff = self._iterate(self.base_snap)
+        return self._diff
+
+    def changed(self) -> list[Extent]:
+        written, gone = self._changes()
+        return normalize([*written, *gone])
+
+    def extents(self) -> list[Extent]:
+        """What to read: of the changes, only what exists; the rest is `zero_extents`."""
+        listed = super().extents()
+        if self.incremental and self._zero:
+            listed = subtract(listed, self._zero)
+            self._listed = listed
+            self.plan_reads(listed)
+        return listed
+
+    # -- reading ahead -------------------------------------------------------------------
+    def plan_reads(self, extents: Sequence[Extent]) -> None:
+        pieces: list[tuple[int, int]] = []
+        for e in extents:
+            pos = e.offset
+            while pos < e.end:
+                stop = min(e.end, (pos // BLOCK_SIZE + 1) * BLOCK_SIZE)
+                pieces.append((pos, stop - pos))
+                pos = stop
+        with self._lock:
+            self._plan, self._next = pieces, 0
+            self._ahead.clear()
+
+    def _fill(self) -> None:
+        while len(self._ahead) < READ_AHEAD and self._next < len(self._plan):
+            off, length = self._plan[self._next]
+            self._next += 1
+            self._ahead.append((off, length, self._pool.submit(self.image.read, off, length)))
+
+    def _read(self, offset: int, length: int) -> bytes:
+        import rbd
+
+        fut = None
+        with self._lock:
+            j = bisect.bisect_left(self._plan, (offset, length))
+            if j < len(self._plan) and self._plan[j] == (offset, length):  # a planned read
+                start = self._next - len(self._ahead)  # plan index of the window's head
+                if j >= self._next or j < start:  # outside the window: move it here
+                    self._ahead.clear()
+                    self._next = j
+                else:
+                    for _ in range(j - start):  # blocks the engine did not ask for
+                        self._ahead.popleft()
+                self._fill()
+                fut = self._ahead.popleft()[2]
+                self._fill()
+        try:
+            return fut.result() if fut is not None else self.image.read(offset, length)
+        except rbd.Error as exc:
+            raise OSError(errno.EIO, f"RBD read of {self.where} failed: {exc}") from None
+
+    def read_into(self, offset: int, buf: bytearray | memoryview) -> int:
+        n = min(len(buf), max(0, self.size - offset))
+        if n <= 0:
+            return 0
+        data = self._read(offset, n)
+        memoryview(buf)[: len(data)] = data
+        return len(data)
+
+    @property
+    def token(self) -> ChangeToken:
+        return ChangeToken(
+            "openstack",
+            {"base": self.base, "size": self.size, "volume": self.volume_id,
+             "snapshot": self.snapshot_id},
+        )
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {"name": self.name, "size": self.size, "base": self.base,
+                "snapshot": self.snapshot_id}
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        try:
+            self.image.close()
+        except Exception as exc:  # closing is best effort; the snapshot is read already
+            log.debug("closing %s: %s", self.where, exc)
