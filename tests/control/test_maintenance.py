@@ -117,7 +117,7 @@ def test_keep_last_3_forgets_reclaims_and_the_rest_restores(
                           if j["state"] not in ("succeeded", "failed", "cancelled")],
              what="the last jobs")
     on_disk = json.loads(openbdr("points", "-r", str(repo), "--json").stdout)
-    assert {p["point"] for p in on_disk} == keep
+    assert {p["id"] for p in on_disk} == keep
 
     retention, gcs = _jobs(c, "retention"), _jobs(c, "gc")
     assert all(j["state"] == "succeeded" for j in retention + gcs), [

@@ -33,7 +33,7 @@ def _five_points(repo: str, image: Path, size_mib: int, env: dict[str, str]) -> 
         image.write_bytes(data)
         openbdr("sync", "-r", repo, "-H", "web1", "--all-data", str(image), env=env)
         latest = json.loads(openbdr("points", "-r", repo, "--json", env=env).stdout)[-1]
-        shas[latest["point"]] = sha256(image)
+        shas[latest["id"]] = sha256(image)
     return shas
 
 
@@ -60,7 +60,7 @@ def test_copy_directory_to_s3(tmp_path: Path, s3_url: str) -> None:
     assert first["copied"] == list(shas)
     assert first["verified_blocks"] > 0
     points = json.loads(openbdr("points", "-r", s3_url, "--json").stdout)
-    assert [p["point"] for p in points] == list(shas)
+    assert [p["id"] for p in points] == list(shas)
     _restores(s3_url, shas, tmp_path, env)
     again = _copy("--from", src, "--to", s3_url, "-H", "web1", env=env)
     assert again["copied"] == [] and again["blocks_read"] == 0 and again["chunks_stored"] == 0
@@ -109,7 +109,7 @@ def test_copy_s3_to_s3_other_keys_killed_and_resumed(
             raise AssertionError(f"copy failed after a kill: {proc.returncode}")
     assert hit >= 3, "the copy was too quick to be killed in the middle"
     final = _copy(*args[2:], env=env)
-    copied = [p["point"] for p in json.loads(openbdr("points", "-r", dst, "--json", env=env_b).stdout)]
+    copied = [p["id"] for p in json.loads(openbdr("points", "-r", dst, "--json", env=env_b).stdout)]
     assert copied == list(shas), final
     _restores(dst, shas, tmp_path, env_b)
     again = _copy(*args[2:], env=env)

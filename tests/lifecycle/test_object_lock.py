@@ -94,7 +94,7 @@ def test_locked_points_survive_attackers_until_their_date(
     openbdr("sync", "-r", url, "-H", "db1", "--all-data", str(image), env=sync)
     second_sha = sha256(image)
     points = json.loads(openbdr("points", "-r", url, "--json").stdout)
-    first, second = (p["point"] for p in points)
+    first, second = (p["id"] for p in points)
 
     s3, attacker = _client(owner), _client(sync)
     listed = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="repo/")["Contents"]]
@@ -135,7 +135,7 @@ def test_locked_points_survive_attackers_until_their_date(
     out = openbdr("forget", "-r", url, "--keep-last", "1").stdout
     assert f"keep   db1 {first}" in out and "locked" in out
     openbdr("gc", "-r", url, "--margin", "0")
-    assert [p["point"] for p in json.loads(openbdr("points", "-r", url, "--json").stdout)] == [
+    assert [p["id"] for p in json.loads(openbdr("points", "-r", url, "--json").stdout)] == [
         first, second]
     restored = tmp_path / "first.img"
     openbdr("restore", "-r", url, "-H", "db1", "-p", first, "--to", str(restored))

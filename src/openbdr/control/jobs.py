@@ -100,12 +100,11 @@ def enqueue(
     pool: str | None = None,
 ) -> Job:
     """Queue a job (a module function: `on_success` hooks queue follow-up jobs with the
-    session they are given). `pool`: where a job without a host runs."""
+    session they are given). `pool`: where a job without a host runs (a platform's
+    proxies); a job with neither host nor target is refused by the API (`start_job`)."""
     jk = job_kind(kind)
     if jk.needs_host and host is None:
         raise JobError(f"a {kind} job needs a host", "give the host's name")
-    if host is None and target is None and pool is None:
-        raise JobError(f"a {kind} job needs a host or a target", "give one of them")
     if host is not None and jk.exclusive:
         busy = session.scalar(
             select(Job.id).where(

@@ -93,6 +93,9 @@ def start_job(body: JobIn, s: DB, p: Operator, svc: Svc) -> dict[str, Any]:
                        f"POST /api/v1/platforms/{{name}}/{body.kind.removeprefix('platform-')}")
     host = host_by_name(s, body.host) if body.host else None
     target = target_by_name(s, body.target) if body.target else None
+    if host is None and target is None:
+        raise ApiError(409, "conflict", f"a {body.kind} job needs a host or a target",
+                       "give one of them")
     job = svc.queue.enqueue(s, body.kind, host=host, target=target, params=body.params,
                             created_by=p.name, priority=20)
     audit(s, p, "start", "job", job.id, kind=body.kind, host=body.host, params=body.params)
