@@ -9,6 +9,8 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import blake3
+
 from ..errors import OpenBDRError
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -38,6 +40,13 @@ def new_point_id(after: str | None = None, now: datetime | None = None) -> str:
         if prev is not None and now <= prev:
             now = prev + timedelta(microseconds=1)
     return now.strftime("%Y%m%dT%H%M%S.%fZ") + "-" + secrets.token_hex(3)
+
+
+def _checksum(raw: dict[str, Any]) -> str:
+    """BLAKE3 of the record without its checksum, as canonical JSON: a flipped byte that
+    leaves valid JSON (a size, an index digest) is damage, not a different point."""
+    body = json.dumps(raw, sort_keys=True, separators=(",", ":")).encode()
+    return blake3.blake3(body).hexdigest()
 
 
 #: the newest manifest format this code reads
@@ -143,6 +152,7 @@ class RestorePoint:
     def to_bytes(self) -> bytes:
         raw = asdict(self)
         raw.pop("unreadable")
+        raw["checksum"] = _checksum(raw)
         return json.dumps(raw, indent=1, sort_keys=True).encode()
 
     @classmethod
@@ -156,6 +166,9 @@ class RestorePoint:
         fmt = raw.get("format", 1)
         if not isinstance(fmt, int) or fmt > FORMAT:
             raise ValueError(f"format version {fmt!r}: {NEWER} ({FORMAT})")
+        recorded = raw.pop("checksum", None)
+        if recorded is not None and recorded != _checksum(raw):
+            raise ValueError("checksum mismatch (the record was altered)")
         out = cls(**_fields(cls, raw, skip={"disks", "unreadable"}), disks=[])
         disks = raw.get("disks")
         if not isinstance(disks, list):
