@@ -92,7 +92,7 @@ def test_really_damaged_file_system_fails_with_the_reason(tmp_path: Path, state_
     run(["debugfs", "-w", "-R", "clri <2>", str(img)])
     digest = sha256(img)
     rc, rep = _drill(tmp_path, img, state_dir)
-    assert rc == 2 and rep["verdict"] == "failed", json.dumps(rep, indent=1)
+    assert rc == 3 and rep["verdict"] == "failed", json.dumps(rep, indent=1)
     fsck = next(c for c in rep["checks"] if c["type"] == "fsck")
     assert not fsck["ok"]
     assert "did not mount" in fsck["detail"], fsck
