@@ -79,7 +79,7 @@ def test_sync_through_ten_percent_faults(
     openbdr("restore", "-r", s3_url, "-H", "h", "--to", str(tmp_path / "r2.img"), env=env)
     assert sha256(tmp_path / "r2.img") == sha256(image)
     pts = openbdr("points", "-r", s3_url, "-H", "h", "--json", env=env).stdout
-    first_id = pts.split('"point": "')[1].split('"')[0]
+    first_id = pts.split('"id": "')[1].split('"')[0]
     openbdr(
         "restore", "-r", s3_url, "-H", "h", "-p", first_id, "--to", str(tmp_path / "r1.img"),
         env=env,
