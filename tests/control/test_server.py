@@ -62,7 +62,8 @@ def test_pause_change_compression_resume(server: ServerProc, tmp_path: Path) -> 
     assert 0 < done_at_pause < total
     assert c.get("/points", params={"host": "web1"}).json() == []
     before = chunk_codecs(tmp_path / "repo")
-    assert before and set(before) == {0}, before  # codec none (0) so far
+    # compression off so far: stored as is (0), or LZ4 (2) for blocks with all-zero pages
+    assert before and 1 not in before and set(before) <= {0, 2}, before
 
     r = c.patch("/policies/gold", json={"compression": "zstd", "bwlimit": 0})
     assert r.status_code == 200 and r.json()["compression"] == "zstd"
@@ -71,9 +72,9 @@ def test_pause_change_compression_resume(server: ServerProc, tmp_path: Path) -> 
                      what="sync end")
     assert final["state"] == "succeeded", final
     after = chunk_codecs(tmp_path / "repo")
-    # blocks sent before the pause stayed as they were; the rest used zstd
-    assert after.get(0, 0) == before[0], (before, after)
-    assert after.get(1, 0) + after.get(2, 0) > 0, after
+    # blocks sent before the pause stayed as they were; the rest used zstd (1)
+    assert (after.get(0, 0), after.get(2, 0)) == (before.get(0, 0), before.get(2, 0)), after
+    assert after.get(1, 0) > 0, after
     points = c.get("/points", params={"host": "web1"}).json()
     assert len(points) == 1 and points[0]["codec"] == "zstd"
     assert points[0]["freeze_s"] is None  # an image source freezes nothing
