@@ -23,7 +23,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
 from urllib.parse import quote
 
-from ...blocks import BLOCK_SIZE, block_count, block_span
+from ...blocks import block_count, block_span
 from ...chunk import ZERO_ID, ChunkCodec
 from ...errors import CorruptionError, LockedError
 from ...throttle import TokenBucket
@@ -45,6 +45,7 @@ from ..target import (
     WriteOptions,
     register_target_kind,
 )
+from ..writer import IndexedDiskWriter
 from .client import GatewayAuthError, GatewayClient, GatewayError
 from .wire import API, pack_block
 
@@ -97,7 +98,7 @@ class GatewayBlobs(Blobs):
         self.client.call("DELETE", f"{API}/meta/{key}")
 
 
-class BlockDiskWriter(DiskWriter):
+class BlockDiskWriter(IndexedDiskWriter):
     def __init__(
         self,
         session: BlockSession,
@@ -109,43 +110,8 @@ class BlockDiskWriter(DiskWriter):
         prev: DiskIndex | None,
         resume: tuple[bytes, bytes] | None,
     ) -> None:
+        super().__init__(no, name, size, fingerprint, mode, prev, resume)
         self.session = session
-        self.no = no
-        self.size = size
-        self.mode = mode
-        self.fingerprint = fingerprint
-        self.prev = prev.resized(size) if prev is not None and prev.size != size else prev
-        n = block_count(size)
-        if mode == "incremental" and self.prev is not None:
-            self.index = self.prev.copy()
-        else:
-            self.index = DiskIndex(size)
-        self.done_bits = bytearray((n + 7) // 8)
-        if resume is not None:
-            self.index = DiskIndex(size, ids=bytearray(resume[0]))
-            self.done_bits = bytearray(resume[1])
-        self.record = DiskRecord(
-            index=no,
-            name=name,
-            size=size,
-            source=str(fingerprint),
-            index_key="",
-            block_size=BLOCK_SIZE,
-            mode=mode,
-        )
-
-    def previous(self, i: int) -> bytes | None:
-        if self.prev is None or i >= self.prev.count:
-            return None
-        return self.prev[i]
-
-    def previous_blocks(self) -> Iterator[int]:
-        if self.prev is not None:
-            for i, _ in self.prev.nonzero():
-                yield i
-
-    def is_done(self, i: int) -> bool:
-        return bool(self.done_bits[i >> 3] & (1 << (i & 7)))
 
     def put(self, i: int, block: memoryview, cid: bytes) -> tuple[PutKind, int]:
         if self.prev is not None and i < self.prev.count and self.prev[i] == cid:
@@ -156,20 +122,6 @@ class BlockDiskWriter(DiskWriter):
             s.bucket.take(len(enc.data))
         s.call("PUT", "block", pack_block(self.no, i, cid, enc.data))
         return "stored", len(enc.data)
-
-    def done(self, i: int, cid: bytes) -> None:
-        self.index[i] = cid
-        self.done_bits[i >> 3] |= 1 << (i & 7)
-
-    def undo(self, blocks: Iterable[int]) -> None:
-        for i in blocks:
-            self.done_bits[i >> 3] &= ~(1 << (i & 7)) & 0xFF
-
-    def reset(self, mode: Mode, reason: str) -> None:
-        self.mode = self.record.mode = mode
-        self.record.fallback_reason = reason
-        self.index = DiskIndex(self.size)
-        self.done_bits = bytearray(len(self.done_bits))
 
 
 class BlockSession(SyncSession):

@@ -25,7 +25,6 @@ from ..index import DiskIndex
 from ..limited import LimitedBlobs
 from ..manifest import DiskRecord, RestorePoint
 from ..target import (
-    DiskWriter,
     GCReport,
     Mode,
     PointReader,
@@ -37,6 +36,7 @@ from ..target import (
     WriteOptions,
     register_target_kind,
 )
+from ..writer import IndexedDiskWriter
 from . import gc, immutable, scrub
 from .gc import maintenance_lease
 from .layout import index_key, point_key
@@ -53,21 +53,7 @@ DEDUP_SET_LIMIT = 1 << 18
 STORED_SET_LIMIT = 1 << 16
 
 
-class _Bitmap:
-    def __init__(self, n: int, data: bytes | None = None) -> None:
-        self.bits = bytearray(data) if data is not None else bytearray((n + 7) // 8)
-
-    def __contains__(self, i: int) -> bool:
-        return bool(self.bits[i >> 3] & (1 << (i & 7)))
-
-    def add(self, i: int) -> None:
-        self.bits[i >> 3] |= 1 << (i & 7)
-
-    def discard(self, i: int) -> None:
-        self.bits[i >> 3] &= ~(1 << (i & 7))
-
-
-class ObjectDiskWriter(DiskWriter):
+class ObjectDiskWriter(IndexedDiskWriter):
     def __init__(
         self,
         session: ObjectSession,
@@ -79,39 +65,11 @@ class ObjectDiskWriter(DiskWriter):
         prev: DiskIndex | None,
         resume: tuple[bytes, bytes] | None,
     ) -> None:
+        super().__init__(no, name, size, fingerprint, mode, prev, resume)
         self.session = session
-        self.no = no
-        self.size = size
-        self.fingerprint = fingerprint
-        self.mode = mode
-        n = block_count(size)
-        self.prev = prev.resized(size) if prev is not None else None
-        self.index = self.prev.copy() if mode == "incremental" and self.prev else DiskIndex(size)
-        self.finished = _Bitmap(n)
-        if resume is not None:
-            self.index = DiskIndex(size, ids=bytearray(resume[0]))
-            self.finished = _Bitmap(n, resume[1])
         self.known: set[bytes] = set()
         if self.prev is not None and self.prev.count <= DEDUP_SET_LIMIT:
             self.known = self.prev.unique_ids() - session.bad_ids
-        self.record = DiskRecord(
-            index=no,
-            name=name,
-            size=size,
-            source=str(fingerprint),
-            index_key="",
-            block_size=BLOCK_SIZE,
-            mode=mode,
-        )
-
-    def previous(self, i: int) -> bytes | None:
-        return None if self.prev is None else self.prev[i]
-
-    def previous_blocks(self) -> Iterator[int]:
-        return (i for i, _ in self.prev.nonzero()) if self.prev is not None else iter(())
-
-    def is_done(self, i: int) -> bool:
-        return i in self.finished
 
     def put(self, i: int, block: memoryview, cid: bytes) -> tuple[PutKind, int]:
         s = self.session
@@ -126,20 +84,6 @@ class ObjectDiskWriter(DiskWriter):
             s.stored.clear()
         s.stored.add(cid)
         return "stored", len(enc.data)
-
-    def done(self, i: int, cid: bytes) -> None:
-        self.index[i] = cid
-        self.finished.add(i)
-
-    def undo(self, blocks: Iterable[int]) -> None:
-        for i in blocks:
-            self.finished.discard(i)
-
-    def reset(self, mode: Mode, reason: str) -> None:
-        self.index = DiskIndex(self.size)
-        self.finished = _Bitmap(block_count(self.size))
-        self.mode = self.record.mode = mode
-        self.record.fallback_reason = reason
 
 
 class ObjectSession(SyncSession):
@@ -248,7 +192,7 @@ class ObjectSession(SyncSession):
         disks = []
         for w in self.writers:
             blobs[f"disk{w.no}.index"] = bytes(w.index.ids)
-            blobs[f"disk{w.no}.done"] = bytes(w.finished.bits)
+            blobs[f"disk{w.no}.done"] = bytes(w.done_bits)
             disks.append({"no": w.no, "fingerprint": w.fingerprint, "mode": w.mode})
         record = dict(
             state,
