@@ -212,7 +212,7 @@ def test_governance_lock_is_lifted_only_by_the_maintenance_role(
     (point,) = json.loads(openbdr("points", "-r", url, "--json").stdout)
     assert point["locked_until"]
     s3, attacker = _client(owner), _client(sync)
-    key = f"repo/points/db1/{point['point']}.json"
+    key = f"repo/points/db1/{point['id']}.json"
     retention = s3.get_object_retention(Bucket=bucket, Key=key)["Retention"]
     assert retention["Mode"] == "GOVERNANCE"
     vid = s3.head_object(Bucket=bucket, Key=key)["VersionId"]
