@@ -234,7 +234,7 @@ from openbdr.store.target import open_target
 from openbdr.sync import SyncOptions, sync
 spec = {spec!r}
 host = open_source({host!r}, spec)
-sync(open_target({repo!r}), host, SyncOptions(bwlimit=2 << 20, checkpoint_every=0.5))
+sync(open_target({repo!r}), host, SyncOptions(bwlimit=256 << 10, checkpoint_every=0.5))
 """
 
 
