@@ -535,16 +535,9 @@ def forget(
 
 
 def _password(path: str | None) -> str | None:
-    if path is None:
-        return None
-    try:
-        with open(path) as f:
-            value = f.read().rstrip("\r\n")
-    except OSError as exc:
-        raise OpenBDRError(f"cannot read password file {path}: {exc.strerror}") from None
-    if not value:
-        raise OpenBDRError(f"password file {path} is empty")
-    return value
+    from .store.objects.keys import read_password_file
+
+    return None if path is None else read_password_file(path)
 
 
 @app.command("copy")

@@ -124,14 +124,7 @@ def read_passphrase(*, new: bool = False, confirm: bool = False) -> str:
         return os.environ[var]
     path = os.environ.get(var + "_FILE")
     if path:
-        try:
-            with open(path) as f:
-                value = f.read().rstrip("\r\n")
-        except OSError as exc:
-            raise PassphraseError(f"cannot read password file {path}: {exc.strerror}") from None
-        if not value:
-            raise PassphraseError(f"password file {path} is empty")
-        return value
+        return read_password_file(path)
     if not sys.stdin.isatty():
         flag = "--new-password-file" if new else "--password-file"
         raise PassphraseError(
@@ -177,3 +170,15 @@ def open_keys(blobs: Blobs, config: dict[str, Any], passphrase: str | None) -> R
             "restore the config object from a copy",
         )
     return keys
+
+
+def read_password_file(path: str) -> str:
+    """A passphrase file's first line (without its line ending); never empty."""
+    try:
+        with open(path) as f:
+            value = f.read().rstrip("\r\n")
+    except OSError as exc:
+        raise PassphraseError(f"cannot read password file {path}: {exc.strerror}") from None
+    if not value:
+        raise PassphraseError(f"password file {path} is empty")
+    return value
