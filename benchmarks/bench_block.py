@@ -15,13 +15,18 @@ for every contender a full sync of disk.img and an incremental one of disk2.img,
   with a 24 GiB OSD; `--only` without it skips Ceph);
 - `qemu-img`: `qemu-img convert -O qcow2` of the raw image (full only: it has no increment);
 - `rbd-import`: `rbd import` of the raw image (full only).
+- `drill` (with gw-rbd and/or gw-file): the bootable fixture built at 512 MiB and at 8 GiB
+  (`make-bootable-disk --size`), each synced through the gateway, then `openbdr drill run`
+  of its point (booted in place from the RBD snapshot; from local volumes over NBD), twice
+  each: the time from the drill's start to the guest's ready line (`rto_first_s`). No
+  restore precedes the boot, so the 8 GiB disk must boot as fast as the 512 MiB one.
 
 Reported per step: wall time, CPU seconds of the sender's process tree and of the gateway
 (its /proc counters before and after), peak RSS of both, bytes on the wire (the points'
 `stored_bytes`: compressed) and bytes written (`written_bytes`: decompressed, block mode).
 Each block-mode point is read back through the gateway and compared with the source image
 (a wrong byte fails the run). Needs root (corpus build, dropping the page cache). Targets:
-gateway full sync <= 1.2x object mode's wall time.
+gateway full sync <= 1.2x object mode's wall time; drill boot time 8 GiB / 512 MiB <= 1.2x.
 """
 
 from __future__ import annotations
@@ -47,7 +52,22 @@ OPENBDR = str(ROOT / ".venv" / "bin" / "openbdr")
 CEPH = ROOT.parent / "shared" / "fixtures" / "ceph-cluster"
 HOST = "bench"
 MIB = 1 << 20
-CONTENDERS = ("object", "gw-file", "gw-rbd", "qemu-img", "rbd-import")
+CONTENDERS = ("object", "gw-file", "gw-rbd", "qemu-img", "rbd-import", "drill")
+MAKE_DISK = ROOT.parent / "shared" / "fixtures" / "make-bootable-disk"
+DRILL_SIZES = ("512M", "8G")
+DRILL_PLAN = """
+[drill]
+memory = 512
+network = "none"
+accel = "tcg"
+fsck = false
+
+[[probe]]
+type = "console"
+name = "guest ready"
+pattern = "OPENBDR-GUEST-READY"
+timeout = 300
+"""
 
 
 @dataclass
@@ -62,6 +82,7 @@ class Row:
     wire_bytes: int
     written_bytes: int
     check: str = ""
+    boot: float = 0.0  # drill rows: seconds from the drill's start to the guest's ready line
 
 
 def _proc_cpu(pid: int) -> float:
@@ -199,6 +220,43 @@ def _sync_rows(
         yield row
 
 
+def _drill_rows(name: str, gw: Gateway, runs: Path, rounds: int = 2) -> Iterator[Row]:
+    """Boot-time rows: the fixture at each size synced in, then drilled `rounds` times."""
+    plan = runs / "drill.toml"
+    plan.write_text(DRILL_PLAN)
+    for size in DRILL_SIZES:
+        img = runs / f"boot-{size}.img"
+        subprocess.run([str(MAKE_DISK), str(img), "--size", size], check=True, capture_output=True)
+        host = f"boot-{size.lower()}"
+        subprocess.run(
+            [OPENBDR, "sync", "--repo", gw.url, "--host", host, "--compress", "zstd", str(img)],
+            check=True,
+            capture_output=True,
+        )
+        img.unlink()
+        for k in range(rounds):
+            cmd = [OPENBDR, "drill", "run", "-r", gw.url, "-H", host, "--plan", str(plan)]
+            out = runs / f"{name}-drill-{size}-{k}.log"
+            u = run_measured([*cmd, "--no-mark", "--json"], out, env={})
+            rep = json.loads(out.read_text())
+            if rep.get("verdict") != "passed":
+                raise BenchError(f"drill of {host} on {name}: {rep.get('reason')}")
+            row = Row(
+                f"{name} drill",
+                f"boot {size} #{k + 1}",
+                round(u.wall, 2),
+                round(u.cpu, 2),
+                0.0,
+                u.maxrss,
+                0,
+                0,
+                0,
+                f"ready after {rep['rto_first_s']:.1f} s",
+            )
+            row.boot = float(rep["rto_first_s"])
+            yield row
+
+
 def run(args: argparse.Namespace) -> list[Row]:
     work: Path = args.workdir
     corpus = ensure_corpus(work)  # the same corpus directory as bench_core.py
@@ -218,6 +276,8 @@ def run(args: argparse.Namespace) -> list[Row]:
         gw = Gateway(runs / "gw-file", f"file://{runs / 'gw-file' / 'volumes'}", {})
         try:
             rows += _sync_rows("gw-file", gw.url, images, cache, runs, gw)
+            if "drill" in only:
+                rows += _drill_rows("gw-file", gw, runs)
         finally:
             gw.stop()
         shutil.rmtree(runs / "gw-file")
@@ -254,6 +314,8 @@ def run(args: argparse.Namespace) -> list[Row]:
                 gw = Gateway(runs / "gw-rbd", vols, env)
                 try:
                     rows += _sync_rows("gw-rbd", gw.url, images, cache, runs, gw)
+                    if "drill" in only:
+                        rows += _drill_rows("gw-rbd", gw, runs)
                 finally:
                     gw.stop()
                     from openbdr.store.block.volumes import open_store
@@ -304,6 +366,15 @@ def table(rows: list[Row]) -> str:
     for r in rows:
         if r.contender.startswith("gw-") and r.phase == "full" and obj.get("full"):
             notes.append(f"{r.contender} full / object full = {r.wall / obj['full']:.2f} (<= 1.2)")
+    for name in sorted({r.contender for r in rows if r.boot}):
+        best = {
+            size: min(r.boot for r in rows if r.contender == name and size in r.phase)
+            for size in DRILL_SIZES
+        }
+        notes.append(
+            f"{name}: boot 8 GiB / 512 MiB = {best['8G'] / best['512M']:.2f} (<= 1.2; "
+            f"best of each: {best['8G']:.1f} s / {best['512M']:.1f} s)"
+        )
     return head + body + "\n" + "\n".join(notes) + "\n"
 
 

@@ -61,7 +61,9 @@ class S3Blobs(Blobs):
             "s3",
             endpoint_url=self.endpoint,
             config=Config(
-                max_pool_connections=max_connections,
+                # a sync's pipeline threads and its puts both use the client: a pool
+                # smaller than both together discards connections (and warns) all along
+                max_pool_connections=2 * max_connections,
                 connect_timeout=float(os.environ.get("OPENBDR_S3_CONNECT_TIMEOUT", "5")),
                 read_timeout=float(os.environ.get("OPENBDR_S3_READ_TIMEOUT", "60")),
                 retries={"mode": "standard", "max_attempts": 1},  # retry.py retries
