@@ -24,8 +24,8 @@ for every contender a full sync of disk.img and an incremental one of disk2.img,
 Reported per step: wall time, CPU seconds of the sender's process tree and of the gateway
 (its /proc counters before and after), peak RSS of both, bytes on the wire (the points'
 `stored_bytes`: compressed) and bytes written (`written_bytes`: decompressed, block mode).
-Each block-mode point is read back through the gateway and compared with the source image
-(a wrong byte fails the run). Needs root (corpus build, dropping the page cache). Targets:
+Each block-mode point is restored through the gateway and checked like a valid-data restore
+of the core benchmark (fsck clean, every file equal; a difference fails the run). Needs root (corpus build, dropping the page cache). Targets:
 gateway full sync <= 1.2x object mode's wall time; drill boot time 8 GiB / 512 MiB <= 1.2x.
 """
 
@@ -43,7 +43,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from corpus import ROOT, ensure_corpus
+from corpus import ROOT, ensure_corpus, verify_same_files
 from measure import BenchError, Cache, Usage, run_measured
 
 sys.path.insert(0, str(ROOT / "src"))
@@ -174,22 +174,20 @@ def _env(path: Path) -> dict[str, str]:
     return values
 
 
-def _read_back_equal(url: str, image: Path) -> str:
-    """Read the newest point through the gateway and compare with the source, block by block."""
-    from openbdr.blocks import BLOCK_SIZE, block_count
-    from openbdr.store.block.target import BlockTarget
-
-    t = BlockTarget(url)
-    p = t.points(HOST)[-1]
-    d = p.disks[0]
-    r = t.reader(p, d)
-    with open(image, "rb") as f:
-        for i, data in r.read_blocks(range(block_count(d.size))):
-            f.seek(i * BLOCK_SIZE)
-            if f.read(len(data)) != data:
-                raise BenchError(f"{url}: point {p.id} block {i} differs from {image}")
-    t.close()
-    return "read back identical"
+def _read_back_equal(url: str, image: Path, scratch: Path) -> str:
+    """Restore the newest point through the gateway and check it as the core benchmark checks
+    a valid-data restore (fsck, then every file equal): the point holds the file system's
+    valid data only, so free-space blocks of the source (deleted files) legitimately differ."""
+    out = scratch / "readback.img"
+    subprocess.run(
+        [OPENBDR, "restore", "--repo", url, "--host", HOST, "--to", str(out), "--force"],
+        check=True,
+        capture_output=True,
+    )
+    try:
+        return verify_same_files(out, image, scratch)
+    finally:
+        out.unlink(missing_ok=True)
 
 
 def _sync_rows(
@@ -216,7 +214,7 @@ def _sync_rows(
             sum(int(d.get("written_bytes", 0)) for d in disks),
         )
         if gw is not None:
-            row.check = _read_back_equal(repo, img)
+            row.check = _read_back_equal(repo, img, log)
         yield row
 
 
