@@ -68,6 +68,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="document whose results part is rewritten ('-' for none)",
     )
     p.add_argument(
+        "--restore-dir",
+        type=Path,
+        help="write every contender's restore here (e.g. /dev/shm: then a restore's writes "
+        "do not share the one disk that the repository or the S3 gateway reads from)",
+    )
+    p.add_argument(
         "--repeat",
         type=int,
         default=1,
@@ -210,6 +216,8 @@ def main(argv: list[str]) -> int:
     meta.update(corpus_facts(corpus))
     meta["load_before"] = " ".join(f"{x:.1f}" for x in os.getloadavg())
     bench = Bench(corpus, args.workdir / "runs", Cache(args.cache), keep=args.keep)
+    bench.restore_root = args.restore_dir
+    meta["restore_dir"] = str(args.restore_dir or "beside each repository")
     steps = run_contenders(bench, names, args.repeat)
     meta["rounds"] = args.repeat
     if args.merge:

@@ -25,7 +25,7 @@ from corpus import (
     verify_same_bytes,
     verify_same_files,
 )
-from measure import BenchError, Cache, Usage, du, run_measured, shell
+from measure import BenchError, Cache, Usage, device_bytes, du, run_measured, shell
 
 OPENBDR = str(ROOT / ".venv" / "bin" / "openbdr")
 HOST = "bench"
@@ -44,6 +44,9 @@ class Step:
     error: str = ""
     log: str = ""
     walls: list[float] = field(default_factory=list)  # every round's wall time
+    #: bytes read + written by the whole block device under the runs (every process: the
+    #: S3 gateway's OSD too), to see when a step is bound by this VM's single disk
+    device_io: int | None = None
 
 
 @dataclass
@@ -56,6 +59,8 @@ class Bench:
     logs: Path = field(init=False)
     #: the S3 gateway's settings, once an S3 contender started it
     s3: dict[str, str] | None = None
+    #: where restores write (default: beside each contender's repository)
+    restore_root: Path | None = None
 
     def __post_init__(self) -> None:
         self.logs = self.runs / "logs"
@@ -66,10 +71,22 @@ class Bench:
         d.mkdir(parents=True)
         return d
 
+    def restore_dir(self, d: Path) -> Path:
+        """A fresh directory for a contender's restored copy (on `restore_root` if given:
+        e.g. tmpfs, so that a restore's writes do not share the disk the store reads from)."""
+        if self.restore_root is None:
+            return d
+        out = self.restore_root / f"restore-{d.name}"
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True)
+        return out
+
     def done_with(self, path: Path) -> None:
         """Free the space of a repository, output or restored copy once it is measured."""
         if self.keep:
             return
+        if self.restore_root is not None:
+            shutil.rmtree(self.restore_root / f"restore-{path.name}", ignore_errors=True)
         if path.is_dir():
             shutil.rmtree(path, ignore_errors=True)
         else:
@@ -90,10 +107,14 @@ class Bench:
         self.cache.prepare(inputs)
         print(f"  {contender}: {phase} …", flush=True)
         log = self.logs / f"{slug(contender)}-{phase}.log"
+        io0 = device_bytes(self.runs)
         usage = run_measured(cmd, log, cwd=cwd, env=env)
+        io = device_bytes(self.runs) - io0
         stored = du(stored_in) - before if stored_in is not None else None
         print(f"    {usage.wall:.1f} s wall, {usage.cpu:.1f} s CPU", flush=True)
-        return Step(contender, phase, usage, stored=stored, log=str(log), walls=[usage.wall])
+        return Step(
+            contender, phase, usage, stored=stored, log=str(log), walls=[usage.wall], device_io=io
+        )
 
     def check(self, step: Step, verify: Callable[[], str]) -> Step:
         """Run a restore's correctness check when this round verifies."""
@@ -141,7 +162,7 @@ def openbdr(b: Bench, all_data: bool) -> Iterator[Step]:
         step = b.step(name, phase, [*cmd, "--json", str(img)], [img], stored_in=repo)
         _openbdr_report(step)
         yield step
-    target = d / "restore.img"
+    target = b.restore_dir(d) / "restore.img"
     cmd = [OPENBDR, "restore", "-r", str(repo), "-H", HOST, "--to", str(target)]
     step = b.step(name, "restore", cmd, [repo])
     if all_data:
@@ -174,7 +195,7 @@ def restic(b: Bench) -> Iterator[Step]:
     for phase, img in (("full", b.corpus.disk), ("incremental", b.corpus.disk2)):
         cmd = ["restic", "backup", "-q", "--host", HOST, "--compression", "auto", img.name]
         yield b.step(name, phase, cmd, [img], stored_in=repo, cwd=b.corpus.dir, env=env)
-    target = d / "restore"
+    target = b.restore_dir(d) / "restore"
     restored = target / b.corpus.disk2.name  # backed up by relative name
     cmd = shell(f"restic restore -q latest --target '{target}' && sync '{restored}'")
     step = b.step(name, "restore", cmd, [repo], env=env)
@@ -197,7 +218,7 @@ def borg(b: Bench) -> Iterator[Step]:
     for phase, img, archive in archives:
         cmd = ["borg", "create", "-C", "zstd,1", f"{repo}::{archive}", img.name]
         yield b.step(name, phase, cmd, [img], stored_in=repo, cwd=b.corpus.dir, env=env)
-    target = d / "restore"
+    target = b.restore_dir(d) / "restore"
     target.mkdir()
     cmd = shell(f"borg extract --sparse '{repo}::incr' && sync {b.corpus.disk2.name}")
     step = b.step(name, "restore", cmd, [repo], cwd=target, env=env)
@@ -215,7 +236,7 @@ def zstd_raw(b: Bench) -> Iterator[Step]:
         cmd = shell(f"zstd -1 -T2 -q -f '{img}' -o '{out}' && sync '{out}'")
         yield b.step(name, phase, cmd, [img], stored_in=out)
     packed = d / f"{b.corpus.disk2.name}.zst"
-    target = d / "restore.img"
+    target = b.restore_dir(d) / "restore.img"
     cmd = shell(f"zstd -d -q -f --sparse '{packed}' -o '{target}' && sync '{target}'")
     step = b.step(name, "restore", cmd, [packed])
     b.check(step, lambda: verify_same_bytes(target, b.corpus.disk2))
@@ -264,7 +285,7 @@ def openbdr_s3(b: Bench) -> Iterator[Step]:
         now = bucket_bytes(url, env)
         step.stored, stored = now - stored, now
         yield step
-    target = d / "restore.img"
+    target = b.restore_dir(d) / "restore.img"
     cmd = [OPENBDR, "restore", "-r", url, "-H", HOST, "--to", str(target)]
     step = b.step(name, "restore", cmd, [], env=env)
     b.check(step, lambda: verify_same_files(target, b.corpus.disk2, d / "mnt"))
@@ -296,7 +317,7 @@ def restic_s3(b: Bench) -> Iterator[Step]:
         now = bucket_bytes(f"s3://{bucket}/repo", env)
         step.stored, stored = now - stored, now
         yield step
-    target = d / "restore"
+    target = b.restore_dir(d) / "restore"
     restored = target / b.corpus.disk2.name
     cmd = shell(f"restic restore -q latest --target '{target}' && sync '{restored}'")
     step = b.step(name, "restore", cmd, [], env=env)

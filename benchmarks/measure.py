@@ -102,6 +102,19 @@ def du(path: Path) -> int:
     return int(out.stdout.split()[0])
 
 
+def device_bytes(path: Path) -> int:
+    """Bytes read plus written so far by the block device holding `path` (/proc/diskstats:
+    every process, the kernel's write-out included); 0 when it is not a block device."""
+    dev = os.stat(path).st_dev
+    major, minor = os.major(dev), os.minor(dev)
+    with open("/proc/diskstats") as f:
+        for line in f:
+            fields = line.split()
+            if int(fields[0]) == major and int(fields[1]) == minor:
+                return (int(fields[5]) + int(fields[9])) * 512
+    return 0
+
+
 def shell(script: str) -> list[str]:
     """A bash pipeline that fails when any of its commands fails."""
     return ["bash", "-o", "pipefail", "-c", script]

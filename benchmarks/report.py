@@ -135,6 +135,7 @@ def steps_table(steps: list[Step]) -> str:
         "CPU s (user+sys)",
         "peak RSS MiB",
         "disk read MiB",
+        "device I/O MiB",
         "source read MiB",
         "stored MiB",
         "check",
@@ -144,7 +145,7 @@ def steps_table(steps: list[Step]) -> str:
     for s in sorted(steps, key=lambda s: order.get(s.phase, 9)):
         u = s.usage
         if u is None:
-            rows.append([s.contender, s.phase, "failed", "", "", "", "", "", s.error[:120]])
+            rows.append([s.contender, s.phase, "failed", "", "", "", "", "", "", s.error[:120]])
             continue
         rows.append(
             [
@@ -154,6 +155,7 @@ def steps_table(steps: list[Step]) -> str:
                 f"{u.cpu:.1f} ({u.user:.1f}+{u.sys:.1f})",
                 f"{u.maxrss / MIB:.0f}",
                 _mib(u.disk_read),
+                _mib(s.device_io),
                 _mib(s.source_read),
                 _mib(s.stored),
                 s.check,
