@@ -225,7 +225,9 @@ class Site:
                     touched,
                     dirty,
                     suspect=bool(touched),
-                    unknown_all=bool(raw.get("unknown_all")),
+                    # a volume gone, or whose acknowledged writes were lost (a cancelled EBS
+                    # pending snapshot): nothing it holds is vouched for
+                    unknown_all=bool(raw.get("unknown_all")) or not existed or vol.lost_writes(),
                 )
             self._vols[name] = vs
             return vs
