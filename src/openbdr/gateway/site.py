@@ -739,11 +739,24 @@ class Site:
         return rep
 
     def volumes_report(self) -> Iterator[dict[str, Any]]:
-        """Every volume with its snapshots (the console lists them)."""
+        """Every volume with its snapshots and the bytes the points' syncs wrote into it
+        (decompressed) and carried to it (on the wire): the console lists them."""
+        per: dict[str, dict[str, tuple[int, int]]] = {}
+        for p in self.points():
+            for d in p.disks:
+                per.setdefault(volume_name(p.host, d.name), {})[p.id] = (
+                    int(d.written_bytes or 0),
+                    int(d.stored_bytes or 0),
+                )
         for name in self.volumes.names():
             vol = self.volumes.open(name)
+            snaps = [s.name for s in vol.snapshots()]
+            mine = per.get(name, {})
             yield {
                 "volume": name,
+                "host": name.split("--", 1)[0],
                 "size": vol.size,
-                "snapshots": [s.name for s in vol.snapshots()],
+                "snapshots": snaps,
+                "written_bytes": sum(mine.get(s, (0, 0))[0] for s in snaps),
+                "stored_bytes": sum(mine.get(s, (0, 0))[1] for s in snaps),
             }
