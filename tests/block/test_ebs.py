@@ -13,7 +13,7 @@ import pytest
 from openbdr.blocks import BLOCK_SIZE
 from openbdr.chunk import Codec
 from openbdr.errors import CorruptionError
-from openbdr.store.block.ebsvol import T_POINT, T_VOLUME, EbsStore, EbsVolume
+from openbdr.store.block.ebsvol import CARRY, T_POINT, T_VOLUME, EbsStore, EbsVolume
 from openbdr.store.block.target import BlockTarget
 from openbdr.store.block.volumes import VolumeError, open_store
 from openbdr.store.target import WriteOptions
@@ -193,3 +193,34 @@ def test_sync_through_a_gateway_into_ebs_restores_identical(
     }
     assert points == {p1.id, p2.id}
     assert target.verify("ebs1", deep=True).ok
+
+
+def test_a_volume_that_outgrows_its_pending_snapshot(fake_aws: FakeAWS) -> None:
+    """A pending snapshot cannot grow: it is completed as a hidden carry snapshot and a
+    larger one continues from it; a shrink zeroes the tail so that growing reads zeros."""
+    fake = fake_aws
+    gib = 1 << 30
+    vol = _vol(_ebs(fake), "big--sda", gib)
+    b0, b1, b2 = os.urandom(MiB), os.urandom(MiB), os.urandom(MiB)
+    vol.write(0, b0)
+    vol.snapshot("p1")
+    vol.write(gib - MiB, b1)
+    vol.resize(gib + 3 * MiB)  # past the pending snapshot's 1 GiB
+    vol.write(gib + MiB, b2)
+    vol.snapshot("p2")
+    assert vol.read_snapshot("p2", 0, MiB) == b0
+    assert vol.read_snapshot("p2", gib - MiB, 3 * MiB) == b1 + bytes(MiB) + b2
+    assert vol.read_snapshot("p2", gib + 2 * MiB, 2 * MiB) == bytes(MiB)  # short at its end
+    carries = [s for s in fake.account.live_snapshots() if s.tags.get(T_POINT) == CARRY]
+    assert carries == []  # deleted once p2 completed
+    vol.resize(gib + MiB + 1000)
+    vol.resize(gib + 3 * MiB)
+    vol.snapshot("p3")
+    assert vol.read_snapshot("p3", gib + MiB, 2 * MiB) == b2[:1000] + bytes(2 * MiB - 1000)
+    again = _vol(_ebs(fake), "big--sda")
+    assert [(s.name, s.size) for s in again.snapshots()] == [
+        ("p1", gib),
+        ("p2", gib + 3 * MiB),
+        ("p3", gib + 3 * MiB),
+    ]
+    assert again.read_snapshot("p1", gib - MiB, MiB) == bytes(MiB)

@@ -66,6 +66,8 @@ T_VOLUME, T_SIZE, T_SEQ, T_POINT, T_BLOCKS, T_CHILD, T_DELETED = (
     "openbdr:child",
     "openbdr:deleted",
 )
+#: the point tag of a snapshot completed only because the volume outgrew its pending one
+CARRY = "~carry"
 #: minutes after which EBS cancels a pending snapshot that sees no write (the maximum)
 PENDING_TIMEOUT = 4320
 
@@ -196,7 +198,7 @@ class EbsVolume(Volume):
             self.pending.tagged = self.pending.counted
             self._size = int(tags.get(T_SIZE, self._size))
             if self.pending.point is not None:  # killed between tagging and completion
-                self._complete()
+                self._complete(hidden=T_DELETED in tags)
         if self.head is None and self.pending is None:
             if size is None:
                 raise VolumeError(f"EBS volume {self.name} does not exist")
@@ -207,13 +209,14 @@ class EbsVolume(Volume):
         return self._lost
 
     # -- pending snapshot ----------------------------------------------------------------
-    def _start(self) -> _Pending:
-        """The pending snapshot writes go to (started from the head when there is none)."""
+    def _start(self, size: int = 0) -> _Pending:
+        """The pending snapshot writes go to (started from the head when there is none),
+        large enough for `size` bytes too."""
         with self._lock:
             if self.pending is not None:
                 return self.pending
             seq = max([s.seq for s in self.snaps] + [self.head.seq if self.head else 0]) + 1
-            gib = max(_gib(self._size), self.head.gib if self.head else 1)
+            gib = max(_gib(max(self._size, size)), self.head.gib if self.head else 1)
             kw: dict[str, Any] = {
                 "VolumeSize": gib,
                 "ClientToken": str(uuid.uuid4()),  # one token across retries: one snapshot
@@ -369,8 +372,9 @@ class EbsVolume(Volume):
                 )
             time.sleep(self.store.poll)
 
-    def _complete(self) -> _Snap:
-        """Complete the pending snapshot (tagged with its point already)."""
+    def _complete(self, hidden: bool = False) -> _Snap:
+        """Complete the pending snapshot (tagged with its point already); `hidden`: a
+        carry snapshot, the head of the live volume but no point (deleted after the next)."""
         p = self.pending
         assert p is not None and p.point is not None
         with _errors(f"EBS volume {self.name}"):
@@ -389,7 +393,8 @@ class EbsVolume(Volume):
         snap = _Snap(p.id, p.point, self._size, p.seq, p.gib)
         with self._lock:
             old = self.head
-            self.snaps.append(snap)
+            if not hidden:
+                self.snaps.append(snap)
             self.head = snap
             self.pending = None
             self._partial = {}
@@ -413,13 +418,13 @@ class EbsVolume(Volume):
             return
         if size <= 0:
             raise VolumeError(f"EBS volume {self.name}: size {size} is not positive")
-        p = self._start()
-        if _gib(size) > p.gib:
-            raise VolumeError(
-                f"EBS volume {self.name}: cannot grow to {size} bytes while snapshot {p.id} "
-                f"({p.gib} GiB) is being written",
-                "finish or abandon the running sync first",
-            )
+        with self._lock:
+            p = self._start(size)
+            if _gib(size) > p.gib:  # a pending snapshot cannot grow: carry it into a larger one
+                self._tag(p.id, {T_POINT: CARRY, T_DELETED: "1", T_SIZE: str(self._size)})
+                p.point = CARRY
+                self._complete(hidden=True)
+                p = self._start(size)
         old = self._size
         if size < old:  # keep what lies past the end zero: a grown volume reads zeros
             tail = size % EBS_BLOCK
