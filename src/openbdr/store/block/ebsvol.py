@@ -524,6 +524,11 @@ class EbsStore(VolumeStore):
 
         parts = urlsplit(url)
         region = parts.netloc or parts.path.strip("/")
+        if not region:
+            raise VolumeError(
+                f"EBS volume store {url!r} names no region",
+                "use ebs://REGION, e.g. ebs://eu-west-1",
+            )
         q = {k: v[-1] for k, v in parse_qs(parts.query).items()}
         opts: dict[str, Any] = {}
         for key, opt in (
