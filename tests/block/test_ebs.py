@@ -224,3 +224,33 @@ def test_a_volume_that_outgrows_its_pending_snapshot(fake_aws: FakeAWS) -> None:
         ("p3", gib + 3 * MiB),
     ]
     assert again.read_snapshot("p1", gib - MiB, MiB) == bytes(MiB)
+
+
+def test_a_snapshot_that_fails_to_complete_stops_the_volume(fake_aws: FakeAWS) -> None:
+    """A pending snapshot that ends in error (or vanishes) while it completes took the
+    acknowledged blocks with it: the volume refuses further writes until a restart, whose
+    open reports the writes lost; the earlier point stays readable."""
+    fake = fake_aws
+    vol = _vol(_ebs(fake), "f--sda", 2 * MiB)
+    a = os.urandom(2 * MiB)
+    vol.write(0, a)
+    vol.snapshot("p1")
+    vol.write(0, os.urandom(MiB))
+    assert vol.pending is not None
+    doomed = vol.pending.id
+
+    def vanish(op: str, params: dict[str, str]) -> None:
+        gone = fake.account.snapshots[doomed].deleted
+        if op == "ec2:DescribeSnapshots" and params.get("SnapshotId.1") == doomed and not gone:
+            fake.account.delete_snapshot(doomed)
+
+    fake.hooks.append(vanish)
+    with pytest.raises(VolumeError, match="failed"):
+        vol.snapshot("p2")
+    fake.hooks.remove(vanish)
+    with pytest.raises(VolumeError, match="restart the gateway"):
+        vol.write(MiB, os.urandom(MiB))
+    again = _vol(_ebs(fake), "f--sda")
+    assert again.lost_writes()
+    assert [s.name for s in again.snapshots()] == ["p1"]
+    assert again.read_snapshot("p1", 0, 2 * MiB) == a

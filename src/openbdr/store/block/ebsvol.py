@@ -138,6 +138,8 @@ class EbsVolume(Volume):
         #: head snapshots deleted as points, kept until the next snapshot completes
         self._retired: list[str] = []
         self._lost = False
+        #: why this volume refuses work until the gateway restarts (a snapshot failed)
+        self._broken: str | None = None
         self._load(size)
 
     # -- state from tags ---------------------------------------------------------------
@@ -212,6 +214,10 @@ class EbsVolume(Volume):
     def _start(self, size: int = 0) -> _Pending:
         """The pending snapshot writes go to (started from the head when there is none),
         large enough for `size` bytes too."""
+        if self._broken:
+            raise VolumeError(
+                self._broken, "restart the gateway: it then has the blocks sent again"
+            )
         with self._lock:
             if self.pending is not None:
                 return self.pending
@@ -353,16 +359,25 @@ class EbsVolume(Volume):
     def _wait(self, snap_id: str) -> dict[str, Any]:
         deadline = time.monotonic() + self.store.timeout
         while True:
-            got = self.store.describe(ids=[snap_id])
+            try:
+                got = self.store.describe(ids=[snap_id])
+            except VolumeError as exc:
+                if "does not exist" not in exc.what:  # translate()'s line for *.NotFound
+                    raise
+                got = []
             s = got[0] if got else {}
             state = s.get("State")
             if state == "completed":
                 return s
             if state == "error" or not got:
-                raise VolumeError(
+                # the blocks acknowledged into it are gone: refuse every write until a
+                # restart, whose open reports them lost (the gateway has them sent again)
+                self._broken = (
                     f"EBS snapshot {snap_id} of volume {self.name} failed ({state or 'gone'}): "
-                    f"{s.get('StateMessage', '')}".rstrip(": "),
-                    "the previous snapshots are intact; run the sync again",
+                    f"{s.get('StateMessage', '')}".rstrip(": ")
+                )
+                raise VolumeError(
+                    self._broken, "the previous points are intact; restart the gateway and sync"
                 )
             if time.monotonic() > deadline:
                 raise VolumeError(
