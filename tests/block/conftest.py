@@ -15,6 +15,7 @@ import pytest
 from openbdr.store.block.volumes import VolumeStore, open_store
 
 from ..conftest import _read_env
+from ..fakes.aws import ACCESS_KEY, SECRET_KEY, FakeAWS
 
 OPENBDR = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "openbdr"
 
@@ -31,11 +32,34 @@ def rbd_env(request: pytest.FixtureRequest) -> dict[str, str]:
     return env
 
 
+@pytest.fixture
+def fake_aws(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeAWS]:
+    """The AWS fake on loopback, its keys in the environment (gateways started by the test
+    inherit them: the standard credential chain finds them)."""
+    fake = FakeAWS(tmp_path / "fake-aws").start()
+    fake.account.completion_delay = 0.05
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    yield fake
+    fake.stop()
+
+
+def ebs_url(fake: FakeAWS, **extra: str) -> str:
+    query = "&".join(f"{k}={v}" for k, v in {"poll": "0.02", "retries": "8", **extra}.items())
+    return f"ebs://{fake.account.region}?endpoint={fake.url}&{query}"
+
+
 @pytest.fixture(params=["file", "rbd"])
 def backend_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A fresh, empty volume store of each backend."""
+    """A fresh, empty volume store of each backend (`ebs` when a test asks for it: the
+    AWS EBS direct APIs of the fake)."""
     if request.param == "file":
         yield f"file://{tmp_path / 'volumes'}"
+        return
+    if request.param == "ebs":
+        yield ebs_url(request.getfixturevalue("fake_aws"))
         return
     env = request.getfixturevalue("rbd_env")
     prefix = f"t{uuid.uuid4().hex[:8]}."

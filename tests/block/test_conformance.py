@@ -1,6 +1,8 @@
-"""The block target passes the target contract's conformance suite, on both backends."""
+"""The block target passes the target contract's conformance suite, on every backend."""
 
 from __future__ import annotations
+
+import pytest
 
 from openbdr.store.target import open_target
 
@@ -8,6 +10,7 @@ from ..conformance.targets import check_target
 from .conftest import GatewayProc
 
 
+@pytest.mark.parametrize("backend_url", ["file", "rbd", "ebs"], indirect=True)
 def test_block_target_conformance(gateway: GatewayProc) -> None:
     target = open_target(gateway.url)  # gateway:// picks the block target kind
     try:

@@ -36,6 +36,7 @@ def _busy_image(path: Path, seed: int) -> Path:
     return img
 
 
+@pytest.mark.parametrize("backend_url", ["file", "rbd", "ebs"], indirect=True)
 def test_gateway_killed_at_ten_moments(gateway: GatewayProc, tmp_path: Path) -> None:
     img = _busy_image(tmp_path / "disk.img", 5)
     target = BlockTarget(gateway.url)

@@ -1,5 +1,5 @@
 """Full and incremental syncs of a real ext4 image through a gateway, into raw files + undo
-journal and into Ceph RBD: every point reads back byte-identical, verify passes,
+journal, into Ceph RBD and into AWS EBS snapshots (the fake): every point reads back byte-identical, verify passes,
 retention deletes snapshots and gc the rest."""
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from .driver import drive, read_back
 from .images import ext4_image, ext4_write, scribble
 
 
+@pytest.mark.parametrize("backend_url", ["file", "rbd", "ebs"], indirect=True)
 def test_full_and_incremental_points_read_back_identical(
     gateway: GatewayProc, tmp_path: Path
 ) -> None:
@@ -113,6 +114,7 @@ def test_an_abandoned_sync_never_leaks_into_the_next_point(
     assert read_back(target, p1) == first
 
 
+@pytest.mark.parametrize("backend_url", ["file", "rbd", "ebs"], indirect=True)
 def test_a_disk_that_shrinks_and_grows_again(gateway: GatewayProc, tmp_path: Path) -> None:
     """Odd sizes, a shrink and a regrowth: each point reads back its own size and bytes, and
     the regrown tail is zeros where the source is (not what the volume held before)."""

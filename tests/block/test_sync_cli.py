@@ -94,3 +94,11 @@ def test_bytes_on_the_wire_match_object_mode(gateway: GatewayProc, tmp_path: Pat
     assert obj["stored_bytes"] <= blk["stored_bytes"] <= obj["stored_bytes"] * 1.05
     assert blk["written_bytes"] > blk["stored_bytes"]  # decompressed at the DR site
     assert blk["written_bytes"] <= blk["size"]  # whole blocks of the valid data
+    # `openbdr points --json` reports both per point, whatever the mode
+    [row] = json.loads(_obdr("points", "--repo", gateway.url, "--json"))
+    assert (row["stored_bytes"], row["written_bytes"]) == (
+        blk["stored_bytes"],
+        blk["written_bytes"],
+    )
+    [orow] = json.loads(_obdr("points", "--repo", str(repo), "--json"))
+    assert (orow["stored_bytes"], orow["written_bytes"]) == (obj["stored_bytes"], 0)

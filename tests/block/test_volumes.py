@@ -1,4 +1,5 @@
-"""The volume backend contract, on local raw files (undo journal) and on real Ceph RBD."""
+"""The volume backend contract, on local raw files (undo journal), on real Ceph RBD and on
+AWS EBS snapshots (the EBS direct APIs of the faithful fake)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ def _blk(tag: int) -> bytes:
     return bytes([tag % 251 + 1]) * 1000 + os.urandom(MiB - 1000)
 
 
+@pytest.mark.parametrize("backend_url", ["file", "rbd", "ebs"], indirect=True)
 def test_snapshots_keep_their_content(store: VolumeStore) -> None:
     vol = store.open("host-a--sda", 8 * MiB)
     a = {i: _blk(i) for i in range(0, 8, 2)}

@@ -26,7 +26,8 @@ PUBLIC = {("GET", "/api/v1/health"), ("POST", "/api/v1/auth/login"),
 ANY = {("GET", "/api/v1/me")}
 VIEWER = {
     ("GET", p) for p in (
-        "/api/v1/targets", "/api/v1/targets/{name}", "/api/v1/policies",
+        "/api/v1/targets", "/api/v1/targets/{name}", "/api/v1/targets/{name}/volumes",
+        "/api/v1/policies",
         "/api/v1/policies/{name}", "/api/v1/hosts", "/api/v1/hosts/{name}", "/api/v1/points",
         "/api/v1/points/{host}/{point_id}", "/api/v1/jobs", "/api/v1/jobs/{job_id}",
         "/api/v1/jobs/{job_id}/logs", "/api/v1/alerts", "/api/v1/overview", "/api/v1/kinds",

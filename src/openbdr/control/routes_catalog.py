@@ -31,6 +31,7 @@ from .schemas import (
     TargetIn,
     TargetOut,
     TargetPatch,
+    VolumeOut,
 )
 from .services import Services
 from .status import host_rows
@@ -136,6 +137,25 @@ def refresh(name: str, s: DB, p: Operator, svc: Svc) -> dict[str, int]:
     out = refresh_target(s, target_by_name(s, name), points, listed)
     audit(s, p, "refresh", "target", name, **out)
     return out
+
+
+@router.get("/targets/{name}/volumes", response_model=list[VolumeOut], tags=["targets"])
+def target_volumes(name: str, s: DB, _p: Viewer, svc: Svc) -> list[dict[str, Any]]:
+    """The volumes of a block-mode target, as its gateway reports them (name, size,
+    snapshots, bytes written and carried)."""
+    t = target_by_name(s, name)
+    if not t.url.startswith("gateway://"):
+        raise ApiError(
+            400, "bad_request", f"target {name!r} is an object repository: it has no volumes",
+            "volumes belong to block-mode targets (gateway://…)",
+        )
+    url, secrets = t.url, svc.box.open(t.secrets)
+    s.commit()  # no catalog lock while the gateway answers
+    repo = open_target(url, secrets)
+    try:
+        return list(repo.volumes())  # type: ignore[attr-defined]
+    finally:
+        repo.close()
 
 
 # -- policies ---------------------------------------------------------------------

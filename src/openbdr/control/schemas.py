@@ -110,6 +110,20 @@ class TargetOut(BaseModel):
     last_refresh: datetime | None = None
 
 
+class VolumeOut(BaseModel):
+    """One volume of a block-mode (gateway) target: a protected disk written in place."""
+
+    volume: str
+    host: str
+    size: int
+    #: restore points (volume snapshots) it holds, oldest first
+    snapshots: list[str]
+    #: decompressed bytes the syncs of those points wrote into it
+    written_bytes: int = 0
+    #: bytes those syncs carried on the wire (compressed)
+    stored_bytes: int = 0
+
+
 class RefreshOut(BaseModel):
     added: int
     removed: int

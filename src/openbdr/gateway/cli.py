@@ -30,7 +30,10 @@ def serve(
     volumes: Annotated[
         str,
         typer.Option(
-            "--volumes", help="Volume backend: file:///DIR (raw + undo journal) or rbd://POOL."
+            "--volumes",
+            help="Volume backend: file:///DIR (raw + undo journal), rbd://POOL, or "
+            "ebs://REGION[?endpoint=URL&profile=P&role_arn=ARN] (EBS snapshots; AWS "
+            "credentials from the environment, a profile or a role).",
         ),
     ] = "",
     listen: Annotated[str, typer.Option("--listen", help="HOST:PORT (port 0: any).")] = (

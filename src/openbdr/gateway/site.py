@@ -9,6 +9,11 @@
                                        the first write into a group)
     <root>/state/vols/<volume>.dirty   block → hash written since that snapshot (at checkpoints)
     <root>/state/sessions/<host>.json  the open sync of a host: its disks, counters, checkpoint
+    <root>/state/leases.json           the hosts' leases (holder token, owner, wall-clock
+                                       expiry), rewritten atomically when a holder changes
+                                       and, while one renews, every LEASE_TTL/2: a restarted
+                                       gateway still refuses a second sync of the host and
+                                       its gc still spares what the running sync needs
     <root>/meta/                       the target's `meta` blobs (drill reports …)
 
 A point exists only once each of its disks' snapshots and indexes exist: the record is
@@ -49,6 +54,7 @@ from ..store.target import GCReport, Problem, VerifyReport
 #: blocks per group of the persisted "written since the snapshot" record
 GROUP = 64
 LEASE_TTL = 60.0
+LEASES = "leases.json"
 
 
 class LeaseHeld(LockedError):
@@ -138,6 +144,9 @@ class Site:
         self.volumes = open_store(volumes)
         self._lock = threading.RLock()
         self._leases: dict[str, tuple[str, float, dict[str, Any] | None]] = {}
+        #: host -> wall-clock expiry of its lease as persisted in leases.json
+        self._saved: dict[str, float] = {}
+        self._load_leases()
         self._vols: dict[str, VolState] = {}
         self._sessions: dict[str, dict[str, Any]] = {}
         self._count_lock = threading.Lock()
@@ -154,6 +163,39 @@ class Site:
         self.volumes.close()
 
     # -- leases ----------------------------------------------------------------
+    def _load_leases(self) -> None:
+        """The leases a previous run of the gateway granted (monotonic clocks do not
+        survive a restart: the file holds wall-clock expiries)."""
+        try:
+            doc = json.loads(self.state.get(LEASES))
+        except NotFound:
+            return
+        except ValueError:
+            raise CorruptionError(
+                f"{self.root / 'state' / LEASES} is damaged",
+                "delete it once no sync is running (the senders take their leases again)",
+            ) from None
+        now_w, now_m = time.time(), time.monotonic()
+        for host, e in doc.get("leases", {}).items():
+            left = min(float(e["expires"]) - now_w, LEASE_TTL)
+            if left > 0:
+                self._leases[host] = (str(e["token"]), now_m + left, e.get("owner"))
+                self._saved[host] = float(e["expires"])
+
+    def _save_leases(self) -> None:
+        """Persist every live lease (caller holds the lock); atomic: a new file is renamed
+        over the old one and flushed."""
+        now_w, now_m = time.time(), time.monotonic()
+        doc: dict[str, Any] = {"leases": {}}
+        saved: dict[str, float] = {}
+        for host, (token, expiry, owner) in self._leases.items():
+            if expiry > now_m:
+                saved[host] = now_w + (expiry - now_m)
+                doc["leases"][host] = {"token": token, "expires": saved[host], "owner": owner}
+        self.state.put(LEASES, json.dumps(doc).encode())
+        self.state.flush()
+        self._saved = saved
+
     def lease(
         self,
         host: str,
@@ -178,12 +220,16 @@ class Site:
                 )
             keep = owner if owner is not None else (cur[2] if cur and cur[0] == token else None)
             self._leases[host] = (token, now + LEASE_TTL, keep)
+            changed = cur is None or cur[0] != token or cur[2] != keep
+            if changed or self._saved.get(host, 0.0) < time.time() + LEASE_TTL / 2:
+                self._save_leases()
 
     def release(self, host: str, token: str) -> None:
         with self._lock:
             cur = self._leases.get(host)
             if cur is not None and cur[0] == token:
                 del self._leases[host]
+                self._save_leases()
 
     def _leased(self, host: str) -> bool:
         cur = self._leases.get(host)
@@ -225,7 +271,9 @@ class Site:
                     touched,
                     dirty,
                     suspect=bool(touched),
-                    unknown_all=bool(raw.get("unknown_all")),
+                    # a volume gone, or whose acknowledged writes were lost (a cancelled EBS
+                    # pending snapshot): nothing it holds is vouched for
+                    unknown_all=bool(raw.get("unknown_all")) or not existed or vol.lost_writes(),
                 )
             self._vols[name] = vs
             return vs
@@ -737,11 +785,24 @@ class Site:
         return rep
 
     def volumes_report(self) -> Iterator[dict[str, Any]]:
-        """Every volume with its snapshots (the console lists them)."""
+        """Every volume with its snapshots and the bytes the points' syncs wrote into it
+        (decompressed) and carried to it (on the wire): the console lists them."""
+        per: dict[str, dict[str, tuple[int, int]]] = {}
+        for p in self.points():
+            for d in p.disks:
+                per.setdefault(volume_name(p.host, d.name), {})[p.id] = (
+                    int(d.written_bytes or 0),
+                    int(d.stored_bytes or 0),
+                )
         for name in self.volumes.names():
             vol = self.volumes.open(name)
+            snaps = [s.name for s in vol.snapshots()]
+            mine = per.get(name, {})
             yield {
                 "volume": name,
+                "host": name.split("--", 1)[0],
                 "size": vol.size,
-                "snapshots": [s.name for s in vol.snapshots()],
+                "snapshots": snaps,
+                "written_bytes": sum(mine.get(s, (0, 0))[0] for s in snaps),
+                "stored_bytes": sum(mine.get(s, (0, 0))[1] for s in snaps),
             }

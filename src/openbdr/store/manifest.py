@@ -193,6 +193,8 @@ class RestorePoint:
             "disks": len(self.disks),
             "size": sum(d.size for d in self.disks),
             "stored_bytes": sum(d.stored_bytes for d in self.disks),
+            # block mode: decompressed bytes the gateway wrote (0 in object mode)
+            "written_bytes": sum(d.written_bytes for d in self.disks),
             "mode": ",".join(sorted({d.mode for d in self.disks})),
             "locked_until": self.locked_until,
             "copy_of": self.copy_of.get("point") if self.copy_of else None,

@@ -69,6 +69,11 @@ class EbsApi:
         #: access key -> denied IAM actions ("ebs:GetSnapshotBlock", "kms:Decrypt", …)
         self.denied: dict[str, set[str]] = {}
         self._changed_cache: dict[tuple[str, str], list[int]] = {}
+        #: snapshot id -> ChangedBlocksCount its CompleteSnapshot gave (AWS's check of it
+        #: is undocumented: tests compare it with the blocks written)
+        self.changed_counts: dict[str, int] = {}
+        #: snapshot id -> block indexes PutSnapshotBlock wrote into it
+        self.puts: dict[str, set[int]] = {}
         self._lock = threading.Lock()
 
     # -- tokens ---------------------------------------------------------------------------
@@ -341,6 +346,8 @@ class EbsApi:
             off = f.tell()
             f.write(body)
         snap.blocks[index] = Loc(snap.pack, off, sha)
+        with self._lock:
+            self.puts.setdefault(snap_id, set()).add(index)
         return Reply(
             201,
             b"{}",
@@ -355,7 +362,7 @@ class EbsApi:
         snap = self._writable(snap_id)
         changed = int(headers.get("x-amz-changedblockscount", "0"))
         snap.complete_at = self.account.now() + self.account.completion_delay
-        del changed
+        self.changed_counts[snap_id] = changed
         return Reply(
             202, json.dumps({"Status": "pending"}).encode(), {"Content-Type": "application/json"}
         )

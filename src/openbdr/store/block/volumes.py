@@ -4,7 +4,8 @@ One volume per protected disk, written at byte offsets (whole 1 MiB blocks in pr
 flushed, then frozen by a named snapshot: that snapshot is the disk's share of a restore
 point. A snapshot must never show a half-written state: what `snapshot` freezes is what
 was written and flushed before it, and later writes never change it. Backends:
-`filevol` (local raw files with an undo journal), `rbdvol` (Ceph RBD images and snapshots).
+`filevol` (local raw files with an undo journal), `rbdvol` (Ceph RBD images and snapshots),
+`ebsvol` (AWS EBS snapshots through the EBS direct APIs).
 
 An AWS EBS backend plugs in here too, through the EBS direct APIs, with one difference in
 shape: an EBS snapshot is built, not frozen. `open` would keep, per volume, the id of the
@@ -14,8 +15,8 @@ that snapshot as `ParentSnapshotId`; `write` splits each 1 MiB block into two 51
 calls `CompleteSnapshot` with the changed-block count and tags the snapshot with `name`;
 `read_snapshot` is `GetSnapshotBlock` (512 KiB halves) on top of `ListSnapshotBlocks`;
 `delete_snapshot` is EC2 `DeleteSnapshot`; `direct_source` is None (a drill creates a
-volume from the snapshot through the AWS platform instead). It is built against the EBS
-fake of the AWS issue once that exists.
+volume from the snapshot through the AWS platform instead). `ebsvol` builds it, tested
+against the EBS fake of tests/fakes/aws (docs/block-mode.md says what that proves).
 """
 
 from __future__ import annotations
@@ -100,6 +101,11 @@ class Volume(abc.ABC):
         `read_snapshot`)."""
         return None
 
+    def lost_writes(self) -> bool:
+        """Writes acknowledged before this volume was opened are gone (an EBS pending
+        snapshot the service cancelled): the gateway then vouches for none of its blocks."""
+        return False
+
     def close(self) -> None:  # noqa: B027
         """Release what the volume holds."""
 
@@ -133,11 +139,14 @@ def register_backend(scheme: str, opener: Callable[[str], VolumeStore]) -> None:
 
 
 def open_store(url: str) -> VolumeStore:
-    """`file:///dir` (or a path) for local raw files, `rbd://pool` for Ceph RBD."""
+    """`file:///dir` (or a path) for local raw files, `rbd://pool` for Ceph RBD,
+    `ebs://region` for AWS EBS snapshots."""
     from . import filevol, rbdvol  # noqa: F401 - they register themselves
 
     scheme = url.split("://", 1)[0] if "://" in url else "file"
+    if scheme == "ebs":
+        from . import ebsvol  # noqa: F401 - boto3 loads only when it is used
     opener = _BACKENDS.get(scheme)
     if opener is None:
-        raise VolumeError(f"unknown volume backend {url!r}", "use file:///DIR or rbd://POOL")
+        raise VolumeError(f"unknown volume backend {url!r}", "use file:///DIR, rbd://POOL or ebs://REGION")
     return opener(url)

@@ -75,6 +75,7 @@ async function targets(st) {
   const parts = [h("section", { class: "card" }, h("h2", {}, "Targets (repositories)"),
     table([{ label: "Name" }, { label: "URL" }, { label: "Secrets" }, { label: "Last refresh" }, { label: "Last gc" }, ...(operate ? [{ label: "Actions" }] : [])],
       trs, { empty: "No target yet.", caption: "Targets", attrs: { id: "targets-table" } }))];
+  parts.push(...(await volumeCards(rows)));
   if (admin) {
     const form = dirtyTracking(h("form", { class: "stack", id: "add-target-form" },
       h("div", {}, h("label", { for: "t-name" }, "Name"), h("input", { type: "text", id: "t-name", required: true })),
@@ -104,6 +105,35 @@ async function targets(st) {
     table([{ label: "Policy" }, { label: "RPO" }, { label: "Compression" }, { label: "Bandwidth" }, { label: "Retention" }, { label: "Enabled" }],
       ptrs, { empty: "No policy yet.", caption: "Policies" })));
   fill(st.body, parts);
+}
+
+// Block-mode (gateway://) targets: each protected disk's volume at the DR site, its
+// snapshots (one per restore point) and the bytes written into it (decompressed) and
+// carried to it (on the wire). A gateway that does not answer says so in its card.
+async function volumeCards(rows) {
+  const gateways = rows.filter((t) => t.url.startsWith("gateway://"));
+  const lists = await Promise.all(gateways.map((t) =>
+    get(`targets/${encodeURIComponent(t.name)}/volumes`).catch((e) => e)));
+  return gateways.map((t, k) => {
+    const vols = lists[k];
+    const id = `volumes-${t.name}`;
+    if (!Array.isArray(vols)) {
+      return h("section", { class: "card", id },
+        h("h2", {}, `Volumes of ${t.name}`),
+        h("p", { class: "error", role: "status" }, `The gateway did not answer: ${vols.message}`,
+          vols.hint ? h("span", { class: "hint" }, ` — ${vols.hint}`) : null));
+    }
+    const trs = vols.map((v) => h("tr", { dataset: { volume: v.volume } },
+      cell("Volume", h("code", {}, v.volume)), cell("Host", v.host), cell("Size", bytes(v.size), true),
+      cell("Snapshots", v.snapshots.length ? h("span", { title: v.snapshots.join("\n") },
+        `${v.snapshots.length} · newest ${v.snapshots[v.snapshots.length - 1]}`) : h("span", { class: "muted" }, "none")),
+      cell("Written", bytes(v.written_bytes), true), cell("On the wire", bytes(v.stored_bytes), true)));
+    return h("section", { class: "card", id },
+      h("h2", {}, `Volumes of ${t.name}`, h("span", { class: "hint" }, " — block mode: one volume per disk, a snapshot per restore point")),
+      table([{ label: "Volume" }, { label: "Host" }, { label: "Size", num: true }, { label: "Snapshots" },
+        { label: "Written", num: true }, { label: "On the wire", num: true }],
+      trs, { empty: "No volume yet.", caption: `Volumes of ${t.name}`, attrs: { class: "responsive volumes-table" } }));
+  });
 }
 
 async function users(st) {
