@@ -22,12 +22,15 @@ import pytest
 
 from openbdr.store import fsattr
 
-from ..helpers import is_root, loop_device, make_ext4, mounted, openbdr, sha256
+from ..helpers import OPENBDR, is_root, loop_device, make_ext4, mounted, openbdr, sha256
 
 MIB = 1 << 20
 #: the lock period: long enough for the attacks below, short enough to wait out (chunks
 #: are retained twice as long)
 LOCK_S = 20.0
+
+#: the CLI as root without CAP_LINUX_IMMUTABLE (a confined service)
+NOCAP = ["setpriv", "--bounding-set=-linux_immutable", "--inh-caps=-all", *OPENBDR]
 
 pytestmark = pytest.mark.skipif(not is_root(), reason="loop devices and chattr need root")
 
@@ -63,13 +66,23 @@ def test_init_refuses_what_cannot_lock(tmp_path: Path, ext4: Path) -> None:
                    "compliance", check=False)
     assert proc.returncode != 0 and "cannot lock in compliance mode" in proc.stderr
     # root without CAP_LINUX_IMMUTABLE (a confined service) is told what it lacks
+    proc = subprocess.run([*NOCAP, "repo", "init", str(ext4 / "nocap"), "--object-lock"],
+                          capture_output=True, text=True)
+    assert proc.returncode != 0 and "needs root (CAP_LINUX_IMMUTABLE)" in proc.stderr
+    # nor can such a process sync into a locked repository: one line, no point
+    repo = ext4 / "repo"
+    openbdr("repo", "init", str(repo), "--object-lock")
+    image = tmp_path / "disk.img"
+    image.write_bytes(os.urandom(2 * MIB))
     proc = subprocess.run(
-        ["setpriv", "--bounding-set=-linux_immutable", "--inh-caps=-all",
-         str(Path(__file__).resolve().parents[2] / ".venv/bin/openbdr"),
-         "repo", "init", str(ext4 / "nocap"), "--object-lock"],
+        [*NOCAP, "sync", "-r", str(repo), "-H", "db1", "--all-data", str(image)],
         capture_output=True, text=True,
     )
-    assert proc.returncode != 0 and "needs root (CAP_LINUX_IMMUTABLE)" in proc.stderr
+    assert proc.returncode == 7 and "needs root (CAP_LINUX_IMMUTABLE)" in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert json.loads(openbdr("points", "-r", str(repo), "--json").stdout) == []
+    openbdr("sync", "-r", str(repo), "-H", "db1", "--all-data", str(image))
+    assert len(json.loads(openbdr("points", "-r", str(repo), "--json").stdout)) == 1
 
 
 def test_locked_points_survive_root_until_their_date(tmp_path: Path, ext4: Path) -> None:

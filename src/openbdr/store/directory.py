@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
-from ..errors import RepositoryError
+from ..errors import AuthError, RepositoryError
 from ..writeback import start_writeback
 from . import fsattr
 from .blobs import BlobInfo, Blobs, LockedObject, NotFound
@@ -131,12 +131,22 @@ class DirectoryBlobs(Blobs):
                 if keep is not None:
                     fsattr.record(tmp, keep)
                 if held is not None:
-                    fsattr.set_immutable(path, False)
+                    self._flag(path, False)
                 os.replace(tmp, path)
                 if keep is not None:
-                    fsattr.set_immutable(path, True)
+                    self._flag(path, True)
         finally:
             tmp.unlink(missing_ok=True)
+
+    def _flag(self, path: Path, on: bool) -> None:
+        try:
+            fsattr.set_immutable(path, on)
+        except PermissionError:
+            raise AuthError(
+                f"{self.url}: changing the immutable attribute of {path.name} needs root "
+                "(CAP_LINUX_IMMUTABLE)",
+                "run syncs, gc and forget of an immutable directory repository as root",
+            ) from None
 
     def retain(self, key: str, mode: str, until: datetime) -> None:
         path = self._path(key)
@@ -147,9 +157,9 @@ class DirectoryBlobs(Blobs):
             if held is not None and held >= until:
                 return
             if held is not None:
-                fsattr.set_immutable(path, False)
+                self._flag(path, False)
             fsattr.record(path, until)
-            fsattr.set_immutable(path, True)
+            self._flag(path, True)
 
     def locked_until(self, key: str) -> datetime | None:
         return fsattr.held_until(self._path(key))
@@ -163,7 +173,7 @@ class DirectoryBlobs(Blobs):
                 held = fsattr.held_until(path)
                 if held is not None and held <= now:
                     with self._locking:
-                        fsattr.set_immutable(path, False)
+                        self._flag(path, False)
                     n += 1
         return n
 
@@ -248,7 +258,7 @@ class DirectoryBlobs(Blobs):
             when = "with no retain-until date" if held == fsattr.FOREVER else f"until {held}"
             raise LockedObject(f"{self.url}: {key} is immutable {when}")
         with self._locking:
-            fsattr.set_immutable(path, False)  # its date has passed
+            self._flag(path, False)  # its date has passed
         path.unlink(missing_ok=True)
 
     def flush(self) -> None:
