@@ -174,6 +174,12 @@ def test_locked_points_survive_root_until_their_date(tmp_path: Path, ext4: Path)
     out = openbdr("forget", "-r", str(repo), "--keep-last", "2").stdout
     assert f"forget db1 {first}" in out
     assert not manifest.exists() and not index.exists()
+    # the block the second point changed was the first point's alone: unreferenced now,
+    # but retained until commit + 2N, so gc skips it and says so
+    chunks = sorted((repo / "chunks").rglob("*"))
+    rep = json.loads(openbdr("gc", "-r", str(repo), "--margin", "0", "--json").stdout)
+    assert rep["locked"] >= 1 and rep["deleted"] == 0, rep
+    assert sorted((repo / "chunks").rglob("*")) == chunks
     time.sleep(max(0.0, first_until + LOCK_S + 1 - time.time()))  # chunks: commit + 2N
     rep = json.loads(openbdr("gc", "-r", str(repo), "--margin", "0", "--json").stdout)
     assert rep["unlocked"] >= 1 and rep["locked"] == 0

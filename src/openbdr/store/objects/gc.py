@@ -196,8 +196,9 @@ def enforce_locks(repo: Repository, report: GCReport) -> None:
         except NotFound:
             return  # missing: verify reports the point damaged
         report.relocked += 1
-        log.warning("%s was not locked (a crash between write and lock?): locked until %s",
-                    what, immutable.iso(until))
+        if report.relocked <= 10:
+            log.warning("%s was not locked (a crash between write and lock?): locked until %s",
+                        what, immutable.iso(until))
 
     for p in points:
         until = immutable.locked(p, now)
@@ -216,6 +217,9 @@ def enforce_locks(repo: Repository, report: GCReport) -> None:
             for cid in ids:
                 need(chunk_key(cid), chunks_until, f"chunk {cid.hex()} of {p.host} point {p.id}")
             seen |= ids
+    if report.relocked > 10:
+        log.warning("%d objects of immutable points were not locked: locked now",
+                    report.relocked)
     top = max((immutable.when(p.chunks_locked_until) or now for p in points), default=now)
     if top > now:  # config and key slots: as long as the chunks (immutable.retain_config)
         for key in [CONFIG] + [info.key for info in blobs.list(KEYS)]:
