@@ -25,9 +25,9 @@ from openbdr.store import fsattr
 from ..helpers import OPENBDR, is_root, loop_device, make_ext4, mounted, openbdr, sha256
 
 MIB = 1 << 20
-#: the lock period: long enough for the attacks below, short enough to wait out (chunks
-#: are retained twice as long)
-LOCK_S = 20.0
+#: the lock period of the expiry test: short enough to wait out (chunks are retained
+#: twice as long), long enough for one gc between the point's date and its chunks'
+LOCK_S = 10.0
 
 #: the CLI as root without CAP_LINUX_IMMUTABLE (a confined service)
 NOCAP = ["setpriv", "--bounding-set=-linux_immutable", "--inh-caps=-all", *OPENBDR]
@@ -85,10 +85,9 @@ def test_init_refuses_what_cannot_lock(tmp_path: Path, ext4: Path) -> None:
     assert len(json.loads(openbdr("points", "-r", str(repo), "--json").stdout)) == 1
 
 
-def test_locked_points_survive_root_until_their_date(tmp_path: Path, ext4: Path) -> None:
+def test_locked_points_survive_root(tmp_path: Path, ext4: Path) -> None:
     repo = ext4 / "repo"
-    days = f"{LOCK_S / 86400:.8f}"
-    out = openbdr("repo", "init", str(repo), "--object-lock", "--lock-days", days).stdout
+    out = openbdr("repo", "init", str(repo), "--object-lock", "--lock-days", "1").stdout
     assert "GOVERNANCE" in out
     image = tmp_path / "disk.img"
     data = bytearray(os.urandom(6 * MIB))
@@ -101,7 +100,6 @@ def test_locked_points_survive_root_until_their_date(tmp_path: Path, ext4: Path)
     second_sha = sha256(image)
     points = json.loads(openbdr("points", "-r", str(repo), "--json").stdout)
     first, second = (p["id"] for p in points)
-    first_until = datetime.fromisoformat(points[0]["locked_until"]).timestamp()
 
     objects = _objects(repo)
     manifest = repo / "points" / "db1" / f"{first}.json"
@@ -168,10 +166,35 @@ def test_locked_points_survive_root_until_their_date(tmp_path: Path, ext4: Path)
     assert all(fsattr.is_immutable(p) for p in (third_manifest, third_index, chunk))
     _eperm(os.remove, third_manifest)
 
-    # after the date: forget removes the first point (the attribute cleared on the way),
-    # gc clears every expired lock and deletes the unreferenced chunks
-    time.sleep(max(0.0, first_until + 1 - time.time()))
-    out = openbdr("forget", "-r", str(repo), "--keep-last", "2").stdout
+    for pid, sha in ((second, second_sha), (third, second_sha)):
+        out_img = tmp_path / f"{pid}.img"
+        openbdr("restore", "-r", str(repo), "-H", "db1", "-p", pid, "--to", str(out_img))
+        assert sha256(out_img) == sha
+    openbdr("verify", "-r", str(repo), "--deep")
+
+
+def test_locks_expire_then_retention_and_gc_remove(tmp_path: Path, ext4: Path) -> None:
+    repo = ext4 / "repo"
+    days = f"{LOCK_S / 86400:.8f}"
+    openbdr("repo", "init", str(repo), "--object-lock", "--lock-days", days)
+    image = tmp_path / "disk.img"
+    data = bytearray(os.urandom(4 * MIB))
+    image.write_bytes(data)
+    openbdr("sync", "-r", str(repo), "-H", "db1", "--all-data", str(image))
+    data[MIB : 2 * MIB] = os.urandom(MIB)
+    image.write_bytes(data)
+    openbdr("sync", "-r", str(repo), "-H", "db1", "--all-data", str(image))
+    second_sha = sha256(image)
+    points = json.loads(openbdr("points", "-r", str(repo), "--json").stdout)
+    first, second = (p["id"] for p in points)
+    first_until = datetime.fromisoformat(points[0]["locked_until"]).timestamp()
+    manifest = repo / "points" / "db1" / f"{first}.json"
+    index = repo / "indexes" / first / "0"
+    assert fsattr.is_immutable(manifest) and fsattr.is_immutable(index)
+
+    # after the point's date: forget removes it (the attribute cleared on the way)
+    time.sleep(max(0.0, first_until + 0.5 - time.time()))
+    out = openbdr("forget", "-r", str(repo), "--keep-last", "1").stdout
     assert f"forget db1 {first}" in out
     assert not manifest.exists() and not index.exists()
     # the block the second point changed was the first point's alone: unreferenced now,
@@ -180,11 +203,11 @@ def test_locked_points_survive_root_until_their_date(tmp_path: Path, ext4: Path)
     rep = json.loads(openbdr("gc", "-r", str(repo), "--margin", "0", "--json").stdout)
     assert rep["locked"] >= 1 and rep["deleted"] == 0, rep
     assert sorted((repo / "chunks").rglob("*")) == chunks
-    time.sleep(max(0.0, first_until + LOCK_S + 1 - time.time()))  # chunks: commit + 2N
+    # after the chunks' date: gc clears every expired lock and deletes that chunk
+    time.sleep(max(0.0, first_until + LOCK_S + 1 - time.time()))
     rep = json.loads(openbdr("gc", "-r", str(repo), "--margin", "0", "--json").stdout)
-    assert rep["unlocked"] >= 1 and rep["locked"] == 0
-    for pid, sha in ((second, second_sha), (third, second_sha)):
-        out_img = tmp_path / f"{pid}.img"
-        openbdr("restore", "-r", str(repo), "-H", "db1", "-p", pid, "--to", str(out_img))
-        assert sha256(out_img) == sha
+    assert rep["unlocked"] >= 1 and rep["locked"] == 0 and rep["deleted"] >= 1, rep
+    out_img = tmp_path / "second.img"
+    openbdr("restore", "-r", str(repo), "-H", "db1", "-p", second, "--to", str(out_img))
+    assert sha256(out_img) == second_sha
     openbdr("verify", "-r", str(repo), "--deep")
