@@ -115,12 +115,18 @@ def repo_init(
         bool,
         typer.Option(
             "--object-lock",
-            help="Immutable points: S3 Object Lock (the bucket must have it; a new one gets it).",
+            help="Immutable points: S3 Object Lock (the bucket must have it; a new one gets "
+            "it), or the immutable attribute on a directory (ext4/XFS/btrfs, as root).",
         ),
     ] = False,
     lock_mode: Annotated[
-        str, typer.Option("--lock-mode", help="compliance or governance.")
-    ] = "compliance",
+        str | None,
+        typer.Option(
+            "--lock-mode",
+            help="compliance or governance (default: compliance on S3; a directory is "
+            "governance only: root on its host can clear the attribute).",
+        ),
+    ] = None,
     lock_days: Annotated[
         float, typer.Option("--lock-days", help="Days each point stays immutable.")
     ] = 30,
@@ -129,9 +135,10 @@ def repo_init(
     from .store.objects.immutable import ObjectLock
     from .store.objects.repository import Repository
 
-    if not object_lock and (lock_mode != "compliance" or lock_days != 30):
+    if not object_lock and (lock_mode is not None or lock_days != 30):
         raise OpenBDRError("--lock-mode and --lock-days need --object-lock", "add --object-lock")
-    lock = ObjectLock(lock_mode.upper(), lock_days * 86400.0) if object_lock else None
+    mode = lock_mode or ("compliance" if repo.startswith("s3://") else "governance")
+    lock = ObjectLock(mode.upper(), lock_days * 86400.0) if object_lock else None
     r = Repository.init(repo, encrypt=encrypt, object_lock=lock)
     extra = f" (points immutable for {lock_days:g} days, {lock.mode})" if lock else ""
     out.print(f"created repository {r.id} at {r.url}{extra}")
@@ -639,6 +646,10 @@ def gc_cmd(
         f"{rep.chunks} chunk(s), {rep.referenced} referenced, {verb} {rep.deleted} "
         f"({_size(rep.deleted_bytes)}), {rep.young} unreferenced but younger than the margin, "
         f"{rep.indexes_deleted} orphan index(es) removed"
+        + (f", {rep.locked} kept under a lock" if rep.locked else "")
+        + (f", {rep.unlocked} lock(s) expired and cleared" if rep.unlocked else "")
+        + (f", {rep.relocked} object(s) of immutable points found unlocked and locked"
+           if rep.relocked else "")
     )
 
 

@@ -396,3 +396,59 @@ def test_retention_and_gc_jobs_on_the_host_page(
     tab.go("#/settings/targets", "#targets-table tr[data-target=dr]")
     row = page.locator("#targets-table tr[data-target=dr]").inner_text()
     assert "reclaimed" in row and "ago" in row, row
+
+
+def test_copies_at_a_second_site_per_host(
+    console_factory: Any, server: ServerProc, tmp_path: Path
+) -> None:
+    """The console shows, per host, where its copies are and how old the newest copy is
+    (a second RPO): on the host page and in the dashboard's host table."""
+    image = tmp_path / "copy1.img"
+    image.write_bytes(os.urandom(4 << 20))
+    with api(server) as c:
+        assert c.post("/hosts", json={
+            "name": "copy1", "target": "dr",
+            "source": {"type": "image", "paths": [str(image)], "valid_only": False},
+        }).status_code == 201
+        assert c.post("/hosts", json={  # a host without a copy
+            "name": "nocopy1", "target": "dr",
+            "source": {"type": "image", "paths": [str(image)]},
+        }).status_code == 201
+        r = c.post("/targets", json={"name": "offsite", "url": str(tmp_path / "offsite"),
+                                     "init": True})
+        assert r.status_code == 201, r.text
+
+        def run(body: dict[str, Any]) -> dict[str, Any]:
+            r = c.post("/jobs", json=body)
+            assert r.status_code == 201, r.text
+            jid = r.json()["id"]
+            job = wait_for(lambda: (j := c.get(f"/jobs/{jid}").json())["state"] in
+                           ("succeeded", "failed") and j, what=f"{body['kind']} job")
+            assert job["state"] == "succeeded", job
+            return dict(job)
+
+        run({"kind": "sync", "host": "copy1"})
+        copied = run({"kind": "copy", "host": "copy1", "params": {"to": "offsite"}})
+        point = c.get("/points", params={"host": "copy1"}).json()[0]["id"]
+        assert copied["result"]["copied"] == [point]
+        (where,) = c.get("/hosts/copy1").json()["status"]["copies"]
+        assert where["target"] == "offsite" and where["point"] == point
+
+    tab = console_factory()
+    page = tab.page
+    tab.login("operator", PASSWORDS["operator"])
+    tab.go("#/hosts/copy1", f"#jobs-table tr[data-job-row='{copied['id']}']")
+    copies = page.locator("#host-copies").inner_text()
+    assert f"offsite: point {point}" in copies and " old" in copies, copies
+    row = page.locator(f"#jobs-table tr[data-job-row='{copied['id']}']").inner_text()
+    assert "copied 1 point to offsite" in row, row
+    tab.shot("host-copies")
+    # a host without a copy says so
+    tab.go("#/hosts/nocopy1", "#host-copies")
+    assert "no copy" in page.locator("#host-copies").inner_text()
+    # the dashboard's host table: the newest copy's age next to the restore-point age
+    tab.go("#/", "#hosts-table tr[data-host=copy1]")
+    cell = page.locator("#hosts-table tr[data-host=copy1] td[data-label='Newest copy (second site)']")
+    assert cell.inner_text().endswith(" old"), cell.inner_text()
+    other = page.locator("#hosts-table tr[data-host=nocopy1] td[data-label='Newest copy (second site)']")
+    assert other.inner_text() == "—"

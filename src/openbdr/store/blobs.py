@@ -42,6 +42,10 @@ class Blobs(abc.ABC):
     put_concurrency: int = 0
     #: `list` gives keys in ascending order (a broken-off listing can resume after a key)
     sorted_listing: bool = False
+    #: `put_locked` writes, then locks (a directory's immutable attribute): a crash in
+    #: between leaves the object unlocked, so gc re-applies what committed points need,
+    #: and clears locks whose date has passed (S3 retention simply expires)
+    lock_after_put: bool = False
 
     def is_transient(self, exc: BaseException) -> bool:
         """The error may pass if the operation is tried again (`RetryingBlobs`)."""
@@ -89,6 +93,14 @@ class Blobs(abc.ABC):
         """Extend an existing object's retention to `until` (never shortens it)."""
         raise OpenBDRError(f"{self.url} cannot lock objects", "use an S3 bucket with Object Lock")
 
+    def locked_until(self, key: str) -> datetime | None:
+        """The lock an object holds now (only stores with `lock_after_put` say)."""
+        return None
+
+    def release_expired(self, prefixes: tuple[str, ...]) -> int:
+        """Clear the locks whose date has passed under `prefixes`; how many."""
+        return 0
+
 
 class BlobsWrapper(Blobs):
     """A store in front of another (sealing, throttling, retries): each wrapper overrides
@@ -100,6 +112,7 @@ class BlobsWrapper(Blobs):
         self.concurrency = inner.concurrency
         self.put_concurrency = inner.put_concurrency
         self.sorted_listing = inner.sorted_listing
+        self.lock_after_put = inner.lock_after_put
 
     def is_transient(self, exc: BaseException) -> bool:
         return self.inner.is_transient(exc)
@@ -137,14 +150,21 @@ class BlobsWrapper(Blobs):
     def retain(self, key: str, mode: str, until: datetime) -> None:
         self.inner.retain(key, mode, until)
 
+    def locked_until(self, key: str) -> datetime | None:
+        return self.inner.locked_until(key)
+
+    def release_expired(self, prefixes: tuple[str, ...]) -> int:
+        return self.inner.release_expired(prefixes)
+
 
 def open_blobs(url: str, *, create: bool = False, object_lock: bool = False) -> Blobs:
     """A directory path (or `file://`), `s3://bucket/prefix` or `memory://name`;
-    `object_lock`: the bucket must have S3 Object Lock (created with it by `create`)."""
-    if object_lock and not url.startswith("s3://"):
+    `object_lock`: the bucket must have S3 Object Lock (created with it by `create`), the
+    directory's file system the immutable attribute (`fsattr.py`)."""
+    if object_lock and url.startswith("memory://"):
         raise OpenBDRError(
-            f"{url}: Object Lock needs an S3 repository",
-            "use s3://bucket/prefix; for directories see docs/security.md (immutability)",
+            f"{url}: a memory store cannot lock objects",
+            "use an S3 bucket or a directory on ext4, XFS or btrfs (docs/security.md)",
         )
     if url.startswith("memory://"):
         from .memory import MemoryBlobs
@@ -158,4 +178,4 @@ def open_blobs(url: str, *, create: bool = False, object_lock: bool = False) -> 
     from .directory import DirectoryBlobs
 
     path = url[len("file://") :] if url.startswith("file://") else url
-    return DirectoryBlobs(path, create=create)
+    return DirectoryBlobs(path, create=create, immutable=object_lock)

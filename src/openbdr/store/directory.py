@@ -5,14 +5,17 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import threading
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 
-from ..errors import RepositoryError
+from ..errors import AuthError, RepositoryError
 from ..writeback import start_writeback
-from .blobs import BlobInfo, Blobs, NotFound
+from . import fsattr
+from .blobs import BlobInfo, Blobs, LockedObject, NotFound
 
 
 class DirectoryBlobs(Blobs):
@@ -23,12 +26,24 @@ class DirectoryBlobs(Blobs):
     last flush, several at a time. Not syncfs(2): it also waits for every other writer's
     dirty data on the file system: under a database's load, an agent's flush of 700
     small chunks waited 1.2 s for the database's own 700 MB.
+
+    Locks (`put_locked`, `retain`) are the file system's immutable attribute with the
+    retain-until date on the file (`fsattr.py`): the file is renamed into place, then made
+    immutable. `delete` of a locked file raises `LockedObject` before its date and clears
+    the attribute after it; a put over a locked file (a manifest rewritten with a drill
+    verdict, a chunk stored again) replaces it under the same lock, as an S3 overwrite
+    adds a version. Both need CAP_LINUX_IMMUTABLE, which an attacker without root on
+    this host lacks.
     """
+
+    lock_after_put = True
 
     #: fsyncs in flight during a flush (they release the GIL; the journal batches them)
     FSYNC_THREADS = 8
 
-    def __init__(self, path: str | os.PathLike[str], *, create: bool = False) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], *, create: bool = False, immutable: bool = False
+    ) -> None:
         self.root = Path(path).absolute()
         self.url = str(self.root)
         if create:
@@ -44,6 +59,10 @@ class DirectoryBlobs(Blobs):
                 f"repository {self.root} does not exist",
                 f"create it with `openbdr repo init {self.root}`",
             )
+        if create and immutable:
+            fsattr.probe(self.root)
+        #: one locked replacement at a time (clear, rename, set must not interleave)
+        self._locking = threading.Lock()
         self._made_dirs: set[Path] = set()
         self._unflushed: list[Path] = []  # list.append is atomic under the GIL
         self._new_dirs: list[Path] = []
@@ -81,8 +100,82 @@ class DirectoryBlobs(Blobs):
     def put(self, key: str, data: bytes | memoryview) -> None:
         path = self._path(key)
         tmp = self._write_tmp(path, data, sync=False)
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except PermissionError:  # over an immutable file: replaced under its lock
+            self._install(key, tmp, path, None)
         self._unflushed.append(path)
+
+    # -- the immutable attribute (fsattr.py) -----------------------------------
+    def put_locked(self, key: str, data: bytes | memoryview, mode: str, until: datetime) -> None:
+        path = self._path(key)
+        tmp = self._write_tmp(path, data, sync=False)
+        self._install(key, tmp, path, until)
+        self._unflushed.append(path)
+
+    def _install(self, key: str, tmp: Path, path: Path, until: datetime | None) -> None:
+        """Rename `tmp` over `path`, locked until the later of `until` and the lock
+        `path` holds (unlocked when both have passed)."""
+        try:
+            with self._locking:
+                held = fsattr.held_until(path)
+                if held == fsattr.FOREVER:
+                    raise LockedObject(
+                        f"{self.url}: {key} is immutable and records no retain-until date "
+                        "(set by hand?)",
+                        f"clear it with `chattr -i {path}` if that was a mistake",
+                    )
+                keep = max((t for t in (held, until) if t is not None), default=None)
+                if keep is not None and keep <= datetime.now(UTC):
+                    keep = None
+                if keep is not None:
+                    fsattr.record(tmp, keep)
+                if held is not None:
+                    self._flag(path, False)
+                os.replace(tmp, path)
+                if keep is not None:
+                    self._flag(path, True)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _flag(self, path: Path, on: bool) -> None:
+        try:
+            fsattr.set_immutable(path, on)
+        except PermissionError:
+            raise AuthError(
+                f"{self.url}: changing the immutable attribute of {path.name} needs root "
+                "(CAP_LINUX_IMMUTABLE)",
+                "run syncs, gc and forget of an immutable directory repository as root",
+            ) from None
+
+    def retain(self, key: str, mode: str, until: datetime) -> None:
+        path = self._path(key)
+        with self._locking:
+            if not path.exists():
+                raise NotFound(f"{self.url}: no object {key}")
+            held = fsattr.held_until(path)
+            if held is not None and held >= until:
+                return
+            if held is not None:
+                self._flag(path, False)
+            fsattr.record(path, until)
+            self._flag(path, True)
+
+    def locked_until(self, key: str) -> datetime | None:
+        return fsattr.held_until(self._path(key))
+
+    def release_expired(self, prefixes: tuple[str, ...]) -> int:
+        now = datetime.now(UTC)
+        n = 0
+        for prefix in prefixes:
+            for info in list(self.list(prefix)):
+                path = self._path(info.key)
+                held = fsattr.held_until(path)
+                if held is not None and held <= now:
+                    with self._locking:
+                        self._flag(path, False)
+                    n += 1
+        return n
 
     def put_if_absent(self, key: str, data: bytes) -> bool:
         path = self._path(key)
@@ -153,7 +246,20 @@ class DirectoryBlobs(Blobs):
         yield BlobInfo(os.path.relpath(full, self.root), st.st_size, st.st_mtime)
 
     def delete(self, key: str) -> None:
-        self._path(key).unlink(missing_ok=True)
+        path = self._path(key)
+        try:
+            path.unlink(missing_ok=True)
+            return
+        except PermissionError:
+            held = fsattr.held_until(path)
+            if held is None:
+                raise
+        if held > datetime.now(UTC):
+            when = "with no retain-until date" if held == fsattr.FOREVER else f"until {held}"
+            raise LockedObject(f"{self.url}: {key} is immutable {when}")
+        with self._locking:
+            self._flag(path, False)  # its date has passed
+        path.unlink(missing_ok=True)
 
     def flush(self) -> None:
         pending, self._unflushed = self._unflushed, []

@@ -218,6 +218,11 @@ class GCReport:
     dry_run: bool = False
     #: unreferenced, but under an Object Lock retention (S3 refused the delete): kept
     locked: int = 0
+    #: objects of immutable points found unlocked (a crash between write and lock on a
+    #: directory repository) and locked again
+    relocked: int = 0
+    #: objects whose immutable attribute gc cleared because their date had passed
+    unlocked: int = 0
 
 
 class Target(abc.ABC):

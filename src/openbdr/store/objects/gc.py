@@ -16,6 +16,11 @@ Safety against a sync running at the same time rests on three rules:
 
 The whole run holds the exclusive maintenance lease (heartbeat, stale takeover), which
 `forget` takes too.
+
+On a store that locks after writing (a directory's immutable attribute), gc also keeps
+the locks honest first (`enforce_locks`): it clears those whose date has passed, and
+locks again whatever an immutable point needs that a crash between write and lock left
+unlocked.
 """
 
 from __future__ import annotations
@@ -23,17 +28,22 @@ from __future__ import annotations
 import json
 import logging
 import time
+from datetime import UTC, datetime
 
 from ...chunk import ID_SIZE, ZERO_ID
 from ...errors import CorruptionError, LockedError
 from ..blobs import LockedObject, NotFound
 from ..target import GCReport
+from . import immutable
 from .layout import (
     CHECKPOINTS,
     CHUNKS,
+    CONFIG,
     GC_INTENTS,
     HOST_LOCKS,
     INDEXES,
+    KEYS,
+    POINTS,
     chunk_id_from_key,
     chunk_key,
     lock_key,
@@ -122,6 +132,8 @@ def gc(
         raise ValueError("margin must be >= 0")
     report = GCReport(dry_run=dry_run)
     with maintenance_lease(repo, ttl) as lease:
+        if not dry_run:
+            enforce_locks(repo, report)
         start = time.time()
         listed = {}
         for info in repo.blobs.list(CHUNKS):
@@ -160,6 +172,58 @@ def gc(
         _expire_intents(repo, start)
         repo.blobs.flush()
     return report
+
+
+def enforce_locks(repo: Repository, report: GCReport) -> None:
+    """Clear expired locks, and lock what each immutable point needs: its manifest and
+    indexes until its `locked_until`, its chunks until its `chunks_locked_until` (points
+    with the latest chunk date first, so each chunk is looked at once)."""
+    lock, blobs = repo.lock, repo.blobs
+    if lock is None or not blobs.lock_after_put:
+        return
+    report.unlocked = blobs.release_expired((CHUNKS, INDEXES, POINTS, KEYS, CONFIG))
+    now = datetime.now(UTC)
+    points = [p for p in repo.points() if immutable.locked(p, now) is not None]
+    points.sort(key=lambda p: immutable.when(p.chunks_locked_until) or now, reverse=True)
+    seen: set[bytes] = set()
+
+    def need(key: str, until: datetime, what: str) -> None:
+        held = blobs.locked_until(key)
+        if held is not None and held >= until:
+            return
+        try:
+            blobs.retain(key, lock.mode, until)
+        except NotFound:
+            return  # missing: verify reports the point damaged
+        report.relocked += 1
+        if report.relocked <= 10:
+            log.warning("%s was not locked (a crash between write and lock?): locked until %s",
+                        what, immutable.iso(until))
+
+    for p in points:
+        until = immutable.locked(p, now)
+        assert until is not None
+        need(point_key(p.host, p.id), until, f"manifest of {p.host} point {p.id}")
+        chunks_until = immutable.when(p.chunks_locked_until)
+        for d in p.disks:
+            need(d.index_key, until, f"index {d.index_key}")
+            if chunks_until is None or chunks_until <= now:
+                continue
+            try:
+                ids = repo.get_index(d.index_key).unique_ids() - seen
+            except CorruptionError:
+                continue  # verify reports it
+            ids.discard(ZERO_ID)
+            for cid in ids:
+                need(chunk_key(cid), chunks_until, f"chunk {cid.hex()} of {p.host} point {p.id}")
+            seen |= ids
+    if report.relocked > 10:
+        log.warning("%d objects of immutable points were not locked: locked now",
+                    report.relocked)
+    top = max((immutable.when(p.chunks_locked_until) or now for p in points), default=now)
+    if top > now:  # config and key slots: as long as the chunks (immutable.retain_config)
+        for key in [CONFIG] + [info.key for info in blobs.list(KEYS)]:
+            need(key, top, key)
 
 
 def _set_state(repo: Repository, name: str, state: str, token: str) -> None:

@@ -79,6 +79,14 @@ class Repository:
         passphrase: str | None = None,
         object_lock: ObjectLock | None = None,
     ) -> Repository:
+        if object_lock is not None and object_lock.mode == "COMPLIANCE" and not url.startswith(
+            ("s3://", "memory://")
+        ):
+            raise RepositoryError(
+                f"{url}: a directory cannot lock in compliance mode (root on its host can "
+                "clear the immutable attribute)",
+                "use --lock-mode governance, or an S3 bucket with Object Lock (docs/security.md)",
+            )
         blobs = open_blobs(url, create=True, object_lock=object_lock is not None)
         if blobs.exists(CONFIG):
             raise RepositoryError(

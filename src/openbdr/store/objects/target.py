@@ -382,7 +382,8 @@ class ObjectTarget(Target):
         if refused:
             raise LockedObject(
                 f"{len(refused)} point(s) could not be removed; first: {refused[0]}",
-                "forget and gc need the maintenance credentials (docs/security.md)",
+                "a locked object is kept until its date; forget and gc need the maintenance "
+                "credentials, and root for an immutable directory (docs/security.md)",
             )
 
     def verify(

@@ -27,7 +27,8 @@ export function drillVerdict(j) {
 export const hostLink = (name) => html`<a href="#/hosts/${encodeURIComponent(name)}">${name}</a>`;
 
 // What a finished job did, in a few words: a sync's point, retention's forgotten and
-// kept points, gc's reclaimed chunks and bytes, a verification's verdict.
+// kept points, gc's reclaimed chunks and bytes, a copy's points and destination,
+// a verification's verdict.
 export function jobSummary(j) {
   const r = j.result || {};
   if (j.state !== "succeeded") return "";
@@ -38,7 +39,13 @@ export function jobSummary(j) {
   if (j.kind === "gc" && r.deleted !== undefined) {
     const verb = r.dry_run ? "would reclaim" : "reclaimed";
     return `${verb} ${bytes(r.deleted_bytes || 0)} (${r.deleted} chunk${r.deleted === 1 ? "" : "s"})` +
-      (r.young ? `; ${r.young} kept by the margin` : "");
+      (r.young ? `; ${r.young} kept by the margin` : "") +
+      (r.locked ? `; ${r.locked} kept under a lock` : "") +
+      (r.relocked ? `; ${r.relocked} found unlocked and locked` : "");
+  }
+  if (j.kind === "copy" && r.copied) {
+    return `copied ${r.copied.length} point${r.copied.length === 1 ? "" : "s"} to ${r.to}` +
+      (r.newest ? `; newest there: ${r.newest.id}` : "");
   }
   if (j.kind === "sync" && r.point) return `point ${r.point.id}`;
   if (j.kind === "verify" && r.ok !== undefined) return r.ok ? `${r.points} point(s) intact` : `${(r.problems || []).length} problem(s)`;
