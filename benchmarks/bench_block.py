@@ -255,7 +255,8 @@ def _drill_rows(name: str, gw: Gateway, runs: Path, rounds: int = 2) -> Iterator
             yield row
 
 
-def run(args: argparse.Namespace) -> list[Row]:
+def run(args: argparse.Namespace, rows: list[Row]) -> None:
+    """Append every measured row to `rows` as it comes (a later failure keeps them)."""
     work: Path = args.workdir
     corpus = ensure_corpus(work)  # the same corpus directory as bench_core.py
     images = [corpus.disk, corpus.disk2]
@@ -264,7 +265,6 @@ def run(args: argparse.Namespace) -> list[Row]:
     runs.mkdir(parents=True)
     cache = Cache(args.cache)
     only = set(args.only.split(","))
-    rows: list[Row] = []
     if "object" in only:
         repo = runs / "object-repo"
         subprocess.run([OPENBDR, "repo", "init", str(repo)], check=True, capture_output=True)
@@ -344,7 +344,6 @@ def run(args: argparse.Namespace) -> list[Row]:
                         0,
                     )
                 )
-    return rows
 
 
 def table(rows: list[Row]) -> str:
@@ -386,10 +385,13 @@ def main() -> None:
     ap.add_argument("--ceph-env", type=Path, help="a running Ceph fixture's env file")
     args = ap.parse_args()
     args.workdir = args.workdir.resolve()
-    rows = run(args)
-    print(table(rows))
-    if args.json:
-        args.json.write_text(json.dumps([asdict(r) for r in rows], indent=1))
+    rows: list[Row] = []
+    try:
+        run(args, rows)
+    finally:  # what was measured before a failure is still reported
+        print(table(rows))
+        if args.json:
+            args.json.write_text(json.dumps([asdict(r) for r in rows], indent=1))
 
 
 if __name__ == "__main__":
