@@ -228,7 +228,11 @@ class LibvirtOps(PlatformOps):
                 "set the libvirt option scratch_dir to a shorter path",
             )
         notes: list[str] = []
-        frozen = self._freeze(notes)
+        try:
+            frozen = self._freeze(notes)
+        except BaseException:  # quiesce=required and no freeze: nothing of this run stays
+            shutil.rmtree(scratch, ignore_errors=True)
+            raise
         try:
             self.dom.backupBegin(
                 domxml.backup_xml(sock, str(scratch), base, plans),
