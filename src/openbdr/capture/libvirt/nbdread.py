@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import sys
 import threading
 from array import array
 from collections.abc import Callable, Sequence
@@ -96,26 +97,46 @@ def connect_image(path: str, fmt: str, bitmap: str | None = None) -> Connect:
     return connect
 
 
-class _Pinned:
-    """Request buffers, reused for the life of the process. libnbd 1.14's Python binding
-    keeps a reference to every buffer an `aio_pread` was given, so a buffer passed once
-    is never freed: a fresh one per request would leak all the bytes read. Readers take
-    buffers here and give them back; the pool grows to the most ever used at once."""
+class _Buf:
+    """One request buffer: `mem`, and the view of it libnbd reads into."""
 
     def __init__(self) -> None:
-        self._free: list[tuple[bytearray, nbd.Buffer]] = []
+        self.mem = bytearray(REQUEST)
+        self.nbd_view = memoryview(self.mem)
+        self.nbd_buf = nbd.Buffer.from_buffer(self.nbd_view)
+        #: references to `mem` when nobody else holds a view of it (see `_Pinned`)
+        self.idle = sys.getrefcount(self.mem)
+
+    def for_nbd(self, n: int) -> nbd.Buffer:
+        return self.nbd_buf if n == REQUEST else nbd.Buffer.from_buffer(self.nbd_view[:n])
+
+    def in_use(self) -> bool:
+        return sys.getrefcount(self.mem) != self.idle
+
+
+class _Pinned:
+    """Request buffers, reused for the life of the process. libnbd 1.14's Python binding
+    keeps a reference to every buffer an `aio_pread` was given (here `nbd_view` and its
+    slices, which never change `mem`'s count), so a buffer passed once is never freed:
+    a fresh one per request would leak all the bytes read. The engine gets views of
+    `mem` itself (`ReadAhead.view`), each holding a reference to it, so a buffer given
+    back is reused only once `mem` has no more references than when it was made: no
+    view of it is left, whenever the engine's workers finish with theirs."""
+
+    def __init__(self) -> None:
+        self._free: list[_Buf] = []
         self._lock = threading.Lock()
 
-    def take(self) -> tuple[bytearray, nbd.Buffer]:
+    def take(self) -> _Buf:
         with self._lock:
-            if self._free:
-                return self._free.pop()
-        buf = bytearray(REQUEST)
-        return buf, nbd.Buffer.from_buffer(buf)
+            for k in range(len(self._free)):
+                if not self._free[k].in_use():
+                    return self._free.pop(k)
+        return _Buf()
 
-    def give(self, pinned: tuple[bytearray, nbd.Buffer]) -> None:
+    def give(self, buf: _Buf) -> None:
         with self._lock:
-            self._free.append(pinned)
+            self._free.append(buf)
 
 
 PINNED = _Pinned()
@@ -126,9 +147,9 @@ class ReadAhead:
     API: one thread per connection keeps `depth` requests in flight on its handle (its
     `poll` releases the GIL while it waits), requests go to the connections in turn, and
     at most `connections * depth` requests are read past the one the engine takes. The
-    engine copies each piece into its own block buffer (`copy_into`), whose memory it
-    reuses: views of request buffers would cost a fresh buffer, page faults included, per
-    request (see `_Pinned`)."""
+    engine hashes and stores whole blocks from views of the request buffers (`view`),
+    which are reused once those views are gone (`_Pinned`): a fresh buffer per request
+    would cost its page faults, more CPU than hashing its bytes."""
 
     def __init__(
         self,
@@ -161,7 +182,7 @@ class ReadAhead:
         self.depth = max(1, depth)
         self.conns = max(1, min(connections, n_req))
         self.window = self.conns * self.depth
-        self._data: dict[int, tuple[bytearray, nbd.Buffer]] = {}
+        self._data: dict[int, _Buf] = {}
         self._errors: dict[int, str] = {}
         self._cv = threading.Condition()
         self._consumed = 0  # the request the engine takes from; those before are done
@@ -183,7 +204,7 @@ class ReadAhead:
     def _run(self, k: int, h: nbd.NBD) -> None:
         nxt = k  # this connection's next request
         #: (request, cookie, buffer) in flight, in order
-        flight: list[tuple[int, int, tuple[bytearray, nbd.Buffer]]] = []
+        flight: list[tuple[int, int, _Buf]] = []
         n_req = len(self.req_off)
         try:
             while True:
@@ -201,14 +222,8 @@ class ReadAhead:
                     return
                 while can and not self._stop and len(flight) < self.depth:
                     pinned = PINNED.take()
-                    n = self.req_len[nxt]
-                    buf = (
-                        pinned[1]
-                        if n == REQUEST
-                        else nbd.Buffer.from_buffer(memoryview(pinned[0])[:n])
-                    )
                     try:
-                        cookie = h.aio_pread(buf, self.req_off[nxt])
+                        cookie = h.aio_pread(pinned.for_nbd(self.req_len[nxt]), self.req_off[nxt])
                     except BaseException:
                         PINNED.give(pinned)
                         raise
@@ -216,7 +231,7 @@ class ReadAhead:
                     nxt += self.conns
                     can = nxt < n_req and nxt < self._consumed + self.window
                 h.poll(-1)
-                done: list[tuple[int, tuple[bytearray, nbd.Buffer], str | None]] = []
+                done: list[tuple[int, _Buf, str | None]] = []
                 waiting = []
                 for r, cookie, pinned in flight:
                     try:
@@ -258,9 +273,10 @@ class ReadAhead:
             self._consumed = r
             self._cv.notify_all()
 
-    def copy_into(self, j: int, dst: bytearray | memoryview) -> None:
-        """Copy piece `j` into `dst` (pieces come in order; earlier requests are given
-        up). Raises OSError when the server failed the read."""
+    def view(self, j: int) -> memoryview:
+        """Piece `j`'s bytes, without a copy (pieces come in order; earlier requests are
+        given up; the buffer is reused only once this view and its slices are gone).
+        Raises OSError when the server failed the read."""
         r = self.piece_req[j]
         at, n = self.piece_at[j], self.piece_len[j]
         with self._cv:
@@ -270,10 +286,10 @@ class ReadAhead:
             pinned = self._data.get(r)
             if pinned is None:
                 raise OSError(5, f"NBD read at {self.req_off[r]} ({self.where}): {self._errors[r]}")
-        dst[:n] = memoryview(pinned[0])[at : at + n]
-        if at + n == self.req_len[r]:  # the request's last piece
-            with self._cv:
+            out = memoryview(pinned.mem)[at : at + n]
+            if at + n == self.req_len[r]:  # the request's last piece
                 self._advance(r + 1)
+        return out
 
     def close(self) -> None:
         with self._cv:
@@ -364,15 +380,14 @@ class NbdDisk(AgentlessDisk):
             self._ahead.close()
             self._ahead = None
 
-    def _take(self, offset: int, buf: bytearray | memoryview) -> bool:
-        """Fill `buf` with the planned piece at `offset` from the read-ahead (False: not a
+    def _take(self, offset: int, length: int) -> memoryview | None:
+        """The planned piece at `offset` from the read-ahead, without a copy (None: not a
         planned piece, or one taken before: the caller reads it directly)."""
-        length = len(buf)
         j = bisect.bisect_left(self._offs, offset)
         if j >= len(self._offs) or self._offs[j] != offset or self._lens[j] != length:
-            return False
+            return None
         if j <= self._last:
-            return False  # read before (a second look): read it again directly
+            return None  # read before (a second look): read it again directly
         if self._ahead is None:
             try:
                 self._ahead = ReadAhead(
@@ -384,24 +399,30 @@ class NbdDisk(AgentlessDisk):
                 )
             except nbd.Error as exc:
                 raise OSError(getattr(exc, "errno", None) or 5, f"NBD connect: {exc}") from None
-        self._ahead.copy_into(j, buf)
+        data = self._ahead.view(j)
         self._last = j
         self.nbd_bytes += length
-        return True
+        return data
+
+    def view(self, offset: int, length: int) -> memoryview | None:
+        """A whole planned block as it arrived: hashed and stored from the request buffer,
+        no copy (the engine asks this for blocks read whole)."""
+        return self._take(offset, length)
 
     def read_into(self, offset: int, buf: bytearray | memoryview) -> int:
         n = min(len(buf), self.size - offset)
         if n <= 0:
             return 0
-        view = memoryview(buf)[:n]
-        if not self._take(offset, view):
+        data = self._take(offset, n)
+        if data is None:
             try:
-                view[:] = self.h.pread(n, offset)
+                data = self.h.pread(n, offset)
             except nbd.Error as exc:
                 raise OSError(
                     getattr(exc, "errno", None) or 5, f"NBD read at {offset}: {exc}"
                 ) from None
             self.nbd_bytes += n
+        memoryview(buf)[:n] = data
         return n
 
     def close(self) -> None:
