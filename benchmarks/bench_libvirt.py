@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shutil
 import subprocess
 import sys
@@ -67,6 +68,14 @@ class Step:
     valid_bytes: int = 0
     mode: str = ""
     dirty_bytes: int = 0
+    #: CPU seconds (user + system) of this process (a sync: not QEMU's NBD server) or of
+    #: its children (qemu-img convert): what the step costs on a shared machine
+    cpu_s: float = 0.0
+
+
+def cpu(who: int) -> float:
+    r = resource.getrusage(who)
+    return r.ru_utime + r.ru_stime
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -184,17 +193,19 @@ def main(argv: list[str]) -> int:
 
         # (a) full sync against qemu-img convert of the same images
         prepare(args.cache, [vda, vdb])
-        t = time.monotonic()
+        t, c = time.monotonic(), cpu(resource.RUSAGE_SELF)
         p = sync_point(str(repo), host)
         steps.append(point_step("openbdr full sync", time.monotonic() - t, p, host.snaps))
+        steps[-1].cpu_s = round(cpu(resource.RUSAGE_SELF) - c, 2)
         out = work / "convert"
         out.mkdir(exist_ok=True)
         prepare(args.cache, [vda, vdb])
-        t = time.monotonic()
+        t, c = time.monotonic(), cpu(resource.RUSAGE_CHILDREN)
         for img in (vda, vdb):
             # -U: the running domain holds the images' write lock (as a copy tool must cope)
             run(["qemu-img", "convert", "-U", "-O", "raw", str(img), str(out / f"{img.stem}.raw")])
         steps.append(Step("qemu-img convert (both images)", round(time.monotonic() - t, 3)))
+        steps[-1].cpu_s = round(cpu(resource.RUSAGE_CHILDREN) - c, 2)
         shutil.rmtree(out)
 
         # (b) incremental after the guest changed a share of the data disk's blocks
@@ -222,7 +233,10 @@ def main(argv: list[str]) -> int:
 
     by = {s.name: s for s in steps}
     for s in steps:
-        print(f"{s.name}: {s.seconds:.2f} s, read {s.read_bytes >> 20} MiB", flush=True)
+        print(
+            f"{s.name}: {s.seconds:.2f} s, read {s.read_bytes >> 20} MiB, cpu {s.cpu_s:.1f} s",
+            flush=True,
+        )
     ratios = {
         "incremental / hash-compare (target <= 0.2)": round(
             by["openbdr incremental sync"].seconds / by["openbdr hash-compare sync"].seconds, 3

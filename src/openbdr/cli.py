@@ -283,6 +283,8 @@ def sync_cmd(
     for d in point.disks:
         if d.fallback_reason:
             out.print(f"  {d.name}: {d.mode}; fallback: {d.fallback_reason}")
+    for note in point.notes:
+        out.print(f"  note: {note}", highlight=False, markup=False)
 
 
 @app.command()
@@ -307,9 +309,11 @@ def points(
         out.print_json(json.dumps(rows))
         return
     locks = any(r["locked_until"] for r in rows)  # an Object Lock repository
+    notes = any(r["notes"] for r in rows)  # how the snapshot was taken (quiesce outcome)
     table = Table(
         "host", "point", "created", "consistency", "status", "disks", "size", "stored", "mode",
         *(["locked until"] if locks else []),
+        *(["notes"] if notes else []),
     )
     for r in rows:
         table.add_row(
@@ -323,6 +327,7 @@ def points(
             _size(r["stored_bytes"]),
             r["mode"],
             *([str(r["locked_until"] or "")[:19]] if locks else []),
+            *(["; ".join(r["notes"])] if notes else []),
         )
     out.print(table)
 

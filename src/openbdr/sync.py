@@ -407,6 +407,7 @@ class SyncRun:
                         source=host.describe(),
                         codec=self.options.compression.name.lower(),
                         duration_s=round(time.monotonic() - self.started, 3),
+                        notes=[str(n) for n in snap.notes],
                     )
                     point = session.commit(point)
                     snap.committed()

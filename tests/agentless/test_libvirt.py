@@ -186,8 +186,17 @@ def test_full_then_three_incrementals_equal_the_backup_jobs_exports(env: Env) ->
         assert seq_in(seen.exports["vdb"], "vdb") >= before  # the guest kept writing
         modes = [d.mode for d in points[-1].disks]
         assert modes == (["full", "full"] if k == 0 else ["incremental", "incremental"])
-        assert points[-1].consistency == "crash"  # the guest runs no guest agent
-        assert any("guest agent" in n for n in seen.snap.notes)
+        # the domain has a guest agent channel, but no agent runs in the guest
+        assert points[-1].consistency == "crash"
+        assert (
+            [n for n in points[-1].notes if n.startswith("quiesce:")]
+            == [
+                n
+                for n in seen.snap.notes
+                if n.startswith("quiesce: the guest agent did not freeze")
+            ]
+            != []
+        )
         if k:
             for d in points[-1].disks:
                 dirty = sum(n for _, n in seen.dirty[d.name])
@@ -199,6 +208,14 @@ def test_full_then_three_incrementals_equal_the_backup_jobs_exports(env: Env) ->
         assert backup_job(env) is None
         assert len(owned_checkpoints(env)) == 1
         assert not list(env.scratch.iterdir())
+
+    # the quiesce outcome is in the point as stored, and `openbdr points` shows it
+    listed = json.loads(openbdr("points", "--repo", env.repo, "--host", HOST, "--json").stdout)
+    assert [r["notes"] for r in listed[-4:]] == [p.notes for p in points]
+    table = openbdr(
+        "points", "--repo", env.repo, "--host", HOST, env={**os.environ, "COLUMNS": "400"}
+    )
+    assert "notes" in table.stdout and "the guest agent did not freeze" in table.stdout
 
     for k, point in enumerate(points):
         files = restored(env, point.id, env.work)
@@ -226,6 +243,23 @@ def test_a_deleted_checkpoint_gives_a_full_pass_that_says_why(env: Env) -> None:
     # the next one is incremental again
     point = sync_host(env, host)
     assert [d.mode for d in point.disks] == ["incremental", "incremental"]
+
+
+def test_quiesce_never_and_required_say_what_they_did(env: Env) -> None:
+    """quiesce=never: crash-consistent, and the point says it was not asked; quiesce=required
+    with a guest agent channel but no agent answering: one clear error, nothing left."""
+    from openbdr.capture.platform import PlatformError
+
+    point = sync_host(env, open_source(HOST, env.spec(quiesce="never")))
+    assert point.consistency == "crash"
+    assert point.notes == ["quiesce: not asked (option quiesce=never): crash-consistent"]
+    before = owned_checkpoints(env)
+    with pytest.raises(PlatformError) as err:
+        sync_host(env, open_source(HOST, env.spec(quiesce="required")))
+    assert "did not freeze its file systems" in str(err.value), err.value
+    assert "qemu-guest-agent" in (err.value.hint or ""), err.value.hint
+    assert backup_job(env) is None and owned_checkpoints(env) == before
+    assert not list(env.scratch.iterdir())
 
 
 PROXY = """

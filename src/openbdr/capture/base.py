@@ -9,7 +9,7 @@ valid data (a full pass, or a hash-compare pass against the previous restore poi
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -112,6 +112,9 @@ class Snapshot(AbstractContextManager["Snapshot"]):
 
     disks: list[DiskSnapshot]
     consistency: Consistency
+    #: how the snapshot was taken, for the point to record (`RestorePoint.notes`): why its
+    #: consistency is what it is (guest agent froze the file systems, or not and why)
+    notes: Sequence[str] = ()
 
     def __exit__(self, *exc: object) -> None:
         self.release()

@@ -87,6 +87,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "str | None": (str, _NONE),
     "dict[str, Any] | None": (dict, _NONE),
     "list[dict[str, Any]]": (list,),
+    "list[str]": (list,),
 }
 
 
@@ -145,6 +146,9 @@ class RestorePoint:
     chunks_locked_until: str | None = None
     #: a copy made by `openbdr copy`: {"repository", "id", "copied"} of where it came from
     copy_of: dict[str, Any] | None = None
+    #: how the source took the snapshot (`Snapshot.notes`): why the point's consistency is
+    #: what it is (a guest agent froze the file systems, or not and why)
+    notes: list[str] = field(default_factory=list)
     #: why the point's record cannot be read (set on a stand-in listed as `damaged`, never
     #: written): the point is shown, and anything that needs its data fails in one line
     unreadable: str | None = None
@@ -174,6 +178,8 @@ class RestorePoint:
         if not isinstance(disks, list):
             raise ValueError("no list of disks")
         out.disks = [DiskRecord(**_fields(DiskRecord, d)) for d in disks]
+        if not all(isinstance(n, str) for n in out.notes):
+            raise ValueError("notes are not all strings")
         if host is not None and out.host != host:
             raise ValueError(f"it is the record of host {out.host!r}, not {host!r}")
         if point is not None and out.id != point:
@@ -198,4 +204,5 @@ class RestorePoint:
             "mode": ",".join(sorted({d.mode for d in self.disks})),
             "locked_until": self.locked_until,
             "copy_of": self.copy_of.get("point") if self.copy_of else None,
+            "notes": list(self.notes),
         }

@@ -35,7 +35,7 @@ def _platform(endpoint: str, credentials: dict[str, Any], options: dict[str, Any
 
 OPTIONS = {
     "scratch_dir": f"directory for backup scratch files and NBD sockets (default {DEFAULT_SCRATCH})",
-    "in_flight": "NBD read requests in flight per disk (default 16)",
+    "in_flight": "NBD read requests (up to 4 MiB each) in flight per connection (default 4)",
     "connections": "NBD connections reading each disk (default 4)",
     "quiesce": "auto (freeze through the guest agent when present), never, required",
 }

@@ -4,22 +4,21 @@ The export is a libvirt pull-mode backup's (a running domain) or a `qemu-nbd` th
 starts on a private socket for a shut-off domain's image (it exits with the connection,
 so a killed proxy leaves no server behind). `base:allocation` gives holes and zeros,
 `qemu:dirty-bitmap:<checkpoint>` the blocks changed since that checkpoint. Data is read
-ahead of the engine along the extents it is about to read, `in_flight` requests at a
-time over `connections` connections, one thread each (libnbd releases the GIL):
-QEMU's NBD server answers one connection's requests largely one after the other, so one
-connection with many requests in flight stays at about a third of what four give.
+ahead of the engine along the extents it is about to read (`ReadAhead`), in requests of
+up to 4 MiB split into the engine's 1 MiB blocks, with libnbd's asynchronous API:
+`in_flight` requests on each of `connections` connections, as nbdcopy does. QEMU's NBD
+server answers one connection's requests largely one after the other, so the rate comes
+from several connections each kept busy, not from one deep queue.
 """
 
 from __future__ import annotations
 
 import bisect
-import collections
 import contextlib
-import queue
+import sys
 import threading
 from array import array
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import nbd
@@ -34,6 +33,9 @@ STATE_ZERO = 2  # base:allocation: reads as zero
 STATE_DIRTY = 1  # qemu:dirty-bitmap: changed since the bitmap's checkpoint
 #: bytes asked per NBD_CMD_BLOCK_STATUS (the server answers for at most this)
 STATUS_SPAN = 1 << 30
+#: bytes per NBD read request: fewer, larger requests cost the server and libnbd less
+#: per byte (QEMU accepts up to 32 MiB); split into the engine's blocks on arrival
+REQUEST = 4 * BLOCK_SIZE
 
 Connect = Callable[[list[str]], "nbd.NBD"]
 
@@ -95,6 +97,216 @@ def connect_image(path: str, fmt: str, bitmap: str | None = None) -> Connect:
     return connect
 
 
+class _Buf:
+    """One request buffer: `mem`, and the view of it libnbd reads into."""
+
+    def __init__(self) -> None:
+        self.mem = bytearray(REQUEST)
+        self.nbd_view = memoryview(self.mem)
+        self.nbd_buf = nbd.Buffer.from_buffer(self.nbd_view)
+        #: references to `mem` when nobody else holds a view of it (see `_Pinned`)
+        self.idle = sys.getrefcount(self.mem)
+
+    def for_nbd(self, n: int) -> nbd.Buffer:
+        return self.nbd_buf if n == REQUEST else nbd.Buffer.from_buffer(self.nbd_view[:n])
+
+    def in_use(self) -> bool:
+        return sys.getrefcount(self.mem) != self.idle
+
+
+class _Pinned:
+    """Request buffers, reused for the life of the process. libnbd 1.14's Python binding
+    keeps a reference to every buffer an `aio_pread` was given (here `nbd_view` and its
+    slices, which never change `mem`'s count), so a buffer passed once is never freed:
+    a fresh one per request would leak all the bytes read. The engine gets views of
+    `mem` itself (`ReadAhead.view`), each holding a reference to it, so a buffer given
+    back is reused only once `mem` has no more references than when it was made: no
+    view of it is left, whenever the engine's workers finish with theirs."""
+
+    def __init__(self) -> None:
+        self._free: list[_Buf] = []
+        self._lock = threading.Lock()
+
+    def take(self) -> _Buf:
+        with self._lock:
+            for k in range(len(self._free)):
+                if not self._free[k].in_use():
+                    return self._free.pop(k)
+        return _Buf()
+
+    def give(self, buf: _Buf) -> None:
+        with self._lock:
+            self._free.append(buf)
+
+
+PINNED = _Pinned()
+
+
+class ReadAhead:
+    """Planned pieces read ahead over several NBD connections with libnbd's asynchronous
+    API: one thread per connection keeps `depth` requests in flight on its handle (its
+    `poll` releases the GIL while it waits), requests go to the connections in turn, and
+    at most `connections * depth` requests are read past the one the engine takes. The
+    engine hashes and stores whole blocks from views of the request buffers (`view`),
+    which are reused once those views are gone (`_Pinned`): a fresh buffer per request
+    would cost its page faults, more CPU than hashing its bytes."""
+
+    def __init__(
+        self,
+        pieces: tuple[array, array],
+        connect: Connect,
+        connections: int,
+        depth: int,
+        where: str,
+    ) -> None:
+        offs, lens = pieces
+        self.piece_len = lens
+        #: per piece: its request and its offset there; per request: offset, length
+        self.piece_req = array("q")
+        self.piece_at = array("q")
+        self.req_off = array("q")
+        self.req_len = array("q")
+        for j in range(len(offs)):
+            o, n = offs[j], lens[j]
+            r = len(self.req_off) - 1
+            if r >= 0 and self.req_off[r] + self.req_len[r] == o and self.req_len[r] + n <= REQUEST:
+                self.req_len[r] += n
+            else:
+                self.req_off.append(o)
+                self.req_len.append(n)
+                r += 1
+            self.piece_req.append(r)
+            self.piece_at.append(o - self.req_off[r])
+        n_req = len(self.req_off)
+        self.where = where
+        self.depth = max(1, depth)
+        self.conns = max(1, min(connections, n_req))
+        self.window = self.conns * self.depth
+        self._data: dict[int, _Buf] = {}
+        self._errors: dict[int, str] = {}
+        self._cv = threading.Condition()
+        self._consumed = 0  # the request the engine takes from; those before are done
+        self._stop = False
+        self._threads: list[threading.Thread] = []
+        self._handles: list[nbd.NBD] = []
+        for _ in range(self.conns if n_req else 0):
+            h = connect([])
+            h.set_pread_initialize(False)  # every byte is overwritten: spare the memset
+            self._handles.append(h)
+        for k, h in enumerate(self._handles):
+            t = threading.Thread(
+                target=self._run, args=(k, h), name=f"nbd-{where}-{k}", daemon=True
+            )
+            self._threads.append(t)
+            t.start()
+
+    # -- the connection threads --------------------------------------------------------
+    def _run(self, k: int, h: nbd.NBD) -> None:
+        nxt = k  # this connection's next request
+        #: (request, cookie, buffer) in flight, in order
+        flight: list[tuple[int, int, _Buf]] = []
+        n_req = len(self.req_off)
+        try:
+            while True:
+                with self._cv:
+                    while True:
+                        if self._stop:
+                            break
+                        while nxt < self._consumed:  # skipped by the engine
+                            nxt += self.conns
+                        can = nxt < n_req and nxt < self._consumed + self.window
+                        if can or flight or nxt >= n_req:
+                            break
+                        self._cv.wait()
+                if (self._stop or nxt >= n_req) and not flight:
+                    return
+                while can and not self._stop and len(flight) < self.depth:
+                    pinned = PINNED.take()
+                    try:
+                        cookie = h.aio_pread(pinned.for_nbd(self.req_len[nxt]), self.req_off[nxt])
+                    except BaseException:
+                        PINNED.give(pinned)
+                        raise
+                    flight.append((nxt, cookie, pinned))
+                    nxt += self.conns
+                    can = nxt < n_req and nxt < self._consumed + self.window
+                h.poll(-1)
+                done: list[tuple[int, _Buf, str | None]] = []
+                waiting = []
+                for r, cookie, pinned in flight:
+                    try:
+                        if h.aio_command_completed(cookie):
+                            done.append((r, pinned, None))
+                        else:
+                            waiting.append((r, cookie, pinned))
+                    except nbd.Error as exc:
+                        done.append((r, pinned, str(exc)))
+                flight = waiting
+                if done:
+                    with self._cv:
+                        for r, pinned, err in done:
+                            if err is None and r >= self._consumed and not self._stop:
+                                self._data[r] = pinned
+                                continue
+                            PINNED.give(pinned)
+                            if err is not None:
+                                self._errors[r] = err
+                        self._cv.notify_all()
+        except Exception as exc:  # the connection failed: its requests fail with it
+            with self._cv:
+                for r in range(k, n_req, self.conns):
+                    if r >= self._consumed and r not in self._data:
+                        self._errors.setdefault(r, f"NBD connection {k} failed: {exc}")
+                self._cv.notify_all()
+            # a buffer still in flight may yet be written by libnbd: not reused
+            # (it stays referenced by the binding anyway)
+
+    # -- the engine's side ----------------------------------------------------------
+    def _advance(self, r: int) -> None:
+        """The engine is past request `r - 1`: give back what it no longer needs."""
+        if r > self._consumed:
+            for old in range(self._consumed, r):
+                pinned = self._data.pop(old, None)
+                if pinned is not None:
+                    PINNED.give(pinned)
+                self._errors.pop(old, None)
+            self._consumed = r
+            self._cv.notify_all()
+
+    def view(self, j: int) -> memoryview:
+        """Piece `j`'s bytes, without a copy (pieces come in order; earlier requests are
+        given up; the buffer is reused only once this view and its slices are gone).
+        Raises OSError when the server failed the read."""
+        r = self.piece_req[j]
+        at, n = self.piece_at[j], self.piece_len[j]
+        with self._cv:
+            self._advance(r)
+            while r not in self._data and r not in self._errors:
+                self._cv.wait()
+            pinned = self._data.get(r)
+            if pinned is None:
+                raise OSError(5, f"NBD read at {self.req_off[r]} ({self.where}): {self._errors[r]}")
+            out = memoryview(pinned.mem)[at : at + n]
+            if at + n == self.req_len[r]:  # the request's last piece
+                self._advance(r + 1)
+        return out
+
+    def close(self) -> None:
+        with self._cv:
+            self._stop = True
+            self._cv.notify_all()
+        for t in self._threads:  # each returns once its requests in flight are answered
+            t.join()
+        with self._cv:
+            for pinned in self._data.values():
+                PINNED.give(pinned)
+            self._data.clear()
+        for h in self._handles:
+            with contextlib.suppress(nbd.Error):
+                h.shutdown()
+        self._handles = []
+
+
 class NbdDisk(AgentlessDisk):
     """A disk of an NBD export, read ahead along the planned extents."""
 
@@ -105,7 +317,7 @@ class NbdDisk(AgentlessDisk):
         base: str | None,
         connect: Connect,
         bitmap: str | None,
-        in_flight: int = 16,
+        in_flight: int = 4,
         where: str = "",
         connections: int = 4,
     ) -> None:
@@ -114,6 +326,7 @@ class NbdDisk(AgentlessDisk):
         self.connections = max(1, connections)
         self.bitmap = f"qemu:dirty-bitmap:{bitmap}" if bitmap else None
         self.where = where or plan.name
+        #: requests in flight on each connection
         self.in_flight = max(1, in_flight)
         contexts = [ALLOCATION] + ([self.bitmap] if self.bitmap else [])
         try:
@@ -131,12 +344,8 @@ class NbdDisk(AgentlessDisk):
             )
         self._offs = array("q")
         self._lens = array("q")
-        self._next = 0
-        self._pending: collections.deque[tuple[int, int, int, Future[bytes]]] = collections.deque()
-        self._pool: ThreadPoolExecutor | None = None
-        self._spare: queue.Queue[nbd.NBD] = queue.Queue()
-        self._readers: list[nbd.NBD] = []
-        self._local = threading.local()
+        self._ahead: ReadAhead | None = None
+        self._last = -1  # the last planned piece taken
         #: bytes read over NBD (the engine's reads and the file-system analysis)
         self.nbd_bytes = 0
 
@@ -156,8 +365,8 @@ class NbdDisk(AgentlessDisk):
     # -- reading -------------------------------------------------------------------
     def plan_reads(self, extents: Sequence[Extent]) -> None:
         """The engine reads `extents` in order, split at 1 MiB blocks: fetch those ahead."""
-        self._drain()
-        self._offs, self._lens, self._next = array("q"), array("q"), 0
+        self._stop_ahead()
+        self._offs, self._lens, self._last = array("q"), array("q"), -1
         for ext in extents:
             pos, end = ext.offset, min(ext.end, self.size)
             while pos < end:
@@ -166,68 +375,39 @@ class NbdDisk(AgentlessDisk):
                 self._lens.append(stop - pos)
                 pos = stop
 
-    def _pread(self, offset: int, length: int) -> bytes:
-        """One read on this worker thread's own connection."""
-        h = getattr(self._local, "h", None)
-        if h is None:  # a connection per thread: libnbd runs one blocking call at a time
-            h = self._local.h = self._spare.get()
-        return bytes(h.pread(length, offset))
+    def _stop_ahead(self) -> None:
+        if self._ahead is not None:
+            self._ahead.close()
+            self._ahead = None
 
-    def _start(self) -> None:
-        for _ in range(self.connections):
-            h = self._connect([])
-            self._readers.append(h)
-            self._spare.put(h)
-        self._pool = ThreadPoolExecutor(self.connections, thread_name_prefix=f"nbd-{self.name}")
-
-    def _fill(self) -> None:
-        if self._pool is None:
-            self._start()
-        assert self._pool is not None
-        while len(self._pending) < self.in_flight and self._next < len(self._offs):
-            j = self._next
-            fut = self._pool.submit(self._pread, self._offs[j], self._lens[j])
-            self._pending.append((j, self._offs[j], self._lens[j], fut))
-            self._next += 1
-
-    def _drain(self) -> None:
-        while self._pending:
-            fut = self._pending.popleft()[3]
-            fut.cancel()
-            with contextlib.suppress(Exception):
-                fut.result()
-
-    def _take(self, offset: int, length: int) -> bytes | None:
-        """The planned piece at `offset` from the read-ahead (None: not a planned piece)."""
+    def _take(self, offset: int, length: int) -> memoryview | None:
+        """The planned piece at `offset` from the read-ahead, without a copy (None: not a
+        planned piece, or one taken before: the caller reads it directly)."""
         j = bisect.bisect_left(self._offs, offset)
         if j >= len(self._offs) or self._offs[j] != offset or self._lens[j] != length:
             return None
-        first = self._pending[0][0] if self._pending else self._next
-        if j < first:
+        if j <= self._last:
             return None  # read before (a second look): read it again directly
-        while self._pending and self._pending[0][0] < j:  # skipped (a resumed sync)
-            fut = self._pending.popleft()[3]
-            fut.cancel()
-            with contextlib.suppress(Exception):
-                fut.result()
-        if not self._pending:
-            self._next = max(self._next, j)
-        self._fill()
-        idx, _off, n, fut = self._pending.popleft()
-        assert idx == j
-        try:
-            data = fut.result()
-        except nbd.Error as exc:
-            raise OSError(
-                getattr(exc, "errno", None) or 5, f"NBD read at {offset}: {exc}"
-            ) from None
-        self._fill()
-        self.nbd_bytes += n
+        if self._ahead is None:
+            try:
+                self._ahead = ReadAhead(
+                    (self._offs, self._lens),
+                    self._connect,
+                    self.connections,
+                    self.in_flight,
+                    self.where,
+                )
+            except nbd.Error as exc:
+                raise OSError(getattr(exc, "errno", None) or 5, f"NBD connect: {exc}") from None
+        data = self._ahead.view(j)
+        self._last = j
+        self.nbd_bytes += length
         return data
 
     def view(self, offset: int, length: int) -> memoryview | None:
-        data = self._take(offset, length)
-        return memoryview(data) if data is not None else None
+        """A whole planned block as it arrived: hashed and stored from the request buffer,
+        no copy (the engine asks this for blocks read whole)."""
+        return self._take(offset, length)
 
     def read_into(self, offset: int, buf: bytearray | memoryview) -> int:
         n = min(len(buf), self.size - offset)
@@ -242,17 +422,13 @@ class NbdDisk(AgentlessDisk):
                     getattr(exc, "errno", None) or 5, f"NBD read at {offset}: {exc}"
                 ) from None
             self.nbd_bytes += n
-        buf[:n] = data
+        memoryview(buf)[:n] = data
         return n
 
     def close(self) -> None:
         if getattr(self, "h", None) is None:
             return
-        self._drain()
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-        for h in [self.h, *self._readers]:
-            with contextlib.suppress(nbd.Error):
-                h.shutdown()
-        self._readers = []
-        self.h = None  # type: ignore[assignment]  # the handles close when collected
+        self._stop_ahead()
+        with contextlib.suppress(nbd.Error):
+            self.h.shutdown()
+        self.h = None  # type: ignore[assignment]  # the handle closes when collected

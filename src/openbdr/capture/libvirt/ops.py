@@ -60,7 +60,7 @@ class LibvirtOps(PlatformOps):
         self.dom = dom
         self.vm = dom.name()
         self.scratch_root = Path(str(options.get("scratch_dir") or DEFAULT_SCRATCH))
-        self.in_flight = int(options.get("in_flight") or 16)
+        self.in_flight = int(options.get("in_flight") or 4)
         self.connections = int(options.get("connections") or 4)
         self.quiesce = str(options.get("quiesce") or "auto")  # auto, never, required
         if self.quiesce not in ("auto", "never", "required"):
@@ -175,7 +175,7 @@ class LibvirtOps(PlatformOps):
         so the base stays: its bitmap still covers every later change)."""
         by_target = {d.target: d for d in self.domain_disks()}
         disks: list[NbdDisk] = []
-        notes = ["the domain is shut off: read from its disk images"]
+        notes = ["quiesce: none, the domain is shut off: its disk images are read as they are"]
         try:
             for p in plans:
                 d = by_target[p.name]
@@ -228,7 +228,11 @@ class LibvirtOps(PlatformOps):
                 "set the libvirt option scratch_dir to a shorter path",
             )
         notes: list[str] = []
-        frozen = self._freeze(notes)
+        try:
+            frozen = self._freeze(notes)
+        except BaseException:  # quiesce=required and no freeze: nothing of this run stays
+            shutil.rmtree(scratch, ignore_errors=True)
+            raise
         try:
             self.dom.backupBegin(
                 domxml.backup_xml(sock, str(scratch), base, plans),
@@ -240,7 +244,7 @@ class LibvirtOps(PlatformOps):
             raise failed(exc, f"start a backup of VM {self.vm}", self.uri) from None
         finally:
             if frozen:
-                self._thaw()
+                self._thaw(notes)
         session = LibvirtSession(
             [],
             "filesystem" if frozen else "crash",
@@ -272,8 +276,11 @@ class LibvirtOps(PlatformOps):
         return session
 
     def _freeze(self, notes: list[str]) -> bool:
-        """Freeze the guest's file systems through the QEMU guest agent, when asked and present."""
+        """Freeze the guest's file systems through the QEMU guest agent, when asked and
+        present. Every outcome leaves a note for the point (`Snapshot.notes`): how it was
+        quiesced, or why not."""
         if self.quiesce == "never":
+            notes.append("quiesce: not asked (option quiesce=never): crash-consistent")
             return False
         if not domxml.has_guest_agent(self._xml()):
             if self.quiesce == "required":
@@ -281,11 +288,10 @@ class LibvirtOps(PlatformOps):
                     f"VM {self.vm} has no QEMU guest agent channel, and quiesce=required",
                     "add an org.qemu.guest_agent.0 channel and run qemu-guest-agent in the guest",
                 )
-            notes.append("no QEMU guest agent: crash-consistent")
+            notes.append("quiesce: the domain has no QEMU guest agent channel: crash-consistent")
             return False
         try:
-            self.dom.fsFreeze(None, 0)
-            return True
+            frozen = self.dom.fsFreeze(None, 0)
         except libvirt.libvirtError as exc:
             if self.quiesce == "required":
                 raise PlatformError(
@@ -293,15 +299,22 @@ class LibvirtOps(PlatformOps):
                     "check that qemu-guest-agent runs in the guest",
                 ) from None
             notes.append(
-                f"guest agent did not freeze the file systems ({message(exc)}): crash-consistent"
+                f"quiesce: the guest agent did not freeze the file systems ({message(exc)}): "
+                "crash-consistent"
             )
             log.warning("VM %s: %s", self.vm, notes[-1])
             return False
+        notes.append(
+            f"quiesce: the QEMU guest agent froze {frozen} file system(s) for the snapshot: "
+            "filesystem-consistent"
+        )
+        return True
 
-    def _thaw(self) -> None:
+    def _thaw(self, notes: list[str]) -> None:
         try:
             self.dom.fsThaw(None, 0)
         except libvirt.libvirtError as exc:
+            notes.append(f"the guest agent did not thaw the file systems: {message(exc)}")
             log.error("VM %s: could not thaw the guest file systems: %s", self.vm, message(exc))
 
     def end(self, session: Session) -> None:
