@@ -54,6 +54,9 @@ class Fake:
     """The fake's process: one JSON command per line on stdin, one JSON answer back."""
 
     def __init__(self, workdir: Path, image: Path, latency: float) -> None:
+        # --immutable: snapshots point into the image files (never changed in place: the
+        # day of changes is another file), not copies of them: an 8 GiB corpus would
+        # otherwise cost 5.5 GiB of disk per snapshot
         self.proc = subprocess.Popen(
             [
                 sys.executable,
@@ -63,6 +66,7 @@ class Fake:
                 str(image),
                 "--latency",
                 str(latency),
+                "--immutable",
             ],
             cwd=ROOT,
             stdin=subprocess.PIPE,
@@ -254,6 +258,12 @@ def synthetic(where: Path, gib: int) -> tuple[Path, Path]:
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR)
+    p.add_argument(
+        "--repos",
+        type=Path,
+        help="where the syncs' repositories go (default: WORKDIR/run); a tmpfs such as "
+        "/dev/shm/NAME makes the target fast, so that the source is what is measured",
+    )
     p.add_argument("--corpus", type=Path, default=CORPUS, help="corpus dir (built if missing)")
     p.add_argument("--synthetic", type=int, default=0, help="GiB of a synthetic volume instead")
     p.add_argument("--latency", type=float, default=0.02)
@@ -282,6 +292,9 @@ def main(argv: list[str]) -> int:
         subprocess.run(["cp", "--sparse=always", str(disk), str(vol)], check=True)
         subprocess.run(["cp", "--sparse=always", str(disk2), str(vol2)], check=True)
     fake = Fake(run / "fake", vol, a.latency)
+    repos = a.repos or run
+    out_repos = a.repos
+    repos.mkdir(parents=True, exist_ok=True)
     out: dict[str, Any] = {
         "latency_s": a.latency,
         "volume": str(disk),
@@ -300,7 +313,7 @@ def main(argv: list[str]) -> int:
             out["source"].append(r)
         levels = [] if a.no_sync else [int(x) for x in a.sync.split(",") if x]
         for n in levels:
-            repo = run / f"repo-{n}"
+            repo = repos / f"repo-{n}"
             host = open_host(fake, n)
             r = timed_sync(repo, host)
             r["in_flight"] = n
@@ -316,7 +329,7 @@ def main(argv: list[str]) -> int:
         if not levels:
             return _finish(out, a)
         fake.cmd(cmd="backing", volume=fake.info["volumes"][0], path=str(vol2))
-        inc = timed_sync(run / f"repo-{levels[-1]}", host)
+        inc = timed_sync(repos / f"repo-{levels[-1]}", host)
         ebs = sum(inc["calls"].get(k, 0) for k in EBS_CALLS)
         pages = inc["calls"].get("list_changed_blocks", 0)
         changed = inc["listed_blocks"]
@@ -331,6 +344,9 @@ def main(argv: list[str]) -> int:
         out["incremental"] = inc
     finally:
         fake.close()
+        if out_repos is not None:  # a tmpfs holds them in memory: give it back
+            shutil.rmtree(out_repos, ignore_errors=True)
+    out["repos"] = str(out_repos or "the work directory")
     return _finish(out, a)
 
 
@@ -362,7 +378,8 @@ def _finish(out: dict[str, Any], a: argparse.Namespace) -> int:
 def markdown(out: dict[str, Any]) -> str:
     lines = [
         f"Latency {out['latency_s'] * 1000:.0f} ms per request, fake on loopback in its own process; "
-        f"peak RSS of the syncing process {out['peak_rss_mib']} MiB.",
+        f"peak RSS of the syncing process {out['peak_rss_mib']} MiB; repositories (codec none) "
+        f"in {out.get('repos', 'the work directory')}.",
         "",
         "| in flight | bare GetSnapshotBlock loop MB/s | source alone MB/s | first full sync MB/s | full sync again MB/s |",
         "|---|---|---|---|---|",
