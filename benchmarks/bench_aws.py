@@ -39,8 +39,8 @@ sys.path.insert(0, str(ROOT))
 import boto3  # noqa: E402
 from botocore.config import Config  # noqa: E402
 
+from openbdr.capture.agentless import AgentlessSnapshot  # noqa: E402
 from openbdr.capture.aws import AwsHost  # noqa: E402
-from openbdr.capture.aws.host import AwsSnapshot  # noqa: E402
 from openbdr.capture.registry import open_source  # noqa: E402
 
 DEFAULT_WORKDIR = ROOT / ".work" / "bench-aws"
@@ -168,7 +168,7 @@ def timed_sync(repo: Path, host: AwsHost, full: bool = False) -> dict[str, Any]:
     seen: dict[str, Any] = {}
     orig = host.snapshot
 
-    def snapshot(since: Any) -> AwsSnapshot:
+    def snapshot(since: Any) -> AgentlessSnapshot:
         t = time.monotonic()
         snap = orig(since)
         seen["snapshot_s"] = time.monotonic() - t
