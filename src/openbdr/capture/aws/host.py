@@ -278,9 +278,10 @@ class AwsOps(PlatformOps):
         return []
 
     def delete(self, snapshot: str) -> None:
-        """Delete every EBS snapshot of set `snapshot`."""
-        for s in self._set(snapshot):
-            self._delete_one(s["SnapshotId"])
+        """Delete every EBS snapshot of set `snapshot` (as OpenStack does, a snapshot that
+        cannot be deleted now does not fail the sync)."""
+        for s in self._set(snapshot):  # one that fails is logged: the next run tries again
+            _quietly_delete(self, s["SnapshotId"])
         if self._mine is not None:
             self._mine = [s for s in self._mine if _tags(s).get(SET_TAG) != snapshot]
 
