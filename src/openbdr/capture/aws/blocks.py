@@ -199,7 +199,7 @@ class BlockReader:
             i = (offset + pos) // EBS_BLOCK
             within = (offset + pos) - i * EBS_BLOCK
             take = min(EBS_BLOCK - within, n - pos)
-            data = self.block(i)
+            data = memoryview(self.block(i))  # a slice of bytes would be one more copy
             buf[pos : pos + take] = data[within : within + take]
             pos += take
         return n
