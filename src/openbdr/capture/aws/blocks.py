@@ -155,6 +155,7 @@ class BlockReader:
         self.in_flight = aws.in_flight
         self.window = 2 * aws.in_flight + 16
         self._running = 0
+        self._filling = False
         self.checksum_failures = 0
 
     # -- what the listing taught -------------------------------------------------------------
@@ -224,6 +225,15 @@ class BlockReader:
         """Keep `in_flight` requests running along the plan after the engine's position,
         within `window` blocks held; called with the lock held, by the engine's thread
         and by every request that ends, so that the pool never waits for the engine."""
+        if self._filling:  # re-entered from a request that ended at once: the loop goes on
+            return
+        self._filling = True
+        try:
+            self._submit()
+        finally:
+            self._filling = False
+
+    def _submit(self) -> None:
         plan = self._plan
         while self._running < self.in_flight and len(self._ahead) < self.window:
             while self._ei < len(plan) and plan[self._ei].end <= self._next * EBS_BLOCK:
