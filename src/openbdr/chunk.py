@@ -149,7 +149,7 @@ class ChunkCodec:
         unsigned = HEADER.pack(MAGIC, VERSION, used, flags, 0, len(view), len(payload), 0, 0)
         crc = zlib.crc32(payload, zlib.crc32(unsigned))
         header = HEADER.pack(MAGIC, VERSION, used, flags, 0, len(view), len(payload), crc, 0)
-        return Encoded(cid, header + bytes(payload), used)
+        return Encoded(cid, b"".join((header, payload)), used)  # one copy of the payload
 
     def decode(self, chunk_id: bytes, data: bytes | memoryview, where: str = "") -> bytes:
         """Unwrap and prove a chunk: checksum, decompress, re-hash against its id."""

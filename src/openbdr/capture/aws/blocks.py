@@ -153,7 +153,7 @@ class BlockReader:
         #: requests kept running, and blocks held (running + fetched, not yet read): a
         #: block that lags must not stop the others (head-of-line), memory stays bounded
         self.in_flight = aws.in_flight
-        self.window = 2 * aws.in_flight + 16
+        self.window = aws.in_flight + aws.in_flight // 2 + 16
         self._running = 0
         self._filling = False
         self.checksum_failures = 0
