@@ -89,6 +89,25 @@ class Fake:
         self.proc.wait(timeout=60)
 
 
+def cpu(fake: Fake) -> tuple[float, float]:
+    """CPU seconds used so far by this process (all its threads) and by the fake's."""
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    with open(f"/proc/{fake.proc.pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    fake_s = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return ru.ru_utime + ru.ru_stime, fake_s
+
+
+def cpu_per_mib(fake: Fake, before: tuple[float, float], nbytes: int) -> dict[str, float]:
+    """CPU milliseconds per MiB moved since `before`: where a CPU-bound box spends it."""
+    now = cpu(fake)
+    mib = max(nbytes / MIB, 1e-9)
+    return {
+        "client": round((now[0] - before[0]) * 1000 / mib, 2),
+        "fake": round((now[1] - before[1]) * 1000 / mib, 2),
+    }
+
+
 def clients(fake: Fake, in_flight: int) -> tuple[Any, Any]:
     kw = {
         "endpoint_url": fake.info["url"],
@@ -125,16 +144,19 @@ def bare_loop(fake: Fake, in_flight: int, limit: int) -> dict[str, Any]:
         r = ebs.get_snapshot_block(SnapshotId=sid, BlockIndex=b[0], BlockToken=b[1])
         return len(r["BlockData"].read())
 
+    c0 = cpu(fake)
     t = time.monotonic()
     with ThreadPoolExecutor(in_flight) as pool:
         n = sum(pool.map(get, blocks))
     wall = time.monotonic() - t
+    cpu_ms = cpu_per_mib(fake, c0, n)
     ec2.delete_snapshot(SnapshotId=sid)
     return {
         "in_flight": in_flight,
         "bytes": n,
         "wall_s": round(wall, 2),
         "mb_s": round(n / wall / 1e6, 1),
+        "cpu_ms_per_mib": cpu_ms,
     }
 
 
@@ -160,7 +182,7 @@ def open_host(fake: Fake, in_flight: int) -> AwsHost:
     return host
 
 
-def timed_sync(repo: Path, host: AwsHost, full: bool = False) -> dict[str, Any]:
+def timed_sync(repo: Path, host: AwsHost, host_fake: Fake, full: bool = False) -> dict[str, Any]:
     """One sync; the time to create and complete the snapshot is kept apart."""
     from openbdr.store.target import init_target, open_target
     from openbdr.sync import SyncOptions, sync
@@ -172,6 +194,7 @@ def timed_sync(repo: Path, host: AwsHost, full: bool = False) -> dict[str, Any]:
         t = time.monotonic()
         snap = orig(since)
         seen["snapshot_s"] = time.monotonic() - t
+        seen["cpu0"] = cpu(host_fake)
         seen["snap"] = snap
         return snap
 
@@ -204,6 +227,8 @@ def timed_sync(repo: Path, host: AwsHost, full: bool = False) -> dict[str, Any]:
         "wall_s": round(wall, 2),
         "snapshot_s": round(seen["snapshot_s"], 2),
         "read_mb_s": round(disk.read_bytes / read_wall / 1e6, 1),
+        # after the snapshot completed: listing, reads, hashing, stores, commit
+        "cpu_ms_per_mib": cpu_per_mib(host_fake, seen["cpu0"], disk.read_bytes),
         "phases": phases,
         "listed_blocks": snap.disks[0].listed_blocks,
         "calls": calls,
@@ -220,6 +245,7 @@ def source_alone(fake: Fake, in_flight: int) -> dict[str, Any]:
         extents = disk.extents()
         buf = bytearray(MIB)
         n = 0
+        c0 = cpu(fake)
         t = time.monotonic()
         for e in extents:
             pos = e.offset
@@ -229,11 +255,13 @@ def source_alone(fake: Fake, in_flight: int) -> dict[str, Any]:
                 n += k
                 pos += k
         wall = time.monotonic() - t
+        cpu_ms = cpu_per_mib(fake, c0, n)
     return {
         "in_flight": in_flight,
         "bytes": n,
         "wall_s": round(wall, 2),
         "mb_s": round(n / wall / 1e6, 1),
+        "cpu_ms_per_mib": cpu_ms,
     }
 
 
@@ -315,13 +343,14 @@ def main(argv: list[str]) -> int:
         for n in levels:
             repo = repos / f"repo-{n}"
             host = open_host(fake, n)
-            r = timed_sync(repo, host)
+            r = timed_sync(repo, host, fake)
             r["in_flight"] = n
             print("first full", r, flush=True)
             # again with every chunk stored: what the source reads, not the disk writes
-            again = timed_sync(repo, host, full=True)
+            again = timed_sync(repo, host, fake, full=True)
             again["in_flight"] = n
             again["first_read_mb_s"] = r["read_mb_s"]
+            again["first"] = r if n == 64 else None
             print("full again", again, flush=True)
             out["full"].append(again)
             if n != levels[-1]:  # the next level's first sync removes its snapshots by tag
@@ -329,7 +358,7 @@ def main(argv: list[str]) -> int:
         if not levels:
             return _finish(out, a)
         fake.cmd(cmd="backing", volume=fake.info["volumes"][0], path=str(vol2))
-        inc = timed_sync(repos / f"repo-{levels[-1]}", host)
+        inc = timed_sync(repos / f"repo-{levels[-1]}", host, fake)
         ebs = sum(inc["calls"].get(k, 0) for k in EBS_CALLS)
         pages = inc["calls"].get("list_changed_blocks", 0)
         changed = inc["listed_blocks"]
@@ -394,6 +423,23 @@ def markdown(out: dict[str, Any]) -> str:
         lines.append(
             f"| {b['in_flight']} | {b['mb_s']} | {src['mb_s'] if src else '—'} | {first} | {again} |"
         )
+    rows = [("bare loop", b) for b in out["bare"] if b["in_flight"] == 64]
+    rows += [("source alone", f) for f in out["source"] if f["in_flight"] == 64]
+    rows += [("first full sync", f["first"]) for f in out["full"] if f.get("first")]
+    rows += [("full sync again", f) for f in out["full"] if f["in_flight"] == 64]
+    if rows:
+        lines += [
+            "",
+            "CPU per MiB moved at 64 in flight (ms; the fake and the syncing process share the box):",
+            "",
+            "| run | syncing process | fake | sum |",
+            "|---|---|---|---|",
+        ]
+        for name, r in rows:
+            c = r.get("cpu_ms_per_mib") or {}
+            if c:
+                total_ms = round(c["client"] + c["fake"], 2)
+                lines.append(f"| {name} | {c['client']} | {c['fake']} | {total_ms} |")
     inc = out.get("incremental")
     if inc:
         lines += [
