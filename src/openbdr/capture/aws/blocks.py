@@ -214,8 +214,9 @@ class BlockReader:
             self._next = max(self._next, i)
             self._fill()
             fut = self._ahead.pop(i, None)
-            for k in [k for k in self._ahead if k < i]:  # skipped (a resumed sync's done blocks)
-                self._ahead.pop(k).cancel()
+            ahead = self._ahead  # in block order: skipped ones (a resumed sync's) are first
+            while ahead and next(iter(ahead)) < i:
+                ahead.popitem(last=False)[1].cancel()
             self._fill()
         if fut is not None:
             return fut.result()
