@@ -39,8 +39,8 @@ sys.path.insert(0, str(ROOT))
 import boto3  # noqa: E402
 from botocore.config import Config  # noqa: E402
 
+from openbdr.capture.agentless import AgentlessSnapshot  # noqa: E402
 from openbdr.capture.aws import AwsHost  # noqa: E402
-from openbdr.capture.aws.host import AwsSnapshot  # noqa: E402
 from openbdr.capture.registry import open_source  # noqa: E402
 
 DEFAULT_WORKDIR = ROOT / ".work" / "bench-aws"
@@ -54,6 +54,9 @@ class Fake:
     """The fake's process: one JSON command per line on stdin, one JSON answer back."""
 
     def __init__(self, workdir: Path, image: Path, latency: float) -> None:
+        # --immutable: snapshots point into the image files (never changed in place: the
+        # day of changes is another file), not copies of them: an 8 GiB corpus would
+        # otherwise cost 5.5 GiB of disk per snapshot
         self.proc = subprocess.Popen(
             [
                 sys.executable,
@@ -63,6 +66,7 @@ class Fake:
                 str(image),
                 "--latency",
                 str(latency),
+                "--immutable",
             ],
             cwd=ROOT,
             stdin=subprocess.PIPE,
@@ -83,6 +87,25 @@ class Fake:
         if self.proc.stdin:
             self.proc.stdin.close()
         self.proc.wait(timeout=60)
+
+
+def cpu(fake: Fake) -> tuple[float, float]:
+    """CPU seconds used so far by this process (all its threads) and by the fake's."""
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    with open(f"/proc/{fake.proc.pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    fake_s = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return ru.ru_utime + ru.ru_stime, fake_s
+
+
+def cpu_per_mib(fake: Fake, before: tuple[float, float], nbytes: int) -> dict[str, float]:
+    """CPU milliseconds per MiB moved since `before`: where a CPU-bound box spends it."""
+    now = cpu(fake)
+    mib = max(nbytes / MIB, 1e-9)
+    return {
+        "client": round((now[0] - before[0]) * 1000 / mib, 2),
+        "fake": round((now[1] - before[1]) * 1000 / mib, 2),
+    }
 
 
 def clients(fake: Fake, in_flight: int) -> tuple[Any, Any]:
@@ -121,16 +144,19 @@ def bare_loop(fake: Fake, in_flight: int, limit: int) -> dict[str, Any]:
         r = ebs.get_snapshot_block(SnapshotId=sid, BlockIndex=b[0], BlockToken=b[1])
         return len(r["BlockData"].read())
 
+    c0 = cpu(fake)
     t = time.monotonic()
     with ThreadPoolExecutor(in_flight) as pool:
         n = sum(pool.map(get, blocks))
     wall = time.monotonic() - t
+    cpu_ms = cpu_per_mib(fake, c0, n)
     ec2.delete_snapshot(SnapshotId=sid)
     return {
         "in_flight": in_flight,
         "bytes": n,
         "wall_s": round(wall, 2),
         "mb_s": round(n / wall / 1e6, 1),
+        "cpu_ms_per_mib": cpu_ms,
     }
 
 
@@ -156,7 +182,7 @@ def open_host(fake: Fake, in_flight: int) -> AwsHost:
     return host
 
 
-def timed_sync(repo: Path, host: AwsHost, full: bool = False) -> dict[str, Any]:
+def timed_sync(repo: Path, host: AwsHost, host_fake: Fake, full: bool = False) -> dict[str, Any]:
     """One sync; the time to create and complete the snapshot is kept apart."""
     from openbdr.store.target import init_target, open_target
     from openbdr.sync import SyncOptions, sync
@@ -164,10 +190,11 @@ def timed_sync(repo: Path, host: AwsHost, full: bool = False) -> dict[str, Any]:
     seen: dict[str, Any] = {}
     orig = host.snapshot
 
-    def snapshot(since: Any) -> AwsSnapshot:
+    def snapshot(since: Any) -> AgentlessSnapshot:
         t = time.monotonic()
         snap = orig(since)
         seen["snapshot_s"] = time.monotonic() - t
+        seen["cpu0"] = cpu(host_fake)
         seen["snap"] = snap
         return snap
 
@@ -200,6 +227,8 @@ def timed_sync(repo: Path, host: AwsHost, full: bool = False) -> dict[str, Any]:
         "wall_s": round(wall, 2),
         "snapshot_s": round(seen["snapshot_s"], 2),
         "read_mb_s": round(disk.read_bytes / read_wall / 1e6, 1),
+        # after the snapshot completed: listing, reads, hashing, stores, commit
+        "cpu_ms_per_mib": cpu_per_mib(host_fake, seen["cpu0"], disk.read_bytes),
         "phases": phases,
         "listed_blocks": snap.disks[0].listed_blocks,
         "calls": calls,
@@ -216,6 +245,7 @@ def source_alone(fake: Fake, in_flight: int) -> dict[str, Any]:
         extents = disk.extents()
         buf = bytearray(MIB)
         n = 0
+        c0 = cpu(fake)
         t = time.monotonic()
         for e in extents:
             pos = e.offset
@@ -225,11 +255,13 @@ def source_alone(fake: Fake, in_flight: int) -> dict[str, Any]:
                 n += k
                 pos += k
         wall = time.monotonic() - t
+        cpu_ms = cpu_per_mib(fake, c0, n)
     return {
         "in_flight": in_flight,
         "bytes": n,
         "wall_s": round(wall, 2),
         "mb_s": round(n / wall / 1e6, 1),
+        "cpu_ms_per_mib": cpu_ms,
     }
 
 
@@ -254,6 +286,12 @@ def synthetic(where: Path, gib: int) -> tuple[Path, Path]:
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR)
+    p.add_argument(
+        "--repos",
+        type=Path,
+        help="where the syncs' repositories go (default: WORKDIR/run); a tmpfs such as "
+        "/dev/shm/NAME makes the target fast, so that the source is what is measured",
+    )
     p.add_argument("--corpus", type=Path, default=CORPUS, help="corpus dir (built if missing)")
     p.add_argument("--synthetic", type=int, default=0, help="GiB of a synthetic volume instead")
     p.add_argument("--latency", type=float, default=0.02)
@@ -282,6 +320,9 @@ def main(argv: list[str]) -> int:
         subprocess.run(["cp", "--sparse=always", str(disk), str(vol)], check=True)
         subprocess.run(["cp", "--sparse=always", str(disk2), str(vol2)], check=True)
     fake = Fake(run / "fake", vol, a.latency)
+    repos = a.repos or run
+    out_repos = a.repos
+    repos.mkdir(parents=True, exist_ok=True)
     out: dict[str, Any] = {
         "latency_s": a.latency,
         "volume": str(disk),
@@ -300,15 +341,16 @@ def main(argv: list[str]) -> int:
             out["source"].append(r)
         levels = [] if a.no_sync else [int(x) for x in a.sync.split(",") if x]
         for n in levels:
-            repo = run / f"repo-{n}"
+            repo = repos / f"repo-{n}"
             host = open_host(fake, n)
-            r = timed_sync(repo, host)
+            r = timed_sync(repo, host, fake)
             r["in_flight"] = n
             print("first full", r, flush=True)
             # again with every chunk stored: what the source reads, not the disk writes
-            again = timed_sync(repo, host, full=True)
+            again = timed_sync(repo, host, fake, full=True)
             again["in_flight"] = n
             again["first_read_mb_s"] = r["read_mb_s"]
+            again["first"] = r if n == 64 else None
             print("full again", again, flush=True)
             out["full"].append(again)
             if n != levels[-1]:  # the next level's first sync removes its snapshots by tag
@@ -316,7 +358,7 @@ def main(argv: list[str]) -> int:
         if not levels:
             return _finish(out, a)
         fake.cmd(cmd="backing", volume=fake.info["volumes"][0], path=str(vol2))
-        inc = timed_sync(run / f"repo-{levels[-1]}", host)
+        inc = timed_sync(repos / f"repo-{levels[-1]}", host, fake)
         ebs = sum(inc["calls"].get(k, 0) for k in EBS_CALLS)
         pages = inc["calls"].get("list_changed_blocks", 0)
         changed = inc["listed_blocks"]
@@ -331,6 +373,9 @@ def main(argv: list[str]) -> int:
         out["incremental"] = inc
     finally:
         fake.close()
+        if out_repos is not None:  # a tmpfs holds them in memory: give it back
+            shutil.rmtree(out_repos, ignore_errors=True)
+    out["repos"] = str(out_repos or "the work directory")
     return _finish(out, a)
 
 
@@ -362,7 +407,8 @@ def _finish(out: dict[str, Any], a: argparse.Namespace) -> int:
 def markdown(out: dict[str, Any]) -> str:
     lines = [
         f"Latency {out['latency_s'] * 1000:.0f} ms per request, fake on loopback in its own process; "
-        f"peak RSS of the syncing process {out['peak_rss_mib']} MiB.",
+        f"peak RSS of the syncing process {out['peak_rss_mib']} MiB; repositories (codec none) "
+        f"in {out.get('repos', 'the work directory')}.",
         "",
         "| in flight | bare GetSnapshotBlock loop MB/s | source alone MB/s | first full sync MB/s | full sync again MB/s |",
         "|---|---|---|---|---|",
@@ -377,6 +423,23 @@ def markdown(out: dict[str, Any]) -> str:
         lines.append(
             f"| {b['in_flight']} | {b['mb_s']} | {src['mb_s'] if src else '—'} | {first} | {again} |"
         )
+    rows = [("bare loop", b) for b in out["bare"] if b["in_flight"] == 64]
+    rows += [("source alone", f) for f in out["source"] if f["in_flight"] == 64]
+    rows += [("first full sync", f["first"]) for f in out["full"] if f.get("first")]
+    rows += [("full sync again", f) for f in out["full"] if f["in_flight"] == 64]
+    if rows:
+        lines += [
+            "",
+            "CPU per MiB moved at 64 in flight (ms; the fake and the syncing process share the box):",
+            "",
+            "| run | syncing process | fake | sum |",
+            "|---|---|---|---|",
+        ]
+        for name, r in rows:
+            c = r.get("cpu_ms_per_mib") or {}
+            if c:
+                total_ms = round(c["client"] + c["fake"], 2)
+                lines.append(f"| {name} | {c['client']} | {c['fake']} | {total_ms} |")
     inc = out.get("incremental")
     if inc:
         lines += [

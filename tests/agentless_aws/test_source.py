@@ -28,7 +28,7 @@ def test_incremental_lists_changed_halves_and_trimmed_blocks(fake: FakeAWS, tmp_
         assert d.valid_bytes == 6 * MIB
         since = ChangeToken.from_json(snap_token(first.disks).to_json())
         first.committed()
-    base = set(first.created)
+    base = set(first.session.snapshots.values())
 
     write(vol, [(MIB + BLOCK + 10, 100), (50 * MIB, 4096)])  # a second half; a new block
     discard(vol, 100 * MIB, BLOCK)  # TRIM: the first half of a 1 MiB block
@@ -49,7 +49,7 @@ def test_incremental_lists_changed_halves_and_trimmed_blocks(fake: FakeAWS, tmp_
         assert not any(buf)  # gone from the snapshot: zeros, without a GetSnapshotBlock
         snap.committed()
     live = {s.id for s in acc.live_snapshots()}
-    assert live == set(snap.created) and not live & base
+    assert live == set(snap.session.snapshots.values()) and not live & base
 
 
 def test_a_run_without_commit_keeps_the_old_base(fake: FakeAWS, tmp_path: Path) -> None:
@@ -63,6 +63,6 @@ def test_a_run_without_commit_keeps_the_old_base(fake: FakeAWS, tmp_path: Path) 
     with host.snapshot(since) as failed:
         assert failed.disks[0].incremental
     # the point of `failed` never committed: its snapshot went, the base stayed
-    assert {s.id for s in acc.live_snapshots()} == set(first.created)
+    assert {s.id for s in acc.live_snapshots()} == set(first.session.snapshots.values())
     with host.snapshot(since) as again:
         assert again.disks[0].incremental  # still incremental against the old base

@@ -172,7 +172,7 @@ def test_deleted_base_snapshot_gives_a_full_pass_that_says_why(
     write(vol, [(10 * MIB, MIB)])
     p = run_sync(repo, host)
     assert p.disks[0].mode == "hash-compare"
-    assert "no longer exists" in (p.disks[0].fallback_reason or "")
+    assert "is gone" in (p.disks[0].fallback_reason or "")
     assert_point_is(repo, p, {v.id: vol}, tmp_path)
 
 
@@ -191,7 +191,7 @@ def test_volume_attached_between_syncs(fake: FakeAWS, tmp_path: Path) -> None:
     p = run_sync(repo, host)
     modes = {d.name: (d.mode, d.fallback_reason or "") for d in p.disks}
     assert modes[va.id][0] == "incremental"
-    assert modes[vb.id][0] == "full" and "attached after" in modes[vb.id][1]
+    assert modes[vb.id][0] == "full" and "is new since" in modes[vb.id][1]
     assert_point_is(repo, p, {va.id: a, vb.id: b}, tmp_path)
 
 
@@ -243,8 +243,8 @@ def test_leftovers_of_killed_syncs_are_deleted_by_tag(fake: FakeAWS, tmp_path: P
     runs = []
     for _ in range(2):  # two runs that died before their points committed
         killed = impatient.snapshot(None)
-        killed.pool.shutdown()
-        runs.append(set(killed.created))
+        killed.session.pool.shutdown()
+        runs.append(set(killed.session.snapshots.values()))
     assert not runs[0] & live(fake)  # the older set went when the second run started
     p = run_sync(tmp_path / "repo", host)  # the newest set is read again
     assert p.disks[0].mode == "full"
@@ -255,10 +255,10 @@ def test_leftovers_of_killed_syncs_are_deleted_by_tag(fake: FakeAWS, tmp_path: P
     assert full.token["value"][v.id]["value"]["snapshot"] not in runs[1]
     p = full
     stale = host.snapshot(p_token(p))  # killed again, and then too old to resume
-    stale.pool.shutdown()
+    stale.session.pool.shutdown()
     p2 = run_sync(tmp_path / "repo", impatient)
     assert p2.disks[0].mode == "incremental"
-    assert not set(stale.created) & live(fake)
+    assert not set(stale.session.snapshots.values()) & live(fake)
     assert len(live(fake) - {other.id}) == 1
 
 
@@ -271,7 +271,7 @@ def p_token(point: Any) -> Any:
 def test_a_killed_sync_resumes_from_its_checkpoint(
     fake: FakeAWS, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from openbdr.capture.aws.host import AwsSnapshot
+    from openbdr.capture.agentless import AgentlessSnapshot
     from openbdr.store.target import init_target
     from openbdr.sync import SyncOptions, SyncStopped, sync
 
@@ -282,7 +282,9 @@ def test_a_killed_sync_resumes_from_its_checkpoint(
     host = open_host(fake, inst.id, in_flight=2)
     repo = tmp_path / "repo"
     # the first run dies mid-way: its checkpoint is saved, nothing is released (SIGKILL)
-    monkeypatch.setattr(AwsSnapshot, "release", lambda self: self.pool.shutdown(wait=True))
+    monkeypatch.setattr(
+        AgentlessSnapshot, "release", lambda self: self.session.pool.shutdown(wait=True)
+    )
     seen = {"n": 0}
 
     def stop() -> bool:

@@ -219,6 +219,20 @@ class PlatformOps(abc.ABC):
     def delete(self, snapshot: str) -> None:
         """Delete one platform snapshot made by OpenBDR."""
 
+    def resume(
+        self, host: str, leftovers: list[str], base: str | None, plans: list[DiskPlan]
+    ) -> Session | None:
+        """Open again one of `leftovers` (platform snapshots of runs that never committed,
+        oldest first) instead of taking a new one, so that the engine resumes from the
+        killed run's checkpoint (same fingerprints); None: take a new one. Only a platform
+        whose snapshots stay readable after the run that made them (EBS) may; the others
+        remove every leftover."""
+        return None
+
+    def kept(self, snapshot: str) -> None:  # noqa: B027 - most platforms need nothing
+        """The point read from `snapshot` committed: it is the next base (a platform may
+        mark it, so that it is never taken for a leftover)."""
+
 
 class AgentlessDisk(DiskSnapshot):
     """A disk of a platform snapshot: the shared change-list and valid-data logic.
@@ -334,6 +348,8 @@ class AgentlessSnapshot(Snapshot):
         _quietly(lambda: self.ops.end(self.session), "end the read session")
         if self._committed:
             keep = self.session.keep
+            if keep is not None:
+                _quietly(lambda: self.ops.kept(keep), f"mark {keep} as the next base")
             owned: list[str] = []
             _quietly(lambda: owned.extend(self.ops.owned(self.host)), "list old snapshots")
             for name in owned:
@@ -398,11 +414,20 @@ class AgentlessHost(Host):
     def snapshot(self, since: ChangeToken | None) -> AgentlessSnapshot:
         removed = self.ops.cleanup(self.name)
         base, plans, changes = self.plan(since)
-        for name in self.ops.owned(self.name):
-            if name != base:  # made by a run whose point never committed
-                self.ops.delete(name)
-                removed.append(name)
+        # made by runs whose points never committed: one may be read again, the rest go
+        leftovers = [n for n in self.ops.owned(self.name) if n != base]
+        session = self.ops.resume(self.name, leftovers, base, plans)
+        try:
+            for name in leftovers:
+                if session is None or name != session.created:
+                    self.ops.delete(name)
+                    removed.append(name)
+        except BaseException:
+            if session is not None:  # the resumed snapshot stays for the next run
+                _quietly(lambda: self.ops.end(session), "end the read session")
+            raise
         if removed:
             log.warning("%s: removed leftovers of an earlier run: %s", self.name, removed)
-        session = self.ops.take(self.name, owned_name(self.name), base, plans)
+        if session is None:
+            session = self.ops.take(self.name, owned_name(self.name), base, plans)
         return AgentlessSnapshot(self.ops, self.name, session, changes)

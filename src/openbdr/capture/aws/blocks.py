@@ -142,7 +142,7 @@ class BlockReader:
         self.nblocks = nblocks
         self.pool = pool
         self.tok = Tokens()
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # futures call back (`_ended`) while it is held
         self._lookup_lock = threading.Lock()
         self._ahead: OrderedDict[int, Future[bytes]] = OrderedDict()
         #: the extents the engine reads next, in order, and the next block to fetch ahead
@@ -150,7 +150,12 @@ class BlockReader:
         self._starts: list[int] = []
         self._next = 0
         self._ei = 0
-        self.window = aws.in_flight + 16
+        #: requests kept running, and blocks held (running + fetched, not yet read): a
+        #: block that lags must not stop the others (head-of-line), memory stays bounded
+        self.in_flight = aws.in_flight
+        self.window = aws.in_flight + aws.in_flight // 2 + 16
+        self._running = 0
+        self._filling = False
         self.checksum_failures = 0
 
     # -- what the listing taught -------------------------------------------------------------
@@ -178,10 +183,10 @@ class BlockReader:
             for f in self._ahead.values():
                 f.cancel()
             self._ahead.clear()
-        self._plan = list(extents)
-        self._starts = [e.offset for e in self._plan]
-        self._next = 0
-        self._ei = 0
+            self._plan = list(extents)
+            self._starts = [e.offset for e in self._plan]
+            self._next = 0
+            self._ei = 0
 
     def _planned(self, i: int) -> bool:
         k = bisect.bisect_right(self._starts, i * EBS_BLOCK) - 1
@@ -195,7 +200,7 @@ class BlockReader:
             i = (offset + pos) // EBS_BLOCK
             within = (offset + pos) - i * EBS_BLOCK
             take = min(EBS_BLOCK - within, n - pos)
-            data = self.block(i)
+            data = memoryview(self.block(i))  # a slice of bytes would be one more copy
             buf[pos : pos + take] = data[within : within + take]
             pos += take
         return n
@@ -205,36 +210,52 @@ class BlockReader:
         fetched now otherwise (trust-but-verify samples, the engine's own re-reads)."""
         if not self._planned(i):
             return self.fetch(i)
-        self._next = max(self._next, i)
-        self._fill()
         with self._lock:
+            self._next = max(self._next, i)
+            self._fill()
             fut = self._ahead.pop(i, None)
-            for k in [k for k in self._ahead if k < i]:  # skipped (a resumed sync's done blocks)
-                self._ahead.pop(k).cancel()
-        self._fill()
+            ahead = self._ahead  # in block order: skipped ones (a resumed sync's) are first
+            while ahead and next(iter(ahead)) < i:
+                ahead.popitem(last=False)[1].cancel()
+            self._fill()
         if fut is not None:
             return fut.result()
         return self.fetch(i)
 
     def _fill(self) -> None:
-        """Keep `window` planned blocks after the engine's position in flight or ready."""
+        """Keep `in_flight` requests running along the plan after the engine's position,
+        within `window` blocks held; called with the lock held, by the engine's thread
+        and by every request that ends, so that the pool never waits for the engine."""
+        if self._filling:  # re-entered from a request that ended at once: the loop goes on
+            return
+        self._filling = True
+        try:
+            self._submit()
+        finally:
+            self._filling = False
+
+    def _submit(self) -> None:
         plan = self._plan
-        while True:
-            with self._lock:
-                if len(self._ahead) >= self.window:
-                    return
+        while self._running < self.in_flight and len(self._ahead) < self.window:
             while self._ei < len(plan) and plan[self._ei].end <= self._next * EBS_BLOCK:
                 self._ei += 1
             if self._ei == len(plan):
                 return
             b = max(self._next, plan[self._ei].offset // EBS_BLOCK)
             self._next = b + 1
+            self._running += 1
             fut = self.pool.submit(self.fetch, b)
-            with self._lock:
-                self._ahead[b] = fut
+            self._ahead[b] = fut
+            fut.add_done_callback(self._ended)
+
+    def _ended(self, _fut: Future[bytes]) -> None:
+        with self._lock:
+            self._running -= 1
+            self._fill()
 
     def close(self) -> None:
         with self._lock:
+            self._plan = []
             for f in self._ahead.values():
                 f.cancel()
             self._ahead.clear()

@@ -1,32 +1,40 @@
 """Source `aws`: an EC2 instance read through EBS snapshots and the EBS direct APIs.
 
-One sync: remove our snapshots of this host that no point names (killed runs) →
-CreateSnapshots with an instance specification (every EBS volume of the instance,
-crash-consistent at one instant), tagged as ours → wait until `completed` → per volume,
-ListChangedBlocks(previous, current) or, for the first point (or a lost base),
-ListSnapshotBlocks → GetSnapshotBlock with many requests in flight → the point commits →
-the previous snapshots are deleted and the new ones kept as the next base. Without a
-commit the new snapshots are deleted and the old base stays.
+It runs the shared agentless flow (`capture/agentless.py`): leftovers removed → one
+`CreateSnapshots` of every EBS volume of the instance (crash-consistent at one instant),
+tagged as ours, waited until `completed` → per volume ListChangedBlocks(previous, current)
+or, for the first point or a lost base, ListSnapshotBlocks → GetSnapshotBlock with many
+requests in flight → the point commits → the previous set is deleted and the new one
+kept as the next base (tagged committed). Without a commit the new set is deleted and
+the old base stays. `AwsOps` is the platform side: a platform snapshot of the flow is
+one *set* of EBS snapshots, named by the tag `openbdr:set`.
 
 512 KiB EBS blocks are reported as they are: in an incremental the engine takes the
 untouched half of a 1 MiB block from the previous restore point (the source contract),
-so only changed halves are read. `PARTIAL_BLOCKS = False` widens changed extents to whole
-1 MiB blocks instead, for an engine that zero-fills uncovered bytes.
+so only changed halves are read. `EbsDisk.partial_blocks = False` widens changed extents
+to whole 1 MiB blocks instead, for an engine that zero-fills uncovered bytes.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import re
-import secrets
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from ...extents import Extent, from_blocks, to_blocks
-from ..base import ChangeToken, DiskSnapshot, Host, Snapshot
+from ..agentless import (
+    OWNER_TAG,
+    AgentlessDisk,
+    AgentlessHost,
+    DiskPlan,
+    PlatformOps,
+    Session,
+    owner_tags,
+)
+from ..base import ChangeToken
 from ..platform import PlatformError, UnknownVM
 from .blocks import EBS_BLOCK, TOKEN_CAP, BlockReader, list_blocks
 from .client import Aws
@@ -34,81 +42,79 @@ from .client import Aws
 log = logging.getLogger(__name__)
 
 GIB = 1 << 30
-#: True: the engine fills bytes of a touched 1 MiB block outside the extents from the
-#: previous point (the contract); False: changed extents are widened to whole 1 MiB blocks
-PARTIAL_BLOCKS = True
-#: tags on every snapshot OpenBDR makes (the first is the shared agentless owner tag)
-HOST_TAG = "openbdr:host"
+#: tags on every snapshot OpenBDR makes, besides the shared owner tag (`OWNER_TAG`)
+HOST_TAG = OWNER_TAG
 SET_TAG = "openbdr:set"
 #: on the snapshots of a committed point: never taken for a killed run's set to resume
 COMMITTED_TAG = "openbdr:committed"
 INSTANCE_TAG = "openbdr:instance"
 
 
-def slug(host: str) -> str:
-    s = re.sub(r"[^a-z0-9]+", "-", host.lower()).strip("-")
-    return s[:40] or "host"
+class EbsDisk(AgentlessDisk):
+    """One EBS volume's snapshot of the set.
 
-
-def set_name(host: str) -> str:
-    """Name of one run's snapshot set: `openbdr-<host>-<UTC time>-<pid><random>`."""
-    when = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-    return f"openbdr-{slug(host)}-{when}-{os.getpid():x}{secrets.token_hex(2)}"
-
-
-class EbsDisk(DiskSnapshot):
-    """One EBS volume's snapshot of the set."""
+    Its extents are the EBS listing itself, streamed page by page (the block tokens it
+    teaches are what the reads need): a full pass reads the platform's allocation without
+    narrowing it by file systems, and an incremental lists changes only, never the whole
+    snapshot (see docs/ARCHITECTURE.md, "AWS source")."""
 
     def __init__(
         self,
         aws: Aws,
         pool: ThreadPoolExecutor,
+        plan: DiskPlan,
         volume: dict[str, Any],
         snapshot: str,
-        base: str | None,
-        reason: str | None,
+        base_snapshot: str | None,
         set_id: str,
     ) -> None:
+        super().__init__("aws", plan, set_id)
         self.aws = aws
         self.volume = volume
-        self.name = str(volume["VolumeId"])
-        self.size = int(volume["Size"]) * GIB
         self.snapshot_id = snapshot
-        self.base = base
-        self.incremental = base is not None
-        self.fallback_reason = reason
-        self.set_id = set_id
+        #: the previous point's snapshot of this volume (ListChangedBlocks' first)
+        self.base_snapshot = base_snapshot if plan.incremental else None
         self.valid_bytes: int | None = None
         self.reader = BlockReader(aws, snapshot, self.size // EBS_BLOCK, pool)
-        self._listed: list[Extent] | None = None
-        self._zero: list[Extent] = []
         #: 512 KiB blocks the listing named (changed, or present in a full pass)
         self.listed_blocks = 0
+
+    def _listing(self, base: str | None) -> tuple[list[Extent], list[Extent], int]:
+        """(blocks with data, blocks gone (TRIM), pages) of ListSnapshotBlocks or, with
+        `base`, ListChangedBlocks; merged as pages come: memory follows the extents."""
+        listed: list[Extent] = []
+        zero: list[Extent] = []
+        pages = 0
+        for entries in list_blocks(self.aws, self.snapshot_id, base):
+            pages += 1
+            self.reader.learn(entries)
+            for e in entries:
+                _append(listed if e.token is not None else zero, e.index)
+        return listed, zero, pages
+
+    def allocation(self) -> tuple[list[Extent], list[Extent]]:
+        data, _, _ = self._listing(None)
+        return data, []  # absent blocks read as zero; nothing is known-zero in a snapshot
+
+    def changed(self) -> list[Extent]:
+        data, zero, _ = self._listing(self.base_snapshot)
+        return sorted([*data, *zero])
 
     def extents(self) -> list[Extent]:
         if self._listed is not None:
             return self._listed
-        listed: list[Extent] = []  # merged as pages come: memory follows the extents
-        zero: list[Extent] = []
-        present = removed = pages = 0
-        for entries in list_blocks(self.aws, self.snapshot_id, self.base):
-            pages += 1
-            self.reader.learn(entries)
-            for e in entries:
-                if e.token is not None:
-                    present += 1
-                    _append(listed, e.index)
-                else:  # gone from the volume (TRIM): recorded zero, unread
-                    removed += 1
-                    _append(zero, e.index)
-        nblocks = self.size // EBS_BLOCK
-        if self.base is None:
+        listed, zero, pages = self._listing(self.base_snapshot)
+        present = sum(e.length for e in listed) // EBS_BLOCK
+        removed = sum(e.length for e in zero) // EBS_BLOCK
+        if self.base_snapshot is None:
             if present < TOKEN_CAP:  # the whole snapshot is known: the rest is absent
-                self.reader.learn([], 0, nblocks)
+                self.reader.learn([], 0, self.size // EBS_BLOCK)
             self.valid_bytes = present * EBS_BLOCK
+        else:
+            self.changed_bytes = (present + removed) * EBS_BLOCK
         self.listed_blocks = present + removed
-        self._zero = zero
-        if self.incremental and not PARTIAL_BLOCKS:
+        self._zero = zero  # gone from the volume (TRIM): recorded zero, unread
+        if self.incremental and not self.partial_blocks:
             listed = from_blocks(to_blocks(listed, self.size), self.size)
         log.info(
             "%s (%s): %d blocks of 512 KiB listed (%d removed) in %d pages%s",
@@ -117,16 +123,11 @@ class EbsDisk(DiskSnapshot):
             self.listed_blocks,
             removed,
             pages,
-            f", changed since {self.base}" if self.base else "",
+            f", changed since {self.base_snapshot}" if self.base_snapshot else "",
         )
         self._listed = listed
         self.reader.plan(listed)
         return listed
-
-    def zero_extents(self) -> list[Extent]:
-        if self._listed is None:
-            self.extents()
-        return self._zero
 
     def read_into(self, offset: int, buf: bytearray | memoryview) -> int:
         view = memoryview(buf)
@@ -140,7 +141,7 @@ class EbsDisk(DiskSnapshot):
         return ChangeToken(
             "aws",
             {
-                "base": self.set_id,
+                "base": self.base,
                 "snapshot": self.snapshot_id,
                 "size": self.size,
                 "volume": self.name,
@@ -151,73 +152,33 @@ class EbsDisk(DiskSnapshot):
     def fingerprint(self) -> dict[str, Any]:
         return {"name": self.name, "size": self.size, "snapshot": self.snapshot_id}
 
-
-class AwsSnapshot(Snapshot):
-    def __init__(
-        self,
-        host: AwsHost,
-        disks: list[EbsDisk],
-        created: list[str],
-        previous: list[str],
-        pool: ThreadPoolExecutor,
-    ) -> None:
-        self.host = host
-        self.disks: list[DiskSnapshot] = list(disks)
-        self.consistency = "crash"
-        self.created = created
-        self.previous = previous
-        self.pool = pool
-        self._committed = False
-        self._released = False
-
-    def committed(self) -> None:
-        """The point exists: the new snapshots are the next base, the previous go."""
-        self._committed = True
-        try:
-            self.host.aws.call(
-                self.host.aws.ec2,
-                "create_tags",
-                "the new snapshots",
-                Resources=list(self.created),
-                Tags=[
-                    {
-                        "Key": COMMITTED_TAG,
-                        "Value": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                    }
-                ],
-            )
-        except PlatformError as exc:  # a later --full sync may then read them again
-            log.warning("could not tag the committed snapshots: %s", exc)
-        for sid in self.previous:
-            if sid not in self.created:
-                self.host.delete_quietly(sid)
-
-    def release(self) -> None:
-        if self._released:
-            return
-        self._released = True
-        for d in self.disks:
-            assert isinstance(d, EbsDisk)
-            d.reader.close()
-        self.pool.shutdown(wait=True, cancel_futures=True)
-        if not self._committed:
-            for sid in self.created:
-                self.host.delete_quietly(sid)
+    def close(self) -> None:
+        self.reader.close()
 
 
-class AwsHost(Host):
-    """An EC2 instance protected without an agent."""
+@dataclass
+class AwsSession(Session):
+    """A set being read: its snapshots by volume, and the pool of GetSnapshotBlock
+    requests (ended with the session)."""
 
-    def __init__(self, name: str, aws: Aws, instance_id: str, options: dict[str, Any]) -> None:
-        self.name = name
+    pool: ThreadPoolExecutor | None = None
+    snapshots: dict[str, str] = field(default_factory=dict)
+
+
+class AwsOps(PlatformOps):
+    """One instance's EBS volumes: snapshot sets taken, listed and deleted by tag."""
+
+    source = "aws"
+
+    def __init__(self, aws: Aws, instance_id: str, options: dict[str, Any]) -> None:
         self.aws = aws
         self.instance_id = instance_id
         self.options = options
         self.timeout = float(options.get("snapshot_timeout", 6 * 3600))
         self.poll = float(options.get("poll_interval", 2.0))
-
-    def describe(self) -> str:
-        return f"aws:{self.aws.region}/{self.instance_id}"
+        self.resume_max_age = float(options.get("resume_max_age", 12 * 3600))
+        self._vols: dict[str, dict[str, Any]] | None = None
+        self._mine: list[dict[str, Any]] | None = None
 
     # -- EC2 -----------------------------------------------------------------------------
     def instance(self) -> dict[str, Any]:
@@ -266,49 +227,163 @@ class AwsHost(Host):
         order = sorted(vols, key=lambda v: (vols[v]["Device"] != root, vols[v]["Device"]))
         return {v: vols[v] for v in order}
 
-    def ours(self) -> list[dict[str, Any]]:
-        """Snapshots OpenBDR made of this instance for this host (any state)."""
+    def disks(self) -> dict[str, int]:
+        self._vols = self.volumes(self.instance())
+        if not self._vols:
+            raise PlatformError(
+                f"aws {self.aws.region}: instance {self.instance_id} has no EBS volume",
+                "only EBS volumes can be protected without an agent",
+            )
+        return {vid: int(v["Size"]) * GIB for vid, v in self._vols.items()}
+
+    # -- our snapshot sets -------------------------------------------------------------------
+    def ours(self, host: str) -> list[dict[str, Any]]:
+        """Snapshots OpenBDR made of this instance for `host` (any state), listed again;
+        the flow's other steps read this listing (`_set`)."""
         out: list[dict[str, Any]] = []
+        tag = owner_tags(host)[OWNER_TAG]
         kw: dict[str, Any] = {
             "OwnerIds": ["self"],
             "Filters": [
-                {"Name": f"tag:{HOST_TAG}", "Values": [slug(self.name)]},
+                {"Name": f"tag:{HOST_TAG}", "Values": [tag]},
                 {"Name": f"tag:{INSTANCE_TAG}", "Values": [self.instance_id]},
             ],
             "MaxResults": 1000,
         }
         while True:
-            r = self.aws.call(self.aws.ec2, "describe_snapshots", f"snapshots of {self.name}", **kw)
+            r = self.aws.call(self.aws.ec2, "describe_snapshots", f"snapshots of {host}", **kw)
             out += r.get("Snapshots", [])
             if not r.get("NextToken"):
-                return out
+                break
             kw["NextToken"] = r["NextToken"]
+        self._mine = out
+        return out
 
-    def delete_quietly(self, sid: str) -> None:
+    def owned(self, host: str) -> list[str]:
+        """Our sets of this instance for `host`, oldest first (set names sort by time)."""
+        if self._mine is None:
+            self.ours(host)
+        return sorted({n for s in self._mine or [] if (n := _tags(s).get(SET_TAG))})
+
+    def tracks(self, snapshot: str) -> set[str]:
+        """Volumes whose snapshot in set `snapshot` still exists and is completed."""
+        return {s["VolumeId"] for s in self._set(snapshot) if s.get("State") == "completed"}
+
+    def _set(self, name: str) -> list[dict[str, Any]]:
+        return [s for s in self._mine or [] if _tags(s).get(SET_TAG) == name]
+
+    def cleanup(self, host: str) -> list[str]:
+        """A run leaves nothing but snapshots, which `owned` finds: list them afresh."""
+        self.ours(host)
+        return []
+
+    def delete(self, snapshot: str) -> None:
+        """Delete every EBS snapshot of set `snapshot` (as OpenStack does, a snapshot that
+        cannot be deleted now does not fail the sync)."""
+        for s in self._set(snapshot):  # one that fails is logged: the next run tries again
+            _quietly_delete(self, s["SnapshotId"])
+        if self._mine is not None:
+            self._mine = [s for s in self._mine if _tags(s).get(SET_TAG) != snapshot]
+
+    def _delete_one(self, sid: str) -> None:
         try:
             self.aws.call(self.aws.ec2, "delete_snapshot", f"snapshot {sid}", SnapshotId=sid)
         except PlatformError as exc:
-            if "does not exist" in str(exc):
-                return
-            log.warning("could not delete snapshot %s: %s (the next sync removes it)", sid, exc)
+            if "does not exist" not in str(exc):
+                raise
 
-    def _create(self, set_id: str) -> dict[str, str]:
-        """CreateSnapshots of every EBS volume of the instance: volume id -> snapshot id."""
+    def kept(self, snapshot: str) -> None:
+        """The point committed: tag the set so that it is never resumed as a killed run's."""
+        ids = [s["SnapshotId"] for s in self._set(snapshot)]
+        if not ids:
+            return
+        self.aws.call(
+            self.aws.ec2,
+            "create_tags",
+            "the new snapshots",
+            Resources=ids,
+            Tags=[
+                {"Key": COMMITTED_TAG, "Value": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            ],
+        )
+
+    # -- a set to read ------------------------------------------------------------------------
+    def resume(
+        self, host: str, leftovers: list[str], base: str | None, plans: list[DiskPlan]
+    ) -> AwsSession | None:
+        """The newest set of a run that was killed before its point committed, when it
+        covers every volume and is younger than `resume_max_age` (12 h): reading it again
+        lets the engine resume from its checkpoint (same fingerprints)."""
+        best: tuple[datetime, str] | None = None
+        now = datetime.now(UTC)
+        volumes = {p.name for p in plans}
+        for name in leftovers:
+            snaps = self._set(name)
+            if not snaps or any(COMMITTED_TAG in _tags(s) for s in snaps):
+                continue
+            if {s["VolumeId"] for s in snaps} != volumes or len(snaps) != len(volumes):
+                continue
+            if any(s.get("State") not in ("completed", "pending") for s in snaps):
+                continue
+            started = min(s["StartTime"] for s in snaps)
+            if (now - started).total_seconds() > self.resume_max_age:
+                continue
+            if best is None or started > best[0]:
+                best = (started, name)
+        if best is None:
+            return None
+        log.warning(
+            "%s: reading the snapshots of an interrupted run again (%s): the sync resumes "
+            "from its checkpoint",
+            host,
+            best[1],
+        )
+        return self._open(
+            best[1], {s["VolumeId"]: s["SnapshotId"] for s in self._set(best[1])}, base, plans
+        )
+
+    def take(self, host: str, name: str, base: str | None, plans: list[DiskPlan]) -> AwsSession:
+        """CreateSnapshots of every EBS volume of the instance as set `name`."""
         tags = [
-            {"Key": HOST_TAG, "Value": slug(self.name)},
+            *({"Key": k, "Value": v} for k, v in owner_tags(host).items()),
             {"Key": INSTANCE_TAG, "Value": self.instance_id},
-            {"Key": SET_TAG, "Value": set_id},
-            {"Key": "Name", "Value": set_id},
+            {"Key": SET_TAG, "Value": name},
+            {"Key": "Name", "Value": name},
         ]
         r = self.aws.call(
             self.aws.ec2,
             "create_snapshots",
             f"instance {self.instance_id}",
             InstanceSpecification={"InstanceId": self.instance_id, "ExcludeBootVolume": False},
-            Description=f"OpenBDR restore point of host {self.name}",
+            Description=f"OpenBDR restore point of host {host}",
             TagSpecifications=[{"ResourceType": "snapshot", "Tags": tags}],
         )
-        return {s["VolumeId"]: s["SnapshotId"] for s in r.get("Snapshots", [])}
+        made = {s["VolumeId"]: s["SnapshotId"] for s in r.get("Snapshots", [])}
+        if self._mine is not None:
+            self._mine += [{**s, "Tags": tags} for s in r.get("Snapshots", [])]
+        return self._open(name, made, base, plans)
+
+    def _open(
+        self, name: str, made: dict[str, str], base: str | None, plans: list[DiskPlan]
+    ) -> AwsSession:
+        pool = ThreadPoolExecutor(self.aws.in_flight, thread_name_prefix="ebs")
+        try:
+            self._wait(list(made.values()))
+            base_ids = {s["VolumeId"]: s["SnapshotId"] for s in self._set(base)} if base else {}
+            disks: list[AgentlessDisk] = []
+            for plan in plans:
+                sid = made.get(plan.name)
+                if sid is None:  # detached after the plan listed it
+                    log.warning("volume %s has no snapshot in set %s: left out", plan.name, name)
+                    continue
+                vol = (self._vols or {}).get(plan.name, {"VolumeId": plan.name})
+                disks.append(EbsDisk(self.aws, pool, plan, vol, sid, base_ids.get(plan.name), name))
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            for sid in made.values():
+                _quietly_delete(self, sid)
+            raise
+        return AwsSession(disks, "crash", keep=name, created=name, pool=pool, snapshots=dict(made))
 
     def _wait(self, ids: list[str]) -> None:
         """Until every snapshot is `completed` (the EBS direct APIs read only those)."""
@@ -337,127 +412,31 @@ class AwsHost(Host):
             time.sleep(delay)
             delay = min(self.poll, delay * 1.5)
 
-    # -- the flow -------------------------------------------------------------------------
-    def snapshot(self, since: ChangeToken | None) -> AwsSnapshot:
-        prev = _previous(since)
-        inst = self.instance()
-        vols = self.volumes(inst)
-        if not vols:
-            raise PlatformError(
-                f"aws {self.aws.region}: instance {self.instance_id} has no EBS volume",
-                "only EBS volumes can be protected without an agent",
-            )
-        keep = {p["snapshot"] for p in prev.values()} if prev else set()
-        mine = self.ours()
-        existing = {s["SnapshotId"] for s in mine if s.get("State") == "completed"}
-        resumed = self._interrupted(mine, keep, set(vols))
-        leftovers = [
-            s["SnapshotId"]
-            for s in mine
-            if s["SnapshotId"] not in keep and s["SnapshotId"] not in (resumed or {}).values()
-        ]
-        for sid in leftovers:
-            self.delete_quietly(sid)
-        if leftovers:
-            log.warning(
-                "%s: removed our snapshots that the previous point does not name "
-                "(runs that never committed, or a --full sync): %s",
-                self.name,
-                leftovers,
-            )
-        if resumed is not None:
-            set_id, created = _set_of(mine, resumed), resumed
-            log.warning(
-                "%s: reading the snapshots of an interrupted run again (%s): the sync "
-                "resumes from its checkpoint",
-                self.name,
-                set_id,
-            )
-        else:
-            set_id = set_name(self.name)
-            created = self._create(set_id)
-        pool = ThreadPoolExecutor(self.aws.in_flight, thread_name_prefix="ebs")
-        try:
-            self._wait(list(created.values()))
-            disks: list[EbsDisk] = []
-            for vid, vol in vols.items():
-                sid = created.get(vid)
-                if sid is None:  # attached after CreateSnapshots listed the volumes
-                    continue
-                base, reason = self._base(since, prev, vid, int(vol["Size"]) * GIB, existing)
-                disks.append(EbsDisk(self.aws, pool, vol, sid, base, reason, set_id))
-                if reason:
-                    log.warning("%s: %s", vid, reason)
-        except BaseException:
-            pool.shutdown(wait=False, cancel_futures=True)
-            for sid in created.values():
-                self.delete_quietly(sid)
-            raise
-        return AwsSnapshot(self, disks, list(created.values()), sorted(keep), pool)
+    def end(self, session: Session) -> None:
+        if isinstance(session, AwsSession) and session.pool is not None:
+            session.pool.shutdown(wait=True, cancel_futures=True)
 
-    def _interrupted(
-        self, mine: list[dict[str, Any]], keep: set[str], volumes: set[str]
-    ) -> dict[str, str] | None:
-        """The newest snapshot set of a run that was killed before its point committed,
-        when it still covers every volume and is recent enough (`resume_max_age`, 12 h):
-        reading it again lets the engine resume from its checkpoint (same fingerprint)."""
-        max_age = float(self.options.get("resume_max_age", 12 * 3600))
-        sets: dict[str, list[dict[str, Any]]] = {}
-        for s in mine:
-            tags = _tags(s)
-            tag = tags.get(SET_TAG)
-            if tag and s["SnapshotId"] not in keep and COMMITTED_TAG not in tags:
-                sets.setdefault(tag, []).append(s)
-        best: tuple[datetime, dict[str, str]] | None = None
-        now = datetime.now(UTC)
-        for snaps in sets.values():
-            if {s["VolumeId"] for s in snaps} != volumes or len(snaps) != len(volumes):
-                continue
-            if any(s.get("State") not in ("completed", "pending") for s in snaps):
-                continue
-            started = min(s["StartTime"] for s in snaps)
-            if (now - started).total_seconds() > max_age:
-                continue
-            if best is None or started > best[0]:
-                best = (started, {s["VolumeId"]: s["SnapshotId"] for s in snaps})
-        return best[1] if best else None
 
-    def _base(
-        self,
-        since: ChangeToken | None,
-        prev: dict[str, dict[str, Any]] | None,
-        vid: str,
-        size: int,
-        existing: set[str],
-    ) -> tuple[str | None, str | None]:
-        """(base snapshot of the volume's change list, why there is none)."""
-        if since is None:
-            return None, None
-        if prev is None:
-            return (
-                None,
-                f"the previous point was not read from EBS snapshots ({since.source}): full pass",
-            )
-        p = prev.get(vid)
-        if p is None:
-            return None, f"volume {vid} was attached after the previous point: full pass"
-        if p["snapshot"] not in existing:
-            return None, (
-                f"the base snapshot {p['snapshot']} of volume {vid} no longer exists "
-                "(deleted outside OpenBDR?): change tracking lost, full pass"
-            )
-        if int(p.get("size", size)) != size:
-            return None, f"volume {vid} was resized from {p.get('size')} to {size} bytes: full pass"
-        return str(p["snapshot"]), None
+def _quietly_delete(ops: AwsOps, sid: str) -> None:
+    try:
+        ops._delete_one(sid)
+    except PlatformError as exc:
+        log.warning("could not delete snapshot %s: %s (the next sync removes it)", sid, exc)
+
+
+class AwsHost(AgentlessHost):
+    """An EC2 instance protected without an agent."""
+
+    def __init__(self, name: str, aws: Aws, instance_id: str, options: dict[str, Any]) -> None:
+        self.aws = aws
+        self.instance_id = instance_id
+        self.options = options
+        self.ops: AwsOps = AwsOps(aws, instance_id, options)
+        super().__init__(name, self.ops, f"{aws.region}/{instance_id}")
 
 
 def _tags(snapshot: dict[str, Any]) -> dict[str, str]:
     return {t["Key"]: t.get("Value", "") for t in snapshot.get("Tags", [])}
-
-
-def _set_of(mine: list[dict[str, Any]], chosen: dict[str, str]) -> str:
-    sid = next(iter(chosen.values()))
-    return next(_tags(s).get(SET_TAG, "") for s in mine if s["SnapshotId"] == sid)
 
 
 def _append(extents: list[Extent], index: int) -> None:
@@ -467,15 +446,3 @@ def _append(extents: list[Extent], index: int) -> None:
         extents[-1] = Extent(extents[-1].offset, extents[-1].length + EBS_BLOCK)
     else:
         extents.append(Extent(off, EBS_BLOCK))
-
-
-def _previous(since: ChangeToken | None) -> dict[str, dict[str, Any]] | None:
-    """Per volume, what the previous point's token says (`sync.snap_token` nests it)."""
-    if since is None or since.source != "aws":
-        return None
-    out: dict[str, dict[str, Any]] = {}
-    for name, tok in since.value.items():
-        value = tok.get("value") if isinstance(tok, dict) else None
-        if isinstance(value, dict) and value.get("snapshot"):
-            out[str(name)] = value
-    return out
