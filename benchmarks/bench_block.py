@@ -44,7 +44,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from corpus import ROOT, ensure_corpus, verify_same_files
-from measure import BenchError, Cache, Usage, run_measured
+from measure import BenchError, Cache, Usage, device_bytes, run_measured
 
 sys.path.insert(0, str(ROOT / "src"))
 
@@ -82,6 +82,9 @@ class Row:
     wire_bytes: int
     written_bytes: int
     check: str = ""
+    #: bytes read + written by the disk under the runs during the step (every process: the
+    #: source read, the volume or repository written, an OSD's own I/O)
+    device_io: int = 0
     boot: float = 0.0  # drill rows: seconds from the drill's start to the guest's ready line
 
 
@@ -199,7 +202,9 @@ def _sync_rows(
         cpu0 = gw.cpu() if gw else 0.0
         cmd = [OPENBDR, "sync", "--repo", repo, "--host", HOST, "--compress", "zstd", "--json"]
         out = log / f"{name}-{phase}.log"
+        io0 = device_bytes(log)
         u: Usage = run_measured([*cmd, str(img)], out, env=env)
+        io = device_bytes(log) - io0
         cpu1 = gw.cpu() if gw else 0.0
         disks = json.loads(out.read_text())["disks"]
         row = Row(
@@ -213,6 +218,7 @@ def _sync_rows(
             sum(int(d["stored_bytes"]) for d in disks),
             sum(int(d.get("written_bytes", 0)) for d in disks),
         )
+        row.device_io = io
         if gw is not None:
             row.check = _read_back_equal(repo, img, log)
         yield row
@@ -349,13 +355,13 @@ def run(args: argparse.Namespace, rows: list[Row]) -> None:
 def table(rows: list[Row]) -> str:
     head = (
         "| contender | phase | wall s | CPU sender s | CPU gateway s | RSS sender MiB "
-        "| RSS gateway MiB | on the wire MiB | written MiB | check |\n"
-        "|---|---|---|---|---|---|---|---|---|---|\n"
+        "| RSS gateway MiB | on the wire MiB | written MiB | device I/O MiB | check |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
     body = "".join(
         f"| {r.contender} | {r.phase} | {r.wall} | {r.cpu_sender} | {r.cpu_gateway} "
         f"| {r.rss_sender / MIB:.0f} | {r.rss_gateway / MIB:.0f} | {r.wire_bytes / MIB:.0f} "
-        f"| {r.written_bytes / MIB:.0f} | {r.check} |\n"
+        f"| {r.written_bytes / MIB:.0f} | {r.device_io / MIB:.0f} | {r.check} |\n"
         for r in rows
     )
     obj = {r.phase: r.wall for r in rows if r.contender == "object"}
