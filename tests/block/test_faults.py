@@ -7,8 +7,11 @@ from __future__ import annotations
 import os
 import random
 import signal
+import socket
+import ssl
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +20,7 @@ from openbdr.blocks import BLOCK_SIZE
 from openbdr.chunk import ChunkCodec, Codec
 from openbdr.errors import CorruptionError, OpenBDRError
 from openbdr.gateway.site import volume_name
-from openbdr.store.block.client import GatewayAuthError, GatewayClient
+from openbdr.store.block.client import GatewayAuthError, GatewayClient, GatewayError
 from openbdr.store.block.target import BlockTarget
 from openbdr.store.block.volumes import open_store
 from openbdr.store.block.wire import API, pack_block
@@ -86,6 +89,81 @@ def test_sender_killed_at_ten_moments(gateway: GatewayProc, tmp_path: Path) -> N
     last = target.points("h2")[-1]
     assert read_back(target, last) == img.read_bytes()
     assert read_back(target, p1) == first
+    assert target.verify("h2", deep=True).ok
+
+
+class _Killed(Exception):
+    """The sender 'dies' here (the test stops calling the gateway)."""
+
+
+def _run_part(target: BlockTarget, img: Path, fingerprint: dict, blocks: int, cut: bool) -> None:
+    """A sync of `img` that does its first `blocks` blocks, checkpoints and stops; `cut`: it
+    dies after the first request of that checkpoint."""
+    data = img.read_bytes()
+    with target.begin("ck1", WriteOptions()) as s:
+        w = s.disk(0, img.name, len(data), fingerprint, "full")
+        for i in range(blocks):
+            if not w.is_done(i):
+                block = memoryview(data)[i * BLOCK_SIZE : (i + 1) * BLOCK_SIZE]
+                cid = s.chunk_id(block)
+                w.put(i, block, cid)
+                w.done(i, cid)
+        if cut:
+            call, made = s.call, []  # type: ignore[attr-defined]
+
+            def dying(*a: object, **kw: object) -> object:
+                if made:
+                    raise _Killed
+                made.append(a)
+                return call(*a, **kw)
+
+            s.call = dying  # type: ignore[attr-defined]
+            with pytest.raises(_Killed):
+                s.checkpoint({})
+            s.call = call  # type: ignore[attr-defined]
+        else:
+            s.checkpoint({})
+
+
+@pytest.mark.parametrize("backend_url", ["file"], indirect=True)  # backend-blind
+def test_a_checkpoint_cut_short_never_mixes_two_runs(gateway: GatewayProc, tmp_path: Path) -> None:
+    """Run 1 checkpoints 8 blocks of a view; run 2, of another view, starts over and dies in
+    its first checkpoint; run 3, of the first view again, resumes run 1's checkpoint whole:
+    never run 1's done bitmap with run 2's index (which names 4 blocks: the other 4 would be
+    committed as zeros, a point consistent with its own index and wrong)."""
+    img = tmp_path / "disk.img"
+    img.write_bytes(os.urandom(16 * BLOCK_SIZE))
+    st = img.stat()
+    view = {"path": str(img), "size": st.st_size, "mtime": st.st_mtime_ns}  # as drive() has it
+    target = BlockTarget(gateway.url)
+    _run_part(target, img, view, 8, cut=False)
+    _run_part(target, img, dict(view, mtime=1), 4, cut=True)
+    p = drive(target, "ck1", [img])
+    assert read_back(target, p) == img.read_bytes()
+    assert target.verify("ck1", deep=True).ok
+
+
+@pytest.mark.parametrize("backend_url", ["file"], indirect=True)  # backend-blind
+def test_a_request_cut_short_is_not_acted_on(gateway: GatewayProc) -> None:
+    """A sender killed while it sends a request body: the gateway never acts on the part of
+    it that arrived (a checkpoint object cut short once made the next run start over)."""
+    raw = _Raw(gateway)
+    raw.sync("begin", {"parent": None})
+    ctx = ssl.create_default_context(cafile=str(gateway.root / "tls" / "cert.pem"))
+    head = (
+        f"PUT {API}/sync/bad1/blob/cut HTTP/1.1\r\nHost: x\r\n"
+        f"Authorization: Bearer {raw.client.token}\r\n"
+        f"X-OpenBDR-Lease: {raw.lease}\r\nContent-Length: 4096\r\n\r\n"
+    )
+    with (
+        socket.create_connection(("127.0.0.1", gateway.port)) as sock,
+        ctx.wrap_socket(sock, server_hostname="127.0.0.1") as tls,
+    ):
+        tls.sendall(head.encode() + b"x" * 100)
+        # closed without a TLS close_notify, as a killed process's socket is
+    time.sleep(0.5)
+    with pytest.raises(GatewayError, match="no checkpoint object cut"):
+        raw.sync_get("blob/cut")
 
 
 class _Raw:
@@ -100,6 +178,9 @@ class _Raw:
         return self.client.call(
             "POST" if what != "block" else "PUT", f"{API}/sync/bad1/{what}", body, lease=self.lease
         )
+
+    def sync_get(self, what: str) -> object:
+        return self.client.call("GET", f"{API}/sync/bad1/{what}", lease=self.lease, raw=True)
 
 
 def test_bad_blocks_are_rejected_and_nothing_is_written(

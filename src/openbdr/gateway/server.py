@@ -36,7 +36,7 @@ from .tls import self_signed
 log = logging.getLogger(__name__)
 
 MAX_BODY = 4 << 20
-MAX_INDEX = 64 << 20
+MAX_INDEX = 65 << 20  # a checkpoint of a 2 TiB disk: 64 MiB of index, its done bitmap
 STATUS: list[tuple[type[BaseException], int]] = [
     (AuthError, 401),
     (Forbidden, 403),
@@ -82,7 +82,10 @@ class _Handler(BaseHTTPRequestHandler):
         if n > limit:
             self.close_connection = True
             raise WireError(f"request body of {n} bytes is too large (at most {limit})")
-        return self.rfile.read(n) if n else b""
+        body = self.rfile.read(n) if n else b""
+        if len(body) != n:  # the sender died mid-request: never act on a part of it
+            raise ConnectionError(f"request body cut at {len(body)} of {n} bytes")
+        return body
 
     def _dispatch(self, method: str) -> None:
         try:

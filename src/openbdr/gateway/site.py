@@ -53,6 +53,7 @@ from ..store.target import GCReport, Problem, VerifyReport
 
 #: blocks per group of the persisted "written since the snapshot" record
 GROUP = 64
+STRIPES = 64
 LEASE_TTL = 60.0
 LEASES = "leases.json"
 
@@ -109,6 +110,15 @@ class VolState:
     #: the volume existed without state: nothing it holds is known
     unknown_all: bool = False
     lock: threading.RLock = field(default_factory=threading.RLock)
+    #: one writer at a time per block (striped): `dirty` then always names what a block
+    #: holds, also when two requests write it at once (a killed sender's late put beside
+    #: its successor's, a put beside the commit's copy-back)
+    stripes: list[threading.Lock] = field(
+        default_factory=lambda: [threading.Lock() for _ in range(STRIPES)]
+    )
+
+    def block_lock(self, i: int) -> threading.Lock:
+        return self.stripes[i % STRIPES]
 
     def have(self, i: int) -> bytes:
         got = self.dirty.get(i)
@@ -403,19 +413,20 @@ class Site:
             )
         plain = self.codec.decode(cid, env, where=where)  # CRC, decompress, keyed hash
         vs = self._vs(host, sd)
-        if vs.dirty.get(i) == cid:
-            written = 0  # a retried or resumed send: already in place
-        else:
-            g = i // GROUP
-            if g not in vs.touched:
-                with vs.lock:
-                    if g not in vs.touched:
-                        vs.touched.add(g)
-                        self._save_vol(vs)  # before the write: a crash leaves it suspect
-            vs.dirty[i] = UNKNOWN_ID
-            vs.vol.write(i * BLOCK_SIZE, plain)
-            vs.dirty[i] = cid
-            written = len(plain)
+        with vs.block_lock(i):
+            if vs.dirty.get(i) == cid:
+                written = 0  # a retried or resumed send: already in place
+            else:
+                g = i // GROUP
+                if g not in vs.touched:
+                    with vs.lock:
+                        if g not in vs.touched:
+                            vs.touched.add(g)
+                            self._save_vol(vs)  # before the write: a crash leaves it suspect
+                vs.dirty[i] = UNKNOWN_ID
+                vs.vol.write(i * BLOCK_SIZE, plain)
+                vs.dirty[i] = cid
+                written = len(plain)
         with self._count_lock:
             sd["wire"] += len(env)
             sd["written"] += written
@@ -556,12 +567,16 @@ class Site:
     def _apply(self, vs: VolState, zero: list[int], copy: list[tuple[int, str]]) -> None:
         size = vs.vol.size
         for i in zero:
-            vs.vol.write_zeroes(i * BLOCK_SIZE, block_span(i, size))
-            vs.dirty[i] = ZERO_ID
+            with vs.block_lock(i):
+                vs.dirty[i] = UNKNOWN_ID
+                vs.vol.write_zeroes(i * BLOCK_SIZE, block_span(i, size))
+                vs.dirty[i] = ZERO_ID
         for i, snap in copy:
             data = vs.vol.read_snapshot(snap, i * BLOCK_SIZE, block_span(i, size))
-            vs.vol.write(i * BLOCK_SIZE, data)
-            vs.dirty[i] = self.codec.chunk_id(data)
+            with vs.block_lock(i):
+                vs.dirty[i] = UNKNOWN_ID
+                vs.vol.write(i * BLOCK_SIZE, data)
+                vs.dirty[i] = self.codec.chunk_id(data)
 
     # -- points ---------------------------------------------------------------------
     def hosts(self) -> list[str]:

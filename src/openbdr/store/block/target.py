@@ -16,6 +16,7 @@ import base64
 import contextlib
 import os
 import socket
+import struct
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -139,6 +140,9 @@ class BlockSession(SyncSession):
         self.bucket = TokenBucket(options.bwlimit) if options.bwlimit > 0 else None
         got = self._begin()
         self.ckpt: dict[str, Any] | None = got.get("checkpoint")
+        named = (self.ckpt or {}).get("resume")
+        #: the checkpoint slot the gateway's checkpoint names (the next one goes in the other)
+        self._slot = named["slot"] if isinstance(named, dict) and named.get("slot") in (0, 1) else 0
         self.writers: dict[int, BlockDiskWriter] = {}
         self._stopped: str | None = None
         self._halt = threading.Event()
@@ -196,27 +200,40 @@ class BlockSession(SyncSession):
         if ck and ck.get("parent") == (self.parent.id if self.parent else None):
             for d in ck.get("disks", []):
                 if d["no"] == no and d["fingerprint"] == fingerprint and d["mode"] == mode:
-                    try:
-                        index = self.call("GET", f"blob/disk{no}.index", raw=True)
-                        done = self.call("GET", f"blob/disk{no}.done", raw=True)
-                    except GatewayError:
-                        break
-                    n = block_count(size)
-                    if len(index) == n * 32 and len(done) == (n + 7) // 8:
-                        resume = (bytes(index), bytes(done))
+                    resume = self._resume(no, size, ck.get("resume"))
         self.call("POST", "disk", {"no": no, "name": name, "size": size, "resume": bool(resume)})
         w = BlockDiskWriter(self, no, name, size, fingerprint, mode, prev, resume)
         self.writers[no] = w
         return w
 
+    def _resume(self, no: int, size: int, named: Any) -> tuple[bytes, bytes] | None:
+        """The disk's (index, done bitmap) of the gateway's checkpoint: from the one object
+        that checkpoint names (its slot and id), else None (the disk starts over)."""
+        if not isinstance(named, dict) or named.get("slot") not in (0, 1):
+            return None
+        try:
+            data = self.call("GET", f"blob/disk{no}.ckpt{named['slot']}", raw=True)
+        except GatewayError:
+            return None
+        return unpack_resume(bytes(data), str(named.get("id")), block_count(size))
+
     def checkpoint(self, state: dict[str, Any]) -> None:
+        """Each disk's index and done bitmap go in one object (replaced atomically), into the
+        slot the gateway's current checkpoint does not name, tagged with a new id that the
+        checkpoint's state then names: a sender killed anywhere in here leaves the previous
+        checkpoint whole, and a resume never pairs a done bitmap with another run's index."""
+        ck_id = uuid.uuid4().hex
+        slot = 1 - self._slot
         disks = []
         for no, w in self.writers.items():
-            self.call("PUT", f"blob/disk{no}.index", bytes(w.index.ids))
-            self.call("PUT", f"blob/disk{no}.done", bytes(w.done_bits))
+            self.call("PUT", f"blob/disk{no}.ckpt{slot}", pack_resume(ck_id, w.index, w.done_bits))
             disks.append({"no": no, "fingerprint": w.fingerprint, "mode": w.mode})
         parent = self.parent.id if self.parent else None
-        self.call("POST", "checkpoint", {"state": dict(state, parent=parent, disks=disks)})
+        resume = {"slot": slot, "id": ck_id}
+        self.call(
+            "POST", "checkpoint", {"state": dict(state, parent=parent, disks=disks, resume=resume)}
+        )
+        self._slot = slot
 
     def _stage(self) -> None:
         for no, w in self.writers.items():
@@ -239,6 +256,26 @@ class BlockSession(SyncSession):
         self._halt.set()
         with contextlib.suppress(GatewayError):  # else the lease expires by itself
             self.call("POST", "end", {})
+
+
+_CKPT = struct.Struct("<4s16sQ")  # magic, checkpoint id, blocks; then done bitmap, index
+_CKPT_MAGIC = b"OBCK"
+
+
+def pack_resume(ck_id: str, index: DiskIndex, done: bytearray) -> bytes:
+    """A disk's checkpoint object: the done bitmap and the index of the same instant."""
+    return _CKPT.pack(_CKPT_MAGIC, bytes.fromhex(ck_id), index.count) + bytes(done) + index.ids
+
+
+def unpack_resume(data: bytes, ck_id: str, n: int) -> tuple[bytes, bytes] | None:
+    """(index, done) if `data` is the checkpoint `ck_id` of a disk of `n` blocks, else None."""
+    if len(data) != _CKPT.size + (n + 7) // 8 + n * 32:
+        return None
+    magic, got, count = _CKPT.unpack_from(data)
+    if magic != _CKPT_MAGIC or got.hex() != ck_id or count != n:
+        return None
+    done = data[_CKPT.size : _CKPT.size + (n + 7) // 8]
+    return data[_CKPT.size + len(done) :], done
 
 
 def _dumps(obj: Any) -> bytes:
