@@ -15,6 +15,8 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import blake3
+
 from ...blocks import BLOCK_SIZE, ZERO_BLOCK, block_count, block_span
 from ...chunk import ZERO_ID, ChunkCodec
 from ...errors import CorruptionError
@@ -169,6 +171,7 @@ class ObjectSession(SyncSession):
                     and done is not None
                     and len(index) == n * 32
                     and len(done) == (n + 7) // 8
+                    and d.get("blake3") == _pair_digest(index, done)
                 ):
                     return index, done
         return None
@@ -191,9 +194,17 @@ class ObjectSession(SyncSession):
         blobs: dict[str, bytes] = {}
         disks = []
         for w in self.writers:
-            blobs[f"disk{w.no}.index"] = bytes(w.index.ids)
-            blobs[f"disk{w.no}.done"] = bytes(w.done_bits)
-            disks.append({"no": w.no, "fingerprint": w.fingerprint, "mode": w.mode})
+            index, done = bytes(w.index.ids), bytes(w.done_bits)
+            blobs[f"disk{w.no}.index"] = index
+            blobs[f"disk{w.no}.done"] = done
+            disks.append(
+                {
+                    "no": w.no,
+                    "fingerprint": w.fingerprint,
+                    "mode": w.mode,
+                    "blake3": _pair_digest(index, done),
+                }
+            )
         record = dict(
             state,
             parent=self.parent.id if self.parent else None,
@@ -309,6 +320,16 @@ class ObjectPointReader(PointReader):
         for f in finished:
             i = pending.pop(f)
             yield i, f.result()
+
+
+def _pair_digest(index: bytes, done: bytes) -> str:
+    """What ties a disk's index and done bitmap to the state that names them: the three are
+    separate objects, so a run killed between them could leave a newer index beside an
+    older bitmap (blocks marked done that the index records as zero); a resume takes the
+    pair only when both are the ones this state was saved with."""
+    h = blake3.blake3(index)
+    h.update(done)
+    return h.hexdigest()
 
 
 class ObjectTarget(Target):
