@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 
 #: the largest read sent to RBD: one default object, one OSD op
 REQUEST = 4 << 20
+#: extents of one object this close together are one request (the gap read and dropped):
+#: a guest's scattered 4 KiB writes would otherwise be one OSD op each
+GAP = 64 << 10
 #: bytes read ahead of the engine per disk, in parallel
 READ_AHEAD = 32 << 20
 READ_THREADS = 6
@@ -239,7 +242,8 @@ class RbdDisk(AgentlessDisk):
         self._bytes = 0
         self._lock = threading.Lock()
 
-    def _iterate(self, from_snap: str | None) -> tuple[list[Extent], list[Extent]]:
+    def _iterate(self, from_snap: str | None, ranges: Sequence[Extent] | None = None,
+                 whole_object: bool | None = None) -> tuple[list[Extent], list[Extent]]:
         data: list[Extent] = []
         gone: list[Extent] = []
 
@@ -247,8 +251,10 @@ class RbdDisk(AgentlessDisk):
             (data if exists else gone).append(Extent(offset, length))
             return 0
 
-        self.image.diff_iterate(0, self.size, from_snap, cb, include_parent=True,
-                                whole_object=self.whole_object)
+        whole = self.whole_object if whole_object is None else whole_object
+        for e in ranges if ranges is not None else [Extent(0, self.size)]:
+            self.image.diff_iterate(e.offset, e.length, from_snap, cb, include_parent=True,
+                                    whole_object=whole)
         return normalize(data), normalize(gone)
 
     def allocation(self) -> tuple[list[Extent], list[Extent]]:
@@ -258,8 +264,17 @@ class RbdDisk(AgentlessDisk):
         return self._iterate(None)
 
     def _changes(self) -> tuple[list[Extent], list[Extent]]:
+        """The bytes written since the base. Whole objects (the object map of fast-diff)
+        say which objects changed at no cost; within them the exact diff (the objects'
+        snapshot lists) says which bytes: a guest's 4 KiB writes do not cost 4 MiB reads.
+        The rest of a touched block comes from the previous point (`partial_blocks`)."""
         if self._diff is None:
-            self._diff = self._iterate(self.base_snap)
+            if self.whole_object:
+                written, gone = self._iterate(self.base_snap)
+                objects = normalize([*written, *gone])
+                self._diff = self._iterate(self.base_snap, objects, whole_object=False)
+            else:
+                self._diff = self._iterate(self.base_snap)
         return self._diff
 
     def changed(self) -> list[Extent]:
@@ -277,13 +292,20 @@ class RbdDisk(AgentlessDisk):
 
     # -- reading ahead -------------------------------------------------------------------
     def plan_reads(self, extents: Sequence[Extent]) -> None:
-        """Requests of up to `REQUEST` bytes that do not cross an RBD object, fetched
-        `READ_AHEAD` bytes ahead of the engine, which asks for their pieces in order."""
+        """Requests of up to `REQUEST` bytes within one RBD object, extents less than
+        `GAP` apart joined, fetched `READ_AHEAD` bytes ahead of the engine, which asks
+        for their pieces in order."""
         obj = max(1 << 12, int(self.image.stat().get("obj_size") or REQUEST))
         limit = min(REQUEST, obj)
         reqs: list[tuple[int, int]] = []
         for e in extents:
             pos = e.offset
+            if reqs:
+                start, length = reqs[-1]
+                if (pos - (start + length) <= GAP and pos // obj == start // obj
+                        and e.end - start <= limit):
+                    reqs[-1] = (start, e.end - start)
+                    continue
             while pos < e.end:
                 stop = min(e.end, pos + limit, (pos // obj + 1) * obj)
                 reqs.append((pos, stop - pos))
@@ -293,6 +315,8 @@ class RbdDisk(AgentlessDisk):
             self._starts = [o for o, _ in reqs]
             self._ahead.clear()
             self._bytes = 0
+        log.info("%s: %d bytes to read in %d RBD requests of %d bytes", self.where,
+                 sum(e.length for e in extents), len(reqs), sum(n for _, n in reqs))
 
     def _fill(self) -> None:
         while self._next < len(self._plan) and (
