@@ -164,14 +164,25 @@ def openbdr_step(name: str, phase: str, repo: Path, spec: dict[str, Any], logs: 
     before = du(repo)
     drop_caches()
     log = logs / f"{name}-{phase}.json"
-    usage = run_measured([str(OPENBDR), "sync", "-r", str(repo), "-H", name, "--source",
-                          json.dumps(spec), "--json"], log)
+    usage = run_measured([str(OPENBDR), "-v", "sync", "-r", str(repo), "-H", name,
+                          "--source", json.dumps(spec), "--json"], log)
     point = json.loads(log.read_text())
     disks = point.get("disks", [])
     read = sum(int(d.get("read_bytes", 0)) for d in disks)
     modes = ",".join(str(d.get("mode")) for d in disks)
     return Step(name, phase, usage.wall, usage.cpu, usage.maxrss, read, du(repo) - before,
-                f"mode {modes}")
+                f"mode {modes}; {_where_time_went(log.with_suffix(log.suffix + '.err'))}")
+
+
+def _where_time_went(err: Path) -> str:
+    """The sync's own phase times and its RBD requests, from its -v log."""
+    out = []
+    for line in err.read_text(errors="replace").splitlines():
+        if "RBD requests" in line:
+            out.append(line.split(": ", 1)[-1].split(": ", 1)[-1])
+        elif "sync of " in line and ": {" in line:
+            out.append("phases s " + line.split(": {", 1)[1].rstrip("}").replace("'", ""))
+    return "; ".join(out)
 
 
 class Benji:
