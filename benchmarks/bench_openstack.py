@@ -178,7 +178,7 @@ def _where_time_went(err: Path) -> str:
     """The sync's own phase times and its RBD requests, from its -v log."""
     out = []
     for line in err.read_text(errors="replace").splitlines():
-        if "RBD requests" in line:
+        if "RBD requests" in line or "partly changed blocks" in line:
             out.append(line.split(": ", 1)[-1].split(": ", 1)[-1])
         elif "sync of " in line and ": {" in line:
             out.append("phases s " + line.split(": {", 1)[1].rstrip("}").replace("'", ""))

@@ -259,6 +259,8 @@ class _DiskSync:
             if self._ahead is not None:
                 self._ahead.close()
             self._ahead = _ParentAhead(parent, need) if need else None
+            log.info("%s: %d partly changed blocks take the rest from point %s",
+                     self.disk.name, len(need), parent.point.id)
 
         def task(i: int, buf: bytearray, data: memoryview) -> None:
             try:

@@ -71,7 +71,7 @@ def test_full_and_three_incrementals(fresh: Stack, tmp_path: Path) -> None:
         if round_ == 2:
             write(cloud, data, GIB - 4096, b"\xee" * 4096)  # the very last bytes
         # the previous snapshot is deleted by the sync: its exact diff to the image now
-        expect = {v: sum(n for _, n in rbd_diff(cloud, v, snap_of(prev, v), None)[0])
+        expect = {v: exact_reads(rbd_diff(cloud, v, snap_of(prev, v), None)[0])
                   for v in (boot, data)}
         point = run_sync(repo, "web1", src)
         assert all(d.mode == "incremental" for d in point.disks), point.disks
@@ -82,13 +82,16 @@ def test_full_and_three_incrementals(fresh: Stack, tmp_path: Path) -> None:
         assert sum(d.read_bytes for d in point.disks) < sum(d.read_bytes for d in full.disks)
         # fast-diff names changed objects; only the bytes written in them are read (the
         # rest of a touched block is the previous point's), not whole 4 MiB objects
-        assert {d.name: d.read_bytes for d in point.disks} == expect, round_
+        for d in point.disks:
+            least, most = expect[d.name]
+            assert least <= d.read_bytes <= most, (round_, d.name, least, d.read_bytes, most)
         prev = point
 
 
 def test_without_fast_diff(fresh: Stack, tmp_path: Path) -> None:
     """Images without object-map/fast-diff (layering only): the diff comes from the
-    objects' snapshot sets, in byte extents; only those are read, discarded ranges are
+    objects' snapshot sets, in byte extents; only those are read (blocks mostly changed
+    whole), discarded ranges are
     zeros not read, and the point is as exact."""
     import rbd
 
@@ -108,8 +111,22 @@ def test_without_fast_diff(fresh: Stack, tmp_path: Path) -> None:
     assert [d.mode for d in point.disks] == ["incremental"]
     written, gone = rbd_diff(cloud, vol.id, snap_of(first, vol.id), snap_of(point, vol.id))
     assert gone and written
-    assert point.disks[0].read_bytes == sum(n for _, n in written)
+    least, most = exact_reads(written)
+    assert least <= point.disks[0].read_bytes <= most
     assert_point_is_snapshot(repo, cloud, point)
+
+
+def exact_reads(written: list[tuple[int, int]]) -> tuple[int, int]:
+    """Bounds of what an incremental reads of these written extents: their bytes, plus
+    the rest of each block they cover at least half of (read whole, `ceph.DENSE`)."""
+    covered: dict[int, int] = {}
+    for off, n in written:
+        while n > 0:
+            step = min(n, MIB - off % MIB)
+            covered[off // MIB] = covered.get(off // MIB, 0) + step
+            off, n = off + step, n - step
+    least = sum(covered.values())
+    return least, least + sum(MIB - c for c in covered.values() if MIB // 2 <= c < MIB)
 
 
 def rbd_diff(cloud: Cloud, volume: str, base: str, snap: str | None) -> tuple[
