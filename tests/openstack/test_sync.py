@@ -91,8 +91,7 @@ def test_full_and_three_incrementals(fresh: Stack, tmp_path: Path) -> None:
 def test_without_fast_diff(fresh: Stack, tmp_path: Path) -> None:
     """Images without object-map/fast-diff (layering only): the diff comes from the
     objects' snapshot sets, in byte extents; only those are read (blocks mostly changed
-    whole), discarded ranges are
-    zeros not read, and the point is as exact."""
+    whole), discarded ranges are zeros not read, and the point is as exact."""
     import rbd
 
     rng = random.Random(16)
