@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from openbdr.capture.openstack.ceph import DENSE
+
 from ..fakes.openstack.cloud import GIB, Cloud, Server
 from ..helpers import make_ext4
 from .conftest import Stack, discard, scribble, write
@@ -117,7 +119,7 @@ def test_without_fast_diff(fresh: Stack, tmp_path: Path) -> None:
 
 def exact_reads(written: list[tuple[int, int]]) -> tuple[int, int]:
     """Bounds of what an incremental reads of these written extents: their bytes, plus
-    the rest of each block they cover at least half of (read whole, `ceph.DENSE`)."""
+    the rest of each block they cover at least `ceph.DENSE` of (read whole)."""
     covered: dict[int, int] = {}
     for off, n in written:
         while n > 0:
@@ -125,7 +127,7 @@ def exact_reads(written: list[tuple[int, int]]) -> tuple[int, int]:
             covered[off // MIB] = covered.get(off // MIB, 0) + step
             off, n = off + step, n - step
     least = sum(covered.values())
-    return least, least + sum(MIB - c for c in covered.values() if MIB // 2 <= c < MIB)
+    return least, least + sum(MIB - c for c in covered.values() if DENSE * MIB <= c < MIB)
 
 
 def rbd_diff(cloud: Cloud, volume: str, base: str, snap: str | None) -> tuple[
