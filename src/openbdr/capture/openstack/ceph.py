@@ -227,7 +227,7 @@ class RbdDisk(AgentlessDisk):
         snapshot_id: str,
         base_snap: str | None,
         where: str,
-        exact: bool = True,
+        exact: bool = False,
     ) -> None:
         super().__init__("openstack", plan, base)
         import rbd
