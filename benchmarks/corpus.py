@@ -39,17 +39,32 @@ def _run(cmd: list[str]) -> str:
 
 
 def ensure_corpus(where: Path) -> Corpus:
-    """Reuse a finished corpus in `where`, or build it (about 2 minutes, needs root)."""
+    """Reuse a finished corpus in `where`, or build it (about 2 minutes, needs root).
+
+    Builders take a lock beside `where` and look for the marker again once they hold it:
+    a second benchmark started during a build waits for it, rather than deleting the
+    disk.img the first build's mutate.sh is deriving disk2.img from."""
+    import fcntl
+
     corpus = Corpus(where)
     marker = where / READY
-    if marker.exists() and corpus.disk.exists() and corpus.disk2.exists():
+
+    def ready() -> bool:
+        return marker.exists() and corpus.disk.exists() and corpus.disk2.exists()
+
+    if ready():
         return corpus
-    where.mkdir(parents=True, exist_ok=True)
-    marker.unlink(missing_ok=True)
-    print(f"building the corpus in {where} (make_corpus.sh, mutate.sh) …", flush=True)
-    subprocess.run(["bash", str(SHARED_BENCH / "make_corpus.sh"), str(where)], check=True)
-    subprocess.run(["bash", str(SHARED_BENCH / "mutate.sh"), str(where)], check=True)
-    marker.touch()
+    where.parent.mkdir(parents=True, exist_ok=True)
+    with open(where.parent / f".{where.name}.build.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if ready():
+            return corpus
+        where.mkdir(parents=True, exist_ok=True)
+        marker.unlink(missing_ok=True)
+        print(f"building the corpus in {where} (make_corpus.sh, mutate.sh) …", flush=True)
+        subprocess.run(["bash", str(SHARED_BENCH / "make_corpus.sh"), str(where)], check=True)
+        subprocess.run(["bash", str(SHARED_BENCH / "mutate.sh"), str(where)], check=True)
+        marker.touch()
     return corpus
 
 

@@ -18,8 +18,9 @@ import os
 import queue
 import random
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -120,6 +121,39 @@ def _merged_pieces(
             na, nb = next(a, None), next(b, None)
 
 
+class _ParentAhead:
+    """The parent point's blocks under an incremental's partly changed blocks, read on
+    threads ahead of the reader thread, which takes them in the same order: read one at
+    a time there, each was a wait (a chunk read and its hash check) between source reads."""
+
+    def __init__(self, reader: PointReader, blocks: list[int]) -> None:
+        self.reader = reader
+        self.blocks = blocks
+        self.threads = max(4, reader.in_flight)
+        self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="parent")
+        self.ahead: deque[tuple[int, Future[bytes]]] = deque()
+        self.next = 0
+
+    def get(self, i: int) -> bytes:
+        while self.ahead and self.ahead[0][0] < i:  # planned, but not asked for after all
+            self.ahead.popleft()[1].cancel()
+        if not self.ahead:  # skip the plan forward to `i`
+            while self.next < len(self.blocks) and self.blocks[self.next] < i:
+                self.next += 1
+        while self.next < len(self.blocks) and len(self.ahead) < 2 * self.threads:
+            b = self.blocks[self.next]
+            self.ahead.append((b, self.pool.submit(self.reader.read_block, b)))
+            self.next += 1
+        if self.ahead and self.ahead[0][0] == i:
+            return self.ahead.popleft()[1].result()
+        return self.reader.read_block(i)
+
+    def close(self) -> None:
+        for _, fut in self.ahead:
+            fut.cancel()
+        self.pool.shutdown(wait=True)
+
+
 class _DiskSync:
     """Moves one disk's listed blocks to the target through its disk writer."""
 
@@ -134,6 +168,8 @@ class _DiskSync:
         self.record.fallback_reason = "; ".join(r for r in reasons if r) or None
         self.zeros: list[Extent] = []
         self._parent: PointReader | None = None
+        self._parent_checked = False
+        self._ahead: _ParentAhead | None = None
 
     @property
     def mode(self) -> Mode:
@@ -150,19 +186,28 @@ class _DiskSync:
         return i, cid, stored, kind, buf
 
     # -- reader side (calling thread) -------------------------------------------
-    def _unchanged(self, i: int, buf: memoryview) -> None:
-        """An incremental's bytes of block `i` that no extent lists: the parent's."""
-        if self._parent is None:
+    def _parent_reader(self) -> PointReader | None:
+        """The parent point's copy of this disk, opened once (None: it has none)."""
+        if not self._parent_checked:
+            self._parent_checked = True
             parent = self.run.session.parent
             match = [d for d in parent.disks if d.name == self.disk.name] if parent else []
-            if not match:
-                buf[:] = ZERO_BLOCK[: len(buf)]
-                return
-            self._parent = self.run.target.reader(parent, match[0])  # type: ignore[arg-type]
-        if i * BLOCK_SIZE >= self._parent.size:
+            if match:
+                self._parent = self.run.target.reader(parent, match[0])  # type: ignore[arg-type]
+        return self._parent
+
+    def _needs_parent(self, i: int, pieces: Pieces, zeros: Pieces) -> bool:
+        """Whether `_read` fills block `i` from the parent (the rule it applies)."""
+        whole = [(i * BLOCK_SIZE, block_span(i, self.size))]
+        return self.mode == "incremental" and pieces != whole and zeros != whole
+
+    def _unchanged(self, i: int, buf: memoryview) -> None:
+        """An incremental's bytes of block `i` that no extent lists: the parent's."""
+        parent = self._parent_reader()
+        if parent is None or i * BLOCK_SIZE >= parent.size:
             buf[:] = ZERO_BLOCK[: len(buf)]
             return
-        data = self._parent.read_block(i)
+        data = self._ahead.get(i) if self._ahead is not None else parent.read_block(i)
         n = min(len(data), len(buf))
         buf[:n] = data[:n]
         buf[n:] = ZERO_BLOCK[: len(buf) - n]
@@ -206,6 +251,16 @@ class _DiskSync:
         results: queue.Queue[Any] = queue.Queue()
         free = [bytearray(BLOCK_SIZE) for _ in range(run.threads * 2 + 2)]
         in_flight = 0
+        parent = self._parent_reader() if self.mode == "incremental" else None
+        if parent is not None:
+            need = [i for i, pieces, zeros in _merged_pieces(extents, self.zeros, self.size)
+                    if self._needs_parent(i, pieces, zeros) and not writer.is_done(i)
+                    and i * BLOCK_SIZE < parent.size]
+            if self._ahead is not None:
+                self._ahead.close()
+            self._ahead = _ParentAhead(parent, need) if need else None
+            log.info("%s: %d partly changed blocks take the rest from point %s",
+                     self.disk.name, len(need), parent.point.id)
 
         def task(i: int, buf: bytearray, data: memoryview) -> None:
             try:
@@ -277,6 +332,8 @@ class _DiskSync:
         return [i for i in bad if i not in self.disk.moved_blocks(bad)] if bad else bad
 
     def close(self) -> None:
+        if self._ahead is not None:
+            self._ahead.close()
         if self._parent is not None:
             self._parent.close()
 

@@ -17,17 +17,27 @@ from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from ...blocks import BLOCK_SIZE
-from ...extents import Extent, normalize, subtract
+from ...blocks import BLOCK_SIZE, block_span
+from ...extents import Extent, from_blocks, normalize, subtract
 from ..agentless import AgentlessDisk, DiskPlan
 from ..base import ChangeToken
 from ..platform import PlatformError
 
 log = logging.getLogger(__name__)
 
-#: blocks read ahead of the engine per disk (1 MiB each), in parallel
-READ_AHEAD = 16
-READ_THREADS = 4
+#: the largest read sent to RBD: one default object, one OSD op
+REQUEST = 4 << 20
+#: extents of one object this close together are one request (the gap read and dropped):
+#: a guest's scattered 4 KiB writes would otherwise be one OSD op each
+GAP = 64 << 10
+#: a block whose changed bytes are at least this share of it is read whole from RBD: one
+#: request instead of its pieces, and no read of the previous point's copy for the rest
+#: (measured on the corpus's day of changes, 616 blocks at most half changed cost more
+#: through the previous point than the 187 MiB of RBD reads they saved)
+DENSE = 1 / 8
+#: bytes read ahead of the engine per disk, in parallel
+READ_AHEAD = 32 << 20
+READ_THREADS = 6
 
 
 def rbd_snap(snapshot_id: str) -> str:
@@ -201,7 +211,8 @@ class RbdDisk(AgentlessDisk):
 
     Changed extents are `diff_iterate(from_snapshot=base)`; what the diff reports as not
     existing (discarded, trimmed) is zero and not read. A full pass starts from the
-    allocated extents (the diff from nothing). Blocks are fetched ahead in parallel."""
+    allocated extents (the diff from nothing). Reads of up to one object go out ahead of
+    the engine, several at once."""
 
     #: the engine takes the bytes of a touched block that no extent lists from the
     #: parent point: only the bytes RBD reports changed are read
@@ -216,6 +227,7 @@ class RbdDisk(AgentlessDisk):
         snapshot_id: str,
         base_snap: str | None,
         where: str,
+        exact: bool = False,
     ) -> None:
         super().__init__("openstack", plan, base)
         import rbd
@@ -227,14 +239,21 @@ class RbdDisk(AgentlessDisk):
         self.where = where
         fast = bool(image.features() & rbd.RBD_FEATURE_FAST_DIFF)
         self.whole_object = fast and not (image.flags() & rbd.RBD_FLAG_FAST_DIFF_INVALID)
+        #: refine fast-diff's whole objects to the bytes written (option rbd_exact)
+        self.exact = exact
+        self._read_list: list[Extent] | None = None
         self._diff: tuple[list[Extent], list[Extent]] | None = None
         self._pool = ThreadPoolExecutor(READ_THREADS, thread_name_prefix=f"rbd-{plan.name[:8]}")
+        #: (request index, length, its read) in plan order
         self._ahead: deque[tuple[int, int, Future[bytes]]] = deque()
         self._plan: list[tuple[int, int]] = []
+        self._starts: list[int] = []
         self._next = 0
+        self._bytes = 0
         self._lock = threading.Lock()
 
-    def _iterate(self, from_snap: str | None) -> tuple[list[Extent], list[Extent]]:
+    def _iterate(self, from_snap: str | None, ranges: Sequence[Extent] | None = None,
+                 whole_object: bool | None = None) -> tuple[list[Extent], list[Extent]]:
         data: list[Extent] = []
         gone: list[Extent] = []
 
@@ -242,8 +261,10 @@ class RbdDisk(AgentlessDisk):
             (data if exists else gone).append(Extent(offset, length))
             return 0
 
-        self.image.diff_iterate(0, self.size, from_snap, cb, include_parent=True,
-                                whole_object=self.whole_object)
+        whole = self.whole_object if whole_object is None else whole_object
+        for e in ranges if ranges is not None else [Extent(0, self.size)]:
+            self.image.diff_iterate(e.offset, e.length, from_snap, cb, include_parent=True,
+                                    whole_object=whole)
         return normalize(data), normalize(gone)
 
     def allocation(self) -> tuple[list[Extent], list[Extent]]:
@@ -253,8 +274,17 @@ class RbdDisk(AgentlessDisk):
         return self._iterate(None)
 
     def _changes(self) -> tuple[list[Extent], list[Extent]]:
+        """The bytes written since the base. Whole objects (the object map of fast-diff)
+        say which objects changed at no cost; within them the exact diff (the objects'
+        snapshot lists) says which bytes: a guest's 4 KiB writes do not cost 4 MiB reads.
+        The rest of a touched block comes from the previous point (`partial_blocks`)."""
         if self._diff is None:
-            self._diff = self._iterate(self.base_snap)
+            if self.whole_object and self.exact:
+                written, gone = self._iterate(self.base_snap)
+                objects = normalize([*written, *gone])
+                self._diff = self._iterate(self.base_snap, objects, whole_object=False)
+            else:
+                self._diff = self._iterate(self.base_snap)
         return self._diff
 
     def changed(self) -> list[Extent]:
@@ -262,54 +292,95 @@ class RbdDisk(AgentlessDisk):
         return normalize([*written, *gone])
 
     def extents(self) -> list[Extent]:
-        """What to read: of the changes, only what exists; the rest is `zero_extents`."""
+        """What to read: of the changes, only what exists (the rest is `zero_extents`);
+        blocks mostly changed are read whole."""
+        if self._read_list is not None:
+            return self._read_list
         listed = super().extents()
-        if self.incremental and self._zero:
-            listed = subtract(listed, self._zero)
+        if self.incremental:
+            listed = self._dense_whole(subtract(listed, self._zero))
             self._listed = listed
             self.plan_reads(listed)
+        self._read_list = listed
+        log.info("%s: %d bytes to read in %d RBD requests of %d bytes", self.where,
+                 sum(e.length for e in listed), len(self._plan), sum(n for _, n in self._plan))
         return listed
+
+    def _dense_whole(self, listed: list[Extent]) -> list[Extent]:
+        covered: dict[int, int] = {}
+        for e in listed:
+            pos = e.offset
+            while pos < e.end:
+                b = pos // BLOCK_SIZE
+                stop = min(e.end, (b + 1) * BLOCK_SIZE)
+                covered[b] = covered.get(b, 0) + stop - pos
+                pos = stop
+        dense = [b for b, n in covered.items()
+                 if n < block_span(b, self.size) and n >= DENSE * block_span(b, self.size)]
+        if not dense:
+            return listed
+        return subtract(normalize([*listed, *from_blocks(dense, self.size)]), self._zero)
 
     # -- reading ahead -------------------------------------------------------------------
     def plan_reads(self, extents: Sequence[Extent]) -> None:
-        pieces: list[tuple[int, int]] = []
+        """Requests of up to `REQUEST` bytes within one RBD object, extents less than
+        `GAP` apart joined, fetched `READ_AHEAD` bytes ahead of the engine, which asks
+        for their pieces in order."""
+        obj = max(1 << 12, int(self.image.stat().get("obj_size") or REQUEST))
+        limit = min(REQUEST, obj)
+        reqs: list[tuple[int, int]] = []
         for e in extents:
             pos = e.offset
+            if reqs:
+                start, length = reqs[-1]
+                if (pos - (start + length) <= GAP and pos // obj == start // obj
+                        and e.end - start <= limit):
+                    reqs[-1] = (start, e.end - start)
+                    continue
             while pos < e.end:
-                stop = min(e.end, (pos // BLOCK_SIZE + 1) * BLOCK_SIZE)
-                pieces.append((pos, stop - pos))
+                stop = min(e.end, pos + limit, (pos // obj + 1) * obj)
+                reqs.append((pos, stop - pos))
                 pos = stop
         with self._lock:
-            self._plan, self._next = pieces, 0
+            self._plan, self._next = reqs, 0
+            self._starts = [o for o, _ in reqs]
             self._ahead.clear()
+            self._bytes = 0
 
     def _fill(self) -> None:
-        while len(self._ahead) < READ_AHEAD and self._next < len(self._plan):
+        while self._next < len(self._plan) and (
+                not self._ahead or self._bytes + self._plan[self._next][1] <= READ_AHEAD):
             off, length = self._plan[self._next]
+            self._ahead.append((self._next, length,
+                                self._pool.submit(self.image.read, off, length)))
             self._next += 1
-            self._ahead.append((off, length, self._pool.submit(self.image.read, off, length)))
+            self._bytes += length
 
-    def _read(self, offset: int, length: int) -> bytes:
+    def _read(self, offset: int, length: int) -> bytes | memoryview:
         import rbd
 
         fut = None
         with self._lock:
-            j = bisect.bisect_left(self._plan, (offset, length))
-            if j < len(self._plan) and self._plan[j] == (offset, length):  # a planned read
-                start = self._next - len(self._ahead)  # plan index of the window's head
+            j = bisect.bisect_right(self._starts, offset) - 1
+            if j >= 0 and offset + length <= self._plan[j][0] + self._plan[j][1]:
+                start = self._ahead[0][0] if self._ahead else self._next
                 if j >= self._next or j < start:  # outside the window: move it here
                     self._ahead.clear()
+                    self._bytes = 0
                     self._next = j
                 else:
-                    for _ in range(j - start):  # blocks the engine did not ask for
-                        self._ahead.popleft()
+                    while self._ahead[0][0] < j:  # requests the engine no longer needs
+                        self._bytes -= self._ahead.popleft()[1]
                 self._fill()
-                fut = self._ahead.popleft()[2]
-                self._fill()
+                fut = self._ahead[0][2]
         try:
-            return fut.result() if fut is not None else self.image.read(offset, length)
+            if fut is None:
+                return self.image.read(offset, length)
+            data = fut.result()
         except rbd.Error as exc:
             raise OSError(errno.EIO, f"RBD read of {self.where} failed: {exc}") from None
+        at = offset - self._plan[j][0]
+        return memoryview(data)[at:at + length]
 
     def read_into(self, offset: int, buf: bytearray | memoryview) -> int:
         n = min(len(buf), max(0, self.size - offset))
