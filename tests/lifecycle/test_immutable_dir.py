@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -51,6 +52,20 @@ def _eperm(fn: object, *args: object) -> None:
     with pytest.raises(PermissionError) as exc:
         fn(*args)  # type: ignore[operator]
     assert exc.value.errno == errno.EPERM
+
+
+def _two_points(repo: Path, image: Path, mib: int) -> tuple[list[dict[str, Any]], list[str]]:
+    """Two points of host db1 (the second changes one block): their records and the
+    image's SHA-256 at each."""
+    data = bytearray(os.urandom(mib * MIB))
+    shas = []
+    for k in range(2):
+        if k:
+            data[MIB : 2 * MIB] = os.urandom(MIB)
+        image.write_bytes(data)
+        openbdr("sync", "-r", str(repo), "-H", "db1", "--all-data", str(image))
+        shas.append(sha256(image))
+    return json.loads(openbdr("points", "-r", str(repo), "--json").stdout), shas
 
 
 def test_init_refuses_what_cannot_lock(tmp_path: Path, ext4: Path) -> None:
@@ -90,15 +105,7 @@ def test_locked_points_survive_root(tmp_path: Path, ext4: Path) -> None:
     out = openbdr("repo", "init", str(repo), "--object-lock", "--lock-days", "1").stdout
     assert "GOVERNANCE" in out
     image = tmp_path / "disk.img"
-    data = bytearray(os.urandom(6 * MIB))
-    image.write_bytes(data)
-    openbdr("sync", "-r", str(repo), "-H", "db1", "--all-data", str(image))
-    first_sha = sha256(image)
-    data[MIB : 2 * MIB] = os.urandom(MIB)
-    image.write_bytes(data)
-    openbdr("sync", "-r", str(repo), "-H", "db1", "--all-data", str(image))
-    second_sha = sha256(image)
-    points = json.loads(openbdr("points", "-r", str(repo), "--json").stdout)
+    points, (first_sha, second_sha) = _two_points(repo, image, 6)
     first, second = (p["id"] for p in points)
 
     objects = _objects(repo)
@@ -178,14 +185,7 @@ def test_locks_expire_then_retention_and_gc_remove(tmp_path: Path, ext4: Path) -
     days = f"{LOCK_S / 86400:.8f}"
     openbdr("repo", "init", str(repo), "--object-lock", "--lock-days", days)
     image = tmp_path / "disk.img"
-    data = bytearray(os.urandom(4 * MIB))
-    image.write_bytes(data)
-    openbdr("sync", "-r", str(repo), "-H", "db1", "--all-data", str(image))
-    data[MIB : 2 * MIB] = os.urandom(MIB)
-    image.write_bytes(data)
-    openbdr("sync", "-r", str(repo), "-H", "db1", "--all-data", str(image))
-    second_sha = sha256(image)
-    points = json.loads(openbdr("points", "-r", str(repo), "--json").stdout)
+    points, (_, second_sha) = _two_points(repo, image, 4)
     first, second = (p["id"] for p in points)
     first_until = datetime.fromisoformat(points[0]["locked_until"]).timestamp()
     manifest = repo / "points" / "db1" / f"{first}.json"

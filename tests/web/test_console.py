@@ -36,6 +36,17 @@ def boot_disk(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return img
 
 
+def _run_job(c: Any, body: dict[str, Any]) -> dict[str, Any]:
+    """Submit a job through the API and wait until it succeeded (its final record)."""
+    r = c.post("/jobs", json=body)
+    assert r.status_code == 201, r.text
+    jid = r.json()["id"]
+    job = wait_for(lambda: (j := c.get(f"/jobs/{jid}").json())["state"] in
+                   ("succeeded", "failed") and j, what=f"{body['kind']} job")
+    assert job["state"] == "succeeded", job
+    return dict(job)
+
+
 def test_login_and_empty_dashboard(console_factory: Any) -> None:
     tab = console_factory()
     tab.page.goto(tab.base + "/")
@@ -364,13 +375,7 @@ def test_retention_and_gc_jobs_on_the_host_page(
         }).status_code == 201
 
         def run(body: dict[str, Any]) -> dict[str, Any]:
-            r = c.post("/jobs", json=body)
-            assert r.status_code == 201, r.text
-            jid = r.json()["id"]
-            job = wait_for(lambda: (j := c.get(f"/jobs/{jid}").json())["state"] in
-                           ("succeeded", "failed") and j, what=f"{body['kind']} job")
-            assert job["state"] == "succeeded", job
-            return dict(job)
+            return _run_job(c, body)
 
         run({"kind": "sync", "host": "maint1"})
         with open(image, "r+b") as f:
@@ -419,13 +424,7 @@ def test_copies_at_a_second_site_per_host(
         assert r.status_code == 201, r.text
 
         def run(body: dict[str, Any]) -> dict[str, Any]:
-            r = c.post("/jobs", json=body)
-            assert r.status_code == 201, r.text
-            jid = r.json()["id"]
-            job = wait_for(lambda: (j := c.get(f"/jobs/{jid}").json())["state"] in
-                           ("succeeded", "failed") and j, what=f"{body['kind']} job")
-            assert job["state"] == "succeeded", job
-            return dict(job)
+            return _run_job(c, body)
 
         run({"kind": "sync", "host": "copy1"})
         copied = run({"kind": "copy", "host": "copy1", "params": {"to": "offsite"}})

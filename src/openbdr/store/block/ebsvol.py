@@ -41,7 +41,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -91,6 +91,18 @@ def _errors(what: str) -> Iterator[None]:
         raise CorruptionError(f"{what}: {exc.what}", exc.hint) from None
     except OpenBDRError as exc:
         raise VolumeError(f"{what}: {exc.what}", exc.hint) from None
+
+
+def _read_range(offset: int, length: int, block: Callable[[int], bytes]) -> bytes:
+    """Bytes [offset, offset+length) from whole 512 KiB EBS blocks given by `block(i)`."""
+    out = bytearray()
+    pos = offset
+    while pos < offset + length:
+        i = pos // EBS_BLOCK
+        n = min((i + 1) * EBS_BLOCK, offset + length) - pos
+        out += block(i)[pos - i * EBS_BLOCK :][:n]
+        pos += n
+    return bytes(out)
 
 
 @dataclass
@@ -462,15 +474,7 @@ class EbsVolume(Volume):
         self._write(offset, None, length)
 
     def read(self, offset: int, length: int) -> bytes:
-        length = max(0, min(length, self._size - offset))
-        out = bytearray()
-        pos = offset
-        while pos < offset + length:
-            i = pos // EBS_BLOCK
-            n = min((i + 1) * EBS_BLOCK, offset + length) - pos
-            out += self._live_block(i)[pos - i * EBS_BLOCK :][:n]
-            pos += n
-        return bytes(out)
+        return _read_range(offset, max(0, min(length, self._size - offset)), self._live_block)
 
     def flush(self) -> None:
         """Acknowledged blocks are durable in the pending snapshot; the count of blocks
@@ -515,15 +519,8 @@ class EbsVolume(Volume):
             raise VolumeError(f"volume {self.name} has no snapshot {name}")
         length = max(0, min(length, snap.size - offset))
         reader = self._reader(snap)
-        out = bytearray()
-        pos = offset
         with _errors(f"EBS snapshot {snap.id} ({name}) of volume {self.name}"):
-            while pos < offset + length:
-                i = pos // EBS_BLOCK
-                n = min((i + 1) * EBS_BLOCK, offset + length) - pos
-                out += reader.fetch(i)[pos - i * EBS_BLOCK :][:n]
-                pos += n
-        return bytes(out)
+            return _read_range(offset, length, reader.fetch)
 
     def delete_all(self) -> None:
         ids = [s.id for s in self.snaps] + self._retired
