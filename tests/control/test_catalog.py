@@ -14,9 +14,13 @@ from openbdr.control.alerts import open_alert
 from openbdr.control.crypto import SecretBox
 from openbdr.control.db import current_revision, make_engine, migrate, session_factory, transaction
 from openbdr.control.jobs import JobQueue, LeaseLost
+from openbdr.control.mirror import point_json, upsert_point
 from openbdr.control.models import Alert, Base, Host, Job, JobLog, Point, Target, utcnow
 from openbdr.control.registry import load_plugins
+from openbdr.control.routes_catalog import point_out
 from openbdr.control.scheduler import Scheduler, sync_lead
+from openbdr.control.schemas import PointOut
+from openbdr.store.manifest import RestorePoint
 
 from .data import target_and_policy
 
@@ -44,7 +48,7 @@ def test_upgrade_from_first_revision_keeps_data(catalog_url: str) -> None:
                 "(1, :p, :t, 'crash', 'ok', 0, :r, :s, 'none', 'full', 1.0, '[]', '{}')"),
                 {"p": f"p{k}", "t": utcnow(), "r": read, "s": stored})
     migrate(engine)
-    assert current_revision(engine) == "0007"
+    assert current_revision(engine) == "0008"
     factory = session_factory(engine)
     with factory() as s:
         host = s.scalar(select(Host).where(Host.name == "old"))
@@ -53,6 +57,7 @@ def test_upgrade_from_first_revision_keeps_data(catalog_url: str) -> None:
         assert (host.read_bytes_total, host.stored_bytes_total) == (12 << 20, 4 << 20)
         job = s.get(Job, 1)
         assert job is not None and job.state == "queued" and job.pool is None
+        assert [p.notes for p in s.scalars(select(Point))] == [[], []]  # added by 0008
     with engine.connect() as conn:  # the migrations build exactly what the models say
         assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
     engine.dispose()
@@ -166,3 +171,25 @@ def test_concurrent_workers_lease_different_jobs(catalog_url: str, tmp_path: Pat
         assert job.progress == {"percent": 100.0}
         messages = s.scalars(select(JobLog.message).where(JobLog.job_id == first.id)).all()
         assert "all done" in messages
+
+
+def test_point_notes_reach_the_catalog_and_the_api(catalog_url: str, tmp_path: Path) -> None:
+    """How a source took its snapshot (e.g. the guest agent's freeze) is kept with the point
+    in the catalog and given by the API, so the console can say why a point is crash-only."""
+    queue, _ = _catalog(catalog_url, tmp_path)
+    notes = ["guest agent froze 2 file system(s)", "disk vdb: shut off"]
+    point = RestorePoint("vm1", "p1", "2026-12-07T10:00:00+00:00", "filesystem", [], notes=notes)
+    with transaction(queue.factory) as s:
+        t = Target(name="dr", url="/r")
+        s.add(t)
+        s.flush()
+        h = Host(name="vm1", source={"type": "image", "paths": ["/x"]}, target_id=t.id,
+                 disks=[], enabled=True)
+        s.add(h)
+        s.flush()
+        upsert_point(s, h, point_json(point))
+    with queue.factory() as s:
+        row = s.scalar(select(Point))
+        assert row is not None and row.notes == notes
+        out = PointOut.model_validate(point_out(row, "vm1"))
+        assert out.notes == notes and out.consistency == "filesystem"

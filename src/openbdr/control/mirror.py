@@ -36,6 +36,7 @@ def point_json(p: RestorePoint) -> dict[str, Any]:
         "codec": p.codec,
         "duration_s": p.duration_s,
         "damaged": p.damaged,
+        "notes": list(p.notes),
         "disks": [
             {
                 "index": d.index,
@@ -82,6 +83,7 @@ def upsert_point(s: Session, host: Host, data: dict[str, Any], row: Point | None
     row.mode = ",".join(sorted({str(d.get("mode", "full")) for d in disks})) or "full"
     row.duration_s = float(data.get("duration_s", 0.0))
     row.disks = disks
+    row.notes = [str(n) for n in data.get("notes") or []]
     if new:  # counted once per point, and never taken back (see Host.read_bytes_total)
         host.read_bytes_total = (host.read_bytes_total or 0) + row.read_bytes
         host.stored_bytes_total = (host.stored_bytes_total or 0) + row.stored_bytes

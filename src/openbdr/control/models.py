@@ -217,6 +217,8 @@ class Point(Base):
     disks: Mapped[list[Any]] = mapped_column(default=list)
     verified: Mapped[datetime | None] = mapped_column(nullable=True)
     drill: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    #: how the source took the snapshot (`RestorePoint.notes`): why it is this consistent
+    notes: Mapped[list[Any]] = mapped_column(default=list)
 
 
 class Alert(Base):

@@ -339,6 +339,7 @@ def point_out(pt: Point, host: str) -> dict[str, Any]:
         "read_bytes": pt.read_bytes, "stored_bytes": pt.stored_bytes, "codec": pt.codec,
         "mode": pt.mode, "duration_s": pt.duration_s, "verified": pt.verified,
         "disks": pt.disks, "drill": pt.drill, "freeze_s": _freeze_s(pt.disks),
+        "notes": pt.notes or [],
     }
 
 

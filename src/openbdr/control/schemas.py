@@ -342,6 +342,8 @@ class PointOut(BaseModel):
     drill: dict[str, Any]
     #: seconds the file systems were frozen for this point (the agent); None: no freeze
     freeze_s: float | None = None
+    #: how the source took the snapshot (quiesce outcome), as the repository records it
+    notes: list[str] = []
 
 
 class AlertOut(BaseModel):

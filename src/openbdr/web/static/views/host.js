@@ -233,7 +233,8 @@ function drawPoints(st) {
   }
   const trs = points.map((p) => h("tr", { id: `point-${p.id}`, dataset: { point: p.id } },
     cell("Point", h("code", {}, p.id)), cell("Created", h("span", {}, when(p.created), h("div", { class: "muted" }, ago(p.created)))),
-    cell("Consistency", badge(p.consistency)),
+    cell("Consistency", h("span", {}, badge(p.consistency),
+      ...(p.notes || []).map((n) => h("div", { class: "muted note" }, n)))),
     cell("Status", h("span", {}, badge(p.status), " ", p.verified ? badge("verified") : null,
       p.drill && p.drill.verdict ? h("span", {}, " ", badge(`drill ${p.drill.verdict}`, p.drill.verdict)) : null)),
     cell("Size", bytes(p.size), true), cell("Read", bytes(p.read_bytes), true),
