@@ -354,6 +354,10 @@ def test_platforms_discover_and_protect(
     # logs each failed request, and nothing else may be in its console
     meant = [f"Failed to load resource: the server responded with a status of {s}"
              for s in ("400 (Bad Request)", "404 (Not Found)", "404 (Not Found)")]
+    for _ in range(100):  # the browser may log the last one after the page shows the error
+        if all(tab.errors.count(line) >= meant.count(line) for line in meant):
+            break
+        page.wait_for_timeout(100)  # lets Playwright deliver the console events
     for line in meant:
         assert line in tab.errors, tab.errors
         tab.errors.remove(line)
