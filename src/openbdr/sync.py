@@ -221,7 +221,7 @@ class _DiskSync:
             if held is not None:  # no copy: a memcpy costs as much as hashing here
                 self.record.read_bytes += span
                 return held
-        elif self.mode == "incremental" and zeros != [(base, span)]:
+        elif self._needs_parent(i, pieces, zeros):
             self._unchanged(i, memoryview(buf)[:span])
             for off, length in zeros:
                 buf[off - base : off - base + length] = ZERO_BLOCK[:length]
