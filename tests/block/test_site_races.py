@@ -10,7 +10,7 @@ from pathlib import Path
 from openbdr.blocks import BLOCK_SIZE
 from openbdr.chunk import ChunkCodec
 from openbdr.gateway.site import Site
-from openbdr.store.block.wire import pack_block
+from openbdr.store.block.wire import pack_batch, pack_block
 
 
 def test_two_writers_of_one_block_leave_a_true_record(tmp_path: Path) -> None:
@@ -30,7 +30,7 @@ def test_two_writers_of_one_block_leave_a_true_record(tmp_path: Path) -> None:
 
         def put(frame: bytes, go: threading.Barrier = go) -> None:
             go.wait()
-            site.put_block("r1", "lease", frame)
+            site.put_blocks("r1", "lease", pack_batch([frame]))
 
         threads = [threading.Thread(target=put, args=(f,)) for f in frames]
         for t in threads:

@@ -27,7 +27,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from ..errors import CorruptionError, LockedError, OpenBDRError
 from ..store.blobs import NotFound
 from ..store.block.volumes import VolumeFull
-from ..store.block.wire import API, WireError
+from ..store.block.wire import API, MAX_BATCH, WireError
 from ..store.manifest import RestorePoint
 from .auth import Agent, AuthError, Forbidden, Tokens
 from .site import BadBlock, LeaseHeld, Missing, Site, UnknownError
@@ -35,7 +35,7 @@ from .tls import self_signed
 
 log = logging.getLogger(__name__)
 
-MAX_BODY = 4 << 20
+MAX_BODY = MAX_BATCH
 MAX_INDEX = 65 << 20  # a checkpoint of a 2 TiB disk: 64 MiB of index, its done bitmap
 STATUS: list[tuple[type[BaseException], int]] = [
     (AuthError, 401),
@@ -76,8 +76,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _body(self) -> bytes:
         n = int(self.headers.get("Content-Length") or 0)
-        # a block frame is at most 1 MiB and its header; a checkpoint's index is 32 bytes
-        # a block (64 MiB: a 2 TiB disk)
+        # a batch of blocks is at most MAX_BATCH; a checkpoint's index is 32 bytes a block
+        # (64 MiB: a 2 TiB disk)
         limit = MAX_INDEX if "/blob/" in self.path else MAX_BODY
         if n > limit:
             self.close_connection = True
@@ -230,9 +230,9 @@ def _routes(site: Site) -> list[Route]:
             raise WireError("a disk needs no, name and size") from None
         return site.open_disk(host, _lease(h), no, name, size, bool(d.get("resume", True)))
 
-    def block(h: _Handler, a: Agent, b: bytes, q: dict[str, str], host: str) -> Any:
+    def blocks(h: _Handler, a: Agent, b: bytes, q: dict[str, str], host: str) -> Any:
         a.check_host(host)
-        return {"written": site.put_block(host, _lease(h), b)}
+        return {"written": site.put_blocks(host, _lease(h), b)}
 
     def put_blob(h: _Handler, a: Agent, b: bytes, q: dict[str, str], host: str, name: str) -> Any:
         a.check_host(host)
@@ -331,7 +331,7 @@ def _routes(site: Site) -> list[Route]:
         ("POST", f"{S}/end", end),
         ("POST", f"{S}/renew", renew),
         ("POST", f"{S}/disk", disk),
-        ("PUT", f"{S}/block", block),
+        ("PUT", f"{S}/blocks", blocks),
         ("PUT", f"{S}/blob/(?P<name>[A-Za-z0-9._-]+)", put_blob),
         ("GET", f"{S}/blob/(?P<name>[A-Za-z0-9._-]+)", get_blob),
         ("POST", f"{S}/checkpoint", checkpoint),

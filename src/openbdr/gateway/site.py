@@ -45,7 +45,7 @@ from ..chunk import ZERO_ID, ChunkCodec
 from ..errors import CorruptionError, LockedError, OpenBDRError
 from ..store.blobs import NotFound
 from ..store.block.volumes import Volume, VolumeError, open_store
-from ..store.block.wire import UNKNOWN_ID, unpack_block
+from ..store.block.wire import UNKNOWN_ID, split_batch, unpack_block
 from ..store.directory import DirectoryBlobs
 from ..store.index import DiskIndex
 from ..store.manifest import RestorePoint, check_host_name
@@ -388,11 +388,22 @@ class Site:
                 self._save_session(host)
         return {"volume": vname, "blocks": block_count(size)}
 
-    def put_block(self, host: str, token: str, body: bytes) -> int:
-        """Verify one block and write it in place; returns bytes written (0: had it)."""
+    def put_blocks(self, host: str, token: str, body: bytes) -> int:
+        """Verify every block of a batch, then write them in place; returns bytes written
+        (0 for a block the volume had: a retried or resumed send). A bad block refuses
+        the whole batch before anything of it is written."""
         self.lease(host, token)
-        disk, i, cid, env = unpack_block(body)
         s = self._session(host)
+        checked = [self._check_block(host, s, frame) for frame in split_batch(body)]
+        written = 0
+        for sd, i, cid, plain, wire in checked:
+            written += self._write_block(host, sd, i, cid, plain, wire)
+        return written
+
+    def _check_block(
+        self, host: str, s: dict[str, Any], frame: memoryview
+    ) -> tuple[dict[str, Any], int, bytes, bytes, int]:
+        disk, i, cid, env = unpack_block(frame)
         sd = s["disks"].get(str(disk))
         if sd is None:
             raise UnknownError(
@@ -412,6 +423,11 @@ class Site:
                 f"{where} is {raw_len} bytes; the disk's block there is {block_span(i, size)}"
             )
         plain = self.codec.decode(cid, env, where=where)  # CRC, decompress, keyed hash
+        return sd, i, cid, plain, len(env)
+
+    def _write_block(
+        self, host: str, sd: dict[str, Any], i: int, cid: bytes, plain: bytes, wire: int
+    ) -> int:
         vs = self._vs(host, sd)
         with vs.block_lock(i):
             if vs.dirty.get(i) == cid:
@@ -428,7 +444,7 @@ class Site:
                 vs.dirty[i] = cid
                 written = len(plain)
         with self._count_lock:
-            sd["wire"] += len(env)
+            sd["wire"] += wire
             sd["written"] += written
             sd["blocks"] += 1
         return written

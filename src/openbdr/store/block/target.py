@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import os
+import queue
 import socket
 import struct
 import threading
@@ -48,7 +49,7 @@ from ..target import (
 )
 from ..writer import IndexedDiskWriter
 from .client import GatewayAuthError, GatewayClient, GatewayError
-from .wire import API, pack_block
+from .wire import API, BATCH_BYTES, BATCH_FRAMES, frame_parts
 
 __all__ = ["BlockTarget"]
 
@@ -121,8 +122,90 @@ class BlockDiskWriter(IndexedDiskWriter):
         enc = s.codec.encode(block, cid)
         if s.bucket is not None:
             s.bucket.take(len(enc.data))
-        s.call("PUT", "block", pack_block(self.no, i, cid, enc.data))
+        s.stream.add(frame_parts(self.no, i, cid, enc.data))
         return "stored", len(enc.data)
+
+
+class _BlockStream:
+    """Blocks on their way to the gateway: batched (`wire.BATCH_BYTES`), sent by a few
+    threads of their own, each on its own connection.
+
+    `put` returns once its block is in a batch, so the pipeline's workers never wait for a
+    round trip; `flush` returns once every block added before it is written at the
+    gateway. A checkpoint, `lost` and the commit flush first: no done-bit or index names a
+    block that is not at the gateway. A failed batch fails the next `add` or `flush` (the
+    sync stops; its blocks are resent from the last checkpoint, and writes are
+    idempotent)."""
+
+    STREAMS = 4
+
+    def __init__(self, session: BlockSession) -> None:
+        self.session = session
+        self._cv = threading.Condition()
+        self._parts: list[bytes] = []
+        self._frames = 0
+        self._bytes = 0
+        #: batches taken and not yet answered (a taken batch counts before it is queued)
+        self._pending = 0
+        self._error: BaseException | None = None
+        self._closed = False
+        self._queue: queue.Queue[list[bytes]] = queue.Queue(maxsize=2 * self.STREAMS)
+        self._threads = [
+            threading.Thread(target=self._run, name=f"gateway-send-{k}", daemon=True)
+            for k in range(self.STREAMS)
+        ]
+        for t in self._threads:
+            t.start()
+
+    def add(self, parts: tuple[bytes, bytes]) -> None:
+        self._raise()
+        with self._cv:
+            self._parts += parts
+            self._frames += 1
+            self._bytes += len(parts[0]) + len(parts[1])
+            full = self._bytes >= BATCH_BYTES or self._frames >= BATCH_FRAMES
+            batch = self._take() if full else None
+        if batch:
+            self._queue.put(batch)  # blocks while every stream is busy: back-pressure
+
+    def _take(self) -> list[bytes]:
+        """The open batch, counted as pending (caller holds the lock)."""
+        batch, self._parts, self._frames, self._bytes = self._parts, [], 0, 0
+        self._pending += 1
+        return batch
+
+    def _run(self) -> None:
+        while not self._closed:
+            try:
+                batch = self._queue.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            try:
+                if self._error is None and not self._closed:
+                    self.session.call("PUT", "blocks", b"".join(batch))
+            except BaseException as exc:  # handed to the pipeline by add() or flush()
+                with self._cv:
+                    self._error = self._error or exc
+            finally:
+                with self._cv:
+                    self._pending -= 1
+                    self._cv.notify_all()
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def flush(self) -> None:
+        with self._cv:
+            batch = self._take() if self._parts else None
+        if batch:
+            self._queue.put(batch)
+        with self._cv:
+            self._cv.wait_for(lambda: self._pending == 0)
+        self._raise()
+
+    def close(self) -> None:
+        self._closed = True
 
 
 class BlockSession(SyncSession):
@@ -139,6 +222,7 @@ class BlockSession(SyncSession):
         self.codec = ChunkCodec(target.hash_key, options.compression, options.level)
         self.bucket = TokenBucket(options.bwlimit) if options.bwlimit > 0 else None
         got = self._begin()
+        self.stream = _BlockStream(self)
         self.ckpt: dict[str, Any] | None = got.get("checkpoint")
         named = (self.ckpt or {}).get("resume")
         #: the checkpoint slot the gateway's checkpoint names (the next one goes in the other)
@@ -222,6 +306,7 @@ class BlockSession(SyncSession):
         slot the gateway's current checkpoint does not name, tagged with a new id that the
         checkpoint's state then names: a sender killed anywhere in here leaves the previous
         checkpoint whole, and a resume never pairs a done bitmap with another run's index."""
+        self.stream.flush()
         ck_id = uuid.uuid4().hex
         slot = 1 - self._slot
         disks = []
@@ -236,6 +321,7 @@ class BlockSession(SyncSession):
         self._slot = slot
 
     def _stage(self) -> None:
+        self.stream.flush()
         for no, w in self.writers.items():
             self.call("PUT", f"blob/index-{no}", bytes(w.index.ids))
 
@@ -254,6 +340,7 @@ class BlockSession(SyncSession):
 
     def __exit__(self, *exc: object) -> None:
         self._halt.set()
+        self.stream.close()
         with contextlib.suppress(GatewayError):  # else the lease expires by itself
             self.call("POST", "end", {})
 
