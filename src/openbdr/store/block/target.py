@@ -149,7 +149,7 @@ class _BlockStream:
         self._pending = 0
         self._error: BaseException | None = None
         self._closed = False
-        self._queue: queue.Queue[list[bytes]] = queue.Queue(maxsize=2 * self.STREAMS)
+        self._queue: queue.Queue[list[bytes]] = queue.Queue(maxsize=self.STREAMS)
         self._threads = [
             threading.Thread(target=self._run, name=f"gateway-send-{k}", daemon=True)
             for k in range(self.STREAMS)
