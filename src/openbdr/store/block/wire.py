@@ -58,7 +58,7 @@ def pack_batch(frames: list[bytes]) -> bytes:
 def split_batch(body: bytes | memoryview) -> list[memoryview]:
     """The frames of a batch; a batch that does not split exactly is refused whole."""
     view = memoryview(body)
-    frames = []
+    frames: list[memoryview] = []
     at = 0
     while at < len(view):
         if len(view) - at < LENGTH.size:
@@ -76,7 +76,7 @@ def split_batch(body: bytes | memoryview) -> list[memoryview]:
     return frames
 
 
-def unpack_block(body: bytes) -> tuple[int, int, bytes, memoryview]:
+def unpack_block(body: bytes | memoryview) -> tuple[int, int, bytes, memoryview]:
     if len(body) < HEADER.size:
         raise WireError(f"block frame truncated ({len(body)} bytes)")
     magic, version, _f, _p, disk, index, cid = HEADER.unpack_from(body)
