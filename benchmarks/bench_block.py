@@ -23,7 +23,9 @@ for every contender a full sync of disk.img and an incremental one of disk2.img,
 
 Reported per step: wall time, CPU seconds of the sender's process tree and of the gateway
 (its /proc counters before and after), peak RSS of both, bytes on the wire (the points'
-`stored_bytes`: compressed) and bytes written (`written_bytes`: decompressed, block mode).
+`stored_bytes`: compressed) and bytes written (`written_bytes`: decompressed, block mode),
+and the device I/O of the disk that holds the corpus (every process: with `--runs` on
+another device, as a DR site's storage is, the source side's reads alone).
 Each block-mode point is restored through the gateway and checked like a valid-data restore
 of the core benchmark (fsck clean, every file equal; a difference fails the run). Needs root (corpus build, dropping the page cache). Targets:
 gateway full sync <= 1.2x object mode's wall time; drill boot time 8 GiB / 512 MiB <= 1.2x.
@@ -202,9 +204,9 @@ def _sync_rows(
         cpu0 = gw.cpu() if gw else 0.0
         cmd = [OPENBDR, "sync", "--repo", repo, "--host", HOST, "--compress", "zstd", "--json"]
         out = log / f"{name}-{phase}.log"
-        io0 = device_bytes(log)
+        io0 = device_bytes(img)
         u: Usage = run_measured([*cmd, str(img)], out, env=env)
-        io = device_bytes(log) - io0
+        io = device_bytes(img) - io0
         cpu1 = gw.cpu() if gw else 0.0
         disks = json.loads(out.read_text())["disks"]
         row = Row(
