@@ -52,10 +52,16 @@ def test_sync_of_openstack_imports_no_other_platform(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    code = ("import sys; from openbdr.capture.registry import source_type; "
-            "source_type({'type': 'openstack'}); "
-            "print(sorted(m for m in ('openbdr.capture.aws', 'boto3', "
-            "'openbdr.capture.libvirt', 'openbdr.capture.openstack') if m in sys.modules))")
+    code = "\n".join([
+        "import sys",
+        "from openbdr.capture.registry import open_source",
+        "try:",
+        "    open_source('h', {'type': 'openstack'})",  # no platform: refused by its check
+        "except Exception as exc:",
+        "    print(type(exc).__name__)",
+        "print(sorted(m for m in ('openbdr.capture.aws', 'boto3', 'openbdr.capture.libvirt',",
+        "                         'openbdr.capture.openstack') if m in sys.modules))",
+    ])
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
-                         text=True).stdout.strip()
-    assert out == "['openbdr.capture.openstack']"
+                         text=True).stdout.split("\n")
+    assert out[:2] == ["SourceError", "['openbdr.capture.openstack']"], out
