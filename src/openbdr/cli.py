@@ -24,7 +24,6 @@ from rich.table import Table
 
 from . import __version__
 from .agent.cli import register as register_agent
-from .chunk import Codec
 from .control.cli import register as register_control
 from .drill.cli import drill_app, mount_cmd
 from .errors import ExitCode, OpenBDRError
@@ -234,6 +233,7 @@ def sync_cmd(
 ) -> None:
     """Sync disks to a new restore point (full first, then only what differs)."""
     from .capture.registry import open_source, parse_spec
+    from .chunk import Codec
     from .store.manifest import check_host_name
     from .store.target import open_target
     from .sync import SyncOptions, sync
@@ -580,6 +580,7 @@ def copy_cmd(
 ) -> None:
     """Copy restore points to a second site: those newer than the destination's newest
     copy (resumable; read back at the destination); then apply --keep-* there."""
+    from .chunk import Codec
     from .store.copy import copy_host
     from .store.retention import Policy
     from .store.retention import forget as do_forget

@@ -287,3 +287,47 @@ def test_auth_url_with_an_application_credential(fresh: Stack) -> None:
                          "application_credential_secret": "wrong"}, {})
     with pytest.raises(PlatformError, match="refused the credentials"):
         bad.discover()
+
+
+class _FlakyImage:
+    """An RBD image stand-in whose second object cannot be read (an OSD gone mid-read)."""
+
+    def features(self) -> int:
+        return 0
+
+    def flags(self) -> int:
+        return 0
+
+    def stat(self) -> dict[str, int]:
+        return {"obj_size": 4 * MIB}
+
+    def read(self, offset: int, length: int) -> bytes:
+        import rbd
+
+        if offset >= 4 * MIB:
+            raise rbd.IOError("injected: OSD down")
+        return bytes((offset + k) // MIB + 1 for k in range(0, length, MIB) for _ in range(MIB))
+
+    def close(self) -> None:
+        pass
+
+
+def test_blocks_read_whole_come_from_the_request_and_a_failed_read_is_an_error() -> None:
+    from openbdr.capture.agentless import DiskPlan
+    from openbdr.capture.openstack.ceph import RbdDisk
+    from openbdr.extents import Extent
+
+    disk = RbdDisk(DiskPlan("vol", 8 * MIB, True), "base", _FlakyImage(), "vol", "snap",
+                   "snapshot-base", "rbd/volume-vol@snapshot-snap")
+    try:
+        disk.plan_reads([Extent(0, 8 * MIB)])
+        held = disk.view(MIB, MIB)  # the block as RBD returned it, no copy
+        assert held is not None and bytes(held) == bytes([2]) * MIB
+        buf = bytearray(MIB)
+        assert disk.read_into(3 * MIB, buf) == MIB and bytes(buf) == bytes([4]) * MIB
+        assert disk.view(5 * MIB, MIB) is None  # its read failed: read_into says how
+        with pytest.raises(OSError, match="RBD read of rbd/volume-vol@snapshot-snap failed"):
+            disk.read_into(5 * MIB, buf)
+        assert disk.view(7 * MIB, 2 * MIB) is None  # past the end
+    finally:
+        disk.close()

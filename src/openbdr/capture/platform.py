@@ -118,7 +118,10 @@ def register_platform(ptype: PlatformType) -> None:
 
 
 def platform_type(name: str) -> PlatformType:
-    for module in BUILTIN:
+    own = f"{__package__}.{name}"  # only the type's own module when it is named after it
+    if name not in PLATFORMS and own in BUILTIN:
+        importlib.import_module(own)
+    for module in BUILTIN if name not in PLATFORMS else ():
         importlib.import_module(module)
     try:
         return PLATFORMS[name]

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 from typing import Annotated, Any
 
-import httpx
 import typer
 
 from ..errors import OpenBDRError
@@ -44,6 +43,8 @@ def _credentials(pairs: list[str] | None, path: Path | None) -> dict[str, str] |
 
 
 def _slow_client(timeout: float) -> Any:
+    import httpx
+
     c = client()
     c.http.timeout = httpx.Timeout(timeout + 30)  # the server waits up to `timeout`
     return c

@@ -84,7 +84,8 @@ class OpenStackOps(PlatformOps):
 
     source = "openstack"
 
-    def __init__(self, platform: OpenStackPlatform, server_id: str) -> None:
+    def __init__(self, platform: OpenStackPlatform, server_id: str,
+                 server: Any = None) -> None:
         self.platform = platform
         self.conn = platform.conn
         self.endpoint = platform.endpoint
@@ -93,13 +94,21 @@ class OpenStackOps(PlatformOps):
         self._ceph: Ceph | None = None
         self._volumes: dict[str, Any] | None = None
         self._image_boot = False
+        #: the server as `open_host` just read it: the first `volumes()` need not read it
+        #: again (one Nova round trip fewer per sync)
+        self._server = server
+        #: Cinder snapshots by name, as listed once per snapshot (`tracks` and `_open` both
+        #: need the base's)
+        self._named: dict[str, list[Any]] = {}
 
     # -- what the instance has ---------------------------------------------------------
     def volumes(self) -> dict[str, Any]:
         """The instance's attached volumes (Cinder objects) in device order, by id."""
         if self._volumes is None:
             with api(self.endpoint, f"list the volumes of instance {self.server_id}"):
-                server = self.conn.compute.get_server(self.server_id)
+                server, self._server = self._server, None
+                if server is None:
+                    server = self.conn.compute.get_server(self.server_id)
                 self._image_boot = bool(_image_id(server.image))
                 atts = list(self.conn.compute.volume_attachments(server))
                 atts.sort(key=lambda a: (a.device or "", a.volume_id))
@@ -146,6 +155,15 @@ class OpenStackOps(PlatformOps):
         return self._ceph
 
     # -- OpenBDR's snapshots ----------------------------------------------------------------
+    def _by_name(self, snapshot: str) -> list[Any]:
+        """The Cinder snapshots named `snapshot`, listed once per snapshot run."""
+        if snapshot not in self._named:
+            with api(self.endpoint, f"look up snapshot {snapshot}"):
+                self._named[snapshot] = [
+                    s for s in self.conn.block_storage.snapshots(details=True, name=snapshot)
+                    if s.name == snapshot]
+        return self._named[snapshot]
+
     def _ours(self, host: str) -> list[Any]:
         """Cinder snapshots made for `host` that are not being deleted, oldest first. The
         name prefix of host `db1` also matches host `db1-x`'s names: the `openbdr-host`
@@ -171,11 +189,7 @@ class OpenStackOps(PlatformOps):
         """Volumes whose Cinder snapshot `snapshot` is available and still has its RBD
         snapshot (someone may have removed either behind our back)."""
         out: set[str] = set()
-        with api(self.endpoint, f"look up snapshot {snapshot}"):
-            found = [
-                s for s in self.conn.block_storage.snapshots(details=True, name=snapshot)
-                if s.name == snapshot and s.status == "available"
-            ]
+        found = [s for s in self._by_name(snapshot) if s.status == "available"]
         for s in found:
             names = self.ceph().snaps(s.volume_id)
             if names is not None and rbd_snap(s.id) in names:
@@ -288,11 +302,9 @@ class OpenStackOps(PlatformOps):
     def _open(self, ceph: Ceph, plans: list[DiskPlan], by_volume: dict[str, Any],
               base: str | None, name: str) -> list[AgentlessDisk]:
         base_ids: dict[str, str] = {}
-        if base is not None:
-            with api(self.endpoint, f"look up snapshot {base}"):
-                for s in self.conn.block_storage.snapshots(details=True, name=base):
-                    if s.name == base:
-                        base_ids[s.volume_id] = s.id
+        if base is not None:  # as `tracks` found it in `plan`, moments ago
+            for s in self._by_name(base):
+                base_ids[s.volume_id] = s.id
         disks: list[AgentlessDisk] = []
         try:
             for plan in plans:
@@ -392,6 +404,7 @@ class OpenStackOps(PlatformOps):
                 time.sleep(0.2)
 
     def end(self, session: Session) -> None:
+        self._named.clear()  # what release lists and deletes is read afresh
         if self._ceph is not None:
             self._ceph.close()
             self._ceph = None
@@ -416,6 +429,7 @@ class OpenStackHost(AgentlessHost):
 
     def snapshot(self, since: Any) -> Any:
         self.ops._volumes = None  # the attachments as they are now
+        self.ops._named.clear()
         try:
             return super().snapshot(since)
         except BaseException:
@@ -477,22 +491,32 @@ class OpenStackPlatform(Platform):
         tags.update({str(k): str(v) for k, v in (s.metadata or {}).items()})
         return VM(s.id, s.name, POWER.get(s.power_state, str(s.power_state)), tuple(disks), tags)
 
-    def vm(self, ref: str) -> VM:
+    def _server(self, ref: str) -> Any:
+        """Nova's server of id `ref`; None when there is none (`ref` may be a name)."""
         from openstack import exceptions as osexc
 
         try:
             with api(self.endpoint, f"find instance {ref}"):
-                s = self.conn.compute.get_server(ref)
-                return self._vm(s, {})
+                return self.conn.compute.get_server(ref)
         except PlatformError as exc:
             if not isinstance(exc.__context__, osexc.NotFoundException):
                 raise
+        return None
+
+    def vm(self, ref: str) -> VM:
+        s = self._server(ref)
+        if s is not None:
+            with api(self.endpoint, f"find instance {ref}"):
+                return self._vm(s, {})
         return super().vm(ref)
 
     def open_host(self, host: str, vm: str, options: dict[str, Any]) -> Host:
-        server = self.vm(vm)
-        return OpenStackHost(host, OpenStackOps(self, server.id),
-                             f"{self.endpoint}/servers/{server.id}")
+        """The server read once, by id (else found by name through discovery): its
+        volumes are read by the sync that follows."""
+        server = self._server(vm)
+        server_id = server.id if server is not None else super().vm(vm).id
+        return OpenStackHost(host, OpenStackOps(self, server_id, server),
+                             f"{self.endpoint}/servers/{server_id}")
 
     def close(self) -> None:
         self.conn.close()

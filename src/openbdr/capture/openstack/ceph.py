@@ -356,31 +356,54 @@ class RbdDisk(AgentlessDisk):
             self._next += 1
             self._bytes += length
 
-    def _read(self, offset: int, length: int) -> bytes | memoryview:
+    def _planned(self, offset: int, length: int) -> memoryview | None:
+        """The bytes at `offset` from the planned request that holds them, as RBD returned
+        them (no copy); None when no planned request holds them all."""
         import rbd
 
-        fut = None
         with self._lock:
             j = bisect.bisect_right(self._starts, offset) - 1
-            if j >= 0 and offset + length <= self._plan[j][0] + self._plan[j][1]:
-                start = self._ahead[0][0] if self._ahead else self._next
-                if j >= self._next or j < start:  # outside the window: move it here
-                    self._ahead.clear()
-                    self._bytes = 0
-                    self._next = j
-                else:
-                    while self._ahead[0][0] < j:  # requests the engine no longer needs
-                        self._bytes -= self._ahead.popleft()[1]
-                self._fill()
-                fut = self._ahead[0][2]
+            if j < 0 or offset + length > self._plan[j][0] + self._plan[j][1]:
+                return None
+            start = self._ahead[0][0] if self._ahead else self._next
+            if j >= self._next or j < start:  # outside the window: move it here
+                self._ahead.clear()
+                self._bytes = 0
+                self._next = j
+            else:
+                while self._ahead[0][0] < j:  # requests the engine no longer needs
+                    self._bytes -= self._ahead.popleft()[1]
+            self._fill()
+            fut = self._ahead[0][2]
+            at = offset - self._plan[j][0]
         try:
-            if fut is None:
-                return self.image.read(offset, length)
             data = fut.result()
         except rbd.Error as exc:
             raise OSError(errno.EIO, f"RBD read of {self.where} failed: {exc}") from None
-        at = offset - self._plan[j][0]
         return memoryview(data)[at:at + length]
+
+    def _read(self, offset: int, length: int) -> bytes | memoryview:
+        import rbd
+
+        data = self._planned(offset, length)
+        if data is not None:
+            return data
+        try:
+            return self.image.read(offset, length)
+        except rbd.Error as exc:
+            raise OSError(errno.EIO, f"RBD read of {self.where} failed: {exc}") from None
+
+    def view(self, offset: int, length: int) -> memoryview | None:
+        """A block read whole, straight from its request's buffer: hashed and stored
+        without the 1 MiB copy into the engine's buffer. None when no planned request
+        holds it, or when its read failed (`read_into` then raises the error the engine
+        reports)."""
+        if length <= 0 or offset + length > self.size:
+            return None
+        try:
+            return self._planned(offset, length)
+        except OSError:
+            return None
 
     def read_into(self, offset: int, buf: bytearray | memoryview) -> int:
         n = min(len(buf), max(0, self.size - offset))
