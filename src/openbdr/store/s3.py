@@ -372,7 +372,7 @@ class S3Blobs(Blobs):
             )
         if code in _DENIED or status == 403:
             return AuthError(
-                f"S3 denied reading {key} in bucket {self.bucket!r} ({code}: {message})",
+                f"S3 denied reading {key} at {self.url} ({code}: {message})",
                 "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY and the bucket's policy",
             )
         if status in (301, 307, 400) and code in (
@@ -382,7 +382,7 @@ class S3Blobs(Blobs):
                 f"S3 bucket {self.bucket!r} is not in region {self._signing[1]} ({code})",
                 "set AWS_REGION (or AWS_DEFAULT_REGION) to the bucket's region",
             )
-        return OpenBDRError(f"S3 refused GET of {key} in bucket {self.bucket!r} ({code}: {message})")
+        return OpenBDRError(f"S3 refused reading {key} at {self.url} ({code}: {message})")
 
     def exists(self, key: str) -> bool:
         try:

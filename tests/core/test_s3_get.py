@@ -1,0 +1,162 @@
+"""The S3 store's GET (signed by botocore, sent by urllib3) on the real gateway: the
+same answers as the SDK's GET gave, and every refusal one clear line."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import boto3
+import pytest
+
+from openbdr.errors import AuthError, ExitCode, RepositoryError
+from openbdr.store.blobs import NotFound, open_blobs
+from openbdr.store.objects.layout import chunk_key
+from openbdr.store.target import open_target
+
+from ..helpers import openbdr
+
+pytestmark = pytest.mark.s3
+
+
+def _one_line(proc: subprocess.CompletedProcess[str]) -> str:
+    err = proc.stderr.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert err.startswith("openbdr: error: "), err
+    return err
+
+
+def test_missing_chunk_is_the_same_error_as_in_a_directory(
+    tmp_path: Path, ceph: dict[str, str]
+) -> None:
+    """One chunk deleted from the same point in a directory and in a bucket: a restore
+    stops on the same block with the same words and exit code."""
+    image = tmp_path / "disk.img"
+    image.write_bytes(os.urandom(5 << 20))
+    directory, bucket = str(tmp_path / "repo"), f"t-{uuid.uuid4().hex[:12]}"
+    url = f"s3://{bucket}/repo"
+    errors = []
+    for repo in (directory, url):
+        openbdr("repo", "init", repo)
+        openbdr("sync", "-r", repo, "-H", "h", "--all-data", str(image))
+    for repo in (directory, url):  # block 2's chunk (each repository keys its own ids)
+        target = open_target(repo)
+        point = target.latest("h")
+        assert point is not None
+        cid = target.reader(point, point.disks[0]).index[2]
+        target.close()
+        if repo == directory:
+            (Path(directory) / chunk_key(cid)).unlink()
+        else:
+            boto3.client("s3").delete_object(Bucket=bucket, Key=f"repo/{chunk_key(cid)}")
+        out = tmp_path / f"restored-{len(errors)}.img"
+        proc = openbdr("restore", "-r", repo, "-H", "h", "--to", str(out), check=False)
+        assert proc.returncode == ExitCode.DAMAGED
+        line = _one_line(proc)
+        assert f"block 2 (offset {2 << 20}): chunk {cid.hex()} is missing" in line
+        assert not out.exists()
+        errors.append(line.replace(str(out), "OUT").replace(cid.hex(), "ID").replace(point.id, "P"))
+    assert errors[0] == errors[1]
+
+
+def test_wrong_credential_on_get_is_one_clear_line(
+    tmp_path: Path, ceph: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Credentials that botocore refreshes (a profile's `credential_process`) go wrong
+    after the store opened: the next GET is refused with one line, not retried for
+    minutes; right again, the next GET is signed with them and succeeds."""
+    secret = tmp_path / "secret"
+    secret.write_text(ceph["AWS_SECRET_ACCESS_KEY"])
+    helper = tmp_path / "creds.py"
+    helper.write_text(
+        "import json, datetime, pathlib\n"
+        "soon = datetime.datetime.now(datetime.UTC) + datetime.timedelta(minutes=5)\n"
+        f"print(json.dumps({{'Version': 1, 'AccessKeyId': {ceph['AWS_ACCESS_KEY_ID']!r},\n"
+        f"    'SecretAccessKey': pathlib.Path({str(secret)!r}).read_text(),\n"
+        "    'Expiration': soon.isoformat()}))\n"
+    )
+    config = tmp_path / "aws-config"
+    config.write_text(f"[profile rotating]\ncredential_process = {sys.executable} {helper}\n")
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_PROFILE", "rotating")
+    monkeypatch.setenv("OPENBDR_S3_RETRY_DEADLINE", "60")  # a retried refusal would show
+
+    store = open_blobs(f"s3://t-{uuid.uuid4().hex[:12]}/p", create=True)
+    try:
+        store.put("chunks/ab/cd", b"chunk")
+        assert store.get("chunks/ab/cd") == b"chunk"
+        secret.write_text("not-the-secret")  # expires within botocore's refresh window
+        with pytest.raises(AuthError) as exc:
+            store.get("chunks/ab/cd")
+        line = str(exc.value)
+        assert len(line.splitlines()) == 1
+        assert "S3 denied reading chunks/ab/cd" in line and "SignatureDoesNotMatch" in line
+        assert "AWS_ACCESS_KEY_ID" in line
+        secret.write_text(ceph["AWS_SECRET_ACCESS_KEY"])
+        assert store.get("chunks/ab/cd") == b"chunk"
+        with pytest.raises(NotFound):
+            store.get("chunks/ab/missing")
+    finally:
+        store.close()
+
+
+def test_credential_that_may_list_but_not_read(tmp_path: Path, ceph: dict[str, str]) -> None:
+    """A user the bucket's policy lets list but not read: the CLI says so in one line
+    with the credentials' exit code (the SDK's GET gave an internal error here)."""
+    bucket = f"t-{uuid.uuid4().hex[:12]}"
+    url = f"s3://{bucket}/repo"
+    openbdr("repo", "init", url)
+    uid, access, secret = f"r{uuid.uuid4().hex[:8]}", f"R{uuid.uuid4().hex[:19].upper()}", "s"
+    subprocess.run(
+        ["radosgw-admin", "user", "create", f"--uid={uid}", f"--display-name={uid}",
+         f"--access-key={access}", f"--secret={secret}"],
+        check=True, capture_output=True,
+    )
+    policy = {
+        "Version": "2012-10-17",
+        "Statement": [{
+            "Effect": "Allow",
+            "Principal": {"AWS": [f"arn:aws:iam:::user/{uid}"]},
+            "Action": ["s3:ListBucket"],
+            "Resource": [f"arn:aws:s3:::{bucket}"],
+        }],
+    }
+    boto3.client("s3").put_bucket_policy(Bucket=bucket, Policy=json.dumps(policy))
+    env = dict(os.environ, AWS_ACCESS_KEY_ID=access, AWS_SECRET_ACCESS_KEY=secret)
+    proc = openbdr("points", "-r", url, check=False, env=env)
+    assert proc.returncode == ExitCode.AUTH
+    line = _one_line(proc)
+    assert f"S3 denied reading config at {url}" in line and "AccessDenied" in line
+
+
+def test_bucket_gone_after_open(ceph: dict[str, str]) -> None:
+    bucket = f"t-{uuid.uuid4().hex[:12]}"
+    store = open_blobs(f"s3://{bucket}/p", create=True)
+    try:
+        store.put("x", b"1")
+        s3 = boto3.client("s3")
+        s3.delete_object(Bucket=bucket, Key="p/x")
+        s3.delete_bucket(Bucket=bucket)
+        with pytest.raises(RepositoryError, match=f"S3 bucket '{bucket}' does not exist"):
+            store.get("x")
+    finally:
+        store.close()
+
+
+def test_keys_that_need_quoting(ceph: dict[str, str]) -> None:
+    """The GET signs the key as S3 encodes it: spaces, `+`, `~`, non-ASCII."""
+    store = open_blobs(f"s3://t-{uuid.uuid4().hex[:12]}/a b", create=True)
+    try:
+        for key in ("x y/z", "plus+tilde~", "ü/€", "a%2Fb"):
+            store.put(key, key.encode())
+            assert store.get(key) == key.encode()
+        assert store.replace_if("x y/z", b"x y/z", b"new") and store.get("x y/z") == b"new"
+    finally:
+        store.close()
