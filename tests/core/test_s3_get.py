@@ -16,6 +16,7 @@ import pytest
 from openbdr.errors import AuthError, ExitCode, RepositoryError
 from openbdr.store.blobs import NotFound, open_blobs
 from openbdr.store.objects.layout import chunk_key
+from openbdr.store.objects.target import ObjectPointReader
 from openbdr.store.target import open_target
 
 from ..helpers import openbdr
@@ -39,7 +40,7 @@ def test_missing_chunk_is_the_same_error_as_in_a_directory(
     image.write_bytes(os.urandom(5 << 20))
     directory, bucket = str(tmp_path / "repo"), f"t-{uuid.uuid4().hex[:12]}"
     url = f"s3://{bucket}/repo"
-    errors = []
+    errors: list[str] = []
     for repo in (directory, url):
         openbdr("repo", "init", repo)
         openbdr("sync", "-r", repo, "-H", "h", "--all-data", str(image))
@@ -47,7 +48,9 @@ def test_missing_chunk_is_the_same_error_as_in_a_directory(
         target = open_target(repo)
         point = target.latest("h")
         assert point is not None
-        cid = target.reader(point, point.disks[0]).index[2]
+        reader = target.reader(point, point.disks[0])
+        assert isinstance(reader, ObjectPointReader)
+        cid = reader.index[2]
         target.close()
         if repo == directory:
             (Path(directory) / chunk_key(cid)).unlink()
