@@ -3,12 +3,17 @@ same answers as the SDK's GET gave, and every refusal one clear line."""
 
 from __future__ import annotations
 
+import http.client
+import http.server
 import json
 import os
 import subprocess
 import sys
+import threading
 import uuid
 from pathlib import Path
+from typing import ClassVar
+from urllib.parse import urlsplit
 
 import boto3
 import pytest
@@ -163,3 +168,60 @@ def test_keys_that_need_quoting(ceph: dict[str, str]) -> None:
         assert store.replace_if("x y/z", b"x y/z", b"new") and store.get("x y/z") == b"new"
     finally:
         store.close()
+
+
+class _ForwardProxy(http.server.BaseHTTPRequestHandler):
+    """A plain-HTTP forward proxy (absolute-form requests) that notes what it forwards."""
+
+    protocol_version = "HTTP/1.1"
+    seen: ClassVar[list[tuple[str, str]]] = []
+
+    def _forward(self) -> None:
+        url = urlsplit(self.path)
+        self.seen.append((self.command, self.path))
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        up = http.client.HTTPConnection(url.hostname or "", url.port)
+        target = url.path + (f"?{url.query}" if url.query else "")
+        up.request(self.command, target, body=body or None, headers=dict(self.headers.items()))
+        answer = up.getresponse()
+        data = answer.read()
+        self.send_response(answer.status, answer.reason)
+        for k, v in answer.getheaders():
+            if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                self.send_header(k, v)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+        up.close()
+
+    do_GET = do_PUT = do_HEAD = do_POST = do_DELETE = _forward
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_get_goes_through_the_environments_proxy(
+    ceph: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`HTTP_PROXY` is honoured by the GET as by botocore, and `NO_PROXY` too."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _ForwardProxy)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    for var in ("NO_PROXY", "no_proxy", "http_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{server.server_address[1]}")
+    url = f"s3://t-{uuid.uuid4().hex[:12]}/p"
+    try:
+        store = open_blobs(url, create=True)
+        store.put("k 1", b"via the proxy")
+        assert store.get("k 1") == b"via the proxy"
+        store.close()
+        gets = [path for method, path in _ForwardProxy.seen if method == "GET"]
+        assert gets == [f"{ceph['AWS_ENDPOINT_URL_S3']}/{url[5:]}/k%201"]
+        _ForwardProxy.seen.clear()
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+        store = open_blobs(url)
+        assert store.get("k 1") == b"via the proxy"
+        store.close()
+        assert _ForwardProxy.seen == []
+    finally:
+        server.shutdown()
