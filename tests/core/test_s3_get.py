@@ -21,11 +21,14 @@ from urllib.parse import urlsplit
 
 import boto3
 import pytest
+from botocore.session import Session
 
 from openbdr.errors import AuthError, CorruptionError, ExitCode, RepositoryError
 from openbdr.store.blobs import NotFound, open_blobs
 from openbdr.store.objects.layout import chunk_key
 from openbdr.store.objects.target import ObjectPointReader
+from openbdr.store.retry import RetryingBlobs
+from openbdr.store.s3 import S3Blobs
 from openbdr.store.target import open_target
 
 from ..helpers import openbdr
@@ -100,7 +103,10 @@ def test_wrong_credential_on_get_is_one_clear_line(
     monkeypatch.setenv("AWS_PROFILE", "rotating")
     monkeypatch.setenv("OPENBDR_S3_RETRY_DEADLINE", "60")  # a retried refusal would show
 
-    store = open_blobs(f"s3://t-{uuid.uuid4().hex[:12]}/p", create=True)
+    # a session of its own: the process's one has resolved (and keeps) the env's keys
+    store = RetryingBlobs(
+        S3Blobs(f"s3://t-{uuid.uuid4().hex[:12]}/p", create=True, session=Session())
+    )
     try:
         store.put("chunks/ab/cd", b"chunk")
         assert store.get("chunks/ab/cd") == b"chunk"

@@ -19,7 +19,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import threading
 import urllib.request
+import weakref
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -98,6 +100,29 @@ def _default_ca() -> str | None:
         return None
 
 
+_SESSION: botocore.session.Session | None = None
+_BOTO3: weakref.WeakKeyDictionary[botocore.session.Session, boto3.session.Session] = (
+    weakref.WeakKeyDictionary()
+)
+_SESSION_LOCK = threading.Lock()
+
+
+def _sessions(given: botocore.session.Session | None) -> tuple[Any, boto3.session.Session]:
+    """The botocore session (one per process unless given, as boto3's default session
+    was: service models and credentials loaded once; a session per store cost 80 ms of
+    CPU at every open) and the one boto3 session around it (boto3 adds its handlers to
+    the session it wraps, once)."""
+    global _SESSION
+    with _SESSION_LOCK:
+        if given is None:
+            if _SESSION is None:
+                _SESSION = botocore.session.get_session()
+            given = _SESSION
+        if given not in _BOTO3:
+            _BOTO3[given] = boto3.session.Session(botocore_session=given)
+        return given, _BOTO3[given]
+
+
 def _endpoint() -> str | None:
     return (
         os.environ.get("AWS_ENDPOINT_URL_S3")
@@ -114,7 +139,10 @@ class S3Blobs(Blobs):
         create: bool = False,
         max_connections: int = 32,
         object_lock: bool = False,
+        session: botocore.session.Session | None = None,
     ) -> None:
+        """`session`: the botocore session whose settings and credentials to use (by
+        default the process's one, as `boto3.client` shares its default session)."""
         parsed = urlparse(url)
         if parsed.scheme != "s3" or not parsed.netloc:
             raise RepositoryError(f"bad S3 repository URL {url!r}", "write s3://bucket/prefix")
@@ -126,10 +154,10 @@ class S3Blobs(Blobs):
         if self.prefix:
             self.prefix += "/"
         self.endpoint = _endpoint()
-        self.session = botocore.session.get_session()
+        self.session, boto3_session = _sessions(session)
         connect_timeout = float(os.environ.get("OPENBDR_S3_CONNECT_TIMEOUT", "5"))
         read_timeout = float(os.environ.get("OPENBDR_S3_READ_TIMEOUT", "60"))
-        self.client: Any = boto3.session.Session(botocore_session=self.session).client(
+        self.client: Any = boto3_session.client(
             "s3",
             endpoint_url=self.endpoint,
             config=Config(
