@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlparse
 
 from corpus import (
     ROOT,
@@ -80,6 +81,13 @@ class Bench:
         shutil.rmtree(out, ignore_errors=True)
         out.mkdir(parents=True)
         return out
+
+    def drop_bucket(self, url: str) -> None:
+        """An S3 contender's bucket, once measured (unless `--keep`)."""
+        if not self.keep and self.s3 is not None:
+            from s3bench import drop_bucket
+
+            drop_bucket(urlparse(url).netloc, self.s3)
 
     def done_with(self, path: Path) -> None:
         """Free the space of a repository, output or restored copy once it is measured."""
@@ -300,6 +308,7 @@ def openbdr_s3(b: Bench) -> Iterator[Step]:
     for mode, label in (("get", GET_BOTO3), ("get-openbdr", GET_OPENBDR)):
         get = [sys.executable, str(ROOT / "benchmarks" / "s3bench.py"), mode, url + "/chunks/", "32"]
         yield b.step(label, "restore", get, [], env=env)
+    b.drop_bucket(url)
 
 
 def restic_s3(b: Bench) -> Iterator[Step]:
@@ -329,6 +338,7 @@ def restic_s3(b: Bench) -> Iterator[Step]:
     step = b.step(name, "restore", cmd, [], env=env)
     b.check(step, lambda: verify_same_bytes(restored, b.corpus.disk2))
     b.done_with(d)
+    b.drop_bucket(f"s3://{bucket}/repo")
     yield step
 
 

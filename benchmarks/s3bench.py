@@ -55,6 +55,21 @@ def bucket_bytes(url: str, env: dict[str, str]) -> int:
     return total
 
 
+def drop_bucket(bucket: str, env: dict[str, str]) -> None:
+    """Delete a bucket and everything in it: the gateway's OSD is kept between runs
+    (24 GiB), and five runs' repositories filled it (restic then waits forever)."""
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=env["S3_ENDPOINT_URL"],
+                      aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+                      aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+        if keys:
+            s3.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
+    s3.delete_bucket(Bucket=bucket)
+
+
 def get_all(url: str, threads: int) -> int:
     import boto3
     from botocore.config import Config
