@@ -85,6 +85,8 @@ S3_TARGETS = [
     (20, "restore wall / restic (S3) restore", "restore", "restic (S3)", "restore", 0.5),
     (20, "restore wall / S3 GET x32 of the chunks", "restore", "S3 GET x32 (openbdr chunks)",
      "restore", 1.3),
+    (20, "restore wall / S3 GET x32 of the chunks, openbdr's GET", "restore",
+     "S3 GET x32, openbdr's GET (openbdr chunks)", "restore", 1.3),
 ]
 
 

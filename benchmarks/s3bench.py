@@ -1,9 +1,12 @@
 """S3 for the core benchmark: the Ceph fixture's gateway, and a bare parallel GET.
 
     .venv/bin/python benchmarks/s3bench.py get s3://bucket/prefix/chunks/ THREADS
+    .venv/bin/python benchmarks/s3bench.py get-openbdr s3://bucket/prefix/chunks/ THREADS
 
-`get` reads every object under a prefix with THREADS requests in flight and discards the
-bytes: what any restore from that store must at least spend, to compare restores with.
+`get` reads every object under a prefix with THREADS requests in flight through boto3 and
+discards the bytes: what any restore from that store must at least spend, to compare
+restores with. `get-openbdr` does the same through OpenBDR's own S3 store (its GET signed
+by botocore and sent by urllib3, retries around it): a restore without decoding and writing.
 """
 
 from __future__ import annotations
@@ -52,6 +55,21 @@ def bucket_bytes(url: str, env: dict[str, str]) -> int:
     return total
 
 
+def drop_bucket(bucket: str, env: dict[str, str]) -> None:
+    """Delete a bucket and everything in it: the gateway's OSD is kept between runs
+    (24 GiB), and five runs' repositories filled it (restic then waits forever)."""
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=env["S3_ENDPOINT_URL"],
+                      aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+                      aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+        if keys:
+            s3.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
+    s3.delete_bucket(Bucket=bucket)
+
+
 def get_all(url: str, threads: int) -> int:
     import boto3
     from botocore.config import Config
@@ -75,8 +93,22 @@ def get_all(url: str, threads: int) -> int:
     return got
 
 
+def get_all_openbdr(url: str, threads: int) -> int:
+    from openbdr.store.blobs import open_blobs
+
+    store = open_blobs(url.rstrip("/"))
+    keys = [info.key for info in store.list()]
+    with ThreadPoolExecutor(threads) as pool:
+        got = sum(pool.map(lambda key: len(store.get(key)), keys))
+    store.close()
+    print(f"{len(keys)} objects, {got} bytes")
+    return got
+
+
 if __name__ == "__main__":
     if len(sys.argv) == 4 and sys.argv[1] == "get":
         get_all(sys.argv[2], int(sys.argv[3]))
+    elif len(sys.argv) == 4 and sys.argv[1] == "get-openbdr":
+        get_all_openbdr(sys.argv[2], int(sys.argv[3]))
     else:
         sys.exit(__doc__)
