@@ -275,6 +275,7 @@ class _DiskSync:
                     results.put(work(*job))
                 except BaseException as exc:  # handed to the reader thread
                     results.put(exc)
+                del job  # a source's view of its memory must not outlive its block
 
         def handle(item: Any) -> None:
             nonlocal in_flight
@@ -306,7 +307,9 @@ class _DiskSync:
                     handle(results.get())
                 buf = free.pop()
                 data = self._read(i, pieces, zeros, buf)
-                if len(workers) < run.threads and len(workers) <= in_flight:
+                # one more worker only while blocks wait for one (as a thread pool grows):
+                # idle threads would each keep a compressor and a malloc arena (RSS)
+                if len(workers) < run.threads and (not workers or not todo.empty()):
                     workers.append(threading.Thread(target=worker, name=f"sync-{len(workers)}",
                                                     daemon=True))
                     workers[-1].start()
