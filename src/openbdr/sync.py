@@ -17,6 +17,7 @@ import logging
 import os
 import queue
 import random
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -248,7 +249,11 @@ class _DiskSync:
     def sync(self, extents: list[Extent]) -> None:
         run = self.run
         writer = self.writer
-        results: queue.Queue[Any] = queue.Queue()
+        # C queues and plain threads, not a ThreadPoolExecutor and queue.Queue: a Future
+        # and two Python-level Conditions per block were measurable next to the EBS
+        # source's 64 request threads (each lock hand-off is a GIL hand-off there)
+        todo: queue.SimpleQueue[tuple[int, bytearray, memoryview] | None] = queue.SimpleQueue()
+        results: queue.SimpleQueue[Any] = queue.SimpleQueue()
         free = [bytearray(BLOCK_SIZE) for _ in range(run.threads * 2 + 2)]
         in_flight = 0
         parent = self._parent_reader() if self.mode == "incremental" else None
@@ -262,11 +267,15 @@ class _DiskSync:
             log.info("%s: %d partly changed blocks take the rest from point %s",
                      self.disk.name, len(need), parent.point.id)
 
-        def task(i: int, buf: bytearray, data: memoryview) -> None:
-            try:
-                results.put(self._work(i, buf, data))
-            except BaseException as exc:  # handed to the reader thread
-                results.put(exc)
+        work = self._work
+
+        def worker() -> None:
+            while (job := todo.get()) is not None:
+                try:
+                    results.put(work(*job))
+                except BaseException as exc:  # handed to the reader thread
+                    results.put(exc)
+                del job  # a source's view of its memory must not outlive its block
 
         def handle(item: Any) -> None:
             nonlocal in_flight
@@ -288,30 +297,41 @@ class _DiskSync:
                 rec.stored_bytes += stored
                 rec.new_chunks += 1
 
-        with ThreadPoolExecutor(run.threads, thread_name_prefix="sync") as pool:
-            try:
-                for i, pieces, zeros in _merged_pieces(extents, self.zeros, self.size):
-                    if writer.is_done(i):
-                        run.done_bytes += block_span(i, self.size)
-                        continue
-                    while not free:
-                        handle(results.get())
-                    buf = free.pop()
-                    data = self._read(i, pieces, zeros, buf)
-                    pool.submit(task, i, buf, data)
-                    in_flight += 1
-                    while not results.empty():
-                        handle(results.get_nowait())
-                    run.tick(self)
-                while in_flight:
+        workers: list[threading.Thread] = []
+        try:
+            for i, pieces, zeros in _merged_pieces(extents, self.zeros, self.size):
+                if writer.is_done(i):
+                    run.done_bytes += block_span(i, self.size)
+                    continue
+                while not free:
                     handle(results.get())
-            except BaseException:
-                while in_flight:  # let running workers finish before the pool closes
-                    item = results.get()
-                    in_flight -= 1
-                    if not isinstance(item, BaseException):
-                        writer.done(item[0], item[1])
-                raise
+                buf = free.pop()
+                data = self._read(i, pieces, zeros, buf)
+                # one more worker only while blocks wait for one (as a thread pool grows):
+                # idle threads would each keep a compressor and a malloc arena (RSS)
+                if len(workers) < run.threads and (not workers or not todo.empty()):
+                    workers.append(threading.Thread(target=worker, name=f"sync-{len(workers)}",
+                                                    daemon=True))
+                    workers[-1].start()
+                todo.put((i, buf, data))
+                in_flight += 1
+                while not results.empty():
+                    handle(results.get_nowait())
+                run.tick(self)
+            while in_flight:
+                handle(results.get())
+        except BaseException:
+            while in_flight:  # let running workers finish before they are stopped
+                item = results.get()
+                in_flight -= 1
+                if not isinstance(item, BaseException):
+                    writer.done(item[0], item[1])
+            raise
+        finally:
+            for _ in workers:
+                todo.put(None)
+            for t in workers:
+                t.join()
 
     def trust_but_verify(self, extents: list[Extent]) -> list[int]:
         """Re-read a few blocks the tracker calls unchanged; return those that differ."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import itertools
 import os
 import threading
 import uuid
@@ -68,6 +69,8 @@ class DirectoryBlobs(Blobs):
         self._new_dirs: list[Path] = []
         #: the file system takes write-out hints
         self._writeback = True
+        self._tmp_prefix = f"{uuid.uuid4().hex[:16]}-"
+        self._tmp_seq = itertools.count()  # next() is atomic under the GIL
 
     def _path(self, key: str) -> Path:
         if key.startswith("/") or ".." in key.split("/"):
@@ -80,8 +83,14 @@ class DirectoryBlobs(Blobs):
             parent.mkdir(parents=True, exist_ok=True)
             self._made_dirs.add(parent)
             self._new_dirs.append(parent)
-        tmp = parent / f".tmp-{uuid.uuid4().hex}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        # a process-unique prefix and a counter: uuid4 per file was a getrandom(2) call
+        # (a GIL hand-off) and an object per chunk; O_EXCL still guards a clash (a fork)
+        tmp = parent / f".tmp-{self._tmp_prefix}{next(self._tmp_seq)}"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            tmp = parent / f".tmp-{uuid.uuid4().hex}"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
             view = memoryview(data)
             while view:
