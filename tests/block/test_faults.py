@@ -23,7 +23,7 @@ from openbdr.gateway.site import volume_name
 from openbdr.store.block.client import GatewayAuthError, GatewayClient, GatewayError
 from openbdr.store.block.target import BlockTarget
 from openbdr.store.block.volumes import open_store
-from openbdr.store.block.wire import API, pack_batch, pack_block
+from openbdr.store.block.wire import API, frame_parts
 from openbdr.store.target import WriteOptions
 
 from .conftest import GatewayProc
@@ -179,8 +179,8 @@ class _Raw:
             "POST" if what != "blocks" else "PUT", f"{API}/sync/bad1/{what}", body, lease=self.lease
         )
 
-    def blocks(self, *frames: bytes) -> object:
-        return self.sync("blocks", pack_batch(list(frames)))
+    def blocks(self, *frames: tuple[bytes, bytes]) -> object:
+        return self.sync("blocks", b"".join(p for f in frames for p in f))
 
     def sync_get(self, what: str) -> object:
         return self.client.call("GET", f"{API}/sync/bad1/{what}", lease=self.lease, raw=True)
@@ -197,30 +197,30 @@ def test_bad_blocks_are_rejected_and_nothing_is_written(
     env = raw.codec.encode(good, cid).data
 
     with pytest.raises(CorruptionError, match=r"block 1 of disk 0 .* does not match its hash"):
-        raw.blocks(pack_block(0, 1, raw.codec.chunk_id(b"other" * 10), env))
+        raw.blocks(frame_parts(0, 1, raw.codec.chunk_id(b"other" * 10), env))
     damaged = bytearray(ChunkCodec(raw.codec.hash_key, Codec.ZSTD).encode(good, cid).data)
     damaged[-5] ^= 0xFF
     with pytest.raises(CorruptionError, match="checksum mismatch"):
-        raw.blocks(pack_block(0, 1, cid, bytes(damaged)))
+        raw.blocks(frame_parts(0, 1, cid, bytes(damaged)))
     with pytest.raises(OpenBDRError, match=r"block 5 of disk 0 .* past the end of the disk"):
-        raw.blocks(pack_block(0, 5, cid, env))
+        raw.blocks(frame_parts(0, 5, cid, env))
     with pytest.raises(OpenBDRError, match=r"block 4 of disk 0 .* is 1048576 bytes; .* 512"):
-        raw.blocks(pack_block(0, 4, cid, env))
+        raw.blocks(frame_parts(0, 4, cid, env))
     with pytest.raises(OpenBDRError, match="host bad1 has no disk 7 in its open sync"):
-        raw.blocks(pack_block(7, 0, cid, env))
+        raw.blocks(frame_parts(7, 0, cid, env))
     store = open_store(backend_url)
     vol = store.open(volume_name("bad1", "sda"))
     assert vol.read(0, 4 * BLOCK_SIZE + 512) == bytes(4 * BLOCK_SIZE + 512)
     # a good block in a batch beside a bad one is not written either
-    bad = pack_block(0, 2, raw.codec.chunk_id(b"other"), env)
+    bad = frame_parts(0, 2, raw.codec.chunk_id(b"other"), env)
     with pytest.raises(CorruptionError, match=r"block 2 of disk 0 .* does not match its hash"):
-        raw.blocks(pack_block(0, 1, cid, env), bad)
+        raw.blocks(frame_parts(0, 1, cid, env), bad)
     assert vol.read(0, 4 * BLOCK_SIZE + 512) == bytes(4 * BLOCK_SIZE + 512)
     with pytest.raises(OpenBDRError, match="batch truncated"):
-        raw.sync("blocks", pack_batch([pack_block(0, 1, cid, env)])[:-1])
+        raw.sync("blocks", b"".join(frame_parts(0, 1, cid, env))[:-1])
     assert vol.read(0, 4 * BLOCK_SIZE + 512) == bytes(4 * BLOCK_SIZE + 512)
-    assert raw.blocks(pack_block(0, 1, cid, env)) == {"written": BLOCK_SIZE}
-    assert raw.blocks(pack_block(0, 1, cid, env)) == {"written": 0}  # idempotent
+    assert raw.blocks(frame_parts(0, 1, cid, env)) == {"written": BLOCK_SIZE}
+    assert raw.blocks(frame_parts(0, 1, cid, env)) == {"written": 0}  # idempotent
     assert vol.read(BLOCK_SIZE, BLOCK_SIZE) == good
     store.close()
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from openbdr.blocks import BLOCK_SIZE
 from openbdr.chunk import ChunkCodec
 from openbdr.gateway.site import Site
-from openbdr.store.block.wire import pack_batch, pack_block
+from openbdr.store.block.wire import frame_parts
 
 
 def test_two_writers_of_one_block_leave_a_true_record(tmp_path: Path) -> None:
@@ -25,12 +25,12 @@ def test_two_writers_of_one_block_leave_a_true_record(tmp_path: Path) -> None:
         for _ in range(2):
             block = os.urandom(BLOCK_SIZE)
             cid = codec.chunk_id(block)
-            frames.append(pack_block(0, 1, cid, codec.encode(block, cid).data))
+            frames.append(b"".join(frame_parts(0, 1, cid, codec.encode(block, cid).data)))
         go = threading.Barrier(2)
 
         def put(frame: bytes, go: threading.Barrier = go) -> None:
             go.wait()
-            site.put_blocks("r1", "lease", pack_batch([frame]))
+            site.put_blocks("r1", "lease", frame)
 
         threads = [threading.Thread(target=put, args=(f,)) for f in frames]
         for t in threads:

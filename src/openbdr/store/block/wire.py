@@ -40,19 +40,11 @@ class WireError(OpenBDRError):
     """A malformed request or an error answer of the gateway."""
 
 
-def pack_block(disk: int, index: int, cid: bytes, envelope: bytes) -> bytes:
-    return HEADER.pack(MAGIC, VERSION, 0, 0, disk, index, cid) + envelope
-
-
 def frame_parts(disk: int, index: int, cid: bytes, envelope: bytes) -> tuple[bytes, bytes]:
-    """A frame as it goes into a batch (length and header, then the envelope uncopied)."""
+    """One frame of a batch as its two pieces: the length and header, then the envelope
+    (uncopied: a batch is the concatenation of its frames' pieces)."""
     head = HEADER.pack(MAGIC, VERSION, 0, 0, disk, index, cid)
     return LENGTH.pack(len(head) + len(envelope)) + head, envelope
-
-
-def pack_batch(frames: list[bytes]) -> bytes:
-    """A batch of whole frames (`pack_block`)."""
-    return b"".join(p for f in frames for p in (LENGTH.pack(len(f)), f))
 
 
 def split_batch(body: bytes | memoryview) -> list[memoryview]:
