@@ -36,6 +36,7 @@ from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 
+from ..chunk import crc32
 from ..errors import AuthError, CorruptionError, OpenBDRError, RepositoryError, UnreachableError
 from .blobs import BlobInfo, Blobs, LockedObject, NotFound
 from .retry import deadline_seconds, is_transient, with_retries
@@ -57,9 +58,7 @@ _NO_BUCKET = frozenset({"NoSuchBucket"})
 
 
 def _crc32(data: bytes) -> bytes:
-    from isal import isal_zlib  # zlib's CRC-32, faster (a dependency: chunk.py uses it)
-
-    return isal_zlib.crc32(data).to_bytes(4, "big")
+    return crc32(data).to_bytes(4, "big")
 
 
 def _crc32c(data: bytes) -> bytes:
@@ -279,12 +278,9 @@ class S3Blobs(Blobs):
                     if self._code(again) not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
                         raise
                 return
-            if code in ("404", "NoSuchBucket", "NotFound"):
-                raise RepositoryError(
-                    f"S3 bucket {self.bucket!r} does not exist at {self.endpoint or 'AWS'}",
-                    f"create it with `openbdr repo init {self.url}`",
-                ) from None
-            if code in ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+            if code in ("404", "NotFound") or code in _NO_BUCKET:
+                raise self._no_bucket() from None
+            if code in _DENIED:
                 raise AuthError(
                     f"S3 denied access to bucket {self.bucket!r} ({code})",
                     "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY",
@@ -294,6 +290,12 @@ class S3Blobs(Blobs):
             raise AuthError(
                 "no S3 credentials found", "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
             ) from None
+
+    def _no_bucket(self) -> RepositoryError:
+        return RepositoryError(
+            f"S3 bucket {self.bucket!r} does not exist at {self.endpoint or 'AWS'}",
+            f"create it with `openbdr repo init {self.url}`",
+        )
 
     def _key(self, key: str) -> str:
         return self.prefix + key
@@ -402,16 +404,12 @@ class S3Blobs(Blobs):
              "ResponseMetadata": {"HTTPStatusCode": status}},
             "GetObject",
         )
-        where = self.endpoint or "AWS"
         if is_transient(exc):
             return exc
         if code in ("NoSuchKey", "404"):
             return NotFound(f"{self.url}: no object {key}")
         if code in _NO_BUCKET:
-            return RepositoryError(
-                f"S3 bucket {self.bucket!r} does not exist at {where}",
-                f"create it with `openbdr repo init {self.url}`",
-            )
+            return self._no_bucket()
         if code in _DENIED or status == 403:
             return AuthError(
                 f"S3 denied reading {key} at {self.url} ({code}: {message})",
